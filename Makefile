@@ -1,0 +1,32 @@
+# `make demo` and `make test` each set up .venv from scratch (CPU torch, offline-capable) and then run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0
+	$(PIP) install -c constraints-cpu.txt -e ".[server,dev]"
+	touch $@
+
+demo: setup
+	$(PY) -m rmplugins demo
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check rmplugins tests integrations examples benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_scoring.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
