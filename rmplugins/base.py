@@ -1,0 +1,149 @@
+"""The public face shared by every family: ``score``, ``compare``, ``rank`` (contract.md).
+
+A family subclasses one of three bases and implements a single batched primitive:
+- :class:`PointwiseRewardModel` -> ``rewards(conversations)`` (one float per conversation);
+- :class:`PairwiseRewardModel` -> ``win_probs(convs_a, convs_b)`` (P(a beats b) per pair);
+- GPM implements ``compare`` and ``rank`` itself (embeddings, then cheap products).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import torch
+
+from .inputs import Conversation, to_conversation, to_conversations
+from .ranking import Ranking, from_scores, rank_with_duplicates, round_robin, tournament
+
+logger = logging.getLogger("rmplugins")
+
+
+class RewardModel:
+    kind: str = ""
+    pointwise: bool = False
+    rank_methods: tuple[str, ...] = ("score",)
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name_or_path: str, max_length: int):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name_or_path = str(name_or_path)
+        self.max_length = int(max_length)
+        self._warned_truncation = False
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(kind={self.kind!r}, path={self.name_or_path!r}, device={self.device})"
+
+    # ---------------------------------------------------------------- device
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def to(self, device: str | torch.device) -> "RewardModel":
+        """Move the model (co-location: park it on CPU while the policy trains, bring it back to score)."""
+        self.model.to(device)
+        return self
+
+    # ---------------------------------------------------------------- public API
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
+        raise TypeError(
+            f"kind {self.kind!r} is a preference model without a pointwise reward: use "
+            "rm.compare(prompts, completions_a, completions_b) for P(a beats b) or rm.rank(prompt, candidates) "
+            "to score a group of candidates against each other"
+        )
+
+    def score_details(self, prompts: Sequence[Any], completions: Sequence[Any]):
+        raise TypeError(f"score_details is only available for kind 'armorm', not {self.kind!r}")
+
+    def compare(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
+                ) -> list[float]:
+        raise NotImplementedError
+
+    def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- helpers for families
+    def _check_method(self, method: str | None) -> str:
+        method = method or self.rank_methods[0]
+        if method not in self.rank_methods:
+            raise ValueError(f"rank method {method!r} is not available for kind {self.kind!r}; "
+                             f"choose one of {list(self.rank_methods)}")
+        return method
+
+    def _candidates(self, prompt: Any, candidates: Sequence[Any]) -> list[Conversation]:
+        if isinstance(candidates, (str, dict)) or not isinstance(candidates, Sequence) or not candidates:
+            raise ValueError("rank needs a non-empty list of candidate completions for one prompt")
+        return [to_conversation(prompt, c, i) for i, c in enumerate(candidates)]
+
+    def _truncate(self, ids: list[int], limit: int | None = None, side: str = "right") -> list[int]:
+        """Cut ``ids`` to ``limit`` tokens, warning once per model (the reference pipelines truncate silently)."""
+        limit = limit or self.max_length
+        if len(ids) <= limit:
+            return ids
+        if not self._warned_truncation:
+            logger.warning(
+                "%s: a sequence of %d tokens exceeds max_length=%d and was truncated on the %s, as the "
+                "reference code does; pass max_length=... to load_reward_model to change the limit "
+                "(warned once)", self.kind, len(ids), limit, side)
+            self._warned_truncation = True
+        return ids[:limit] if side == "right" else ids[len(ids) - limit:]
+
+
+class PointwiseRewardModel(RewardModel):
+    """Families with a scalar reward per conversation (Bradley-Terry, ArmoRM)."""
+
+    pointwise = True
+    rank_methods = ("score",)
+
+    def rewards(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """float32 CPU tensor [N] of rewards; the one primitive a pointwise family implements."""
+        raise NotImplementedError
+
+    def score(self, prompts, completions):
+        (convs,) = to_conversations(prompts, completions)
+        return self.rewards(convs).tolist()
+
+    def compare(self, prompts, completions_a, completions_b):
+        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
+        r = self.rewards(convs_a + convs_b)
+        n = len(convs_a)
+        return torch.sigmoid(r[:n] - r[n:]).tolist()
+
+    def rank(self, prompt, candidates, method=None):
+        self._check_method(method)
+        convs = self._candidates(prompt, candidates)
+        return from_scores(self.rewards(convs).tolist(), "score", 0)
+
+
+class PairwiseRewardModel(RewardModel):
+    """Families that only judge pairs (RLHFlow pair-PM, PairRM)."""
+
+    rank_methods = ("tournament", "round_robin")
+
+    def win_probs(self, convs_a: Sequence[Conversation], convs_b: Sequence[Conversation]) -> torch.Tensor:
+        """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context."""
+        raise NotImplementedError
+
+    def compare(self, prompts, completions_a, completions_b):
+        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
+        return self.win_probs(convs_a, convs_b).tolist()
+
+    def rank(self, prompt, candidates, method=None):
+        method = self._check_method(method)
+        convs = self._candidates(prompt, candidates)
+        by_text = {c.response: c for c in convs}
+
+        def rank_unique(responses: list[str]) -> Ranking:
+            unique = [by_text[r] for r in responses]
+
+            def judge(pairs):
+                return self.win_probs([unique[i] for i, _ in pairs], [unique[j] for _, j in pairs]).tolist()
+
+            algorithm = tournament if method == "tournament" else round_robin
+            return algorithm(len(unique), judge)
+
+        return rank_with_duplicates([c.response for c in convs], rank_unique)

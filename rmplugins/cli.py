@@ -1,0 +1,49 @@
+"""``rmplugins`` command line. Each subcommand lives beside the code it drives and registers itself here:
+a module in ``COMMAND_MODULES`` exposes ``register(subparsers)`` which adds its parser and sets ``func``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMAND_MODULES = (
+    "rmplugins.demo",            # rmplugins demo
+    "rmplugins.server",          # rmplugins serve
+    "rmplugins.recipes.cli",     # rmplugins iterative-dpo / rejection-sampling
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rmplugins",
+        description="Open reward and preference models (Bradley-Terry, ArmoRM, RLHFlow pair-PM, PairRM, GPM) "
+                    "for RLHF loops: a reward server for OpenRLHF, iterative DPO and rejection sampling, a demo.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name and name.startswith(err.name):  # the command's module is not part of this build
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Turn the contract's prompt/completion forms into one shape: a conversation context plus a response.
+
+Prompts are a ``str`` (one user turn) or a list of ``{"role", "content"}`` messages ending with a user turn
+(a leading system message is allowed). Completions are a ``str`` or TRL's conversational form: a list of
+assistant messages (tool calls and tool results in between are tolerated; the last message is the answer).
+Every family renders :class:`Conversation` in its own format, so this is the only place that validates input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """``context`` is every message before the scored answer; ``response`` is the answer text."""
+
+    context: tuple[Message, ...]
+    response: str
+
+    @property
+    def messages(self) -> list[Message]:
+        return [dict(m) for m in self.context] + [{"role": "assistant", "content": self.response}]
+
+    @property
+    def prompt_key(self) -> tuple:
+        """Hashable identity of the context, used to group candidates of the same prompt."""
+        return tuple((m["role"], m["content"]) for m in self.context)
+
+
+def _content(message: Any, where: str) -> str:
+    if not isinstance(message, dict) or "role" not in message:
+        raise ValueError(f"{where}: expected a chat message dict with 'role' and 'content', got {message!r:.120}")
+    content = message.get("content")
+    if content is None:  # assistant tool-call turns carry no text
+        return ""
+    if isinstance(content, list):  # multimodal-style [{"type": "text", "text": ...}] parts: keep the text
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    if not isinstance(content, str):
+        raise ValueError(f"{where}: message content must be a string, got {type(content).__name__}")
+    return content
+
+
+def prompt_messages(prompt: Any, index: int = 0) -> list[Message]:
+    """Validate one prompt and return it as a list of plain ``{"role", "content"}`` messages."""
+    where = f"prompt {index}"
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    if not isinstance(prompt, (list, tuple)) or not prompt:
+        raise ValueError(
+            f"{where}: a prompt is a string or a non-empty list of chat messages, got {type(prompt).__name__}"
+        )
+    messages = [{"role": m.get("role") if isinstance(m, dict) else None, "content": _content(m, where)}
+                for m in prompt]
+    roles = [m["role"] for m in messages]
+    if roles[-1] != "user":
+        raise ValueError(
+            f"{where}: a prompt must end with a user turn (roles are {roles}); move the assistant "
+            "message into the completion or drop it"
+        )
+    for i, role in enumerate(roles):
+        if role == "system" and i != 0:
+            raise ValueError(f"{where}: a system message is only allowed as the first message (roles {roles})")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"{where}: unknown role {role!r} in message {i}")
+    return messages
+
+
+def completion_messages(completion: Any, index: int = 0) -> list[Message]:
+    """Validate one completion; return its messages, the last one being the assistant answer."""
+    where = f"completion {index}"
+    if isinstance(completion, str):
+        return [{"role": "assistant", "content": completion}]
+    if isinstance(completion, dict):
+        completion = [completion]
+    if not isinstance(completion, (list, tuple)) or not completion:
+        raise ValueError(
+            f"{where}: a completion is a string or a list of assistant messages "
+            f"([{{'role': 'assistant', 'content': ...}}]), got {type(completion).__name__}"
+        )
+    messages = [{"role": m.get("role") if isinstance(m, dict) else None, "content": _content(m, where)}
+                for m in completion]
+    roles = [m["role"] for m in messages]
+    if any(r not in ("assistant", "tool") for r in roles) or roles[-1] != "assistant":
+        raise ValueError(
+            f"{where}: completion messages must be assistant turns (tool results allowed in between) ending "
+            f"with an assistant answer; got roles {roles}"
+        )
+    return messages
+
+
+def to_conversation(prompt: Any, completion: Any, index: int = 0) -> Conversation:
+    context = prompt_messages(prompt, index)
+    answer = completion_messages(completion, index)
+    return Conversation(context=tuple(context + answer[:-1]), response=answer[-1]["content"])
+
+
+def to_conversations(prompts: Sequence[Any], *completion_lists: Sequence[Any]) -> list[list[Conversation]]:
+    """One list of conversations per completion list; all lists must have the prompts' length."""
+    if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
+        raise ValueError("prompts must be a list (one entry per completion); wrap a single prompt in a list")
+    for name, completions in zip(("completions", "completions_b"), completion_lists):
+        if isinstance(completions, (str, dict)) or not isinstance(completions, Sequence):
+            raise ValueError(f"{name} must be a list, got {type(completions).__name__}")
+        if len(completions) != len(prompts):
+            raise ValueError(
+                f"got {len(prompts)} prompts but {len(completions)} {name}: pass one completion per prompt "
+                "(repeat a prompt for each of its completions)"
+            )
+    return [[to_conversation(p, c, i) for i, (p, c) in enumerate(zip(prompts, cl))] for cl in completion_lists]

@@ -1,0 +1,123 @@
+"""Ranking n candidates with a pairwise judge: a knockout tournament (best and worst in at most 2n - 3
+comparisons) or a full round robin. The judge is any function that takes a batch of index pairs and
+returns P(first beats second) for each, so every round of the tournament is one batched model call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+PairJudge = Callable[[list[tuple[int, int]]], Sequence[float]]
+
+
+@dataclass
+class Ranking:
+    """Result of ``rm.rank``: one score per candidate (higher is better), the best and worst indices, and how
+    many distinct candidate pairs the model judged (0 for pointwise kinds)."""
+
+    scores: list[float]
+    best: int
+    worst: int
+    comparisons: int = 0
+    method: str = "score"
+    wins: dict[tuple[int, int], float] = field(default_factory=dict, repr=False)
+
+    def order(self) -> list[int]:
+        """Candidate indices from best to worst by score (the tournament's best/worst first and last)."""
+        rest = sorted(
+            (i for i in range(len(self.scores)) if i not in (self.best, self.worst)),
+            key=lambda i: -self.scores[i],
+        )
+        if self.best == self.worst:
+            return [self.best, *rest]
+        return [self.best, *rest, self.worst]
+
+
+def from_scores(scores: Sequence[float], method: str = "score", comparisons: int = 0) -> Ranking:
+    scores = [float(s) for s in scores]
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+    return Ranking(scores, best, worst, comparisons, method)
+
+
+def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float]:
+    total = [0.0] * n
+    count = [0] * n
+    for (i, j), p in wins.items():
+        total[i] += p
+        total[j] += 1.0 - p
+        count[i] += 1
+        count[j] += 1
+    return [t / c if c else 0.5 for t, c in zip(total, count)]
+
+
+def _knockout(players: list[int], judge: PairJudge, wins: dict, want_winner: bool) -> int:
+    """Single elimination; each round is one batched judge call. An odd player out gets a bye."""
+    while len(players) > 1:
+        pairs = [(players[k], players[k + 1]) for k in range(0, len(players) - 1, 2)]
+        probs = judge(pairs)
+        nxt = []
+        for (a, b), p in zip(pairs, probs):
+            wins[(a, b)] = float(p)
+            a_wins = p >= 0.5
+            nxt.append(a if a_wins == want_winner else b)
+        if len(players) % 2:
+            nxt.append(players[-1])
+        players = nxt
+    return players[0]
+
+
+def tournament(n: int, judge: PairJudge) -> Ranking:
+    """Best and worst of n with at most 2n - 3 comparisons (about 3n/2 - 2).
+
+    Round one pairs the candidates; winners play a knockout for the best, losers one for the worst. A
+    candidate's score is its mean win probability over the comparisons it took part in. Ties (p = 0.5)
+    go to the earlier candidate.
+    """
+    if n == 1:
+        return Ranking([0.5], 0, 0, 0, "tournament")
+    wins: dict[tuple[int, int], float] = {}
+    firsts = [(k, k + 1) for k in range(0, n - 1, 2)]
+    probs = judge(firsts)
+    winners, losers = [], []
+    for (a, b), p in zip(firsts, probs):
+        wins[(a, b)] = float(p)
+        winners.append(a if p >= 0.5 else b)
+        losers.append(b if p >= 0.5 else a)
+    if n % 2:  # the odd one out enters both brackets
+        winners.append(n - 1)
+        losers.append(n - 1)
+    best = _knockout(winners, judge, wins, want_winner=True)
+    worst = _knockout(losers, judge, wins, want_winner=False)
+    return Ranking(_mean_win(n, wins), best, worst, len(wins), "tournament", wins)
+
+
+def round_robin(n: int, judge: PairJudge) -> Ranking:
+    """All n(n-1)/2 pairs in one batched call; score = mean win probability against every other candidate
+    (llm-blender's rank uses the same all-pairs matrix)."""
+    if n == 1:
+        return Ranking([0.5], 0, 0, 0, "round_robin")
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    wins = {pair: float(p) for pair, p in zip(pairs, judge(pairs))}
+    ranking = from_scores(_mean_win(n, wins), "round_robin", len(wins))
+    ranking.wins = wins
+    return ranking
+
+
+def rank_with_duplicates(candidates: Sequence[str], rank_unique: Callable[[list[str]], Ranking]) -> Ranking:
+    """Judge each distinct candidate once; identical candidates share their score."""
+    unique: list[str] = []
+    where: dict[str, int] = {}
+    for c in candidates:
+        if c not in where:
+            where[c] = len(unique)
+            unique.append(c)
+    if len(unique) == len(candidates):
+        return rank_unique(unique)
+    inner = rank_unique(unique)
+    back = [where[c] for c in candidates]
+    scores = [inner.scores[u] for u in back]
+    best = back.index(inner.best)
+    worst = back.index(inner.worst)
+    return Ranking(scores, best, worst, inner.comparisons, inner.method)
