@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers
 
-FORMAT_VERSION = "3"  # bump when a builder changes, so cached checkpoints are rebuilt
+FORMAT_VERSION = "5"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -203,7 +203,7 @@ def _llama_backbone_state(cfg, seed: int) -> dict[str, torch.Tensor]:
 
     torch.manual_seed(seed)
     backbone = LlamaModel(cfg)
-    _spread(backbone, 0.08)
+    _spread(backbone, 0.2)  # wide enough that the last hidden state depends clearly on the content
     return {f"model.{k}": v.to(torch.bfloat16) for k, v in backbone.state_dict().items()}
 
 
@@ -224,7 +224,7 @@ def build_bt(path: Path, seed: int = 0) -> None:
                         pad_token_id=pad, num_labels=1, tie_word_embeddings=False, initializer_range=0.08)
     torch.manual_seed(seed)
     model = MistralForSequenceClassification(cfg)
-    _spread(model, 0.08)
+    _spread(model, 0.2)
     torch.nn.init.normal_(model.score.weight, std=0.5)
     state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}
     _save(state, path)
@@ -287,6 +287,9 @@ def _causal_lm_state(path: Path, seed: int, pad_is_eos: bool) -> tuple[dict, obj
 def build_pair_pm(path: Path, seed: int = 3) -> None:
     """RLHFlow pair-preference-model-LLaMA3-8B layout: a plain LlamaForCausalLM, pad = eos."""
     state, cfg = _causal_lm_state(path, seed, pad_is_eos=True)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    answers = [tok.encode("A", add_special_tokens=False).ids[0], tok.encode("B", add_special_tokens=False).ids[0]]
+    state["lm_head.weight"][answers] *= 3  # a sharper judge, so that swapping or mixing up A/B shows
     _save(state, path)
     cfg_dict = cfg.to_dict()
     cfg_dict.update(architectures=["LlamaForCausalLM"], torch_dtype="bfloat16")
@@ -341,7 +344,7 @@ def build_pairrm(path: Path, seed: int = 6) -> None:
     h = cfg.hidden_size
     state["head_layer.1.weight"] = torch.randn(h, 2 * h, generator=g) * (2.0 / (2 * h) ** 0.5)
     state["head_layer.1.bias"] = torch.randn(h, generator=g) * 0.1
-    state["head_layer.4.weight"] = torch.randn(1, h, generator=g) * (3.0 / h ** 0.5)
+    state["head_layer.4.weight"] = torch.randn(1, h, generator=g) * (12.0 / h ** 0.5)
     state["head_layer.4.bias"] = torch.randn(1, generator=g) * 0.1
     _save(state, path)
     cfg_dict = cfg.to_dict()

@@ -1,0 +1,57 @@
+"""Rendering conversations with a reward model's own chat template, with clear errors.
+
+Reward models were trained on their own template; scoring policy-formatted text with them gives wrong scores
+(OpenRLHF issues 242, 486). Every family renders messages through here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+logger = logging.getLogger("rmplugins")
+_warned_system_merge: set[str] = set()
+
+
+def require_chat_template(tokenizer: Any, name: str) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"the tokenizer of {name} has no chat_template, so conversations cannot be rendered the way the model "
+            "was trained; pass chat_template='<jinja template>' to load_reward_model or use the model's own tokenizer"
+        )
+
+
+def merge_system(messages: list[dict]) -> list[dict]:
+    """Fold a leading system message into the first user turn (for formats without a system role)."""
+    if not messages or messages[0]["role"] != "system":
+        return messages
+    system, rest = messages[0], [dict(m) for m in messages[1:]]
+    if rest and rest[0]["role"] == "user":
+        rest[0]["content"] = f"{system['content']}\n\n{rest[0]['content']}"
+        return rest
+    return [{"role": "user", "content": system["content"]}, *rest]
+
+
+def render(tokenizer: Any, messages: list[dict], *, name: str = "model", add_generation_prompt: bool = False,
+           chat_template: str | None = None) -> str:
+    """``apply_chat_template(..., tokenize=False)``; a template that rejects the system role (Mistral-Instruct)
+    is retried once with the system message folded into the first user turn, and that is logged once."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             chat_template=chat_template)
+    except Exception as err:  # jinja2 TemplateError from raise_exception, or a template bug
+        if messages and messages[0]["role"] == "system":
+            if name not in _warned_system_merge:
+                logger.warning("%s: the chat template rejected a system message (%s); folding it into the first "
+                               "user turn", name, err)
+                _warned_system_merge.add(name)
+            return render(tokenizer, merge_system(messages), name=name,
+                          add_generation_prompt=add_generation_prompt, chat_template=chat_template)
+        roles = [m["role"] for m in messages]
+        raise ValueError(f"{name}: its chat template cannot render a conversation with roles {roles}: {err}") from err
+
+
+def strip_bos(tokenizer: Any, text: str) -> str:
+    """The reference pipelines drop the BOS string from rendered text so the tokenizer adds exactly one."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return text.replace(bos, "") if bos else text

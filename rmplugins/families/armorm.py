@@ -1,0 +1,183 @@
+"""ArmoRM-Llama3-8B-v0.1: 19 objective rewards mixed by a prompt-conditioned gating network.
+
+A native module with the published tensor names (no ``trust_remote_code``: the hub code imports symbols recent
+transformers no longer has). Math, from the model card and its modeling code:
+    rewards = regression_layer(h[last real token])                       # [N, 19]
+    gate    = softmax(gating_mlp(h[<|eot_id|> closing the last user turn]) / T) * logit_scale
+    score   = sum(gate * (rewards @ reward_transform_matrix), dim=1)
+    coefficients = gate @ reward_transform_matrix.T   (so score == sum(rewards * coefficients))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel
+
+from ..base import PointwiseRewardModel
+from ..chat import render, require_chat_template
+from ..engine import ScoringEngine
+from ..inputs import to_conversations
+from ..loading import model_kwargs
+
+OBJECTIVE_NAMES = [
+    "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
+    "helpsteer-verbosity", "ultrafeedback-overall_score", "ultrafeedback-instruction_following",
+    "ultrafeedback-truthfulness", "ultrafeedback-honesty", "ultrafeedback-helpfulness", "beavertails-is_safe",
+    "prometheus-score", "argilla-overall_quality", "argilla-judge_lm", "code-complexity", "code-style",
+    "code-explanation", "code-instruction-following", "code-readability",
+]
+
+
+class GatingNetwork(nn.Module):
+    """``layers.{0..n_hidden}``: Linear+ReLU blocks then Linear to n objectives; softmax(x / T) * logit_scale."""
+
+    def __init__(self, in_features: int, out_features: int, temperature: float, hidden_dim: int, n_hidden: int):
+        super().__init__()
+        self.temperature = temperature
+        self.logit_scale = nn.Parameter(torch.ones(1))
+        dims = [in_features] + [hidden_dim] * n_hidden + [out_features]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return F.softmax(x / self.temperature, dim=1) * self.logit_scale[0]
+
+
+class ArmoRMModel(LlamaPreTrainedModel):
+    """Tensor layout of ``LlamaForRewardModelWithGating``: ``model.*``, ``regression_layer``, ``gating.*``,
+    ``reward_transform_matrix``. Heads stay float32 (as stored) whatever the backbone dtype."""
+
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    _keep_in_fp32_modules = ["regression_layer", "gating", "reward_transform_matrix"]
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        n = getattr(config, "num_objectives", 19)
+        self.model = LlamaModel(config)
+        self.regression_layer = nn.Linear(config.hidden_size, n, bias=False)
+        self.reward_transform_matrix = nn.Parameter(torch.eye(n), requires_grad=False)
+        self.gating = GatingNetwork(config.hidden_size, n, temperature=getattr(config, "gating_temperature", 10),
+                                    hidden_dim=getattr(config, "gating_hidden_dim", 1024),
+                                    n_hidden=getattr(config, "gating_n_hidden", 3))
+        self.post_init()
+
+    def heads(self, h_last: torch.Tensor, h_gate: torch.Tensor):
+        """(rewards [N, n], gating_output [N, n], score [N]) from the two hidden states, in float32."""
+        rewards = self.regression_layer(h_last.float())
+        gate = self.gating(h_gate.float())
+        score = torch.sum(gate * (rewards @ self.reward_transform_matrix), dim=1)
+        return rewards, gate, score
+
+
+@dataclass
+class ArmoRMDetails:
+    """``score`` [N]; ``rewards``/``coefficients``/``gating_output`` [N, 19]; ``objective_names`` (19)."""
+
+    score: list[float]
+    rewards: torch.Tensor
+    coefficients: torch.Tensor
+    gating_output: torch.Tensor
+    objective_names: list[str]
+
+    def __getitem__(self, key: str):  # mapping-style access, as the contract allows
+        return getattr(self, key)
+
+    def top_objectives(self, k: int = 3) -> list[list[tuple[str, float]]]:
+        """Per row, the k objectives with the largest |coefficient| (the model card's interpretation)."""
+        idx = torch.argsort(self.coefficients.abs(), dim=1, descending=True)[:, :k]
+        return [[(self.objective_names[j], float(self.coefficients[i, j])) for j in row.tolist()]
+                for i, row in enumerate(idx)]
+
+
+class ArmoRMRewardModel(PointwiseRewardModel):
+    kind = "armorm"
+
+    def __init__(self, model: ArmoRMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None):
+        super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
+        self.pad_token_id = model.config.pad_token_id
+        self.gating_pattern = self._gating_pattern(tokenizer)
+        n = model.regression_layer.out_features
+        self.objective_names = OBJECTIVE_NAMES if n == len(OBJECTIVE_NAMES) else [f"objective_{i}" for i in range(n)]
+        pad = self.pad_token_id if self.pad_token_id is not None else tokenizer.eos_token_id
+        self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
+
+    @staticmethod
+    def _gating_pattern(tokenizer) -> list[int]:
+        """Token ids of ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n`` (Llama-3: 128009, 128006,
+        78191, 128007, 271), derived by rendering a probe conversation with the model's own template."""
+        probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        with_header = tokenizer(render(tokenizer, probe[:1], name="ArmoRM", add_generation_prompt=True),
+                                add_special_tokens=False)["input_ids"]
+        user_only = tokenizer(render(tokenizer, probe[:1], name="ArmoRM"), add_special_tokens=False)["input_ids"]
+        eot = user_only[-1]
+        if with_header[: len(user_only)] != user_only or len(with_header) <= len(user_only):
+            raise ValueError("ArmoRM: the tokenizer's chat template does not add an assistant header after the user "
+                             "turn, so the gating token cannot be located; use ArmoRM's own Llama-3 tokenizer")
+        pattern = [eot] + with_header[len(user_only):]
+        if tokenizer.convert_ids_to_tokens(eot) != "<|eot_id|>":
+            raise ValueError(f"ArmoRM: expected the user turn to close with <|eot_id|>, got "
+                             f"{tokenizer.convert_ids_to_tokens(eot)!r}; this is not a Llama-3 chat tokenizer")
+        return pattern
+
+    @classmethod
+    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if chat_template:
+            tokenizer.chat_template = chat_template
+        require_chat_template(tokenizer, name_or_path)
+        model = ArmoRMModel.from_pretrained(path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
+                   token_budget=token_budget)
+
+    # ---------------------------------------------------------------- positions (reference-exact)
+    def encode(self, messages: list[dict]) -> list[int]:
+        text = render(self.tokenizer, messages, name=self.name_or_path)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template carries the one BOS
+        return self._truncate(ids, side="right")  # card pipeline: truncation=True, max_length=4096
+
+    def reward_position(self, ids: list[int]) -> int:
+        """Reference: (index of the first pad token - 1) mod L, i.e. the last token when there is no pad."""
+        if self.pad_token_id is not None and self.pad_token_id in ids:
+            return (ids.index(self.pad_token_id) - 1) % len(ids)
+        return len(ids) - 1
+
+    def gating_position(self, ids: list[int]) -> int:
+        """Start of the last occurrence of the gating pattern: the <|eot_id|> that closes the last user turn."""
+        p = self.gating_pattern
+        for j in range(len(ids) - len(p), -1, -1):
+            if ids[j: j + len(p)] == p:
+                return j
+        raise ValueError("ArmoRM: the gating pattern <|eot_id|><|start_header_id|>assistant<|end_header_id|> is not "
+                         "in the rendered conversation (was it truncated? conversations must end with an "
+                         "assistant turn after a user turn)")
+
+    def _heads(self, conversations):
+        sequences = [self.encode(c.messages) for c in conversations]
+        positions = [[self.reward_position(s), self.gating_position(s)] for s in sequences]
+        hidden = self.engine.hidden_at(sequences, positions)
+        if not hidden:
+            empty = torch.zeros(0, len(self.objective_names))
+            return empty, empty, torch.zeros(0)
+        h = torch.stack(hidden)  # [N, 2, H]
+        with torch.inference_mode():
+            rewards, gate, score = self.model.heads(h[:, 0].to(self.device), h[:, 1].to(self.device))
+        return rewards.float().cpu(), gate.float().cpu(), score.float().cpu()
+
+    def rewards(self, conversations):
+        return self._heads(conversations)[2]
+
+    def score_details(self, prompts, completions) -> ArmoRMDetails:
+        (convs,) = to_conversations(prompts, completions)
+        rewards, gate, score = self._heads(convs)
+        transform = self.model.reward_transform_matrix.detach().float().cpu()
+        return ArmoRMDetails(score=score.tolist(), rewards=rewards, coefficients=gate @ transform.T,
+                             gating_output=gate, objective_names=list(self.objective_names))

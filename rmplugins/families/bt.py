@@ -1,0 +1,56 @@
+"""Bradley-Terry sequence classifiers (RM-Mistral-7B, FsfairX-LLaMA3-RM, Skywork-Reward, ...).
+
+Reference (model card of RM-Mistral-7B, RLHFlow Online-RLHF): render with the model's chat template, drop the
+BOS string, tokenize normally (one BOS), reward = the single logit at the last token.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from ..base import PointwiseRewardModel
+from ..chat import render, require_chat_template, strip_bos
+from ..engine import ScoringEngine
+from ..loading import model_kwargs
+
+
+class BradleyTerryRewardModel(PointwiseRewardModel):
+    kind = "bt"
+
+    def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, chat_template=None):
+        super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
+        self.chat_template = chat_template
+        head = getattr(model, "score", None)
+        if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+            raise ValueError(f"{name_or_path}: a Bradley-Terry reward model needs a single-logit `score` head "
+                             f"(num_labels=1); found {head!r}")
+        self.head = head
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.engine = ScoringEngine(model.base_model, pad, causal=True, token_budget=token_budget)
+
+    @classmethod
+    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if chat_template:
+            tokenizer.chat_template = chat_template
+        require_chat_template(tokenizer, name_or_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        limit = max_length or config.get("max_position_embeddings") or 4096
+        return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget)
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        text = strip_bos(self.tokenizer, render(self.tokenizer, messages, name=self.name_or_path))
+        ids = self.tokenizer(text)["input_ids"]
+        return self._truncate(ids, side="left")  # RM-Mistral-7B was trained with left truncation
+
+    def rewards(self, conversations):
+        sequences = [self.encode(c.messages) for c in conversations]
+        hidden = self.engine.hidden_at(sequences, [[-1]] * len(sequences))
+        if not hidden:
+            return torch.zeros(0)
+        h = torch.cat(hidden).to(self.head.weight.device, self.head.weight.dtype)
+        with torch.inference_mode():
+            return self.head(h)[:, 0].float().cpu()

@@ -1,0 +1,151 @@
+"""GPM (General Preference representation Model, seed 004): preference embeddings and GPO scores.
+
+Reference (GPMPipeline of the model card):
+- text = ``apply_chat_template(messages, tokenize=False)`` tokenized normally (two BOS with Llama-3 templates, as
+  in training), right-truncated to 4096, the last token forced to eos;
+- v = L2-normalize(value_head(h[last])), d = value_head rows (inferred from the weights, not in config.json);
+- prompt state = h at (length of template(first message only)) - 1;
+  R = block-diagonal skew-symmetric, R[2k, 2k+1] = -b_k, R[2k+1, 2k] = b_k, b = softmax(prompt_head(prompt state));
+- s(a beats b) = v_a^T R^T v_b; P = sigmoid(s / tau), tau = 0.1;
+- GPO score of candidate i among n: (1/n) sum_j (s_ij - s_ji) / tau.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel
+
+from ..base import RewardModel
+from ..chat import require_chat_template
+from ..engine import ScoringEngine
+from ..inputs import to_conversations
+from ..loading import model_kwargs
+from ..ranking import Ranking, from_scores
+
+
+class GPMModel(LlamaPreTrainedModel):
+    """``model.*`` + ``value_head`` [d, h] (+ ``prompt_head`` [d/2, h]); the unused ``lm_head`` is not loaded."""
+
+    config_class = LlamaConfig
+    base_model_prefix = "model"
+    _keys_to_ignore_on_load_unexpected = [r"lm_head"]
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        d = config.value_head_dim
+        self.model = LlamaModel(config)
+        self.value_head = nn.Linear(config.hidden_size, d, bias=False)
+        self.prompt_head = nn.Linear(config.hidden_size, d // 2, bias=False) if config.add_prompt_head else None
+        self.post_init()
+
+    def embed(self, h_last: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.value_head(h_last).float(), p=2, dim=-1)
+
+    def skew_matrix(self, h_prompt: torch.Tensor) -> torch.Tensor:
+        d = self.value_head.out_features
+        if self.prompt_head is None:
+            raise ValueError("this GPM checkpoint has no prompt_head, so preferences cannot be computed")
+        b = torch.softmax(self.prompt_head(h_prompt).float(), dim=-1)
+        R = torch.zeros(b.shape[0], d, d, dtype=b.dtype, device=b.device)
+        for k in range(d // 2):
+            R[:, 2 * k, 2 * k + 1] = -b[:, k]
+            R[:, 2 * k + 1, 2 * k] = b[:, k]
+        return R
+
+
+class GPMRewardModel(RewardModel):
+    kind = "gpm"
+    rank_methods = ("gpo",)
+
+    def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1):
+        super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
+        self.tau = float(tau)
+        if tokenizer.eos_token_id is None:
+            raise ValueError(f"{name_or_path}: GPM needs an eos token (the last position is forced to eos)")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
+
+    @classmethod
+    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1,
+                        tensor_shapes=None):
+        from ..loading import tensor_shapes as read_shapes
+
+        shapes = tensor_shapes or read_shapes(path)
+        llama_config = LlamaConfig.from_pretrained(path)
+        llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
+        llama_config.add_prompt_head = "prompt_head.weight" in shapes
+        if llama_config.value_head_dim % 2:
+            raise ValueError(f"{name_or_path}: GPM value_head has {llama_config.value_head_dim} rows; an even "
+                             "dimension is needed for the skew-symmetric preference operator")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if chat_template:
+            tokenizer.chat_template = chat_template
+        require_chat_template(tokenizer, name_or_path)
+        model = GPMModel.from_pretrained(path, config=llama_config,
+                                         **model_kwargs(device, dtype, attn_implementation, device_map))
+        return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
+                   token_budget=token_budget, tau=tau)
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.model.value_head.out_features
+
+    # ---------------------------------------------------------------- encoding (reference-exact)
+    def _tokenize(self, messages: list[dict]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        ids = self.tokenizer(text)["input_ids"]
+        return self._truncate(ids, side="right")
+
+    def encode(self, messages: list[dict]) -> tuple[list[int], int]:
+        """(token ids with the last forced to eos, index of the prompt state)."""
+        ids = self._tokenize(messages)
+        ids[-1] = self.tokenizer.eos_token_id
+        prompt_len = len(self._tokenize(messages[:1]))
+        return ids, min(max(prompt_len - 1, 0), len(ids) - 1)
+
+    def embeddings(self, conversations) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v [N, d] unit embeddings, R [N, d, d] preference operators from each prompt state)."""
+        encoded = [self.encode(c.messages) for c in conversations]
+        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [[-1, pos] for _, pos in encoded])
+        h = torch.stack(hidden).to(self.device)
+        with torch.inference_mode():
+            v = self.model.embed(h[:, 0])
+            R = self.model.skew_matrix(h[:, 1])
+        return v.cpu(), R.cpu()
+
+    @staticmethod
+    def preference(v_a: torch.Tensor, R: torch.Tensor, v_b: torch.Tensor) -> torch.Tensor:
+        """s(a beats b) = v_a^T R^T v_b, batched."""
+        return torch.bmm(torch.bmm(v_a.unsqueeze(1), R.transpose(1, 2)), v_b.unsqueeze(2)).view(-1)
+
+    def compare(self, prompts, completions_a, completions_b):
+        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
+        if not convs_a:
+            return []
+        v, R = self.embeddings(convs_a + convs_b)
+        n = len(convs_a)
+        s = self.preference(v[:n], R[:n], v[n:])  # R from a's prompt state, as the reference
+        return torch.sigmoid(s / self.tau).tolist()
+
+    def gpo_table(self, v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """table[i, j] = s(i beats j) / tau under one prompt's operator R [d, d]."""
+        return (v @ R.T @ v.T) / self.tau
+
+    def rank(self, prompt, candidates, method=None) -> Ranking:
+        self._check_method(method)
+        convs = self._candidates(prompt, candidates)
+        unique: dict[str, int] = {}
+        for c in convs:
+            unique.setdefault(c.response, len(unique))
+        firsts = {}
+        for c in convs:
+            firsts.setdefault(c.response, c)
+        v_unique, R_unique = self.embeddings(list(firsts.values()))  # one forward per distinct candidate
+        v = v_unique[[unique[c.response] for c in convs]]
+        table = self.gpo_table(v, R_unique[0])
+        scores = ((table - table.T).sum(dim=1) / len(convs)).tolist()
+        n_unique = len(unique)
+        return from_scores(scores, "gpo", n_unique * (n_unique - 1) // 2)

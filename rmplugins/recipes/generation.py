@@ -1,0 +1,245 @@
+"""Candidate generation behind one interface, two backends:
+
+- :class:`VLLMGenerator` (``--backend vllm``): vLLM's ``LLM.chat`` with ``SamplingParams(n=K, seed=...)``, prefix
+  caching (the K samples and the shared system prompts reuse one prefill), stop on the policy's EOS ids, and
+  sleep/wake so the engine can share one GPU with scoring and training. Between iterations the new policy's
+  weights are reloaded in place (``collective_rpc("reload_weights", weights_path=...)``), not a new engine.
+- :class:`HFGenerator` (``--backend hf``): transformers ``generate`` on any device; what runs on CPU.
+
+Both render each prompt with the policy's chat template (``add_generation_prompt=True``), return the decoded
+completion texts without special tokens, and seed every prompt separately (``seed_for(base, iteration, index)``)
+so a resumed run regenerates exactly what an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from abc import ABC, abstractmethod
+from typing import Any, Sequence
+
+from .prompts import as_messages
+
+logger = logging.getLogger("rmplugins.recipes")
+
+
+def seed_for(base: int, iteration: int, index: int) -> int:
+    """Sampling seed of prompt ``index`` in ``iteration``: independent of batching, order and resume."""
+    return (int(base) * 1_000_003 + int(iteration) * 100_003 + int(index)) % (2**31 - 1)
+
+
+class Generator(ABC):
+    """``generate(prompts, n, seeds)`` -> for each prompt, ``n`` completion texts."""
+
+    def __init__(self, model_path: str, *, max_new_tokens: int = 256, temperature: float = 1.0, top_p: float = 1.0):
+        self.model_path = str(model_path)
+        self.max_new_tokens = int(max_new_tokens)
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Any], n: int, seeds: Sequence[int]) -> list[list[str]]:
+        ...
+
+    def load(self, model_path: str) -> None:
+        """Switch to the policy at ``model_path`` (the next iteration's weights)."""
+        self.close()
+        self.model_path = str(model_path)
+
+    def sleep(self) -> None:
+        """Free accelerator memory for scoring/training; ``wake_up`` before generating again."""
+
+    def wake_up(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HFGenerator(Generator):
+    """transformers ``generate``: one prompt at a time, ``num_return_sequences=n``, seeded per prompt."""
+
+    def __init__(self, model_path: str, *, device: str | None = None, dtype: Any = None, **kwargs):
+        super().__init__(model_path, **kwargs)
+        self.device = device
+        self.dtype = dtype
+        self._model = None
+        self._tokenizer = None
+
+    def _ensure(self):
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            dtype = self.dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self._model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(device).eval()
+            self._device = device
+        return self._model, self._tokenizer
+
+    def stop_token_ids(self) -> list[int]:
+        model, tok = self._ensure()
+        ids = model.generation_config.eos_token_id
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+            ids.append(tok.eos_token_id)
+        return ids
+
+    def generate(self, prompts, n, seeds):
+        import torch
+
+        model, tok = self._ensure()
+        eos = self.stop_token_ids()
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        out = []
+        for prompt, seed in zip(prompts, seeds):
+            text = tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+            enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self._device)
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                ids = model.generate(**enc, do_sample=self.temperature > 0, temperature=self.temperature or None,
+                                     top_p=self.top_p, top_k=0, max_new_tokens=self.max_new_tokens,
+                                     num_return_sequences=n, eos_token_id=eos, pad_token_id=pad)
+            new = ids[:, enc["input_ids"].shape[1]:]
+            out.append([tok.decode(row, skip_special_tokens=True) for row in new])
+        return out
+
+    def sleep(self):
+        if self._model is not None and self._device != "cpu":
+            self._model.to("cpu")
+
+    def wake_up(self):
+        if self._model is not None and self._device != "cpu":
+            self._model.to(self._device)
+
+    def close(self):
+        self._model = self._tokenizer = None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # pragma: no cover
+            pass
+
+
+class VLLMGenerator(Generator):
+    """vLLM (the version the ``vllm`` extra pins, >= 0.33): ``LLM.chat`` with per-prompt ``SamplingParams``.
+
+    ``sleep()`` puts the engine to ``sleep(level=2)`` (weights and KV cache freed, the GPU is left to scoring and
+    training); ``load(path)`` then wakes the weights, reloads them from the new policy directory in place and wakes
+    the KV cache, so one engine serves every iteration. Options: ``gpu_memory_utilization`` (0.5 leaves room for a
+    co-located reward model), ``enable_sleep_mode`` (on), ``seed``, ``tensor_parallel_size``, ``dtype``.
+    """
+
+    def __init__(self, model_path: str, *, seed: int = 42, gpu_memory_utilization: float = 0.5,
+                 enable_sleep_mode: bool = True, tensor_parallel_size: int = 1, dtype: str = "auto",
+                 max_model_len: int | None = None, **kwargs):
+        super().__init__(model_path, **kwargs)
+        try:
+            import vllm  # noqa: F401
+        except ImportError as err:
+            raise ImportError("--backend vllm needs vLLM: pip install 'rmplugins[vllm]' (Linux with a CUDA GPU); "
+                              "use --backend hf to generate with transformers instead") from err
+        self.engine_kwargs = dict(seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                                  enable_prefix_caching=True, enable_sleep_mode=enable_sleep_mode,
+                                  tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        if max_model_len:
+            self.engine_kwargs["max_model_len"] = max_model_len
+        self._llm = None
+        self._asleep = False
+
+    def _ensure(self):
+        if self._llm is None:
+            from vllm import LLM
+
+            logger.info("starting vLLM on %s", self.model_path)
+            self._llm = LLM(model=self.model_path, **self.engine_kwargs)
+            self._asleep = False
+        elif self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+        return self._llm
+
+    def stop_token_ids(self) -> list[int]:
+        from transformers import AutoTokenizer, GenerationConfig
+
+        ids: list[int] = []
+        try:
+            gen = GenerationConfig.from_pretrained(self.model_path)
+            eos = gen.eos_token_id
+            ids = [eos] if isinstance(eos, int) else list(eos or [])
+        except OSError:
+            pass
+        tok_eos = AutoTokenizer.from_pretrained(self.model_path).eos_token_id
+        if tok_eos is not None and tok_eos not in ids:
+            ids.append(tok_eos)
+        return ids
+
+    def sampling_params(self, n: int, seed: int):
+        from vllm import SamplingParams
+
+        return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_new_tokens,
+                              seed=seed, stop_token_ids=self._stop_ids, skip_special_tokens=True)
+
+    def generate(self, prompts, n, seeds):
+        llm = self._ensure()
+        if not hasattr(self, "_stop_ids"):
+            self._stop_ids = self.stop_token_ids()
+        params = [self.sampling_params(n, s) for s in seeds]
+        outputs = llm.chat([as_messages(p) for p in prompts], params, use_tqdm=False, add_generation_prompt=True)
+        return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+
+    def sleep(self):
+        if self._llm is not None and not self._asleep and self.engine_kwargs["enable_sleep_mode"]:
+            self._llm.sleep(level=2)
+            self._asleep = True
+
+    def wake_up(self):
+        if self._llm is not None and self._asleep:
+            self._llm.wake_up()
+            self._asleep = False
+
+    def load(self, model_path: str) -> None:
+        model_path = str(model_path)
+        if self._llm is None or model_path == self.model_path:
+            self.model_path = model_path
+            return
+        try:
+            if self._asleep:
+                self._llm.wake_up(tags=["weights"])
+            self._llm.collective_rpc("reload_weights", kwargs={"weights_path": model_path})
+            if self._asleep:
+                self._llm.wake_up(tags=["kv_cache"])
+            self._llm.reset_prefix_cache()
+            self._asleep = False
+            self.model_path = model_path
+            self._stop_ids = self.stop_token_ids()
+        except Exception as err:  # an engine that cannot reload in place is rebuilt
+            logger.warning("vLLM could not reload weights in place (%s); starting a new engine", err)
+            self.close()
+            self.model_path = model_path
+
+    def close(self):
+        if self._llm is not None:
+            del self._llm
+            self._llm = None
+            gc.collect()
+            try:
+                import torch
+
+                torch.cuda.empty_cache()
+            except Exception:  # pragma: no cover
+                pass
+        self.__dict__.pop("_stop_ids", None)
+
+
+def make_generator(backend: str, model_path: str, *, seed: int = 42, **kwargs) -> Generator:
+    if backend == "hf":
+        kwargs.pop("gpu_memory_utilization", None)
+        return HFGenerator(model_path, **kwargs)
+    if backend == "vllm":
+        return VLLMGenerator(model_path, seed=seed, **kwargs)
+    raise ValueError(f"unknown generation backend {backend!r}; choose 'hf' or 'vllm'")

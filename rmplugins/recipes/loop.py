@@ -1,0 +1,579 @@
+"""The resumable iterative-DPO / rejection-sampling loop.
+
+Layout of ``--output DIR`` (iteration k = 1..N uses the policy of iteration k-1; iteration 0 is ``--policy``)::
+
+    DIR/run.json                   the options that shape the outputs (a resume must match them)
+    DIR/recipe.log                 the log of every run into DIR
+    DIR/summary.json               per-iteration summary, rewritten after every stage
+    DIR/iter-k/candidates.jsonl    {"index", "prompt", "seed", "candidates": [K texts]}
+    DIR/iter-k/scores.jsonl        {"index", "scores", "best", "worst", "comparisons", "method"}
+    DIR/iter-k/pairs.jsonl         iterative DPO: {"prompt", "chosen", "rejected", "chosen_score",
+                                   "rejected_score", "margin"} in TRL's format (conversational when prompts are)
+    DIR/iter-k/best.jsonl          rejection sampling: {"prompt", "completion", "score"}
+    DIR/iter-k/*.openrlhf.jsonl    with --openrlhf-keys: OpenRLHF <= 0.9's iter_dpo / rs rows
+    DIR/iter-k/model/              the trained policy (TRL DPOTrainer / SFTTrainer)
+    DIR/iter-k/<stage>.done.json   stage marker: seconds and statistics
+    DIR/eval-N/                    with --eval-final: candidates and scores of the final policy
+
+Resume rules: a stage is done when its marker exists; finished files are never rewritten. Generation and scoring
+append complete rows to ``<file>.partial`` (flushed and fsynced per chunk) and continue after the last complete
+row; every prompt has its own sampling seed, so a resumed stage produces what an uninterrupted one would. Every
+final file and the model directory are written to a temporary name and moved into place with ``os.replace``.
+
+Test hook (documented, test-only): ``RMPLUGINS_RECIPES_KILL_AFTER=iter-1/generate`` makes the process SIGKILL
+itself right after that stage finished; ``iter-1/generate/chunk-1`` after the first chunk of that stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .generation import make_generator, seed_for
+from .prompts import as_messages, is_conversational, read_prompts
+from .selection import SelectionStats, best_of_n, check_rule, default_rule, rank_method, select_pair
+
+logger = logging.getLogger("rmplugins.recipes")
+
+RECIPES = ("iterative-dpo", "rejection-sampling")
+KILL_ENV = "RMPLUGINS_RECIPES_KILL_AFTER"
+# Options that do not change any output file: they may differ between a run and its resume.
+_RESUME_FREE = {"iterations", "output", "show_progress", "rm_device", "device", "gpu_memory_utilization",
+                "chunk_size", "eval_final"}
+
+
+@dataclass
+class RecipeConfig:
+    recipe: str
+    policy: str
+    reward_model: str
+    prompts: str
+    output: str
+    iterations: int = 2
+    num_candidates: int = 4
+    max_new_tokens: int = 256
+    backend: str = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 42
+    pair_rule: str | None = None          # None: by reward-model kind (max-min / tournament / gpo)
+    min_margin: float = 0.0
+    reference: str = "initial"            # DPO reference: "initial" policy (RLHFlow) or "previous" iteration
+    learning_rate: float | None = None    # None: 5e-7 for DPO (RLHFlow), 1e-5 for SFT
+    epochs: float = 2.0
+    beta: float = 0.1
+    label_smoothing: float = 0.1
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    openrlhf_keys: bool = False
+    eval_final: bool = False
+    reward_kwargs: dict = field(default_factory=dict)
+    rm_device: str | None = None
+    device: str | None = None
+    gpu_memory_utilization: float = 0.5
+    chunk_size: int = 64
+    show_progress: bool = True
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {list(RECIPES)}")
+        if self.iterations < 1 or self.num_candidates < 1 or self.max_new_tokens < 1:
+            raise ValueError("--iterations, --num-candidates and --max-new-tokens must be at least 1")
+        if self.recipe == "iterative-dpo" and self.num_candidates < 2:
+            raise ValueError("iterative DPO needs --num-candidates of at least 2 to form a pair")
+        if self.reference not in ("initial", "previous"):
+            raise ValueError(f"--reference must be 'initial' or 'previous', got {self.reference!r}")
+        if self.backend not in ("hf", "vllm"):
+            raise ValueError(f"--backend must be 'hf' or 'vllm', got {self.backend!r}")
+
+    @property
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 5e-7 if self.recipe == "iterative-dpo" else 1e-5
+
+    def shaping(self) -> dict:
+        """The options that shape the outputs, stored in run.json."""
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RESUME_FREE}
+        for key in ("policy", "reward_model", "prompts"):
+            out[key] = os.path.abspath(out[key]) if os.path.exists(out[key]) else out[key]
+        return out
+
+
+# ----------------------------------------------------------------------------- files
+def dumps(row: dict) -> str:
+    """One JSON line with the keys in the order given (byte-stable)."""
+    return json.dumps(row, ensure_ascii=False) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+class PartialFile:
+    """Append-only ``<final>.partial`` of complete rows; ``finish()`` moves it to ``<final>``."""
+
+    def __init__(self, final: Path):
+        self.final = final
+        self.path = final.with_name(final.name + ".partial")
+        self.rows: list[dict] = []
+        if self.path.exists():
+            data = self.path.read_bytes()
+            end = data.rfind(b"\n") + 1  # drop a torn last line
+            for line in data[:end].decode("utf-8").splitlines():
+                if line.strip():
+                    self.rows.append(json.loads(line))
+            if end != len(data):
+                with open(self.path, "r+b") as fh:
+                    fh.truncate(end)
+
+    def append(self, rows: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(dumps(r) for r in rows))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.rows.extend(rows)
+
+    def finish(self) -> None:
+        if not self.path.exists():
+            self.path.write_text("")
+        os.replace(self.path, self.final)
+
+
+def _kill_hook(point: str) -> None:
+    if os.environ.get(KILL_ENV) == point:
+        logger.warning("%s=%s: killing this process (test hook)", KILL_ENV, point)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "max": None, "min": None}
+    return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
+
+
+# ----------------------------------------------------------------------------- the loop
+class Recipe:
+    def __init__(self, config: RecipeConfig):
+        self.cfg = config
+        self.out = Path(config.output)
+        self.prompts = read_prompts(config.prompts)
+        self.conversational = is_conversational(self.prompts)
+        self._rm = None
+        self._gen = None
+
+    # ---- resources, loaded lazily so a resume that only trains never loads the reward model
+    def reward_model(self):
+        if self._rm is None:
+            from .. import load_reward_model
+
+            self._rm = load_reward_model(self.cfg.reward_model, device=self.cfg.rm_device, **self.cfg.reward_kwargs)
+            rule = self.rule()
+            check_rule(rule, self._rm.kind)
+            logger.info("reward model %s (kind %s), rule %s", self.cfg.reward_model, self._rm.kind, rule)
+        elif self.cfg.rm_device or _cuda():
+            self._rm.to(self.cfg.rm_device or "cuda")
+        return self._rm
+
+    def rule(self) -> str:
+        if self.cfg.recipe == "rejection-sampling":
+            return "best-of-n"
+        if self.cfg.pair_rule:
+            return self.cfg.pair_rule
+        return default_rule(self._rm.kind if self._rm is not None else "bt")
+
+    def generator(self, policy: str):
+        if self._gen is None:
+            self._gen = make_generator(self.cfg.backend, policy, seed=self.cfg.seed,
+                                       max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                                       top_p=self.cfg.top_p, gpu_memory_utilization=self.cfg.gpu_memory_utilization,
+                                       **({"device": self.cfg.device} if self.cfg.backend == "hf" else {}))
+        elif self._gen.model_path != str(policy):
+            self._gen.load(policy)
+        self._gen.wake_up()
+        return self._gen
+
+    def _park(self) -> None:
+        """Free the GPU before training: generator asleep, reward model on CPU."""
+        if self._gen is not None:
+            self._gen.sleep()
+        if self._rm is not None and _cuda():
+            self._rm.to("cpu")
+
+    # ---- layout
+    def policy_for(self, k: int) -> str:
+        return self.cfg.policy if k == 1 else str(self.out / f"iter-{k - 1}" / "model")
+
+    def reference_for(self, k: int) -> str:
+        return self.cfg.policy if self.cfg.reference == "initial" else self.policy_for(k)
+
+    @property
+    def select_file(self) -> str:
+        return "pairs.jsonl" if self.cfg.recipe == "iterative-dpo" else "best.jsonl"
+
+    def marker(self, d: Path, stage: str) -> Path:
+        return d / f"{stage}.done.json"
+
+    def done(self, d: Path, stage: str) -> dict | None:
+        m = self.marker(d, stage)
+        return json.loads(m.read_text()) if m.exists() else None
+
+    def mark(self, d: Path, stage: str, info: dict) -> dict:
+        write_atomic(self.marker(d, stage), json.dumps(info, indent=2) + "\n")
+        self.write_summary()
+        _kill_hook(f"{d.name}/{stage}")
+        return info
+
+    # ---- run
+    def check_run_file(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file = self.out / "run.json"
+        shaping = self.cfg.shaping()
+        if run_file.exists():
+            old = json.loads(run_file.read_text())
+            diff = {k: (old.get(k), v) for k, v in shaping.items() if old.get(k) != v}
+            if diff:
+                lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+                raise ValueError(f"{self.out} holds a run started with different options ({lines}); resume with "
+                                 "the same options (only --iterations may grow) or use a new --output")
+            logger.info("resuming the run in %s", self.out)
+        else:
+            write_atomic(run_file, json.dumps(shaping, indent=2) + "\n")
+
+    def run(self) -> dict:
+        self.check_run_file()
+        handler = logging.FileHandler(self.out / "recipe.log", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("rmplugins")
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        try:
+            logger.info("%s: %d prompts, %d iterations, %d candidates each, backend %s, output %s",
+                        self.cfg.recipe, len(self.prompts), self.cfg.iterations, self.cfg.num_candidates,
+                        self.cfg.backend, self.out)
+            for k in range(1, self.cfg.iterations + 1):
+                d = self.out / f"iter-{k}"
+                d.mkdir(exist_ok=True)
+                policy = self.policy_for(k)
+                self.stage_generate(d, policy, k)
+                self.stage_score(d)
+                self.stage_select(d)
+                self.stage_train(d, k)
+                self.log_iteration(k)
+            if self.cfg.eval_final:
+                n = self.cfg.iterations
+                d = self.out / f"eval-{n}"
+                d.mkdir(exist_ok=True)
+                self.stage_generate(d, str(self.out / f"iter-{n}" / "model"), n + 1)
+                self.stage_score(d)
+            return self.write_summary()
+        finally:
+            if self._gen is not None:
+                self._gen.close()
+            root.removeHandler(handler)
+            handler.close()
+
+    # ---- stages
+    def _chunks(self, start: int):
+        size = max(1, self.cfg.chunk_size)
+        for lo in range(start, len(self.prompts), size):
+            yield lo, min(lo + size, len(self.prompts))
+
+    def _bar(self, desc: str, initial: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=len(self.prompts), initial=initial, desc=desc, unit="prompt",
+                    disable=not self.cfg.show_progress, dynamic_ncols=True)
+
+    def stage_generate(self, d: Path, policy: str, k: int) -> dict:
+        if (info := self.done(d, "generate")) is not None:
+            return info
+        final = d / "candidates.jsonl"
+        if not final.exists():
+            t0 = time.time()
+            part = PartialFile(final)
+            start = len(part.rows)
+            if start:
+                logger.info("%s: resuming generation after %d finished prompts", d.name, start)
+            gen = self.generator(policy)
+            with self._bar(f"{d.name} generate", start) as bar:
+                for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
+                    seeds = [seed_for(self.cfg.seed, k, i) for i in range(lo, hi)]
+                    outs = gen.generate(self.prompts[lo:hi], self.cfg.num_candidates, seeds)
+                    part.append([{"index": i, "prompt": self.prompts[i], "seed": s, "candidates": c}
+                                 for i, s, c in zip(range(lo, hi), seeds, outs)])
+                    bar.update(hi - lo)
+                    _kill_hook(f"{d.name}/generate/chunk-{chunk}")
+            part.finish()
+            seconds = time.time() - t0
+        else:
+            seconds = None
+        rows = read_jsonl(final)
+        lengths = [len(c) for r in rows for c in r["candidates"]]
+        return self.mark(d, "generate", {"seconds": seconds, "policy": str(policy), "prompts": len(rows),
+                                         "candidates": len(lengths),
+                                         "mean_chars": sum(lengths) / max(1, len(lengths))})
+
+    def stage_score(self, d: Path) -> dict:
+        if (info := self.done(d, "score")) is not None:
+            return info
+        final = d / "scores.jsonl"
+        if not final.exists():
+            t0 = time.time()
+            cands = read_jsonl(d / "candidates.jsonl")
+            part = PartialFile(final)
+            start = len(part.rows)
+            rm = self.reward_model()
+            method = rank_method(self.rule(), rm.kind)
+            if self._gen is not None:
+                self._gen.sleep()
+            from ..ranking import from_scores
+
+            with self._bar(f"{d.name} score", start) as bar:
+                for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
+                    rows = cands[lo:hi]
+                    if rm.pointwise:  # one batched call over the whole chunk
+                        flat_p = [r["prompt"] for r in rows for _ in r["candidates"]]
+                        flat_c = [c for r in rows for c in r["candidates"]]
+                        flat = rm.score(flat_p, flat_c)
+                        rankings, pos = [], 0
+                        for r in rows:
+                            rankings.append(from_scores(flat[pos:pos + len(r["candidates"])]))
+                            pos += len(r["candidates"])
+                    else:
+                        rankings = [rm.rank(r["prompt"], r["candidates"], method) for r in rows]
+                    part.append([{"index": r["index"], "scores": [float(s) for s in g.scores], "best": g.best,
+                                  "worst": g.worst, "comparisons": g.comparisons, "method": g.method}
+                                 for r, g in zip(rows, rankings)])
+                    bar.update(hi - lo)
+                    _kill_hook(f"{d.name}/score/chunk-{chunk}")
+            part.finish()
+            seconds = time.time() - t0
+        else:
+            seconds = None
+        rows = read_jsonl(final)
+        values = [s for r in rows for s in r["scores"]]
+        best = [max(r["scores"]) for r in rows]
+        kind = self._rm.kind if self._rm is not None else None
+        return self.mark(d, "score", {"seconds": seconds, "reward_kind": kind,
+                                      "reward": _stats(values), "best_of_n_mean": _stats(best)["mean"],
+                                      "comparisons": sum(r["comparisons"] for r in rows)})
+
+    def stage_select(self, d: Path) -> dict:
+        if (info := self.done(d, "select")) is not None:
+            return info
+        t0 = time.time()
+        cands = read_jsonl(d / "candidates.jsonl")
+        scores = read_jsonl(d / "scores.jsonl")
+        rule = self.rule() if self._rm is not None else self._rule_from_scores(scores)
+        stats = SelectionStats(comparisons=sum(s["comparisons"] for s in scores))
+        rows, openrlhf = [], []
+        for c, s in zip(cands, scores):
+            prompt, texts = c["prompt"], c["candidates"]
+            trl_prompt = as_messages(prompt) if self.conversational else prompt
+
+            def completion(text):
+                return [{"role": "assistant", "content": text}] if self.conversational else text
+
+            if self.cfg.recipe == "iterative-dpo":
+                pair = select_pair(texts, s["scores"], s["best"], s["worst"], rule=rule,
+                                   min_margin=self.cfg.min_margin, stats=stats)
+                if pair is None:
+                    continue
+                rows.append({"prompt": trl_prompt, "chosen": completion(texts[pair.chosen]),
+                             "rejected": completion(texts[pair.rejected]), "chosen_score": pair.chosen_score,
+                             "rejected_score": pair.rejected_score, "margin": pair.margin})
+                openrlhf.append({"prompt": self._templated(prompt), "chosen": texts[pair.chosen],
+                                 "chosen_reward": pair.chosen_score, "rejected": texts[pair.rejected],
+                                 "rejected_reward": pair.rejected_score})
+            else:
+                best = best_of_n(texts, s["scores"], s["best"], stats=stats)
+                if best is None:
+                    continue
+                rows.append({"prompt": trl_prompt, "completion": completion(texts[best]),
+                             "score": float(s["scores"][best])})
+                openrlhf.append({"input": self._templated(prompt), "output": texts[best],
+                                 "reward": float(s["scores"][best])})
+        if self.cfg.openrlhf_keys:
+            write_atomic(d / self.select_file.replace(".jsonl", ".openrlhf.jsonl"),
+                         "".join(dumps(r) for r in openrlhf))
+        write_atomic(d / self.select_file, "".join(dumps(r) for r in rows))
+        info = {"seconds": time.time() - t0, "rule": rule, **stats.as_dict()}
+        if rows and self.cfg.recipe == "iterative-dpo":
+            info["mean_margin"] = sum(r["margin"] for r in rows) / len(rows)
+        return self.mark(d, "select", info)
+
+    def _rule_from_scores(self, scores: list[dict]) -> str:
+        if self.cfg.recipe == "rejection-sampling":
+            return "best-of-n"
+        if self.cfg.pair_rule:
+            return self.cfg.pair_rule
+        self.reward_model()
+        return self.rule()
+
+    def _templated(self, prompt: Any) -> str:
+        """The prompt in the policy's chat template, as OpenRLHF's batch_inference wrote it."""
+        if not self.cfg.openrlhf_keys:
+            return ""
+        if not hasattr(self, "_policy_tok"):
+            from transformers import AutoTokenizer
+
+            self._policy_tok = AutoTokenizer.from_pretrained(self.cfg.policy)
+        return self._policy_tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
+
+    def stage_train(self, d: Path, k: int) -> dict:
+        if (info := self.done(d, "train")) is not None:
+            return info
+        model_dir = d / "model"
+        policy = self.policy_for(k)
+        rows = read_jsonl(d / self.select_file)
+        if model_dir.exists():  # trained before a crash that came ahead of the marker
+            return self.mark(d, "train", {"seconds": None, "trained": True, "rows": len(rows)})
+        t0 = time.time()
+        self._park()
+        tmp = Path(tempfile.mkdtemp(dir=d, prefix=".model-"))
+        try:
+            if not rows:
+                logger.warning("%s: no %s kept; the policy is carried over untrained", d.name, self.select_file)
+                shutil.copytree(policy, tmp, dirs_exist_ok=True)
+                metrics = {"trained": False}
+            else:
+                metrics = train(self.cfg, rows, policy, self.reference_for(k), tmp, self.conversational)
+                metrics["trained"] = True
+            os.replace(tmp, model_dir)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return self.mark(d, "train", {"seconds": time.time() - t0, "rows": len(rows), **metrics})
+
+    # ---- summary
+    def iteration_summary(self, d: Path) -> dict:
+        stages = {s: self.done(d, s) for s in ("generate", "score", "select", "train")}
+        out: dict = {"iteration": d.name}
+        if stages["generate"]:
+            out["policy"] = stages["generate"]["policy"]
+        if stages["score"]:
+            out["reward_mean"] = stages["score"]["reward"]["mean"]
+            out["reward_max"] = stages["score"]["reward"]["max"]
+            out["best_of_n_mean"] = stages["score"]["best_of_n_mean"]
+        if stages["select"]:
+            sel = stages["select"]
+            out["selection"] = {k: sel[k] for k in ("rule", "groups", "kept", "ties", "below_margin",
+                                                    "degenerate", "comparisons") if k in sel}
+            if "mean_margin" in sel:
+                out["selection"]["mean_margin"] = sel["mean_margin"]
+        if stages["train"]:
+            out["train"] = {k: v for k, v in stages["train"].items() if k != "seconds"}
+        out["seconds"] = {s: (v or {}).get("seconds") for s, v in stages.items() if v is not None}
+        return out
+
+    def write_summary(self) -> dict:
+        iters = []
+        for k in range(1, self.cfg.iterations + 1):
+            d = self.out / f"iter-{k}"
+            if d.exists():
+                iters.append(self.iteration_summary(d))
+        summary: dict = {"recipe": self.cfg.recipe, "prompts": len(self.prompts),
+                         "num_candidates": self.cfg.num_candidates, "iterations": iters}
+        ev = self.out / f"eval-{self.cfg.iterations}"
+        if ev.exists():
+            summary["final_eval"] = self.iteration_summary(ev)
+        write_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def log_iteration(self, k: int) -> None:
+        s = self.iteration_summary(self.out / f"iter-{k}")
+        sel = s.get("selection", {})
+        secs = ", ".join(f"{n} {v:.1f}s" if v is not None else f"{n} (resumed)" for n, v in s["seconds"].items())
+        logger.info("iteration %d: candidate reward mean %.4f max %.4f; %s kept %d/%d (ties %d, below margin %d, "
+                    "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], self.select_file, sel.get("kept", 0),
+                    sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0),
+                    secs)
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        return False
+
+
+# ----------------------------------------------------------------------------- training
+def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_dir: Path,
+          conversational: bool) -> dict:
+    """Train ``policy`` on ``rows`` with TRL's DPOTrainer (pairs) or SFTTrainer (best-of-n) into ``out_dir``."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cuda = _cuda() and (cfg.device is None or str(cfg.device).startswith("cuda"))
+    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    tok = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=dtype)
+    work = tempfile.mkdtemp(prefix="rmplugins-trainer-")
+    common = dict(output_dir=work, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+                  per_device_train_batch_size=cfg.batch_size,
+                  gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
+                  seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none", use_cpu=not cuda,
+                  bf16=dtype == torch.bfloat16, logging_steps=1, disable_tqdm=not cfg.show_progress,
+                  lr_scheduler_type="linear", warmup_steps=0)
+    try:
+        if cfg.recipe == "iterative-dpo":
+            from trl import DPOConfig, DPOTrainer
+
+            data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                                      for r in rows])
+            ref = AutoModelForCausalLM.from_pretrained(reference, dtype=dtype)
+            args = DPOConfig(beta=cfg.beta, label_smoothing=cfg.label_smoothing, **common)
+            trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
+        else:
+            from trl import SFTConfig, SFTTrainer
+
+            data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+            args = SFTConfig(**common)
+            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        result = trainer.train()
+        trainer.save_model(str(out_dir))
+        tok.save_pretrained(str(out_dir))
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        metrics = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
+                   "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+                   "learning_rate": cfg.lr, "reference": reference if cfg.recipe == "iterative-dpo" else None}
+        if cfg.recipe == "iterative-dpo":
+            acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
+            metrics["last_reward_accuracy"] = acc[-1] if acc else None
+        del trainer, model
+        return metrics
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+def run_recipe(config: RecipeConfig) -> dict:
+    """Run (or resume) the loop; returns the summary written to ``DIR/summary.json``."""
+    return Recipe(config).run()

@@ -1,0 +1,132 @@
+"""Pair and selection rules of the recipes: pure functions over the scores of one prompt's candidates.
+
+Every rule reads a :class:`~rmplugins.ranking.Ranking`-like triple (``scores``, ``best``, ``worst``) and returns
+the chosen/rejected indices (DPO) or the kept index (rejection sampling), counting what it dropped and why in a
+:class:`SelectionStats`:
+
+- ``max-min`` (pointwise kinds ``bt``/``armorm``; RLHFlow's rule): chosen = argmax reward, rejected = argmin;
+  a group whose rewards are all equal has no preference and is dropped (``ties``); ``margin`` = the difference.
+- ``margin``: ``max-min`` that also drops pairs whose margin is below ``min_margin`` (``below_margin``).
+- ``tournament`` / ``round-robin`` (pairwise kinds ``pair_pm``/``pairrm``): chosen/rejected are the ranking's best
+  and worst; scores are mean win probabilities, so the margin is their difference.
+- ``gpo`` (``gpm``): argmax/argmin of the GPO score (1/n) Σ_j (s_ij − s_ji)/τ.
+- ``best-of-n`` (rejection sampling): the best candidate; an all-tied group is kept (any candidate is as good as
+  another) but counted in ``ties``.
+
+A group with fewer than two distinct candidate texts cannot form a pair and is counted in ``degenerate``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "gpo")
+# The ``rm.rank`` method each rule uses, and the model kinds it applies to.
+RANK_METHOD = {"max-min": "score", "margin": "score", "tournament": "tournament", "round-robin": "round_robin",
+               "gpo": None, "best-of-n": None}
+RULE_KINDS = {"max-min": ("bt", "armorm"), "margin": ("bt", "armorm", "pair_pm", "pairrm", "gpm"),
+              "tournament": ("pair_pm", "pairrm"), "round-robin": ("pair_pm", "pairrm"), "gpo": ("gpm",)}
+
+
+def default_rule(kind: str) -> str:
+    """The rule a model kind uses unless told otherwise."""
+    return {"bt": "max-min", "armorm": "max-min", "pair_pm": "tournament", "pairrm": "tournament",
+            "gpm": "gpo"}.get(kind, "max-min")
+
+
+def rank_method(rule: str, kind: str) -> str | None:
+    """``method`` to pass to ``rm.rank`` for ``rule`` on a model of ``kind`` (None: the kind's default)."""
+    if rule == "margin" or rule == "best-of-n":
+        return None
+    return RANK_METHOD[rule]
+
+
+def check_rule(rule: str, kind: str) -> None:
+    if rule == "best-of-n":
+        return
+    if rule not in PAIR_RULES:
+        raise ValueError(f"unknown pair rule {rule!r}; choose one of {list(PAIR_RULES)}")
+    if kind not in RULE_KINDS[rule]:
+        raise ValueError(f"pair rule {rule!r} does not apply to a {kind!r} reward model (it is for kinds "
+                         f"{list(RULE_KINDS[rule])}); use --pair-rule {default_rule(kind)} or leave it out")
+
+
+@dataclass
+class SelectionStats:
+    """Counters of one selection pass; ``kept + ties + below_margin + degenerate == groups`` for pairs."""
+
+    groups: int = 0
+    kept: int = 0
+    ties: int = 0
+    below_margin: int = 0
+    degenerate: int = 0
+    comparisons: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: int
+    rejected: int
+    chosen_score: float
+    rejected_score: float
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_score - self.rejected_score
+
+
+def _distinct(candidates: Sequence[str]) -> int:
+    return len(set(candidates))
+
+
+def select_pair(candidates: Sequence[str], scores: Sequence[float], best: int, worst: int, *,
+                rule: str = "max-min", min_margin: float = 0.0, stats: SelectionStats | None = None
+                ) -> Pair | None:
+    """Chosen/rejected for one prompt, or None when the group is dropped (counted in ``stats``).
+
+    ``best``/``worst`` come from the ranking (for ``max-min``/``margin``/``gpo`` they are argmax/argmin of
+    ``scores``, first index on ties; for tournaments they are the knockout winners).
+    """
+    stats = stats if stats is not None else SelectionStats()
+    stats.groups += 1
+    if len(candidates) != len(scores):
+        raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
+    if len(candidates) < 2 or _distinct(candidates) < 2:
+        stats.degenerate += 1
+        return None
+    if rule in ("max-min", "margin", "gpo"):
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+    if best == worst or candidates[best] == candidates[worst]:
+        stats.degenerate += 1
+        return None
+    pair = Pair(best, worst, float(scores[best]), float(scores[worst]))
+    if pair.margin <= 0.0:  # exact tie (all scores equal, or a tournament of coin flips)
+        stats.ties += 1
+        return None
+    threshold = min_margin if rule == "margin" or min_margin else 0.0
+    if threshold and pair.margin < threshold:
+        stats.below_margin += 1
+        return None
+    stats.kept += 1
+    return pair
+
+
+def best_of_n(candidates: Sequence[str], scores: Sequence[float], best: int | None = None, *,
+              stats: SelectionStats | None = None) -> int | None:
+    """Index of the candidate to keep for rejection sampling (None only for an empty group)."""
+    stats = stats if stats is not None else SelectionStats()
+    stats.groups += 1
+    if not candidates:
+        stats.degenerate += 1
+        return None
+    if best is None:
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+    if len(candidates) > 1 and max(scores) == min(scores):
+        stats.ties += 1
+    stats.kept += 1
+    return best
