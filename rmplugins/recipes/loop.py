@@ -93,6 +93,11 @@ class RecipeConfig:
             raise ValueError("iterative DPO needs --num-candidates of at least 2 to form a pair")
         if self.reference not in ("initial", "previous"):
             raise ValueError(f"--reference must be 'initial' or 'previous', got {self.reference!r}")
+        for name in ("policy", "reward_model"):
+            value = str(getattr(self, name))
+            if value.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(value)):
+                raise ValueError(f"--{name.replace('_', '-')} {value!r} is not a directory; give a local model "
+                                 "directory or a hub id such as 'RLHFlow/LLaMA3-SFT'")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be 'hf' or 'vllm', got {self.backend!r}")
 
@@ -376,7 +381,7 @@ class Recipe:
         rows = read_jsonl(final)
         values = [s for r in rows for s in r["scores"]]
         best = [max(r["scores"]) for r in rows]
-        kind = self._rm.kind if self._rm is not None else None
+        kind = self.reward_model().kind if self._rm is None else self._rm.kind
         return self.mark(d, "score", {"seconds": seconds, "reward_kind": kind,
                                       "reward": _stats(values), "best_of_n_mean": _stats(best)["mean"],
                                       "comparisons": sum(r["comparisons"] for r in rows)})
@@ -387,7 +392,7 @@ class Recipe:
         t0 = time.time()
         cands = read_jsonl(d / "candidates.jsonl")
         scores = read_jsonl(d / "scores.jsonl")
-        rule = self.rule() if self._rm is not None else self._rule_from_scores(scores)
+        rule = self.rule_for_kind(self.done(d, "score")["reward_kind"])
         stats = SelectionStats(comparisons=sum(s["comparisons"] for s in scores))
         rows, openrlhf = [], []
         for c, s in zip(cands, scores):
@@ -425,13 +430,10 @@ class Recipe:
             info["mean_margin"] = sum(r["margin"] for r in rows) / len(rows)
         return self.mark(d, "select", info)
 
-    def _rule_from_scores(self, scores: list[dict]) -> str:
+    def rule_for_kind(self, kind: str) -> str:
         if self.cfg.recipe == "rejection-sampling":
             return "best-of-n"
-        if self.cfg.pair_rule:
-            return self.cfg.pair_rule
-        self.reward_model()
-        return self.rule()
+        return self.cfg.pair_rule or default_rule(kind)
 
     def _templated(self, prompt: Any) -> str:
         """The prompt in the policy's chat template, as OpenRLHF's batch_inference wrote it."""

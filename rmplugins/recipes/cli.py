@@ -1,0 +1,142 @@
+"""``rmplugins iterative-dpo`` and ``rmplugins rejection-sampling`` (contract.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+logger = logging.getLogger("rmplugins.recipes")
+
+_DESCRIPTIONS = {
+    "iterative-dpo": (
+        "Iterative DPO (RLHFlow's online recipe). Each iteration k generates K candidates per prompt with the policy "
+        "of iteration k-1, scores them with the reward model, keeps chosen = best and rejected = worst per prompt "
+        "(exact ties dropped) in DIR/iter-k/pairs.jsonl (TRL format: prompt, chosen, rejected, chosen_score, "
+        "rejected_score, margin) and trains with TRL's DPOTrainer into DIR/iter-k/model, against the initial policy "
+        "as reference. Re-running the same command resumes: finished stages are not redone and their files stay "
+        "byte-identical. DIR/summary.json holds the per-iteration summary."),
+    "rejection-sampling": (
+        "Rejection-sampling fine-tuning. Each iteration k generates K candidates per prompt with the policy of "
+        "iteration k-1, scores them, keeps the best of K in DIR/iter-k/best.jsonl (prompt, completion, score) and "
+        "fine-tunes with TRL's SFTTrainer into DIR/iter-k/model. Re-running the same command resumes."),
+}
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
+    req = p.add_argument_group("required")
+    req.add_argument("--policy", required=True, help="policy to start from: a local directory or a hub id")
+    req.add_argument("--reward-model", required=True,
+                     help="reward/preference model (bt, armorm, pair_pm, pairrm or gpm; the kind is detected)")
+    req.add_argument("--prompts", required=True, metavar="FILE",
+                     help="JSON lines with a 'prompt' field: a string or a list of chat messages")
+    req.add_argument("--output", required=True, metavar="DIR", help="run directory (created; re-use to resume)")
+    g = p.add_argument_group("loop")
+    g.add_argument("--iterations", type=int, default=2, help="number of iterations (default 2; may grow on resume)")
+    g.add_argument("--num-candidates", type=int, default=4, help="candidates per prompt (default 4)")
+    g.add_argument("--max-new-tokens", type=int, default=256, help="generation length limit (default 256)")
+    g.add_argument("--backend", choices=("vllm", "hf"), default="hf",
+                   help="generation backend: vllm (GPU, needs rmplugins[vllm]) or hf (transformers, any device)")
+    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    g.add_argument("--seed", type=int, default=42, help="seed of sampling and training (default 42)")
+    g.add_argument("--eval-final", action="store_true",
+                   help="also generate and score with the final policy into DIR/eval-N (the last row of the table)")
+    g.add_argument("--openrlhf-keys", action="store_true",
+                   help="also write OpenRLHF<=0.9's rows next to the TRL file: "
+                        + ("pairs.openrlhf.jsonl (prompt, chosen, chosen_reward, rejected, rejected_reward)"
+                           if recipe == "iterative-dpo" else "best.openrlhf.jsonl (input, output, reward)"))
+    g.add_argument("--chunk-size", type=int, default=64,
+                   help="prompts per generation/scoring chunk, the unit of progress saved for resume (default 64)")
+    if recipe == "iterative-dpo":
+        s = p.add_argument_group("pairs")
+        s.add_argument("--pair-rule", choices=("max-min", "margin", "tournament", "round-robin", "gpo"),
+                       help="how chosen/rejected are picked; default by kind: max-min for bt/armorm, tournament for "
+                            "pair_pm/pairrm, gpo for gpm")
+        s.add_argument("--min-margin", type=float, default=0.0,
+                       help="drop pairs whose score margin is below this (the 'margin' rule; default 0)")
+        s.add_argument("--reference", choices=("initial", "previous"), default="initial",
+                       help="DPO reference model: the initial policy (RLHFlow, default) or the previous iteration's")
+    t = p.add_argument_group("training")
+    t.add_argument("--learning-rate", type=float, default=None,
+                   help="default 5e-7 for DPO (RLHFlow), 1e-5 for SFT")
+    t.add_argument("--epochs", type=float, default=2.0, help="epochs per iteration (default 2)")
+    if recipe == "iterative-dpo":
+        t.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+        t.add_argument("--label-smoothing", type=float, default=0.1, help="DPO label smoothing (default 0.1)")
+    t.add_argument("--batch-size", type=int, default=8, help="per-device train batch size (default 8)")
+    t.add_argument("--gradient-accumulation-steps", type=int, default=1)
+    t.add_argument("--max-length", type=int, default=2048, help="training sequence length limit (default 2048)")
+    d = p.add_argument_group("devices")
+    d.add_argument("--device", default=None, help="policy device for generation/training (default: cuda if any)")
+    d.add_argument("--rm-device", default=None, help="reward model device (default: cuda if any)")
+    d.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+                   help="vLLM's share of GPU memory (default 0.5, leaving room for the reward model)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace, recipe: str):
+    from .loop import RecipeConfig
+
+    return RecipeConfig(
+        recipe=recipe, policy=args.policy, reward_model=args.reward_model, prompts=args.prompts, output=args.output,
+        iterations=args.iterations, num_candidates=args.num_candidates, max_new_tokens=args.max_new_tokens,
+        backend=args.backend, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        pair_rule=getattr(args, "pair_rule", None), min_margin=getattr(args, "min_margin", 0.0),
+        reference=getattr(args, "reference", "initial"), learning_rate=args.learning_rate, epochs=args.epochs,
+        beta=getattr(args, "beta", 0.1), label_smoothing=getattr(args, "label_smoothing", 0.1),
+        batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
+        max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
+        rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
+        chunk_size=args.chunk_size, show_progress=not args.no_progress)
+
+
+def _runner(recipe: str):
+    def run(args: argparse.Namespace) -> int:
+        from .loop import run_recipe
+        from .prompts import PromptFileError
+
+        try:
+            config = config_from_args(args, recipe)
+            summary = run_recipe(config)
+        except PromptFileError as err:
+            print(f"rmplugins {recipe}: {err}", file=sys.stderr)
+            return 2
+        except ValueError as err:
+            print(f"rmplugins {recipe}: {err}", file=sys.stderr)
+            return 2
+        print(format_table(summary))
+        print(f"summary: {config.output}/summary.json")
+        return 0
+
+    return run
+
+
+def format_table(summary: dict) -> str:
+    """Per-iteration table: the reward of the candidates each iteration's policy generated."""
+    what = "pairs" if summary["recipe"] == "iterative-dpo" else "best"
+    lines = [f"{'iteration':>9}  {'policy':<14}  {'mean reward':>11}  {'max reward':>10}  {what + ' kept':>10}"]
+    rows = summary["iterations"] + ([summary["final_eval"]] if "final_eval" in summary else [])
+    for i, it in enumerate(rows):
+        policy = "initial" if i == 0 else f"after iter {i}"
+        sel = it.get("selection", {})
+        kept = f"{sel['kept']}/{sel['groups']}" if sel else "-"
+        mean = it.get("reward_mean")
+        mx = it.get("reward_max")
+        lines.append(f"{i:>9}  {policy:<14}  {mean if mean is None else format(mean, '.4f'):>11}  "
+                     f"{mx if mx is None else format(mx, '.4f'):>10}  {kept:>10}")
+    return "\n".join(lines)
+
+
+def register(subparsers) -> None:
+    for recipe in ("iterative-dpo", "rejection-sampling"):
+        p = subparsers.add_parser(recipe, help=_DESCRIPTIONS[recipe].split(". ")[0],
+                                  description=_DESCRIPTIONS[recipe],
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        add_recipe_arguments(p, recipe)
+        p.set_defaults(func=_runner(recipe))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(json.dumps({"recipes": list(_DESCRIPTIONS)}))
