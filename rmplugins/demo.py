@@ -1,0 +1,63 @@
+"""``rmplugins demo``: every family on its built-in tiny checkpoint, on CPU, offline.
+
+Prints one table of scores (pointwise kinds) / win probabilities (preference kinds) for the same prompt and
+candidates, and each family's ranking of the candidates.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .loading import load_reward_model
+from .testing import tiny_checkpoint
+
+PROMPT = [{"role": "user", "content": "What are some synonyms for the word beautiful?"}]
+CANDIDATES = [
+    "Gorgeous, lovely, stunning, pretty and elegant.",
+    "Sorry, I cannot answer this.",
+    "Beautiful means nice. Here is a list: gorgeous.",
+    "",
+]
+FAMILIES = ["bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm"]
+
+
+def family_table(tiny_dir: str | None = None) -> list[dict]:
+    rows = []
+    for name in FAMILIES:
+        rm = load_reward_model(tiny_checkpoint(name, tiny_dir), device="cpu")
+        ranking = rm.rank(PROMPT, CANDIDATES)
+        vs_first = rm.compare([PROMPT] * (len(CANDIDATES) - 1), CANDIDATES[1:], [CANDIDATES[0]] * 3)
+        rows.append({"family": name, "kind": rm.kind, "method": ranking.method, "scores": ranking.scores,
+                     "best": ranking.best, "worst": ranking.worst, "comparisons": ranking.comparisons,
+                     "p_vs_first": vs_first})
+    return rows
+
+
+def print_family_table(rows: list[dict]) -> None:
+    print(f"Prompt: {PROMPT[0]['content']!r}")
+    for i, c in enumerate(CANDIDATES):
+        print(f"  [{i}] {c!r}")
+    print()
+    head = f"{'family':<14}{'kind':<9}{'rank method':<13}" + "".join(f"{f'score[{i}]':>11}" for i in
+                                                                      range(len(CANDIDATES)))
+    print(head + f"{'best':>6}{'worst':>7}{'judged':>8}")
+    print("-" * len(head + " " * 21))
+    for r in rows:
+        scores = "".join(f"{s:>11.4f}" for s in r["scores"])
+        print(f"{r['family']:<14}{r['kind']:<9}{r['method']:<13}{scores}{r['best']:>6}{r['worst']:>7}"
+              f"{r['comparisons']:>8}")
+    print("\nscore: reward (bt, armorm), mean win probability (pair_pm, pairrm tournament), GPO score (gpm); "
+          "judged = candidate pairs the model compared")
+
+
+def run(args: argparse.Namespace) -> int:
+    print_family_table(family_table(args.tiny_dir))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="run every family on built-in tiny models (CPU, offline)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny-dir", default=None, help="where the tiny checkpoints are built (default: "
+                   "$RMPLUGINS_TINY_DIR or ~/.cache/rmplugins/tiny)")
+    p.set_defaults(func=run)

@@ -1,0 +1,152 @@
+"""Bad input gets a clear error that says what was wrong and what to do (foundation issue, item 5)."""
+
+import json
+import logging
+import shutil
+
+import pytest
+
+import rmplugins
+from rmplugins.inputs import to_conversation, to_conversations
+
+
+# ----------------------------------------------------------------------------- pure input validation
+def test_forms_normalise_to_the_same_conversation():
+    a = to_conversation("Hi", "Hello!")
+    b = to_conversation([{"role": "user", "content": "Hi"}], [{"role": "assistant", "content": "Hello!"}])
+    assert a == b
+    assert a.messages == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]
+
+
+def test_multi_message_completion_with_tool_calls_keeps_the_last_answer():
+    conv = to_conversation("What is 2+2?", [
+        {"role": "assistant", "content": None, "tool_calls": [{"name": "calc"}]},
+        {"role": "tool", "content": "4"},
+        {"role": "assistant", "content": "It is 4."},
+    ])
+    assert conv.response == "It is 4."
+    assert [m["role"] for m in conv.context] == ["user", "assistant", "tool"]
+
+
+def test_mismatched_lengths_name_the_mismatch():
+    with pytest.raises(ValueError, match="2 prompts but 3 completions"):
+        to_conversations(["a", "b"], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="completions_b"):
+        to_conversations(["a"], ["x"], ["y", "z"])
+
+
+def test_prompt_must_end_with_user_turn():
+    with pytest.raises(ValueError, match="must end with a user turn"):
+        to_conversation([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "c")
+
+
+def test_system_message_only_first():
+    to_conversation([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "c")
+    with pytest.raises(ValueError, match="only allowed as the first"):
+        to_conversation([{"role": "user", "content": "u"}, {"role": "system", "content": "s"},
+                         {"role": "user", "content": "u"}], "c")
+
+
+@pytest.mark.parametrize("bad", [42, None, [], [{"role": "user", "content": "x"}], [{"content": "no role"}]])
+def test_completion_must_be_string_or_assistant_messages(bad):
+    with pytest.raises(ValueError, match="completion 0"):
+        to_conversation("prompt", bad)
+
+
+def test_empty_completion_is_scored(tiny):
+    rm = rmplugins.load_reward_model(tiny("armorm"), device="cpu")
+    (score,) = rm.score(["Say nothing"], [""])
+    assert isinstance(score, float)
+
+
+# ----------------------------------------------------------------------------- model-level errors
+def test_score_on_pairwise_kinds_points_to_compare_and_rank(tiny):
+    for kind in ("pair_pm", "pairrm", "gpm"):
+        rm = rmplugins.load_reward_model(tiny(kind), device="cpu")
+        with pytest.raises(TypeError, match=r"rm\.compare.*rm\.rank"):
+            rm.score(["p"], ["c"])
+
+
+def test_score_details_only_for_armorm(tiny):
+    rm = rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu")
+    with pytest.raises(TypeError, match="armorm"):
+        rm.score_details(["p"], ["c"])
+
+
+def test_rank_rejects_unknown_method_and_empty_candidates(tiny):
+    rm = rmplugins.load_reward_model(tiny("pair_pm"), device="cpu")
+    with pytest.raises(ValueError, match="round_robin"):
+        rm.rank("p", ["a", "b"], method="bubble")
+    with pytest.raises(ValueError, match="non-empty list"):
+        rm.rank("p", [])
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tokenizer_without_chat_template_is_a_clear_error(tiny, tmp_path):
+    path = _copy(tiny("armorm"), tmp_path / "no-template")
+    cfg = json.loads((path / "tokenizer_config.json").read_text())
+    del cfg["chat_template"]
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no chat_template"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    # ...and the documented way out works
+    from rmplugins.testing import LLAMA3_CHAT_TEMPLATE
+
+    rm = rmplugins.load_reward_model(str(path), device="cpu", chat_template=LLAMA3_CHAT_TEMPLATE)
+    assert rm.score(["hi"], ["hello"]) == pytest.approx(
+        rmplugins.load_reward_model(tiny("armorm"), device="cpu").score(["hi"], ["hello"]), abs=1e-6)
+
+
+def test_unknown_kind_is_a_clear_error(tiny, tmp_path):
+    path = _copy(tiny("bt_llama3"), tmp_path / "masked-lm")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["architectures"] = ["BertForMaskedLM"]
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="cannot tell which reward-model family"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    cfg["architectures"] = ["LlamaForSequenceClassification"]
+    cfg["id2label"] = {"0": "bad", "1": "ok", "2": "good"}
+    cfg["num_labels"] = 3
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="3 labels is not a Bradley-Terry"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    with pytest.raises(ValueError, match="unknown kind"):
+        rmplugins.load_reward_model(tiny("bt"), kind="reward", device="cpu")
+
+
+def test_pair_pm_needs_single_token_answers(tiny, tmp_path):
+    path = _copy(tiny("pair_pm"), tmp_path / "no-single-A")
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "Prepend", "prepend": "~"}  # every text now starts with "~": "A" -> "~", "A"
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ValueError, match="'A' must be a single token"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+
+
+def test_not_a_checkpoint_directory(tmp_path):
+    with pytest.raises(ValueError, match="without config.json"):
+        rmplugins.load_reward_model(str(tmp_path), device="cpu")
+
+
+def test_too_long_sequences_are_truncated_with_one_warning(tiny, caplog):
+    rm = rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu", max_length=24)
+    long = "the quick brown fox jumps over the lazy dog " * 20
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        scores = rm.score(["hi", "hi", "hi"], [long, long + " again", "short"])
+    warnings = [r for r in caplog.records if "exceeds max_length=24" in r.getMessage()]
+    assert len(warnings) == 1
+    # left truncation keeps the end of the response, which the reward reads: two texts ending alike score alike
+    full = rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu")
+    assert scores[0] != pytest.approx(full.score(["hi"], [long])[0], abs=1e-4)
+    ids = rm.encode(to_conversation("hi", long).messages)
+    assert len(ids) == 24
+
+
+def test_armorm_truncation_that_removes_the_gating_token_is_explained(tiny):
+    rm = rmplugins.load_reward_model(tiny("armorm"), device="cpu", max_length=16)
+    with pytest.raises(ValueError, match="gating pattern .* not"):
+        rm.score(["a fairly long question that fills the budget " * 4], ["answer"])
