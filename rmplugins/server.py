@@ -18,8 +18,8 @@ tokenizer on the policy-templated text. Here:
 ``POST /score`` takes already-separated ``prompts``/``completions``/``references`` (used by the verl client).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI must resolve the handlers' `Request` annotation, which is
+# imported inside create_app so that fastapi stays an optional extra.
 import argparse
 import asyncio
 import hmac

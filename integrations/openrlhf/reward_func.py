@@ -1,0 +1,82 @@
+"""OpenRLHF ``--reward.remote_url /path/to/reward_func.py``: a thin client of ``rmplugins serve``.
+
+OpenRLHF imports this file in every rollout actor and calls ``reward_func(queries, prompts, labels)`` once per
+sample from many threads. Prefer it over pointing ``--reward.remote_url`` at the server directly when you need
+an API key (OpenRLHF's own HTTP client sends no headers), several servers, or clear errors in the actor logs.
+It only needs the standard library and torch (which OpenRLHF has).
+
+Environment variables (read on every call, so they can be set in the Ray runtime env):
+    RMPLUGINS_REWARD_URL      server URL(s), comma-separated, round-robin (default http://127.0.0.1:5000/get_reward;
+                              a bare http://host:port gets /get_reward appended)
+    RMPLUGINS_API_KEY         bearer key, when the server was started with --api-key
+    RMPLUGINS_REWARD_TIMEOUT  seconds per attempt (default 180, as OpenRLHF's client)
+    RMPLUGINS_REWARD_RETRIES  attempts for connection errors, 429 and 5xx answers (default 5; 4xx is not retried)
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+logger = logging.getLogger("rmplugins.reward_func")
+DEFAULT_URL = "http://127.0.0.1:5000/get_reward"
+
+_lock = threading.Lock()
+_cycles: dict[str, itertools.cycle] = {}
+
+
+def _next_url() -> str:
+    raw = os.environ.get("RMPLUGINS_REWARD_URL", DEFAULT_URL)
+    with _lock:  # one round-robin per URL list, shared by all threads
+        if raw not in _cycles:
+            urls = [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
+            urls = [u if u.endswith("/get_reward") else u + "/get_reward" for u in urls]
+            _cycles[raw] = itertools.cycle(urls)
+        return next(_cycles[raw])
+
+
+def _post(payload: dict) -> dict:
+    body = json.dumps(payload).encode()
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get("RMPLUGINS_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    timeout = float(os.environ.get("RMPLUGINS_REWARD_TIMEOUT", "180"))
+    attempts = max(1, int(os.environ.get("RMPLUGINS_REWARD_RETRIES", "5")))
+    last = None
+    for attempt in range(attempts):
+        url = _next_url()
+        try:
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            reason = err.read().decode(errors="replace")[:500]
+            if 400 <= err.code < 500 and err.code not in (408, 429):  # our request is wrong: retrying won't help
+                raise RuntimeError(f"reward server {url} refused the request ({err.code}): {reason}") from None
+            last = f"{err.code}: {reason}"
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            last = f"{type(err).__name__}: {err}"
+        logger.warning("reward server %s failed (attempt %d/%d): %s", url, attempt + 1, attempts, last)
+        if attempt + 1 < attempts:
+            time.sleep(min(8.0, 0.5 * 2 ** attempt))
+    raise RuntimeError(f"reward server unreachable after {attempts} attempts: {last}")
+
+
+def reward_func(queries, prompts, labels, **kwargs):
+    """OpenRLHF's reward function: ``{"rewards": tensor, "scores": tensor, "extra_logs": {name: tensor}}``."""
+    import torch
+
+    labels = [("" if label is None else label) for label in (labels or [""] * len(queries))]
+    answer = _post({"query": list(queries), "prompts": list(prompts), "labels": labels})
+    return {
+        "rewards": torch.tensor(answer["rewards"], dtype=torch.float32),
+        "scores": torch.tensor(answer["scores"], dtype=torch.float32),
+        "extra_logs": {k: torch.tensor(v, dtype=torch.float32) for k, v in answer.get("extra_logs", {}).items()},
+    }
