@@ -5,6 +5,7 @@ from .base import PairwiseRewardModel, PointwiseRewardModel, RewardModel
 from .inputs import Conversation
 from .loading import KINDS, detect_kind, load_reward_model
 from .ranking import Ranking
+from .trl import AsyncRemoteRewardFunction, RewardFunction  # noqa: F401  (TRL reward_funcs; imports no TRL)
 
 __version__ = "0.1.0"
 

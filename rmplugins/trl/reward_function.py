@@ -224,6 +224,7 @@ class RewardFunction(_BaseRewardFunction):
         self.__name__ = name if name else _unique_name(base)
         self._placement: Any = None  # set by CoLocationCallback
         self.calls = 0
+        self.last_call: dict[str, Any] | None = None  # inputs and rewards of the latest call, for inspection
 
     # -------------------------------------------------------------- setup helpers
     def _objective_weights(self, weights):
@@ -309,6 +310,8 @@ class RewardFunction(_BaseRewardFunction):
                            first, reasons.get(first, "not scorable"))
             metrics["none_frac"] = len(missing) / max(n, 1)
         self._record(metrics, log_metric)
+        self.last_call = {"prompts": list(prompts), "completions": list(completions), "rewards": list(rewards),
+                          "raw": raw, "reasons": reasons}
         return rewards
 
     # -------------------------------------------------------------- pointwise kinds
@@ -318,6 +321,23 @@ class RewardFunction(_BaseRewardFunction):
         raw: list[float | None] = [None] * n
         if not idx:
             return raw
+        try:
+            return self._pointwise_rows(prompts, completions, idx, raw, metrics, log_extra)
+        except ValueError as err:  # a row the model's format cannot render (e.g. tool turns): find it, score the rest
+            logger.warning("%s: batch scoring failed (%s); scoring row by row to isolate the rows", self.__name__, err)
+        for i in idx:
+            try:
+                self._pointwise_rows(prompts, completions, [i], raw, {}, None)
+            except ValueError as err:
+                reasons[i] = str(err)
+                raw[i] = None
+        ok = [i for i in idx if raw[i] is not None]
+        if ok:  # recompute metrics and the completions-table column over the rows that scored
+            self._pointwise_rows(prompts, completions, ok, raw, metrics, log_extra)
+        return raw
+
+    def _pointwise_rows(self, prompts, completions, idx, raw, metrics, log_extra) -> list[float | None]:
+        n = len(prompts)
         ps, cs = [prompts[i] for i in idx], [completions[i] for i in idx]
         if self.kind != "armorm":
             for i, r in zip(idx, self.model.score(ps, cs)):
@@ -372,10 +392,21 @@ class RewardFunction(_BaseRewardFunction):
             if i not in idx:
                 for j in (i, i + b):
                     reasons.setdefault(j, f"its pair partner (row {i if j != i else i + b}) could not be scored")
-        if idx:
+        probs: list = []
+        try:
             probs = self.model.compare([prompts[i] for i in idx], [completions[i] for i in idx],
-                                       [completions[i + b] for i in idx])
+                                       [completions[i + b] for i in idx]) if idx else []
+        except ValueError:  # isolate the pairs the model's format cannot render
+            for i in idx:
+                try:
+                    probs.append(self.model.compare([prompts[i]], [completions[i]], [completions[i + b]])[0])
+                except ValueError as err:
+                    probs.append(None)
+                    reasons[i] = reasons[i + b] = str(err)
+        if idx:
             for i, p in zip(idx, probs):
+                if p is None:
+                    continue
                 out[i], out[i + b] = float(p), 1.0 - float(p)
             metrics["comparisons"] = float(len(idx))
         return out
@@ -395,7 +426,12 @@ class RewardFunction(_BaseRewardFunction):
                                           "(group of one); set num_generations or keep a prompt's completions "
                                           "together")
                 continue
-            ranking = self.model.rank(prompts[valid[0]], [completions[i] for i in valid], method=self.method)
+            try:
+                ranking = self.model.rank(prompts[valid[0]], [completions[i] for i in valid], method=self.method)
+            except ValueError as err:  # the model's format cannot render this group
+                for i in group:
+                    reasons.setdefault(i, str(err))
+                continue
             for i, s in zip(valid, ranking.scores):
                 out[i] = float(s)
             comparisons += int(getattr(ranking, "comparisons", 0) or 0)

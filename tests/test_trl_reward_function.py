@@ -1,0 +1,200 @@
+"""RewardFunction / AsyncRemoteRewardFunction on the tiny real-layout checkpoints, called as TRL calls them."""
+
+import asyncio
+import logging
+import math
+
+import pytest
+import torch
+
+import rmplugins
+from rmplugins import RewardFunction
+from rmplugins.trl import AsyncRemoteRewardFunction
+from rmplugins.trl.grouping import group_indices, is_pair_layout, prompt_key
+
+P = ["What is a cat?"] * 3 + ["Name a color."] * 3
+C = ["A small animal.", "A pet that meows.", "cat", "Red.", "Blue is a color.", ""]
+CONV_P = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": p}] for p in P]
+CONV_C = [[{"role": "assistant", "content": c}] for c in C]
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = rmplugins.load_reward_model(tiny(kind), device="cpu")
+        return cache[kind]
+
+    return get
+
+
+def _call(rf, prompts, completions, **kw):
+    logged, extra = {}, {}
+    out = rf(prompts=prompts, completions=completions, completion_ids=[[1] * len(str(c)) for c in completions],
+             trainer_state=None, log_metric=lambda n, v: logged.setdefault(n, v),
+             log_extra=lambda c, v: extra.setdefault(c, v), **kw)
+    return out, logged, extra
+
+
+@pytest.mark.parametrize("kind", ["bt", "armorm"])
+def test_pointwise_rewards_equal_score(models, kind):
+    rm = models(kind)
+    rf = RewardFunction(rm)
+    assert not isinstance(rf, torch.nn.Module) and callable(rf)
+    for prompts, completions in ((P, C), (CONV_P, CONV_C)):
+        out, _, _ = _call(rf, prompts, completions, answer=["x"] * 6)
+        assert out == pytest.approx(rm.score(prompts, completions), abs=1e-5)
+
+
+def test_names_are_distinct_and_readable(models):
+    a, b = RewardFunction(models("bt")), RewardFunction(models("bt"))
+    assert a.__name__.startswith("bt_RM-Mistral-7B") and b.__name__ != a.__name__
+    assert RewardFunction(models("bt"), name="helpful").__name__ == "helpful"
+
+
+def test_armorm_logs_objectives_and_steers(models):
+    rm = models("armorm")
+    rf = RewardFunction(rm, top_objectives=2)
+    out, logged, extra = _call(rf, CONV_P, CONV_C)
+    details = rm.score_details(CONV_P, CONV_C)
+    assert out == pytest.approx(list(details.score), abs=1e-5)
+    names = details.objective_names
+    assert len(names) == 19
+    for k, name in enumerate(names):
+        assert logged[f"rewards/{rf.__name__}/objective/{name}"] == pytest.approx(
+            float(details.rewards[:, k].mean()), abs=1e-5)
+    column = extra[f"{rf.__name__}/top_objectives"]
+    assert len(column) == 6 and all(c.count("=") == 2 for c in column)
+    # the top objective of row 0 is the largest reward * coefficient contribution
+    contrib = details.rewards[0] * details.coefficients[0]
+    assert column[0].startswith(names[int(contrib.argmax())] + "=")
+
+    steer = RewardFunction(rm, objective_weights={"helpsteer-helpfulness": 2.0, "beavertails-is_safe": 1.0})
+    out, _, _ = _call(steer, CONV_P, CONV_C)
+    i, j = names.index("helpsteer-helpfulness"), names.index("beavertails-is_safe")
+    expected = (2.0 * details.rewards[:, i] + details.rewards[:, j]).tolist()
+    assert out == pytest.approx(expected, abs=1e-4)
+    with pytest.raises(ValueError, match="unknown ArmoRM objectives"):
+        RewardFunction(rm, objective_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="ArmoRM only"):
+        RewardFunction(models("bt"), objective_weights={"helpsteer-helpfulness": 1.0})
+
+
+@pytest.mark.parametrize("kind", ["pair_pm", "pairrm", "gpm"])
+def test_group_aware_rewards_equal_rank(models, kind):
+    rm = models(kind)
+    method = "round_robin" if kind != "gpm" else None
+    expected = rm.rank(P[0], C[:3], method=method).scores + rm.rank(P[3], C[3:], method=method).scores
+    for ng in (3, None):  # explicit group size, or runs of identical prompts
+        rf = RewardFunction(rm, num_generations=ng)
+        out, logged, _ = _call(rf, P, C)
+        assert out == pytest.approx(expected, abs=1e-5)
+        assert logged[f"rewards/{rf.__name__}/group_size"] == 3
+    if kind == "gpm":  # the GPO score: (1/n) sum_j (s_ij - s_ji) / tau, antisymmetric so it sums to zero
+        assert sum(out[:3]) == pytest.approx(0.0, abs=1e-4)
+    else:
+        assert all(0.0 < x < 1.0 for x in out)
+        rf = RewardFunction(rm, method="tournament")
+        out, _, _ = _call(rf, P, C)
+        assert out == pytest.approx(rm.rank(P[0], C[:3], method="tournament").scores
+                                    + rm.rank(P[3], C[3:], method="tournament").scores, abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["pair_pm", "gpm"])
+def test_online_dpo_pair_layout(models, kind):
+    rm = models(kind)
+    rf = RewardFunction(rm)
+    prompts = [P[0], P[3], P[0], P[3]]  # online DPO: row i pairs with row i + B
+    completions = [C[0], C[3], C[1], C[4]]
+    out = rf(prompts=prompts, completions=completions, completion_ids=None, trainer_state=None)  # no log_metric
+    p = rm.compare([P[0], P[3]], [C[0], C[3]], [C[1], C[4]])
+    assert out == pytest.approx([p[0], p[1], 1 - p[0], 1 - p[1]], abs=1e-5)
+    assert is_pair_layout([prompt_key(x) for x in prompts])
+    assert not is_pair_layout([prompt_key(x) for x in [P[0]] * 4])
+
+
+def test_rows_that_cannot_be_scored_are_none(models, caplog):
+    rf = RewardFunction(models("pair_pm"), num_generations=2)
+    bad = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "dangling"}]
+    prompts = [bad, bad, P[0], P[0]]
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
+        out, logged, _ = _call(rf, prompts, ["a", "b", C[0], C[1]])
+    assert out[:2] == [None, None] and None not in out[2:]
+    assert "must end with a user turn" in caplog.text and "2 of 4 rows" in caplog.text
+    assert logged[f"rewards/{rf.__name__}/none_frac"] == 0.5
+    # a pairwise model cannot score a completion without a rival
+    rf = RewardFunction(models("pairrm"))
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
+        out, _, _ = _call(rf, [P[0], P[3]], [C[0], C[3]])
+    assert out == [None, None] and "group of one" in caplog.text
+
+
+def test_tool_call_completions_are_tolerated(models, tiny, caplog):
+    completion = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+                  {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42."}]
+    prompts = [[{"role": "user", "content": "f?"}], [{"role": "user", "content": "g?"}]]
+    completions = [completion, [{"role": "assistant", "content": "No tools."}]]
+    rm = rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu")  # Llama-3's template renders tool turns
+    out, _, _ = _call(RewardFunction(rm), prompts, completions)
+    assert out == pytest.approx(rm.score(prompts, completions), abs=1e-5)
+    # Mistral's template only alternates user/assistant: that row gets None and a warning, the other a reward
+    bt = models("bt")
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
+        out, _, _ = _call(RewardFunction(bt), prompts, completions)
+    assert out[0] is None and out[1] == pytest.approx(bt.score(prompts[1:], completions[1:])[0], abs=1e-5)
+    assert "roles must alternate" in caplog.text
+
+
+def test_shaping_length_penalty_normalisation_clipping(models):
+    rm = models("bt")
+    raw = rm.score(P, C)
+    ids = [[0] * (i + 1) for i in range(6)]
+    rf = RewardFunction(rm, length_penalty=0.5)
+    assert rf(prompts=P, completions=C, completion_ids=ids) == pytest.approx(
+        [r - 0.5 * (i + 1) for i, r in enumerate(raw)], abs=1e-5)
+    rf = RewardFunction(rm, normalize=True, clip=1.5)
+    first = rf(prompts=P, completions=C)
+    mean, std = sum(raw) / 6, math.sqrt(sum((r - sum(raw) / 6) ** 2 for r in raw) / 6)
+    assert first == pytest.approx([max(-1.5, min(1.5, (r - mean) / std)) for r in raw], abs=1e-4)
+    rf(prompts=P[:3], completions=C[:3])  # running statistics now cover all nine rewards
+    allr = raw + raw[:3]
+    assert rf.stats.mean == pytest.approx(sum(allr) / 9, abs=1e-5)
+    assert rf.stats.std == pytest.approx(math.sqrt(sum((r - sum(allr) / 9) ** 2 for r in allr) / 9), abs=1e-5)
+    with pytest.raises(ValueError, match="clip"):
+        RewardFunction(rm, clip=(1, 0))
+
+
+def test_errors_are_clear(models):
+    rm = models("pair_pm")
+    with pytest.raises(ValueError, match="num_generations=2 does not match"):
+        RewardFunction(rm, num_generations=2)(prompts=P, completions=C)
+    with pytest.raises(ValueError, match="6 prompts but 5 completions"):
+        RewardFunction(rm)(prompts=P, completions=C[:5])
+    with pytest.raises(ValueError, match="pairwise kinds"):
+        RewardFunction(models("bt"), method="tournament")
+    args = type("Args", (), {"per_device_train_batch_size": 3, "steps_per_generation": 1, "num_generations": 2})
+    with pytest.raises(ValueError, match="per_device_train_batch_size"):
+        RewardFunction(rm, distributed="refuse").check_trainer_args(args, num_processes=2)
+    RewardFunction(rm).check_trainer_args(args, num_processes=2)  # gathering handles it
+
+
+def test_grouping_helpers():
+    keys = ["a", "a", "b", "b", "b", "a"]
+    assert group_indices(keys) == [[0, 1], [2, 3, 4], [5]]
+    assert group_indices(["a", "a", "b", "b"], 2) == [[0, 1], [2, 3]]
+
+
+def test_async_remote_reward_function_against_real_server(models):
+    from rmplugins.server import BackgroundServer, create_app
+
+    rm = models("bt")
+    app = create_app(rm, api_key="sekret")
+    with BackgroundServer(app) as server:
+        rf = AsyncRemoteRewardFunction(server.url, api_key="sekret", batch_size=2)
+        assert asyncio.iscoroutinefunction(rf.__call__)
+        out = asyncio.run(rf(prompts=P, completions=C, completion_ids=None))
+        assert out == pytest.approx(rm.score(P, C), abs=1e-3)
+        bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=0)
+        assert asyncio.run(bad(prompts=P[:2], completions=C[:2])) == [None, None]
