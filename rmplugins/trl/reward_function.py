@@ -311,7 +311,8 @@ class RewardFunction(_BaseRewardFunction):
             metrics["none_frac"] = len(missing) / max(n, 1)
         self._record(metrics, log_metric)
         self.last_call = {"prompts": list(prompts), "completions": list(completions), "rewards": list(rewards),
-                          "raw": raw, "reasons": reasons}
+                          "raw": raw, "reasons": reasons,
+                          "completion_ids": list(completion_ids) if completion_ids is not None else None}
         return rewards
 
     # -------------------------------------------------------------- pointwise kinds
