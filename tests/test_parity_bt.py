@@ -28,6 +28,7 @@ class CardPipeline:
         self.pipe = transformers.pipeline("text-classification", model=path, tokenizer=self.tokenizer,
                                           device="cpu", dtype=torch.float32)
         self.system_role = system_role
+        self._cache: dict[str, float] = {}
         # Batch size 1 never pads. The tiny FsfairX layout sets pad_token_id = eos = <|eot_id|>, which ends every
         # Llama-3 turn, so transformers' pooling ("rightmost token != pad") would read the token *before* the final
         # <|eot_id|>. The real checkpoints' pad id never occurs in chat text (and the RLHFlow training code pooled
@@ -43,8 +44,11 @@ class CardPipeline:
             self.tokenizer.bos_token, "")
 
     def reward(self, chat: list[dict]) -> float:
-        out = self.pipe([self.text(chat)], function_to_apply="none", top_k=None, batch_size=1)
-        return float(out[0][0]["score"])
+        text = self.text(chat)
+        if text not in self._cache:  # one pipeline call per distinct text keeps the module fast
+            out = self.pipe([text], function_to_apply="none", top_k=None, batch_size=1)
+            self._cache[text] = float(out[0][0]["score"])
+        return self._cache[text]
 
 
 @pytest.fixture(scope="module", params=KINDS)
