@@ -113,8 +113,9 @@ class Metrics:
 class Batcher:
     """Collects concurrent requests and scores them together.
 
-    The first waiting request opens a batch; more are taken for up to ``max_wait_ms`` or until ``max_batch_size``
-    samples or ``max_batch_tokens`` (estimated) are reached. One batch runs at a time in a worker thread, so
+    The first waiting request opens a batch; more are taken for up to ``max_wait_ms`` (only when the previous
+    batch held several requests, so a lone client never waits) or until ``max_batch_size`` samples or
+    ``max_batch_tokens`` (estimated) are reached. One batch runs at a time in a worker thread, so
     requests that arrive meanwhile form the next batch. ``max_batch_size=1`` gives the one-at-a-time path.
     """
 
@@ -136,6 +137,7 @@ class Batcher:
         self._queued_samples = 0
         self._task: asyncio.Task | None = None
         self._carry: _Pending | None = None
+        self._last_batch_requests = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rmplugins-score")
 
     @property
@@ -176,7 +178,9 @@ class Batcher:
         while True:
             first, self._carry = (self._carry or await self._queue.get()), None
             batch, size, tokens = [first], len(first.samples), first.cost
-            deadline = loop.time() + self.max_wait
+            # Wait for company only under load (the last batch held several requests): a lone client is served
+            # at once; under load, requests that arrive while a batch runs form the next one anyway.
+            deadline = loop.time() + (self.max_wait if self._last_batch_requests > 1 else 0.0)
             while size < self.max_batch_size and tokens < self.max_batch_tokens:
                 try:
                     item = self._queue.get_nowait()
@@ -196,6 +200,7 @@ class Batcher:
                 tokens += item.cost
             for item in batch:
                 self._queued_samples -= len(item.samples)
+            self._last_batch_requests = len(batch)
             live = [item for item in batch if not item.future.done()]  # drop requests that timed out
             if not live:
                 continue
