@@ -2,21 +2,83 @@
 positions each family's head reads.
 
 Every family reduces to "hidden states at a few positions of each sequence, then a small head", so one engine
-serves them all. Sequences are sorted by length and packed into micro-batches capped by a token budget
-(padded tokens counted), so a batch of mixed lengths wastes little padding; results come back in the caller's
-order.
+serves them all, and it aims at the floor of the work: each distinct token prefix processed once.
+
+- Identical sequences run once.
+- Causal backbones: sequences sharing a token prefix (the n samples of one prompt, every pair-PM comparison of a
+  tournament behind its ``[CONTEXT] ... [RESPONSE A]``) are grouped (:mod:`rmplugins.prefix`); the prefix runs
+  once, and the rest of each sequence runs against its cached keys/values. Grouping is on token ids, so a template
+  or BPE merge that breaks the text prefix only shortens (or removes) the shared part: no sequence ever sees other
+  tokens than in a plain forward.
+- Micro-batches are length-sorted and capped by a token budget (padded tokens), not a batch size; results come
+  back in the caller's order. Without an explicit budget it is derived from free device memory on CUDA.
+- Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 """
 
 from __future__ import annotations
 
+import gc
+import inspect
 import logging
-from typing import Sequence
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
 
-logger = logging.getLogger(__name__)
+from .prefix import PrefixGroup, plan_groups, unique_token_floor
+
+logger = logging.getLogger("rmplugins")
 
 DEFAULT_CPU_TOKEN_BUDGET = 4096
+MIN_TOKEN_BUDGET = 256
+MAX_TOKEN_BUDGET = 131072
+GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
+CACHE_FACTOR = 4            # a suffix batch's expanded prefix cache is bounded by CACHE_FACTOR x budget tokens
+WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
+
+
+@dataclass
+class EngineStats:
+    """Token accounting, cumulative over calls (``engine.stats.reset()`` to start again).
+
+    ``tokens_requested``: the sum of the sequence lengths, what one forward per sequence processes;
+    ``tokens_floor``: the unique-token floor (each distinct prefix once, see ``prefix.unique_token_floor``);
+    ``tokens_processed``: real tokens that went through the backbone; ``tokens_padded``: rows x width summed over
+    forwards, the compute actually spent (padding included).
+    """
+
+    calls: int = 0
+    sequences: int = 0
+    forwards: int = 0
+    tokens_requested: int = 0
+    tokens_floor: int = 0
+    tokens_processed: int = 0
+    tokens_padded: int = 0
+    prefix_groups: int = 0
+    prefix_members: int = 0
+    oom_splits: int = 0
+
+    def reset(self) -> None:
+        for name in asdict(self):
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Rough peak bytes one token costs in a forward: the transient activations of one layer (residual, q/k/v,
+    attention output, the MLP's gate/up/act) plus its keys/values in every layer (the prefix cache)."""
+    h = int(getattr(config, "hidden_size", 4096))
+    inter = int(getattr(config, "intermediate_size", None) or 4 * h)
+    layers = int(getattr(config, "num_hidden_layers", 32))
+    heads = int(getattr(config, "num_attention_heads", 32))
+    head_dim = int(getattr(config, "head_dim", None) or h // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return itemsize * (6 * h + 3 * inter + 2 * layers * kv)
 
 
 class ScoringEngine:
@@ -24,60 +86,290 @@ class ScoringEngine:
 
     ``backbone`` is a transformers base model (``LlamaModel``, ``MistralModel``, ``DebertaV2Model``...) whose
     output ``last_hidden_state`` already includes the final norm. Positions may be negative (``-1`` = last).
+    ``causal=False`` (DeBERTa) disables prefix reuse: every token sees the whole sequence there.
     """
 
     def __init__(self, backbone: torch.nn.Module, pad_token_id: int, *, causal: bool = True,
-                 token_budget: int | None = None):
+                 token_budget: int | None = None, prefix_reuse: bool = True):
         self.backbone = backbone
         self.pad_token_id = int(pad_token_id)
         self.causal = causal
         self.token_budget = token_budget
+        self.prefix_reuse = prefix_reuse and causal
+        self.stats = EngineStats()
+        self._oom_cap: int | None = None  # lowered after an out-of-memory error
 
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
-    def budget(self) -> int:
-        return self.token_budget or DEFAULT_CPU_TOKEN_BUDGET
+    @property
+    def config(self):
+        return getattr(self.backbone, "config", None)
 
-    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
-        budget, out, current, longest = self.budget(), [], [], 0
-        for i in order:
-            longest_if_added = max(longest, lengths[i])
-            if current and longest_if_added * (len(current) + 1) > budget:
+    # ---------------------------------------------------------------- budget and packing
+    def budget(self) -> int:
+        """Padded tokens per forward: ``token_budget`` if given, else from free CUDA memory (4096 on CPU); never
+        above a budget that ran out of memory before."""
+        budget = self.token_budget or self._auto_budget()
+        return min(budget, self._oom_cap) if self._oom_cap else budget
+
+    def _auto_budget(self) -> int:
+        device = self.device
+        if device.type != "cuda":
+            return DEFAULT_CPU_TOKEN_BUDGET
+        free, _ = torch.cuda.mem_get_info(device)
+        dtype = next(self.backbone.parameters()).dtype
+        per_token = activation_bytes_per_token(self.config, dtype)
+        budget = int(free * GPU_MEMORY_FRACTION / per_token) // 256 * 256
+        return max(MIN_TOKEN_BUDGET, min(MAX_TOKEN_BUDGET, budget))
+
+    def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
+        """Items sorted by ``width`` (longest first) and cut into micro-batches of at most ``budget()`` padded
+        tokens; with ``extra`` (a prefix-cache length) also at most ``CACHE_FACTOR * budget()`` attended tokens."""
+        budget = self.budget()
+        out, current, widest, longest_extra = [], [], 0, 0
+        for item in sorted(items, key=width, reverse=True):
+            w, e = width(item), (extra(item) if extra else 0)
+            new_w, new_e = max(widest, w), max(longest_extra, e)
+            n = len(current) + 1
+            if current and (new_w * n > budget or (extra and n * (new_w + new_e) > CACHE_FACTOR * budget)):
                 out.append(current)
-                current, longest_if_added = [], lengths[i]
-            current.append(i)
-            longest = longest_if_added
+                current, new_w, new_e = [], w, e
+            current.append(item)
+            widest, longest_extra = new_w, new_e
         if current:
             out.append(current)
         return out
 
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""
+        return self._pack(list(range(len(lengths))), lambda i: lengths[i])
+
+    # ---------------------------------------------------------------- public entry point
     @torch.inference_mode()
-    def hidden_at(self, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
-                  ) -> list[torch.Tensor]:
+    def hidden_at(self, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], *,
+                  prefix_reuse: bool | None = None) -> list[torch.Tensor]:
+        """Hidden states at ``positions[i]`` of ``sequences[i]``, in the caller's order. ``prefix_reuse=False``
+        forces plain micro-batches (each sequence run whole) for this call."""
         if len(sequences) != len(positions):
             raise ValueError("one list of positions per sequence is needed")
-        results: list[torch.Tensor | None] = [None] * len(sequences)
-        for batch in self.batches([len(s) for s in sequences]):
-            for i, h in zip(batch, self._forward([sequences[i] for i in batch], [positions[i] for i in batch])):
-                results[i] = h
-        return results  # type: ignore[return-value]
+        uniq: list[list[int]] = []
+        wanted: list[set[int]] = []
+        owner: list[int] = []
+        index: dict[tuple[int, ...], int] = {}
+        normalised = []
+        for seq, pos in zip(sequences, positions):
+            seq = [int(t) for t in seq]
+            if not seq:
+                raise ValueError("cannot score an empty token sequence")
+            if any(not -len(seq) <= p < len(seq) for p in pos):
+                raise IndexError(f"positions {list(pos)} out of range for a sequence of {len(seq)} tokens")
+            pos = [p % len(seq) for p in pos]
+            u = index.setdefault(tuple(seq), len(uniq))
+            if u == len(uniq):
+                uniq.append(seq)
+                wanted.append(set())
+            wanted[u].update(pos)
+            owner.append(u)
+            normalised.append(pos)
+        wanted_sorted = [sorted(w) for w in wanted]
 
-    def _forward(self, seqs: list[Sequence[int]], positions: list[Sequence[int]]) -> list[torch.Tensor]:
-        device = self.device
+        st = self.stats
+        st.calls += 1
+        st.sequences += len(sequences)
+        st.tokens_requested += sum(len(s) for s in sequences)
+        st.tokens_floor += unique_token_floor(uniq) if self.causal else sum(len(s) for s in uniq)
+
+        reuse = self.prefix_reuse if prefix_reuse is None else (prefix_reuse and self.causal)
+        if reuse and not self._prefix_reuse_possible(uniq):
+            reuse = False
+        groups = plan_groups(uniq) if reuse else [PrefixGroup(0, [i]) for i in range(len(uniq))]
+        hidden: list[torch.Tensor | None] = [None] * len(uniq)
+        self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], uniq, wanted_sorted, hidden)
+        shared = [g for g in groups if g.prefix_len > 0]
+        if shared:
+            st.prefix_groups += len(shared)
+            st.prefix_members += sum(len(g.members) for g in shared)
+            self._run_shared(shared, uniq, wanted_sorted, hidden)
+
+        out = []
+        for u, pos in zip(owner, normalised):
+            rows = [wanted_sorted[u].index(p) for p in pos]
+            out.append(hidden[u][torch.as_tensor(rows, dtype=torch.long, device=hidden[u].device)])
+        return out
+
+    def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
+        """The backbone must take a cache and explicit positions; a sliding window (Mistral) must cover every
+        sequence, since the cache built here is a plain full-attention one."""
+        params = inspect.signature(self.backbone.forward).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if not takes_kwargs and not {"past_key_values", "position_ids"} <= set(params):
+            return False
+        window = getattr(self.config, "sliding_window", None)
+        if window and max(len(s) for s in seqs) > int(window) - 1:
+            logger.debug("prefix reuse off: a sequence is longer than the sliding window (%s)", window)
+            return False
+        return True
+
+    # ---------------------------------------------------------------- out-of-memory recovery
+    def _guarded(self, rows: list, run: Callable[[list], None], tokens: Callable[[list], int]) -> None:
+        """``run(rows)``; on out-of-memory, free the cache, halve the rows and retry each half (logged). One row
+        that does not fit raises a clear error."""
+        try:
+            run(rows)
+            return
+        except torch.OutOfMemoryError as err:
+            if len(rows) == 1:
+                raise torch.OutOfMemoryError(
+                    f"rmplugins: out of memory scoring a single sequence of {tokens(rows)} tokens (token_budget="
+                    f"{self.budget()}); load the model with a smaller max_length=..., a device_map spreading it "
+                    "over more GPUs, or free device memory") from err
+        # outside the except block, so the failed attempt's tensors (held by the traceback) are released
+        self._release_memory()
+        size = tokens(rows)
+        self._oom_cap = max(MIN_TOKEN_BUDGET, min(self.budget(), size // 2))
+        self.stats.oom_splits += 1
+        logger.warning("rmplugins: out of memory on a micro-batch of %d sequences (%d padded tokens); split in two "
+                       "and retried, token budget lowered to %d", len(rows), size, self._oom_cap)
+        half = len(rows) // 2
+        self._guarded(rows[:half], run, tokens)
+        self._guarded(rows[half:], run, tokens)
+
+    def _release_memory(self) -> None:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # ---------------------------------------------------------------- plain micro-batches
+    def _run_plain(self, items: list[int], uniq, wanted, hidden) -> None:
+        def run(rows: list[int]) -> None:
+            outputs = self._forward([uniq[i] for i in rows], [wanted[i] for i in rows])
+            for i, h in zip(rows, outputs):
+                hidden[i] = h
+
+        def tokens(rows: list[int]) -> int:
+            return len(rows) * max(len(uniq[i]) for i in rows)
+
+        for batch in self._pack(items, lambda i: len(uniq[i])):
+            self._guarded(batch, run, tokens)
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+            ids[row, : len(s)] = torch.as_tensor(s, dtype=torch.long)
             mask[row, : len(s)] = 1
-        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device))
-        hidden = out.last_hidden_state
-        picked = []
-        for row, (s, pos) in enumerate(zip(seqs, positions)):
-            index = torch.as_tensor([p % len(s) for p in pos], device=hidden.device)
-            picked.append(hidden[row].index_select(0, index))
-        return picked
+        self.stats.forwards += 1
+        self.stats.tokens_processed += sum(len(s) for s in seqs)
+        self.stats.tokens_padded += len(seqs) * width
+        return ids, mask
+
+    @staticmethod
+    def _gather(hidden: torch.Tensor, positions: list[list[int]]) -> list[torch.Tensor]:
+        """Rows ``positions[r]`` of each ``hidden[r]`` with one index_select over the flattened batch."""
+        batch, width, size = hidden.shape
+        flat = [r * width + p for r, pos in enumerate(positions) for p in pos]
+        picked = hidden.reshape(batch * width, size).index_select(
+            0, torch.as_tensor(flat, dtype=torch.long, device=hidden.device))
+        return list(picked.split([len(p) for p in positions]))
+
+    def _forward(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+        ids, mask = self._pad(seqs)
+        device = self.device
+        kwargs = {"use_cache": False} if self.causal else {}
+        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        return self._gather(out.last_hidden_state, positions)
+
+    # ---------------------------------------------------------------- shared prefixes
+    def _run_shared(self, groups: list[PrefixGroup], uniq, wanted, hidden) -> None:
+        """Per window of groups: one pass over the prefixes (batched, keeping their keys/values), then the
+        suffixes of all members, length-sorted across groups, each row attending to its group's cache."""
+        windows, current, size = [], [], 0
+        for g in sorted(groups, key=lambda g: g.prefix_len, reverse=True):
+            if current and size + g.prefix_len > WINDOW_FACTOR * self.budget():
+                windows.append(current)
+                current, size = [], 0
+            current.append(g)
+            size += g.prefix_len
+        if current:
+            windows.append(current)
+
+        for window in windows:
+            caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+            prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+
+            def run_prefix(batch: list[int]) -> None:
+                self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
+
+            for batch in self._pack(list(range(len(window))), lambda k: window[k].prefix_len):
+                self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
+
+            rows = [(m, k) for k, g in enumerate(window) for m in g.members]
+
+            def suffix_len(row):
+                return len(uniq[row[0]]) - window[row[1]].prefix_len
+
+            def run_suffix(batch: list[tuple[int, int]]) -> None:
+                self._suffix_forward(batch, window, uniq, wanted, caches, prefix_hidden, hidden)
+
+            for batch in self._pack(rows, suffix_len, lambda row: window[row[1]].prefix_len):
+                self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
+            caches.clear()
+
+    def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], uniq, wanted, caches, prefix_hidden
+                        ) -> None:
+        prefixes = [uniq[g.members[0]][: g.prefix_len] for g in groups]
+        ids, mask = self._pad(prefixes)
+        device = self.device
+        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+        cache = out.past_key_values
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        inside = []
+        for row, (key, g) in enumerate(zip(keys, groups)):
+            p = g.prefix_len
+            caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
+            inside.append(sorted({q for m in g.members for q in wanted[m] if q < p}))
+        for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
+            prefix_hidden[key] = (pos, h)
+
+    def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], uniq, wanted, caches,
+                        prefix_hidden, hidden) -> None:
+        group_keys = sorted({k for _, k in rows})
+        slot = {k: j for j, k in enumerate(group_keys)}
+        pmax = max(window[k].prefix_len for k in group_keys)
+        device = self.device
+        # Each group's cache right-padded to pmax, then one row per sequence (index_select along the batch).
+        pick = torch.as_tensor([slot[k] for _, k in rows], dtype=torch.long)
+        layers = []
+        for layer in range(len(caches[group_keys[0]])):
+            ks, vs = [], []
+            for k in group_keys:
+                key, value = caches[k][layer]
+                pad = pmax - key.shape[-2]
+                ks.append(F.pad(key, (0, 0, 0, pad)) if pad else key)
+                vs.append(F.pad(value, (0, 0, 0, pad)) if pad else value)
+            ks, vs = torch.cat(ks), torch.cat(vs)
+            layers.append((ks.index_select(0, pick.to(ks.device)), vs.index_select(0, pick.to(vs.device))))
+
+        prefix_lens = [window[k].prefix_len for _, k in rows]
+        suffixes = [uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
+        ids, suffix_mask = self._pad(suffixes)
+        width = ids.shape[1]
+        prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
+        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            position_ids=position_ids.to(device), past_key_values=DynamicCache(ddp_cache_data=layers),
+                            use_cache=False)
+        after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
+        for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
+            before_pos, before_h = prefix_hidden[k]
+            n_before = sum(1 for q in wanted[m] if q < p)
+            if n_before == 0:
+                hidden[m] = h_after
+                continue
+            rows_before = [before_pos.index(q) for q in wanted[m] if q < p]
+            h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
+            hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix part first

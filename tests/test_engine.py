@@ -1,0 +1,245 @@
+"""The scoring engine: prefix reuse equals the plain path, token-level fallback, budget batching order,
+out-of-memory split-and-retry, token accounting, and the prefix planner."""
+
+import logging
+import random
+
+import pytest
+import torch
+
+from rmplugins.engine import ScoringEngine
+from rmplugins.loading import load_reward_model
+from rmplugins.prefix import common_prefix_len, plan_groups, unique_token_floor
+
+TOL = 2e-5
+CAUSAL_KINDS = ["bt_llama3", "armorm", "pair_pm", "gpm"]
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    cache = {}
+
+    def get(kind, **kw):
+        key = (kind, tuple(sorted(kw.items())))
+        if key not in cache:
+            cache[key] = load_reward_model(tiny(kind), device="cpu", **kw)
+        return cache[key]
+
+    return get
+
+
+def _groups_of_ids(seed=0, vocab=300, prompts=3, per_prompt=4):
+    rng = random.Random(seed)
+    heads = [[rng.randrange(vocab) for _ in range(rng.randint(40, 90))] for _ in range(prompts)]
+    seqs = [h + [rng.randrange(vocab) for _ in range(rng.randint(1, 30))] for h in heads for _ in range(per_prompt)]
+    return heads, seqs
+
+
+def _max_diff(a, b):
+    assert len(a) == len(b)
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_prefix_reuse_matches_plain_path(models, kind):
+    engine = models(kind).engine
+    heads, seqs = _groups_of_ids()
+    seqs += [seqs[0][:], heads[1][:50], heads[2] + [7]]  # a duplicate, a prefix of others, a 1-token suffix
+    positions = [[-1, 2, len(s) // 2, len(s) - 2] for s in seqs]  # inside the shared prefix and after it
+    plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
+    engine.stats.reset()
+    shared = engine.hidden_at(seqs, positions)
+    assert engine.stats.prefix_groups == 3 and engine.stats.forwards == 2
+    assert _max_diff(plain, shared) < TOL
+    assert all(h.shape == (4, engine.config.hidden_size) for h in shared)
+
+
+@pytest.mark.parametrize("kind", ["bt_llama3", "armorm", "gpm"])
+def test_family_scores_with_and_without_prefix_reuse(models, kind):
+    rm = models(kind)
+    prompt = "Explain why the digital age is important for reading books, step by step, with an example. " * 4
+    candidates = ["Sure, here is the answer.", "No.", "Reading books in the digital age is lovely because " * 3,
+                  "Sure, here is the answer."]
+
+    def scores():
+        if kind == "gpm":  # a preference model: GPO scores of the group
+            return rm.rank(prompt, candidates).scores
+        return rm.score([prompt] * len(candidates), candidates)
+
+    rm.engine.prefix_reuse = False
+    try:
+        plain = scores()
+    finally:
+        rm.engine.prefix_reuse = True
+    rm.engine.stats.reset()
+    shared = scores()
+    assert rm.engine.stats.prefix_groups == 1
+    assert max(abs(a - b) for a, b in zip(plain, shared)) < TOL
+
+
+def test_pair_pm_tournament_shares_the_context(models):
+    rm = models("pair_pm")
+    prompt = "Write a helpful poem about the weather in Paris today and tomorrow, please. " * 5
+    candidates = [f"Answer {i}: " + "lovely beautiful stunning " * (i + 1) for i in range(6)]
+    rm.engine.prefix_reuse = False
+    try:
+        plain = rm.rank(prompt, candidates, method="tournament")
+    finally:
+        rm.engine.prefix_reuse = True
+    rm.engine.stats.reset()
+    shared = rm.rank(prompt, candidates, method="tournament")
+    assert (shared.best, shared.worst) == (plain.best, plain.worst)
+    assert max(abs(a - b) for a, b in zip(plain.scores, shared.scores)) < TOL
+    st = rm.engine.stats
+    assert st.prefix_groups >= 1 and st.tokens_processed == st.tokens_floor
+
+
+def test_bpe_merge_across_the_boundary_falls_back(models):
+    """The text of the prompt is a prefix of each sequence, but not its tokens: byte-level BPE merges the prompt's
+    trailing characters with the continuation. The engine must share only the true token prefix."""
+    rm = models("bt_llama3")
+    tok = rm.tokenizer
+    prompt_text = "hello wor"  # "wor" + "ld" -> "world" merges across the text boundary
+    texts = [prompt_text + "ld is lovely", prompt_text + "ld, thanks", prompt_text + "k"]
+    prompt_ids = tok.encode(prompt_text, add_special_tokens=False)
+    seqs = [tok.encode(t, add_special_tokens=False) for t in texts]
+    assert any(s[: len(prompt_ids)] != prompt_ids for s in seqs), "the probe must break the text prefix"
+    positions = [[-1, 0] for _ in seqs]
+    plain = rm.engine.hidden_at(seqs, positions, prefix_reuse=False)
+    shared = rm.engine.hidden_at(seqs, positions)
+    assert _max_diff(plain, shared) < TOL
+    # with a long common head the group forms, and its prefix stops before the merged token
+    head = tok.encode("Please explain the digital age of books and reading today. " * 6, add_special_tokens=False)
+    long_seqs = [head + s for s in seqs]
+    groups = plan_groups(long_seqs)
+    assert len(groups) == 1 and groups[0].prefix_len == min(common_prefix_len(long_seqs[0], s) for s in long_seqs)
+    assert groups[0].prefix_len < len(head) + len(prompt_ids)
+    plain = rm.engine.hidden_at(long_seqs, positions, prefix_reuse=False)
+    shared = rm.engine.hidden_at(long_seqs, positions)
+    assert _max_diff(plain, shared) < TOL
+
+
+def test_no_shared_prefix_runs_plain(models):
+    engine = models("bt_llama3").engine
+    rng = random.Random(3)
+    seqs = [[rng.randrange(300) for _ in range(rng.randint(5, 60))] for _ in range(7)]
+    engine.stats.reset()
+    out = engine.hidden_at(seqs, [[-1]] * len(seqs))
+    assert engine.stats.prefix_groups == 0 and len(out) == 7
+
+
+def test_mistral_sliding_window_guard(models):
+    rm = models("bt")  # Mistral layout, sliding_window=4096
+    engine = rm.engine
+    _, seqs = _groups_of_ids(seed=5)
+    engine.stats.reset()
+    engine.hidden_at(seqs, [[-1]] * len(seqs))
+    assert engine.stats.prefix_groups > 0
+    window = engine.config.sliding_window
+    try:
+        engine.config.sliding_window = 40  # shorter than the sequences: reuse must be refused
+        engine.stats.reset()
+        engine.hidden_at(seqs, [[-1]] * len(seqs))
+        assert engine.stats.prefix_groups == 0
+    finally:
+        engine.config.sliding_window = window
+
+
+def test_budget_batching_returns_callers_order(models):
+    rm = models("bt_llama3")
+    engine = ScoringEngine(rm.model.base_model, rm.engine.pad_token_id, token_budget=64, prefix_reuse=False)
+    rng = random.Random(1)
+    seqs = [[rng.randrange(300) for _ in range(n)] for n in (5, 40, 12, 33, 3, 60, 21, 8)]
+    batches = engine.batches([len(s) for s in seqs])
+    assert sorted(i for b in batches for i in b) == list(range(len(seqs)))
+    for b in batches:
+        assert len(b) == 1 or len(b) * max(len(seqs[i]) for i in b) <= 64
+    out = engine.hidden_at(seqs, [[-1]] * len(seqs))
+    one_by_one = [engine.hidden_at([s], [[-1]])[0] for s in seqs]
+    assert _max_diff(out, one_by_one) < TOL
+    assert engine.stats.forwards == len(batches) + len(seqs)
+
+
+def test_auto_budget_on_cpu_is_the_default(models):
+    engine = models("bt_llama3").engine
+    assert engine.token_budget is None and engine.budget() == 4096
+
+
+class OutOfMemoryAbove(torch.nn.Module):
+    """A real backbone that raises CUDA's out-of-memory error when a forward holds more than ``limit`` tokens,
+    as a device would: it exercises the engine's recovery, not a mocked model."""
+
+    def __init__(self, backbone, limit):
+        super().__init__()
+        self.inner, self.limit, self.config = backbone, limit, backbone.config
+        self.seen = []
+
+    def forward(self, input_ids, **kwargs):
+        self.seen.append(input_ids.numel())
+        if input_ids.numel() > self.limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated above {self.limit} tokens)")
+        return self.inner(input_ids=input_ids, **kwargs)
+
+
+@pytest.mark.parametrize("reuse", [False, True])
+def test_out_of_memory_splits_and_retries(models, caplog, reuse):
+    rm = models("bt_llama3")
+    heads, seqs = _groups_of_ids(seed=2)
+    positions = [[-1]] * len(seqs)
+    reference = rm.engine.hidden_at(seqs, positions, prefix_reuse=False)
+    wrapper = OutOfMemoryAbove(rm.model.base_model, limit=150)
+    engine = ScoringEngine(wrapper, rm.engine.pad_token_id, token_budget=4096, prefix_reuse=reuse)
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        out = engine.hidden_at(seqs, positions)
+    assert _max_diff(reference, out) < TOL
+    assert engine.stats.oom_splits > 0 and "out of memory" in caplog.text
+    assert engine.budget() < 4096  # lowered for the next calls
+    engine.hidden_at(seqs, positions)  # later calls start below the limit more often
+    assert all(n <= 150 for n in wrapper.seen[-3:])
+
+
+def test_out_of_memory_on_one_sequence_is_a_clear_error(models):
+    rm = models("bt_llama3")
+    engine = ScoringEngine(OutOfMemoryAbove(rm.model.base_model, limit=10), rm.engine.pad_token_id)
+    with pytest.raises(torch.OutOfMemoryError, match="max_length"):
+        engine.hidden_at([list(range(20)), list(range(30, 45))], [[-1], [-1]])
+
+
+def test_token_accounting(models):
+    engine = models("bt_llama3").engine
+    heads, seqs = _groups_of_ids(seed=4, prompts=2, per_prompt=3)
+    engine.stats.reset()
+    engine.hidden_at(seqs + [seqs[0]], [[-1]] * (len(seqs) + 1))
+    st = engine.stats
+    requested = sum(len(s) for s in seqs) + len(seqs[0])
+    assert st.tokens_requested == requested
+    assert st.tokens_floor == unique_token_floor(seqs)
+    assert st.tokens_floor <= st.tokens_processed <= st.tokens_padded
+    assert st.tokens_processed < requested
+    assert st.sequences == len(seqs) + 1 and st.calls == 1 and st.forwards == 2
+    engine.hidden_at(seqs, [[-1]] * len(seqs), prefix_reuse=False)
+    assert st.calls == 2 and st.tokens_processed > requested
+    st.reset()
+    assert st.as_dict() == {k: 0 for k in st.as_dict()}
+
+
+def test_bidirectional_backbone_only_batches(models):
+    rm = models("pairrm")
+    assert rm.engine.causal is False and rm.engine.prefix_reuse is False
+    rm.engine.stats.reset()
+    rm.rank("Which city is the capital of France?", ["Paris.", "Lyon.", "It is Paris, of course.", "Paris."])
+    assert rm.engine.stats.prefix_groups == 0 and rm.engine.stats.tokens_floor == rm.engine.stats.tokens_processed
+
+
+def test_plan_groups_picks_the_cheapest_partition():
+    header = list(range(1000, 1006))  # a short chat header shared by every prompt
+    p1, p2 = header + list(range(100)), header + list(range(200, 300))
+    seqs = [p1 + [1, 2, 3], p1 + [4, 5], p2 + [6], p2 + [7, 8], p2 + [9], [5, 5, 5]]
+    groups = plan_groups(seqs)
+    by_members = {tuple(sorted(g.members)): g.prefix_len for g in groups}
+    assert by_members == {(0, 1): len(p1), (2, 3, 4): len(p2), (5,): 0}
+    assert unique_token_floor(seqs) == 6 + 100 + 100 + 3 + 2 + 1 + 2 + 1 + 3
+    assert plan_groups([]) == []
+    # a sequence equal to the common prefix leaves every member at least one token of its own
+    groups = plan_groups([p1, p1 + [1], p1 + [2]])
+    assert len(groups) == 1 and groups[0].prefix_len == len(p1) - 1
