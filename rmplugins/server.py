@@ -568,7 +568,7 @@ def register(subparsers) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind; 127.0.0.1 keeps it local. Use 0.0.0.0 only with --api-key")
     p.add_argument("--port", type=int, default=5000)
-    p.add_argument("--api-key", default=os.environ.get(API_KEY_ENV),
+    p.add_argument("--api-key", default=None,  # not the env value: --help would print the secret
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set). OpenRLHF's "
                         "built-in HTTP client sends no header: use integrations/openrlhf/reward_func.py with a key")
     p.add_argument("--policy-tokenizer", default=None,
@@ -595,6 +595,7 @@ def _serve(args) -> int:
 
     from . import load_reward_model
 
+    args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if not _is_loopback(args.host) and not args.api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)

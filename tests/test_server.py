@@ -285,3 +285,41 @@ def test_cli_registers_serve():
     args = build_parser().parse_args(["serve", "--model", "m", "--max-batch-size", "1"])
     assert args.host == "127.0.0.1" and args.port == 5000 and args.max_batch_size == 1
     assert args.func.__name__ == "_serve"
+
+
+def test_rmplugins_serve_command_end_to_end(tiny, policy_tok):
+    """The real CLI in a subprocess: key from the environment, policy tokenizer by path, 127.0.0.1."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RMPLUGINS_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("bt_llama3"), "--port",
+                             str(port), "--policy-tokenizer", tiny("policy")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if _get(url + "/health")[0] == 200:
+                    break
+            except aiohttp.ClientError:
+                pass
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        conv, response = _conversations(1, seed=2)[0]
+        payload = _openrlhf_payload(policy_tok, conv, response)
+        assert _post(url + "/get_reward", payload)[0] == 401
+        status, body = _post(url + "/get_reward", payload, AUTH)
+        want = rmplugins.load_reward_model(tiny("bt_llama3")).score([conv], [response])
+        assert status == 200 and body["rewards"] == pytest.approx(want, abs=1e-5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
