@@ -205,7 +205,11 @@ class Batcher:
             if not live:
                 continue
             started = time.perf_counter()
-            outcomes = await loop.run_in_executor(self._executor, self._run, live)
+            try:
+                outcomes = await loop.run_in_executor(self._executor, self._run, live)
+            except Exception as err:  # noqa: BLE001 - keep the loop alive whatever happens
+                logger.exception("scoring batch failed")
+                outcomes = [RequestError(500, f"scoring failed: {type(err).__name__}: {err}")] * len(live)
             m = self.metrics
             m.model_seconds += time.perf_counter() - started
             n = sum(len(item.samples) for item in live)
@@ -478,13 +482,14 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
             samples = parse(await read_json(request))
             metrics.samples += len(samples)
             result = await service.score(samples)
+            answer = JSONResponse(result)  # refuses NaN/inf: reported below instead of a bare 500
         except RequestError as err:
             return fail(err.status, err.reason)
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             logger.exception("unexpected error")
             return fail(500, f"internal error: {type(err).__name__}: {err}")
         metrics.latencies.append(time.perf_counter() - started)
-        return JSONResponse(result)
+        return answer
 
     @app.post("/get_reward")
     async def get_reward(request: Request):

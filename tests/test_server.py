@@ -221,6 +221,35 @@ def test_pairwise_kinds_score_against_the_label_reference(tiny, policy_tok, kind
         assert health[0] == 200 and health[1]["needs_reference"] is True
 
 
+def test_model_failures_are_isolated_per_request(armorm, policy_tok):
+    """A request whose scoring raises gets a 4xx/5xx with the reason; others in the same batch still score."""
+
+    class Flaky:
+        kind, pointwise, name_or_path = "bt", True, "flaky"
+
+        def score(self, prompts, completions):
+            if any("BOOM" in c for c in completions):
+                raise ValueError("cannot score BOOM")
+            scores = armorm.score(prompts, completions)
+            return [float("nan") if c == "NAN" else x for c, x in zip(completions, scores)]
+
+    convs = _conversations(6, seed=4)
+    payloads = [_openrlhf_payload(policy_tok, c, r) for c, r in convs]
+    payloads[2] = _openrlhf_payload(policy_tok, convs[2][0], "BOOM")
+    payloads[4] = _openrlhf_payload(policy_tok, convs[4][0], "NAN")
+    with BackgroundServer(create_app(Flaky(), policy_tokenizer=policy_tok, max_wait_ms=50)) as server:
+        answers = asyncio.run(_post_all(server.url + "/get_reward", payloads, 6))
+        want = armorm.score([c for c, _ in convs], [r for _, r in convs])
+        for i, (status, body) in enumerate(answers):
+            if i == 2:
+                assert status == 422 and "cannot score BOOM" in body["error"]
+            elif i == 4:
+                assert status == 500 and "ValueError" in body["error"]
+            else:
+                assert status == 200 and body["rewards"][0] == pytest.approx(want[i], abs=1e-5)
+        assert _get(server.url + "/health")[0] == 200
+
+
 def test_reference_from_label():
     assert reference_from_label("plain text") == "plain text"
     assert reference_from_label('{"reference": "r"}') == "r"
