@@ -49,6 +49,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
                            if recipe == "iterative-dpo" else "best.openrlhf.jsonl (input, output, reward)"))
     g.add_argument("--chunk-size", type=int, default=64,
                    help="prompts per generation/scoring chunk, the unit of progress saved for resume (default 64)")
+    g.add_argument("--generation-batch-size", type=int, default=8,
+                   help="prompts per transformers generate call with --backend hf (default 8)")
     if recipe == "iterative-dpo":
         s = p.add_argument_group("pairs")
         s.add_argument("--pair-rule", choices=("max-min", "margin", "tournament", "round-robin", "gpo"),
@@ -89,7 +91,7 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
         rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
-        chunk_size=args.chunk_size, show_progress=not args.no_progress)
+        chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size, show_progress=not args.no_progress)
 
 
 def _runner(recipe: str):

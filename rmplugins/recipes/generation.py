@@ -57,10 +57,12 @@ class Generator(ABC):
 
 
 class HFGenerator(Generator):
-    """transformers ``generate``: one prompt at a time, ``num_return_sequences=n``, seeded per prompt."""
+    """transformers ``generate``: batches of prompts, ``num_return_sequences=n``, seeded per batch."""
 
-    def __init__(self, model_path: str, *, device: str | None = None, dtype: Any = None, **kwargs):
+    def __init__(self, model_path: str, *, device: str | None = None, dtype: Any = None, batch_size: int = 8,
+                 **kwargs):
         super().__init__(model_path, **kwargs)
+        self.batch_size = max(1, int(batch_size))
         self.device = device
         self.dtype = dtype
         self._model = None
@@ -87,23 +89,39 @@ class HFGenerator(Generator):
         return ids
 
     def generate(self, prompts, n, seeds):
+        """Batches of ``batch_size`` prompts (left-padded), each batch seeded with its first prompt's seed: the
+        output depends only on the seeds and the batch boundaries, which the loop keeps fixed across resumes."""
         import torch
 
         model, tok = self._ensure()
         eos = self.stop_token_ids()
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-        out = []
-        for prompt, seed in zip(prompts, seeds):
-            text = tok.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
-            enc = tok(text, return_tensors="pt", add_special_tokens=False).to(self._device)
-            torch.manual_seed(seed)
+        tok.padding_side = "left"
+        out: list[list[str]] = []
+        for lo in range(0, len(prompts), self.batch_size):
+            batch = prompts[lo:lo + self.batch_size]
+            texts = [tok.apply_chat_template(as_messages(p), tokenize=False, add_generation_prompt=True)
+                     for p in batch]
+            enc = self._pad(tok, texts, pad)
+            enc = {k: v.to(self._device) for k, v in enc.items()}
+            torch.manual_seed(seeds[lo])
             with torch.no_grad():
                 ids = model.generate(**enc, do_sample=self.temperature > 0, temperature=self.temperature or None,
                                      top_p=self.top_p, top_k=0, max_new_tokens=self.max_new_tokens,
                                      num_return_sequences=n, eos_token_id=eos, pad_token_id=pad)
             new = ids[:, enc["input_ids"].shape[1]:]
-            out.append([tok.decode(row, skip_special_tokens=True) for row in new])
+            texts_out = [tok.decode(row, skip_special_tokens=True) for row in new]
+            out.extend(texts_out[i * n:(i + 1) * n] for i in range(len(batch)))
         return out
+
+    @staticmethod
+    def _pad(tok, texts, pad):
+        import torch
+
+        ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(len(x) for x in ids)
+        return {"input_ids": torch.tensor([[pad] * (width - len(x)) + x for x in ids]),
+                "attention_mask": torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])}
 
     def sleep(self):
         if self._model is not None and self._device != "cpu":

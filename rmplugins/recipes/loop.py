@@ -17,7 +17,8 @@ Layout of ``--output DIR`` (iteration k = 1..N uses the policy of iteration k-1;
 
 Resume rules: a stage is done when its marker exists; finished files are never rewritten. Generation and scoring
 append complete rows to ``<file>.partial`` (flushed and fsynced per chunk) and continue after the last complete
-row; every prompt has its own sampling seed, so a resumed stage produces what an uninterrupted one would. Every
+row; sampling seeds depend only on (seed, iteration, prompt index) and chunks always start at multiples of
+``chunk_size``, so a resumed stage produces what an uninterrupted one would. Every
 final file and the model directory are written to a temporary name and moved into place with ``os.replace``.
 
 Test hook (documented, test-only): ``RMPLUGINS_RECIPES_KILL_AFTER=iter-1/generate`` makes the process SIGKILL
@@ -48,7 +49,7 @@ RECIPES = ("iterative-dpo", "rejection-sampling")
 KILL_ENV = "RMPLUGINS_RECIPES_KILL_AFTER"
 # Options that do not change any output file: they may differ between a run and its resume.
 _RESUME_FREE = {"iterations", "output", "show_progress", "rm_device", "device", "gpu_memory_utilization",
-                "chunk_size", "eval_final"}
+                "eval_final"}
 
 
 @dataclass
@@ -81,7 +82,8 @@ class RecipeConfig:
     rm_device: str | None = None
     device: str | None = None
     gpu_memory_utilization: float = 0.5
-    chunk_size: int = 64
+    chunk_size: int = 64                  # prompts per generation/scoring chunk (the unit of saved progress)
+    generation_batch_size: int = 8        # prompts per transformers generate call (hf backend)
     show_progress: bool = True
 
     def __post_init__(self):
@@ -213,7 +215,8 @@ class Recipe:
             self._gen = make_generator(self.cfg.backend, policy, seed=self.cfg.seed,
                                        max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                                        top_p=self.cfg.top_p, gpu_memory_utilization=self.cfg.gpu_memory_utilization,
-                                       **({"device": self.cfg.device} if self.cfg.backend == "hf" else {}))
+                                       **({"device": self.cfg.device, "batch_size": self.cfg.generation_batch_size}
+                                          if self.cfg.backend == "hf" else {}))
         elif self._gen.model_path != str(policy):
             self._gen.load(policy)
         self._gen.wake_up()
