@@ -148,10 +148,10 @@ def test_grpo_two_processes_group_straddles(tiny, tmp_path):
     tiny("policy"), tiny("pair_pm")
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    # torchrun: two CPU processes joined by gloo, which accelerate picks up (MULTI_CPU) from the environment
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "tests" / "trl_two_process_script.py"), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     results = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     for res in results:

@@ -1,4 +1,4 @@
-"""Run by test_trl_trainers under ``accelerate launch --num_processes 2 --cpu``: one GRPO step where each process
+"""Run by test_trl_trainers under ``torchrun --nproc_per_node 2`` (gloo on CPU): one GRPO step where each process
 scores 3 completions in groups of 2, so a group straddles the processes. Writes ``rank{r}.json`` to argv[1]."""
 
 import json
