@@ -1,7 +1,10 @@
-"""``rmplugins demo``: every family on its built-in tiny checkpoint, on CPU, offline.
+"""``rmplugins demo``: the whole iterative-DPO loop on built-in tiny models, on CPU, offline.
 
-Prints one table of scores (pointwise kinds) / win probabilities (preference kinds) for the same prompt and
-candidates, and each family's ranking of the candidates.
+First a table of every family on its tiny checkpoint (scores for the pointwise kinds, mean win probabilities /
+GPO scores for the preference kinds, and each family's best and worst of the same candidates). Then the loop:
+a tiny policy, a tiny Bradley-Terry reward model trained on a synthetic preference (warm words beat cold ones),
+2 iterations of generate -> score -> pairs -> TRL DPOTrainer, and a table of the mean reward of each policy's
+samples (iteration 0 = the initial policy). See rmplugins/recipes/demo_loop.py for how the models are made.
 """
 
 from __future__ import annotations
@@ -51,7 +54,13 @@ def print_family_table(rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_family_table(family_table(args.tiny_dir))
+    from .recipes.demo_loop import run_demo_loop
+
+    if not args.no_families:
+        print_family_table(family_table(args.tiny_dir))
+        print()
+    run_demo_loop(args.output, show_progress=not args.no_progress, tiny_dir=args.tiny_dir,
+                  iterations=args.iterations)
     return 0
 
 
@@ -60,4 +69,9 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny-dir", default=None, help="where the tiny checkpoints are built (default: "
                    "$RMPLUGINS_TINY_DIR or ~/.cache/rmplugins/tiny)")
+    p.add_argument("--output", default=None, metavar="DIR",
+                   help="run directory of the loop (default: a new temporary directory); re-use it to resume")
+    p.add_argument("--iterations", type=int, default=2, help="DPO iterations (default 2)")
+    p.add_argument("--no-families", action="store_true", help="skip the table of every family")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -2,7 +2,7 @@
 
 How the demo's models are made (once, cached next to the tiny checkpoints):
 
-- **Reward model**: the tiny FsfairX-LLaMA3-RM-layout Bradley-Terry checkpoint (``tiny_checkpoint("bt_llama3")``),
+- **Reward model**: the tiny FsfairX-LLaMA3-RM-layout Bradley-Terry checkpoint (``tiny_checkpoint("bt_llama3", tiny_dir)``),
   trained for a few hundred steps with the Bradley-Terry loss on a synthetic preference: a response made of warm
   words (``good``, ``love``, ``thanks``, ...) beats one made of cold words (``hate``, ``cannot``, ``no``, ``not``),
   and the more warm words the better. It is saved as a normal ``LlamaForSequenceClassification`` checkpoint and
@@ -50,10 +50,10 @@ def warm_fraction(text: str) -> float:
     return sum(t in WARM for t in tokens) / max(1, len(tokens))
 
 
-def _root() -> Path:
+def _root(tiny_dir: str | None = None) -> Path:
     from ..testing import FORMAT_VERSION
 
-    base = Path(os.environ.get("RMPLUGINS_TINY_DIR") or Path.home() / ".cache" / "rmplugins" / "tiny")
+    base = Path(tiny_dir or os.environ.get("RMPLUGINS_TINY_DIR") or Path.home() / ".cache" / "rmplugins" / "tiny")
     return base / f"v{FORMAT_VERSION}" / f"demo-{DEMO_VERSION}"
 
 
@@ -73,7 +73,7 @@ def _build_atomic(path: Path, build) -> Path:
     return path
 
 
-def train_reward_model(out: Path, steps: int = 150, seed: int = 0) -> None:
+def train_reward_model(out: Path, steps: int = 150, seed: int = 0, tiny_dir: str | None = None) -> None:
     """Bradley-Terry training of the tiny bt_llama3 checkpoint on warm-vs-cold pairs, encoded exactly as
     ``rmplugins`` scores them (the family's chat rendering, reward at the last token)."""
     import torch
@@ -83,7 +83,7 @@ def train_reward_model(out: Path, steps: int = 150, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    rm = load_reward_model(tiny_checkpoint("bt_llama3"), dtype=torch.float32)
+    rm = load_reward_model(tiny_checkpoint("bt_llama3", tiny_dir), dtype=torch.float32)
     model = rm.model.float().train()
     prompts = demo_prompts()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -119,7 +119,7 @@ def train_reward_model(out: Path, steps: int = 150, seed: int = 0) -> None:
     rm.tokenizer.save_pretrained(str(out))
 
 
-def train_policy(out: Path, steps: int = 120, seed: int = 0) -> None:
+def train_policy(out: Path, steps: int = 120, seed: int = 0, tiny_dir: str | None = None) -> None:
     """Supervised warm-up of the tiny policy on answers whose words are warm or cold with even odds."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -128,7 +128,7 @@ def train_policy(out: Path, steps: int = 120, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
-    src = tiny_checkpoint("policy")
+    src = tiny_checkpoint("policy", tiny_dir)
     tok = AutoTokenizer.from_pretrained(src)
     model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -161,12 +161,14 @@ def train_policy(out: Path, steps: int = 120, seed: int = 0) -> None:
     (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
 
 
-def demo_models() -> tuple[str, str]:
-    """(policy, reward model) directories of the demo, built on first use (about 20 s on CPU)."""
-    root = _root()
+def demo_models(tiny_dir: str | None = None) -> tuple[str, str]:
+    """(policy, reward model) directories of the demo, built on first use (about a minute on CPU), cached."""
+    root = _root(tiny_dir)
     t0 = time.time()
-    rm = _build_atomic(root / "reward", train_reward_model)
-    policy = _build_atomic(root / "policy", train_policy)
+    if not (root / "reward" / "config.json").exists() or not (root / "policy" / "config.json").exists():
+        logger.info("training the demo's tiny reward model and policy (once; cached in %s)", root)
+    rm = _build_atomic(root / "reward", lambda p: train_reward_model(p, tiny_dir=tiny_dir))
+    policy = _build_atomic(root / "policy", lambda p: train_policy(p, tiny_dir=tiny_dir))
     if time.time() - t0 > 1:
         logger.info("built the demo models in %.0f s (cached in %s)", time.time() - t0, root)
     return str(policy), str(rm)
@@ -183,12 +185,13 @@ def demo_config(output: str, prompts_file: str, policy: str, rm: str, **override
     return RecipeConfig(**options)
 
 
-def run_demo_loop(output: str | None = None, show_progress: bool = True, **overrides) -> dict:
+def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_dir: str | None = None,
+                  **overrides) -> dict:
     """Run the demo loop into ``output`` (a fresh temporary directory by default); returns the summary."""
     from .cli import format_table
     from .loop import run_recipe
 
-    policy, rm = demo_models()
+    policy, rm = demo_models(tiny_dir)
     output = output or tempfile.mkdtemp(prefix="rmplugins-demo-")
     Path(output).mkdir(parents=True, exist_ok=True)
     prompts_file = Path(output) / "prompts.jsonl"

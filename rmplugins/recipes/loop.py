@@ -564,6 +564,8 @@ def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_
         result = trainer.train()
         trainer.save_model(str(out_dir))
         tok.save_pretrained(str(out_dir))
+        # training_args.bin pickles the trainer's scratch directory: drop it so the output is byte-reproducible
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         metrics = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
                    "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,

@@ -98,6 +98,9 @@ def select_pair(candidates: Sequence[str], scores: Sequence[float], best: int, w
     if len(candidates) < 2 or _distinct(candidates) < 2:
         stats.degenerate += 1
         return None
+    if max(scores) == min(scores):  # exact tie: every candidate scored the same, no preference
+        stats.ties += 1
+        return None
     if rule in ("max-min", "margin", "gpo"):
         best = max(range(len(scores)), key=lambda i: (scores[i], -i))
         worst = min(range(len(scores)), key=lambda i: (scores[i], i))
@@ -105,7 +108,7 @@ def select_pair(candidates: Sequence[str], scores: Sequence[float], best: int, w
         stats.degenerate += 1
         return None
     pair = Pair(best, worst, float(scores[best]), float(scores[worst]))
-    if pair.margin <= 0.0:  # exact tie (all scores equal, or a tournament of coin flips)
+    if pair.margin <= 0.0:  # a tournament whose best and worst scored the same
         stats.ties += 1
         return None
     threshold = min_margin if rule == "margin" or min_margin else 0.0
