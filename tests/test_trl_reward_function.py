@@ -198,3 +198,18 @@ def test_async_remote_reward_function_against_real_server(models):
         assert out == pytest.approx(rm.score(P, C), abs=1e-3)
         bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=0)
         assert asyncio.run(bad(prompts=P[:2], completions=C[:2])) == [None, None]
+
+
+def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):
+    import importlib
+    import sys
+
+    sys.modules.pop("integrations.trl.rewards", None)
+    mod = importlib.import_module("integrations.trl.rewards")
+    assert mod._INSTANCES == {}  # importing loads nothing
+    monkeypatch.setenv("RMPLUGINS_GPM_GPO_MODEL", tiny("gpm"))
+    rf = mod.gpm_gpo  # what `trl grpo --reward_funcs integrations.trl.rewards.gpm_gpo` does: getattr
+    assert isinstance(rf, RewardFunction) and rf.__name__ == "gpm_gpo" and rf.kind == "gpm"
+    assert mod.gpm_gpo is rf
+    with pytest.raises(AttributeError, match="choose one of"):
+        mod.nope
