@@ -10,8 +10,8 @@ serves them all, and it aims at the floor of the work: each distinct token prefi
   once, and the rest of each sequence runs against its cached keys/values. Grouping is on token ids, so a template
   or BPE merge that breaks the text prefix only shortens (or removes) the shared part: no sequence ever sees other
   tokens than in a plain forward.
-- Micro-batches are length-sorted and capped by a token budget (padded tokens), not a batch size; results come
-  back in the caller's order. Without an explicit budget it is derived from free device memory on CUDA.
+- Micro-batches are length-sorted, capped by a token budget (padded tokens) rather than a batch size, and cut
+  where padding would cost more than another forward; results come back in the caller's order. Without an explicit budget it is derived from free device memory on CUDA.
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 """
 
@@ -37,6 +37,9 @@ MAX_TOKEN_BUDGET = 131072
 GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
 CACHE_FACTOR = 4            # a suffix batch's expanded prefix cache is bounded by CACHE_FACTOR x budget tokens
 WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
+CPU_FORWARD_OVERHEAD = 64   # one more forward, in padded-token equivalents, when choosing micro-batches
+GPU_FORWARD_OVERHEAD = 2048
+MAX_ROWS = 512              # rows per micro-batch
 
 
 @dataclass
@@ -126,21 +129,36 @@ class ScoringEngine:
 
     def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
         """Items sorted by ``width`` (longest first) and cut into micro-batches of at most ``budget()`` padded
-        tokens; with ``extra`` (a prefix-cache length) also at most ``CACHE_FACTOR * budget()`` attended tokens."""
+        tokens (with ``extra``, a prefix-cache length: also at most ``CACHE_FACTOR * budget()`` attended tokens).
+
+        Where to cut is chosen by a small dynamic programme minimising padded tokens plus a per-forward
+        overhead, so a batch never pads a 10-token candidate to 300 just because the budget had room: on CPU
+        padding is paid in full, and on GPU a few larger forwards beat many tiny ones (larger overhead there).
+        """
         budget = self.budget()
-        out, current, widest, longest_extra = [], [], 0, 0
-        for item in sorted(items, key=width, reverse=True):
-            w, e = width(item), (extra(item) if extra else 0)
-            new_w, new_e = max(widest, w), max(longest_extra, e)
-            n = len(current) + 1
-            if current and (new_w * n > budget or (extra and n * (new_w + new_e) > CACHE_FACTOR * budget)):
-                out.append(current)
-                current, new_w, new_e = [], w, e
-            current.append(item)
-            widest, longest_extra = new_w, new_e
-        if current:
-            out.append(current)
-        return out
+        overhead = GPU_FORWARD_OVERHEAD if self.device.type == "cuda" else CPU_FORWARD_OVERHEAD
+        order = sorted(items, key=width, reverse=True)
+        w = [width(i) for i in order]
+        e = [extra(i) for i in order] if extra else [0] * len(order)
+        n = len(order)
+        best = [0.0] + [float("inf")] * n  # best[j]: cheapest packing of order[:j]
+        cut = [0] * (n + 1)
+        for j in range(1, n + 1):
+            longest_extra = 0
+            for i in range(j - 1, max(-1, j - 1 - MAX_ROWS), -1):  # the batch order[i:j] is w[i] wide
+                longest_extra = max(longest_extra, e[i])
+                rows = j - i
+                if rows > 1 and (rows * w[i] > budget
+                                 or (extra and rows * (w[i] + longest_extra) > CACHE_FACTOR * budget)):
+                    break
+                cost = best[i] + rows * w[i] + overhead
+                if cost < best[j]:
+                    best[j], cut[j] = cost, i
+        out, j = [], n
+        while j > 0:
+            out.append(order[cut[j]: j])
+            j = cut[j]
+        return out[::-1]
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""

@@ -1,0 +1,277 @@
+"""Scoring-engine benchmark: the library side by side with the reference ways of scoring, in one run, on the same
+model and data.
+
+Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates, prompts of 250-450 words, candidates of 5-200 words):
+  one-per-forward   one sequence per forward, as the reference pipelines (model cards) score;
+  trl-padded        TRL 1.16 GRPO's model-reward path: chat-template texts tokenized with padding=True,
+                    padding_side="right", add_special_tokens=False, and one forward over the whole batch;
+  rmplugins         rm.score(prompts, completions) (prefix reuse + token-budget micro-batches).
+Pair-PM (RLHFlow layout, best of 8): all 56 ordered pairs one forward each (the reference) vs
+  rm.rank(prompt, candidates, method="tournament").
+Tokens processed are compared with the unique-token floor (each prompt once plus each candidate once).
+
+On a GPU it adds a randomly initialised Llama-3-8B-shaped reward model in bf16 (SDPA, or flash attention when
+installed) and reports tokens/s and MFU (2 * params * tokens + attention FLOPs over the dense bf16 peak).
+
+    python benchmarks/bench_scoring.py                 # CPU: a few minutes on 2 cores
+    python benchmarks/bench_scoring.py --skip-gpu      # CPU sections only, even with a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (attention_flops, build_bench_checkpoint, host_load, matmul_params, peak_flops,  # noqa: E402
+                    synthetic_groups, timed)
+
+from rmplugins import load_reward_model  # noqa: E402
+from rmplugins.inputs import to_conversation  # noqa: E402
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- pointwise
+def one_per_forward(rm, prompts, completions):
+    """The reference pipelines: tokenize one conversation, one forward, the logit at the last token (no pad id
+    set, so transformers reads the last position of the unpadded row)."""
+    out = []
+    rm.model.config.pad_token_id = None
+    with torch.inference_mode():
+        for p, c in zip(prompts, completions):
+            ids = rm.encode(to_conversation(p, c).messages)
+            logits = rm.model(input_ids=torch.tensor([ids], device=rm.device)).logits
+            out.append(float(logits[0, 0]))
+    return out
+
+
+def trl_padded(rm, prompts, completions):
+    """TRL 1.16 ``GRPOTrainer._calculate_rewards`` for a model reward, verbatim in its steps."""
+    from trl.data_utils import apply_chat_template
+
+    tok = rm.tokenizer
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    rm.model.config.pad_token_id = tok.pad_token_id
+    messages = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]}
+                for p, c in zip(prompts, completions)]
+    texts = [apply_chat_template(x, tok)["text"] for x in messages]
+    inputs = tok(text=texts, return_tensors="pt", padding=True, padding_side="right", add_special_tokens=False)
+    inputs = {k: v.to(rm.device) for k, v in inputs.items()}
+    with torch.inference_mode():
+        rewards = rm.model(**inputs).logits[:, 0].float().tolist()
+    return rewards, inputs["input_ids"].numel()
+
+
+def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], dict]:
+    prompts = [p for p, cands in groups for _ in cands]
+    completions = [c for _, cands in groups for c in cands]
+    requested = sum(len(rm.encode(to_conversation(p, c).messages)) for p, c in zip(prompts, completions))
+    # warm up every path once (allocator, kernels, tokenizer caches)
+    one_per_forward(rm, prompts[:2], completions[:2])
+    trl_padded(rm, prompts[:2], completions[:2])
+    rm.score(prompts[:2], completions[:2])
+
+    t_one, ref = timed(lambda: one_per_forward(rm, prompts, completions), repeat)
+    t_trl, (_, trl_tokens) = timed(lambda: trl_padded(rm, prompts, completions), repeat)
+    rm.engine.stats.reset()
+    t_lib, ours = timed(lambda: rm.score(prompts, completions), repeat)
+    st = rm.engine.stats
+    runs = max(st.calls, 1)
+    processed, padded, floor = st.tokens_processed // runs, st.tokens_padded // runs, st.tokens_floor // runs
+    diff = max(abs(a - b) for a, b in zip(ref, ours))
+    rows = [
+        (f"{label}: one sequence per forward", f"{t_one:.2f}", f"{t_one / t_lib:.2f}x", requested, requested),
+        (f"{label}: TRL padded batch", f"{t_trl:.2f}", f"{t_trl / t_lib:.2f}x", requested, trl_tokens),
+        (f"{label}: rmplugins rm.score", f"{t_lib:.2f}", "1.00x", processed, padded),
+    ]
+    info = dict(one=t_one, trl=t_trl, lib=t_lib, floor=floor, processed=processed, padded=padded,
+                requested=requested, trl_tokens=trl_tokens, max_abs_diff=diff, n=len(prompts))
+    return rows, info
+
+
+# ----------------------------------------------------------------------------- pair-PM
+def all_ordered_pairs(rm, prompt, candidates):
+    """The RLHFlow reference: every ordered pair (a in position A, b in B) in its own forward."""
+    conv = to_conversation(prompt, candidates[0])
+    context = rm.context_text(conv.context)
+    probs = {}
+    with torch.inference_mode():
+        for i, a in enumerate(candidates):
+            for j, b in enumerate(candidates):
+                if i == j:
+                    continue
+                ids = rm.encode(context, a, b)
+                logits = rm.model(input_ids=torch.tensor([ids], device=rm.device)).logits[0, -1]
+                probs[(i, j)] = float(torch.softmax(logits[[rm.token_a, rm.token_b]].float(), -1)[0])
+    return probs
+
+
+def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
+    all_ordered_pairs(rm, groups[0][0], groups[0][1][:2])  # warm up
+    rm.rank(groups[0][0], groups[0][1][:3], method="tournament")
+    t_ref, _ = timed(lambda: [all_ordered_pairs(rm, p, c) for p, c in groups], repeat)
+    ref_tokens = sum(len(rm.encode(rm.context_text(to_conversation(p, c[0]).context), a, b))
+                     for p, c in groups for i, a in enumerate(c) for j, b in enumerate(c) if i != j)
+    rm.engine.stats.reset()
+    t_lib, rankings = timed(lambda: [rm.rank(p, c, method="tournament") for p, c in groups], repeat)
+    st = rm.engine.stats
+    per = repeat
+    n = len(groups[0][1])
+    comparisons = sum(r.comparisons for r in rankings)
+    rows = [
+        (f"pair-PM best-of-{n}: all {n * (n - 1)} ordered pairs, one forward each", f"{t_ref:.2f}",
+         f"{t_ref / t_lib:.2f}x", ref_tokens, ref_tokens),
+        (f"pair-PM best-of-{n}: rmplugins tournament ({comparisons // len(groups)} comparisons, swapped)",
+         f"{t_lib:.2f}", "1.00x", st.tokens_processed // per, st.tokens_padded // per),
+    ]
+    return rows, dict(ref=t_ref, lib=t_lib, processed=st.tokens_processed // per, floor=st.tokens_floor // per,
+                      ref_tokens=ref_tokens, calls=st.calls // per)
+
+
+# ----------------------------------------------------------------------------- GPU: 8B-shaped
+def bench_gpu_8b(args) -> list[str]:
+    """A random Llama-3-8B-shaped sequence classifier in bf16 on the GPU, scored through the library."""
+    import importlib.util
+
+    from transformers import AutoTokenizer, LlamaForSequenceClassification
+
+    from rmplugins.families.bt import BradleyTerryRewardModel
+
+    from common import BENCH_SIZES, _llama_config  # noqa: E402
+
+    tok_dir = Path(args.cache_dir) / "bench-8b-tokenizer"
+    if not (tok_dir / "tokenizer.json").exists():
+        from rmplugins.testing import build_llama3_tokenizer
+
+        tok_dir.mkdir(parents=True, exist_ok=True)
+        build_llama3_tokenizer(tok_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    cfg = _llama_config(128256, tok_dir, BENCH_SIZES["llama3-8b"], num_labels=1)
+    cfg.pad_token_id = cfg.eos_token_id
+    attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForSequenceClassification._from_config(cfg, dtype=torch.bfloat16, attn_implementation=attn)
+    model.eval()
+    rm = BradleyTerryRewardModel(model, tokenizer, name_or_path="random-llama3-8b-shaped", max_length=8192)
+    name = torch.cuda.get_device_name()
+    peak = peak_flops(name)
+    params = matmul_params(cfg)
+
+    def flops_of(seqs_by_group):
+        """Useful FLOPs at the floor: each group's prompt once, each candidate once, with causal attention."""
+        total_tokens, pairs = 0, 0
+        for prefix_len, suffix_lens in seqs_by_group:
+            total_tokens += prefix_len + sum(suffix_lens)
+            pairs += prefix_len * (prefix_len + 1) // 2
+            pairs += sum(s * prefix_len + s * (s + 1) // 2 for s in suffix_lens)
+        return 2 * params * total_tokens + attention_flops(cfg, pairs), total_tokens
+
+    from rmplugins.prefix import common_prefix_len
+
+    def structure(groups):
+        out = []
+        for p, cands in groups:
+            ids = [rm.encode(to_conversation(p, c).messages) for c in cands]
+            pre = min(common_prefix_len(ids[0], s) for s in ids[1:])
+            out.append((pre, [len(s) - pre for s in ids]))
+        return out
+
+    lines = [f"GPU: {name}, bf16, attention {attn}, token budget {rm.engine.budget()}"]
+    small = synthetic_groups(8, 8, seed=args.seed)
+    rows, info = bench_pointwise(rm, small, "8B-shaped, 8x8", repeat=2)
+    lines.append(table(rows, ("path", "seconds", "time / rmplugins", "real tokens", "padded tokens")))
+    big = synthetic_groups(args.gpu_prompts, 8, seed=args.seed + 1)
+    prompts = [p for p, c in big for _ in c]
+    completions = [c for _, cs in big for c in cs]
+    rm.score(prompts[:64], completions[:64])
+    rm.engine.stats.reset()
+    t, _ = timed(lambda: rm.score(prompts, completions), 3)
+    useful_flops, useful_tokens = flops_of(structure(big))
+    st = rm.engine.stats
+    lines.append(f"8B-shaped scoring, {len(prompts)} sequences ({args.gpu_prompts} prompts x 8): {t:.3f} s, "
+                 f"{useful_tokens / t:,.0f} useful tokens/s ({st.tokens_processed // 3 / t:,.0f} processed tokens/s"
+                 f", floor {useful_tokens}), {useful_flops / t / 1e12:.1f} TFLOP/s"
+                 + (f", MFU {100 * useful_flops / t / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    # the dense-compute ceiling of this GPU for the same shapes: one long forward, no padding, no prefix logic
+    ids = torch.randint(0, 600, (8, 1024), device="cuda")
+    with torch.inference_mode():
+        model.model(input_ids=ids, use_cache=False)
+        t_dense, _ = timed(lambda: model.model(input_ids=ids, use_cache=False), 3)
+    dense = 2 * params * ids.numel() + attention_flops(cfg, 8 * 1024 * 1025 // 2)
+    lines.append(f"reference dense forward (8 x 1024 tokens): {ids.numel() / t_dense:,.0f} tokens/s"
+                 + (f", MFU {100 * dense / t_dense / peak:.1f}%" if peak else ""))
+    del model, rm
+    torch.cuda.empty_cache()
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
+                                                              str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--pair-prompts", type=int, default=2, help="prompts in the pair-PM best-of-8 section")
+    parser.add_argument("--gpu-prompts", type=int, default=64)
+    parser.add_argument("--repeat", type=int, default=1, help="best of N timings per path")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-gpu", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    cache = Path(args.cache_dir)
+    print(f"# rmplugins scoring benchmark, {datetime.date.today()}, torch {torch.__version__}, "
+          f"{args.threads} CPU threads, {host_load()}")
+    bt = load_reward_model(build_bench_checkpoint("bt", cache / "bench-bt"), device="cpu")
+    pm = load_reward_model(build_bench_checkpoint("pair_pm", cache / "bench-pair-pm"), device="cpu")
+    cfg = bt.model.config
+    print(f"CPU model: random Llama, hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
+          f"{matmul_params(cfg) / 1e6:.1f}M matmul params, float32, attention {cfg._attn_implementation}, "
+          f"token budget {bt.engine.budget()}\n")
+
+    groups = synthetic_groups(args.prompts, args.candidates, seed=args.seed)
+    rows, info = bench_pointwise(bt, groups, f"pointwise {args.prompts}x{args.candidates}", args.repeat)
+    pair_groups = synthetic_groups(args.pair_prompts, 8, seed=args.seed + 7)
+    pair_rows, pair = bench_pair_pm(pm, pair_groups, args.repeat)
+    print(table(rows + pair_rows, ("path", "seconds", "time / rmplugins", "real tokens", "padded tokens")))
+    print()
+    summary = [
+        ("pointwise vs one-per-forward", f"{info['one'] / info['lib']:.2f}x", ">= 3x"),
+        ("pointwise vs TRL padded batch", f"{info['trl'] / info['lib']:.2f}x", ">= 5x"),
+        ("pair-PM best-of-8 tournament vs all ordered pairs", f"{pair['ref'] / pair['lib']:.2f}x", ">= 5x"),
+        ("pointwise tokens processed / unique-token floor", f"{info['processed'] / info['floor']:.3f}",
+         f"floor {info['floor']}, requested {info['requested']}"),
+        ("pair-PM tokens processed vs all-pairs tokens", f"{pair['processed']} vs {pair['ref_tokens']}",
+         f"{pair['calls']} engine calls"),
+    ]
+    print(table(summary, ("measure", "result", "target / note")))
+    print(f"\nmax |reward difference| rmplugins vs one-per-forward: {info['max_abs_diff']:.2e}")
+    print(f"after: {host_load()}")
+
+    if torch.cuda.is_available() and not args.skip_gpu:
+        print()
+        print("\n".join(bench_gpu_8b(args)))
+    elif not args.skip_gpu:
+        print("\nGPU section skipped: no CUDA device (the 8B-shaped bf16 tokens/s and MFU run needs one)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

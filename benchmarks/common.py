@@ -1,0 +1,140 @@
+"""Shared pieces of the benchmarks: benchmark-sized random checkpoints in the real on-disk layout, deterministic
+synthetic RLHF data, timing, and FLOP/MFU arithmetic.
+
+The tiny test checkpoints are too small for compute to dominate Python overhead, so the CPU benchmark builds a
+Llama of a few hundred hidden units with the tiny Llama-3 tokenizer, saved exactly as the hub checkpoints are
+(``LlamaForSequenceClassification`` for a Bradley-Terry RM, ``LlamaForCausalLM`` for the RLHFlow pair-PM), and
+loads them through ``load_reward_model`` like any hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from rmplugins.testing import _WORDS, build_llama3_tokenizer
+
+BENCH_SIZES = {  # name -> Llama shape
+    "cpu": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                num_key_value_heads=4),
+    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                      num_key_value_heads=8),
+}
+
+
+def _llama_config(vocab: int, tokenizer_dir: Path, shape: dict, **extra):
+    from tokenizers import Tokenizer
+    from transformers import LlamaConfig
+
+    tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+    bos, eos = tok.token_to_id("<|begin_of_text|>"), tok.token_to_id("<|eot_id|>")
+    return LlamaConfig(vocab_size=vocab, max_position_embeddings=8192, rope_theta=500000.0, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False, initializer_range=0.02, bos_token_id=bos, eos_token_id=eos,
+                       **shape, **extra)
+
+
+def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed: int = 0) -> Path:
+    """A random ``bt`` (LlamaForSequenceClassification) or ``pair_pm`` (LlamaForCausalLM) checkpoint in ``path``
+    (reused when already there)."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+
+    path = Path(path)
+    if (path / "config.json").exists():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = build_llama3_tokenizer(path)
+    torch.manual_seed(seed)
+    if kind == "bt":
+        cfg = _llama_config(vocab, path, BENCH_SIZES[size], num_labels=1)
+        cfg.pad_token_id = cfg.eos_token_id
+        model = LlamaForSequenceClassification(cfg)
+        arch = "LlamaForSequenceClassification"
+    elif kind == "pair_pm":
+        cfg = _llama_config(vocab, path, BENCH_SIZES[size])
+        cfg.pad_token_id = cfg.eos_token_id
+        model = LlamaForCausalLM(cfg)
+        arch = "LlamaForCausalLM"
+    else:
+        raise ValueError(f"no benchmark checkpoint for kind {kind!r}")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    cfg_dict = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
+    cfg_dict.update(architectures=[arch], torch_dtype="float32")
+    if kind == "bt":
+        cfg_dict.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
+    return path
+
+
+# ----------------------------------------------------------------------------- data
+def _words(rng: random.Random, n: int) -> str:
+    out = []
+    for k in range(n):
+        w = rng.choice(_WORDS)
+        if k == 0 or out[-1].endswith("."):
+            w = w.capitalize()
+        if rng.random() < 0.08:
+            w += rng.choice([".", ",", "?", ":"])
+        out.append(w)
+    return " ".join(out) + "."
+
+
+def synthetic_groups(n_prompts: int = 8, n_candidates: int = 8, prompt_words=(250, 450),
+                     candidate_words=(5, 200), seed: int = 0) -> list[tuple[str, list[str]]]:
+    """Deterministic (prompt, candidates) groups: prompts of 250-450 words, candidates of 5-200 words."""
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(n_prompts):
+        prompt = _words(rng, rng.randint(*prompt_words))
+        groups.append((prompt, [_words(rng, rng.randint(*candidate_words)) for _ in range(n_candidates)]))
+    return groups
+
+
+# ----------------------------------------------------------------------------- timing and flops
+def timed(fn, repeat: int = 1):
+    """(best wall seconds over ``repeat`` runs, the last result)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def matmul_params(config) -> int:
+    """Parameters a token multiplies through in the backbone (no embedding table): the 2*params*tokens FLOPs."""
+    h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    return layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+
+
+def attention_flops(config, query_key_pairs: int) -> int:
+    """QK^T and AV: 4 * hidden FLOPs per (query, visible key) pair and layer."""
+    return 4 * config.hidden_size * config.num_hidden_layers * query_key_pairs
+
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """Dense bf16 peak of the GPU (SXM figures; an H100 PCIe peaks at 756 TFLOP/s)."""
+    if "H100" in device_name and "PCIe" in device_name:
+        return 756e12
+    return next((v for k, v in PEAK_BF16.items() if k in device_name), None)
+
+
+def host_load() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "load unknown"
