@@ -212,4 +212,4 @@ def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):
     assert isinstance(rf, RewardFunction) and rf.__name__ == "gpm_gpo" and rf.kind == "gpm"
     assert mod.gpm_gpo is rf
     with pytest.raises(AttributeError, match="choose one of"):
-        mod.nope
+        mod.nope  # noqa: B018

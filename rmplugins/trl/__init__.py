@@ -8,7 +8,13 @@ from .reward_function import AsyncRemoteRewardFunction, RewardFunction
 
 _CALLBACKS = ("WinRateCallback", "CoLocationCallback", "RewardBreakdownCallback")
 
-__all__ = ["RewardFunction", "AsyncRemoteRewardFunction", *_CALLBACKS]
+__all__ = [
+    "AsyncRemoteRewardFunction",
+    "CoLocationCallback",
+    "RewardBreakdownCallback",
+    "RewardFunction",
+    "WinRateCallback",
+]
 
 
 def __getattr__(name):

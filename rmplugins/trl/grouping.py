@@ -8,7 +8,8 @@ unless ``per_device_train_batch_size * steps_per_generation`` is a multiple of `
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def prompt_key(prompt: Any) -> Any:

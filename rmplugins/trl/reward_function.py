@@ -15,7 +15,8 @@ import math
 import os
 import threading
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
