@@ -54,12 +54,13 @@ def print_family_table(rows: list[dict]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .recipes.demo_loop import run_demo_loop
+    from .recipes.demo_loop import quiet, run_demo_loop
 
+    quiet()
     if not args.no_families:
         print_family_table(family_table(args.tiny_dir))
         print()
-    run_demo_loop(args.output, show_progress=not args.no_progress, tiny_dir=args.tiny_dir,
+    run_demo_loop(args.output, show_progress=False, tiny_dir=args.tiny_dir,
                   iterations=args.iterations)
     return 0
 
@@ -73,5 +74,4 @@ def register(subparsers) -> None:
                    help="run directory of the loop (default: a new temporary directory); re-use it to resume")
     p.add_argument("--iterations", type=int, default=2, help="DPO iterations (default 2)")
     p.add_argument("--no-families", action="store_true", help="skip the table of every family")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -185,12 +185,29 @@ def demo_config(output: str, prompts_file: str, policy: str, rm: str, **override
     return RecipeConfig(**options)
 
 
+def quiet() -> None:
+    """Keep the demo's output to its tables and the per-iteration log lines."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.utils.logging.disable_progress_bar()
+    datasets.utils.logging.set_verbosity_error()
+
+
 def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_dir: str | None = None,
                   **overrides) -> dict:
     """Run the demo loop into ``output`` (a fresh temporary directory by default); returns the summary."""
     from .cli import format_table
     from .loop import run_recipe
 
+    if not show_progress:
+        quiet()
     policy, rm = demo_models(tiny_dir)
     output = output or tempfile.mkdtemp(prefix="rmplugins-demo-")
     Path(output).mkdir(parents=True, exist_ok=True)

@@ -325,6 +325,8 @@ class Recipe:
             start = len(part.rows)
             if start:
                 logger.info("%s: resuming generation after %d finished prompts", d.name, start)
+            logger.info("%s: generating %d candidates for each of %d prompts with %s (%s)", d.name,
+                        self.cfg.num_candidates, len(self.prompts) - start, policy, self.cfg.backend)
             gen = self.generator(policy)
             with self._bar(f"{d.name} generate", start) as bar:
                 for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
@@ -355,6 +357,7 @@ class Recipe:
             start = len(part.rows)
             rm = self.reward_model()
             method = rank_method(self.rule(), rm.kind)
+            logger.info("%s: scoring with %s (kind %s)", d.name, self.cfg.reward_model, rm.kind)
             if self._gen is not None:
                 self._gen.sleep()
             from ..ranking import from_scores
@@ -457,6 +460,8 @@ class Recipe:
         if model_dir.exists():  # trained before a crash that came ahead of the marker
             return self.mark(d, "train", {"seconds": None, "trained": True, "rows": len(rows)})
         t0 = time.time()
+        logger.info("%s: training on %d rows of %s with TRL's %s", d.name, len(rows), self.select_file,
+                    "DPOTrainer" if self.cfg.recipe == "iterative-dpo" else "SFTTrainer")
         self._park()
         tmp = Path(tempfile.mkdtemp(dir=d, prefix=".model-"))
         try:
@@ -561,6 +566,10 @@ def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_
             data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
             args = SFTConfig(**common)
             trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        if not cfg.show_progress:  # no per-step dict printing either
+            from transformers.trainer_callback import PrinterCallback
+
+            trainer.remove_callback(PrinterCallback)
         result = trainer.train()
         trainer.save_model(str(out_dir))
         tok.save_pretrained(str(out_dir))

@@ -1,0 +1,45 @@
+"""``rmplugins demo``: the whole loop on the tiny demo models shows the policy improving.
+
+The demo models are built once into the same cache ``make demo`` uses (~/.cache/rmplugins/tiny, about a minute
+on first use), so this test is cheap afterwards.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+CACHE = str(Path.home() / ".cache" / "rmplugins" / "tiny")
+
+
+def test_demo_reward_model_learned_the_synthetic_preference():
+    import rmplugins
+    from rmplugins.recipes.demo_loop import demo_models
+
+    _, rm_path = demo_models(CACHE)
+    rm = rmplugins.load_reward_model(rm_path)
+    texts = ["hate no cannot not hate no", "good no hate not cannot no", "good love no thanks not hate",
+             "good love thanks lovely no hate", "good love thanks lovely helpful honest"]
+    scores = rm.score(["Tell me about books."] * len(texts), texts)
+    assert scores == sorted(scores), scores  # more warm words, higher reward
+    assert scores[-1] - scores[0] > 5
+
+
+def test_demo_loop_improves_the_policy(tmp_path, capsys):
+    from rmplugins.recipes.demo_loop import run_demo_loop, warm_fraction
+
+    summary = run_demo_loop(str(tmp_path / "demo"), show_progress=False, tiny_dir=CACHE)
+    means = [it["reward_mean"] for it in summary["iterations"]] + [summary["final_eval"]["reward_mean"]]
+    assert len(means) == 3 and means[0] < means[1] < means[2], means
+    assert means[2] - means[0] > 1.0
+    table = capsys.readouterr().out
+    assert "after iter 2" in table and f"{means[2]:.4f}" in table
+    # the improvement is the behaviour the reward prefers: more warm words in the final policy's samples
+    def warmth(path):
+        rows = [json.loads(line) for line in open(path)]
+        texts = [t for r in rows for t in r["candidates"]]
+        return sum(map(warm_fraction, texts)) / len(texts)
+
+    assert warmth(tmp_path / "demo" / "eval-2" / "candidates.jsonl") > \
+        warmth(tmp_path / "demo" / "iter-1" / "candidates.jsonl") + 0.1
