@@ -37,7 +37,7 @@ def test_demo_loop_improves_the_policy(tmp_path, capsys):
     assert "after iter 2" in table and f"{means[2]:.4f}" in table
     # the improvement is the behaviour the reward prefers: more warm words in the final policy's samples
     def warmth(path):
-        rows = [json.loads(line) for line in open(path)]
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
         texts = [t for r in rows for t in r["candidates"]]
         return sum(map(warm_fraction, texts)) / len(texts)
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from rmplugins.recipes.generation import seed_for
-from rmplugins.recipes.loop import PartialFile, RecipeConfig, Recipe
+from rmplugins.recipes.loop import PartialFile, Recipe, RecipeConfig
 from rmplugins.recipes.prompts import PromptFileError, read_prompts
 from rmplugins.recipes.selection import SelectionStats, best_of_n, check_rule, default_rule, select_pair
 
@@ -137,8 +137,8 @@ def test_partial_file_drops_a_torn_last_line(tmp_path):
 
 def test_resume_with_different_options_is_refused(tmp_path):
     prompts = _write(tmp_path, ['{"prompt": "hi"}'])
-    cfg = dict(recipe="iterative-dpo", policy="org/policy", reward_model="org/rm", prompts=prompts,
-               output=str(tmp_path / "run"))
+    cfg = {"recipe": "iterative-dpo", "policy": "org/policy", "reward_model": "org/rm", "prompts": prompts,
+           "output": str(tmp_path / "run")}
     Recipe(RecipeConfig(**cfg)).check_run_file()
     Recipe(RecipeConfig(**cfg, iterations=5)).check_run_file()  # more iterations is a resume
     with pytest.raises(ValueError, match=r"different options \(num_candidates: 4 -> 8\)"):

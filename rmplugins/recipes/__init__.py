@@ -14,6 +14,15 @@ from .prompts import PromptFileError, read_prompts
 from .selection import SelectionStats, best_of_n, select_pair
 
 __all__ = [
-    "Generator", "HFGenerator", "VLLMGenerator", "make_generator", "RecipeConfig", "run_recipe",
-    "PromptFileError", "read_prompts", "SelectionStats", "best_of_n", "select_pair",
+    "Generator",
+    "HFGenerator",
+    "PromptFileError",
+    "RecipeConfig",
+    "SelectionStats",
+    "VLLMGenerator",
+    "best_of_n",
+    "make_generator",
+    "read_prompts",
+    "run_recipe",
+    "select_pair",
 ]

@@ -177,10 +177,10 @@ def demo_models(tiny_dir: str | None = None) -> tuple[str, str]:
 def demo_config(output: str, prompts_file: str, policy: str, rm: str, **overrides):
     from .loop import RecipeConfig
 
-    options = dict(recipe="iterative-dpo", policy=policy, reward_model=rm, prompts=prompts_file, output=output,
-                   iterations=2, num_candidates=4, max_new_tokens=10, learning_rate=1e-3, epochs=2, beta=0.1,
-                   label_smoothing=0.0, batch_size=8, max_length=64, eval_final=True, device="cpu",
-                   rm_device="cpu", chunk_size=16)
+    options = {"recipe": "iterative-dpo", "policy": policy, "reward_model": rm, "prompts": prompts_file,
+               "output": output, "iterations": 2, "num_candidates": 4, "max_new_tokens": 10, "learning_rate": 1e-3,
+               "epochs": 2, "beta": 0.1, "label_smoothing": 0.0, "batch_size": 8, "max_length": 64,
+               "eval_final": True, "device": "cpu", "rm_device": "cpu", "chunk_size": 16}
     options.update(overrides)
     return RecipeConfig(**options)
 

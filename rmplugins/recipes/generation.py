@@ -16,7 +16,8 @@ from __future__ import annotations
 import gc
 import logging
 from abc import ABC, abstractmethod
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .prompts import as_messages
 
@@ -134,13 +135,10 @@ class HFGenerator(Generator):
     def close(self):
         self._model = self._tokenizer = None
         gc.collect()
-        try:
-            import torch
+        import torch
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:  # pragma: no cover
-            pass
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class VLLMGenerator(Generator):
@@ -161,9 +159,9 @@ class VLLMGenerator(Generator):
         except ImportError as err:
             raise ImportError("--backend vllm needs vLLM: pip install 'rmplugins[vllm]' (Linux with a CUDA GPU); "
                               "use --backend hf to generate with transformers instead") from err
-        self.engine_kwargs = dict(seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                                  enable_prefix_caching=True, enable_sleep_mode=enable_sleep_mode,
-                                  tensor_parallel_size=tensor_parallel_size, dtype=dtype)
+        self.engine_kwargs = {"seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
+                              "enable_prefix_caching": True, "enable_sleep_mode": enable_sleep_mode,
+                              "tensor_parallel_size": tensor_parallel_size, "dtype": dtype}
         if max_model_len:
             self.engine_kwargs["max_model_len"] = max_model_len
         self._llm = None
@@ -235,7 +233,7 @@ class VLLMGenerator(Generator):
             self._asleep = False
             self.model_path = model_path
             self._stop_ids = self.stop_token_ids()
-        except Exception as err:  # an engine that cannot reload in place is rebuilt
+        except Exception as err:  # noqa: BLE001 - any failure to reload in place: rebuild the engine
             logger.warning("vLLM could not reload weights in place (%s); starting a new engine", err)
             self.close()
             self.model_path = model_path
@@ -245,12 +243,10 @@ class VLLMGenerator(Generator):
             del self._llm
             self._llm = None
             gc.collect()
-            try:
-                import torch
+            import torch
 
+            if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            except Exception:  # pragma: no cover
-                pass
         self.__dict__.pop("_stop_ids", None)
 
 

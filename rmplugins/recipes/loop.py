@@ -459,6 +459,8 @@ class Recipe:
         rows = read_jsonl(d / self.select_file)
         if model_dir.exists():  # trained before a crash that came ahead of the marker
             return self.mark(d, "train", {"seconds": None, "trained": True, "rows": len(rows)})
+        for stale in d.glob(".model-*"):  # a training killed before its os.replace
+            shutil.rmtree(stale, ignore_errors=True)
         t0 = time.time()
         logger.info("%s: training on %d rows of %s with TRL's %s", d.name, len(rows), self.select_file,
                     "DPOTrainer" if self.cfg.recipe == "iterative-dpo" else "SFTTrainer")
@@ -524,12 +526,9 @@ class Recipe:
 
 
 def _cuda() -> bool:
-    try:
-        import torch
+    import torch
 
-        return torch.cuda.is_available()
-    except Exception:  # pragma: no cover
-        return False
+    return torch.cuda.is_available()
 
 
 # ----------------------------------------------------------------------------- training
@@ -545,12 +544,12 @@ def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_
     tok = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy, dtype=dtype)
     work = tempfile.mkdtemp(prefix="rmplugins-trainer-")
-    common = dict(output_dir=work, learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
-                  per_device_train_batch_size=cfg.batch_size,
-                  gradient_accumulation_steps=cfg.gradient_accumulation_steps, max_length=cfg.max_length,
-                  seed=cfg.seed, data_seed=cfg.seed, save_strategy="no", report_to="none", use_cpu=not cuda,
-                  bf16=dtype == torch.bfloat16, logging_steps=1, disable_tqdm=not cfg.show_progress,
-                  lr_scheduler_type="linear", warmup_steps=0)
+    common = {"output_dir": work, "learning_rate": cfg.lr, "num_train_epochs": cfg.epochs,
+              "per_device_train_batch_size": cfg.batch_size,
+              "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "max_length": cfg.max_length,
+              "seed": cfg.seed, "data_seed": cfg.seed, "save_strategy": "no", "report_to": "none",
+              "use_cpu": not cuda, "bf16": dtype == torch.bfloat16, "logging_steps": 1,
+              "disable_tqdm": not cfg.show_progress, "lr_scheduler_type": "linear", "warmup_steps": 0}
     try:
         if cfg.recipe == "iterative-dpo":
             from trl import DPOConfig, DPOTrainer

@@ -18,8 +18,8 @@ A group with fewer than two distinct candidate texts cannot form a pair and is c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "gpo")
 # The ``rm.rank`` method each rule uses, and the model kinds it applies to.
