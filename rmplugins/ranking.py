@@ -52,26 +52,31 @@ def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float]:
     return [t / c if c else 0.5 for t, c in zip(total, count)]
 
 
-def _knockout(players: list[int], judge: PairJudge, wins: dict, want_winner: bool) -> int:
-    """Single elimination; each round is one batched judge call. An odd player out gets a bye."""
-    while len(players) > 1:
-        pairs = [(players[k], players[k + 1]) for k in range(0, len(players) - 1, 2)]
-        probs = judge(pairs)
-        nxt = []
-        for (a, b), p in zip(pairs, probs):
-            wins[(a, b)] = float(p)
-            a_wins = p >= 0.5
-            nxt.append(a if a_wins == want_winner else b)
-        if len(players) % 2:
-            nxt.append(players[-1])
-        players = nxt
-    return players[0]
+def _knockouts(brackets: list[tuple[list[int], bool]], judge: PairJudge, wins: dict) -> list[int]:
+    """Single-elimination brackets ``(players, want_winner)`` played side by side: each round of all of them is
+    one batched judge call (the winners' and losers' brackets share their calls, so a pair-PM context is run
+    once per round, not once per round and bracket). An odd player out gets a bye."""
+    players = [list(p) for p, _ in brackets]
+    while any(len(p) > 1 for p in players):
+        rounds = [[(p[k], p[k + 1]) for k in range(0, len(p) - 1, 2)] for p in players]
+        probs = iter(judge([pair for r in rounds for pair in r]))
+        for b, ((_, want_winner), pairs) in enumerate(zip(brackets, rounds)):
+            nxt = []
+            for a, c in pairs:
+                p = float(next(probs))
+                wins[(a, c)] = p
+                nxt.append(a if (p >= 0.5) == want_winner else c)
+            if len(players[b]) % 2:
+                nxt.append(players[b][-1])
+            players[b] = nxt
+    return [p[0] for p in players]
 
 
 def tournament(n: int, judge: PairJudge) -> Ranking:
     """Best and worst of n with at most 2n - 3 comparisons (about 3n/2 - 2).
 
-    Round one pairs the candidates; winners play a knockout for the best, losers one for the worst. A
+    Round one pairs the candidates; winners play a knockout for the best, losers one for the worst, both
+    brackets in the same batched calls (1 + ceil(log2(n / 2)) judge calls in all). A
     candidate's score is its mean win probability over the comparisons it took part in. Ties (p = 0.5)
     go to the earlier candidate.
     """
@@ -88,8 +93,7 @@ def tournament(n: int, judge: PairJudge) -> Ranking:
     if n % 2:  # the odd one out enters both brackets
         winners.append(n - 1)
         losers.append(n - 1)
-    best = _knockout(winners, judge, wins, want_winner=True)
-    worst = _knockout(losers, judge, wins, want_winner=False)
+    best, worst = _knockouts([(winners, True), (losers, False)], judge, wins)
     return Ranking(_mean_win(n, wins), best, worst, len(wins), "tournament", wins)
 
 
