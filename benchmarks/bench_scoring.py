@@ -31,11 +31,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (attention_flops, build_bench_checkpoint, host_load, matmul_params, peak_flops,  # noqa: E402
-                    synthetic_groups, timed)
+from common import (
+    attention_flops,
+    build_bench_checkpoint,
+    host_load,
+    matmul_params,
+    peak_flops,
+    synthetic_groups,
+    timed,
+)
 
-from rmplugins import load_reward_model  # noqa: E402
-from rmplugins.inputs import to_conversation  # noqa: E402
+from rmplugins import load_reward_model
+from rmplugins.inputs import to_conversation
 
 
 def table(rows: list[tuple], header: tuple) -> str:
@@ -100,8 +107,8 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
         (f"{label}: TRL padded batch", f"{t_trl:.2f}", f"{t_trl / t_lib:.2f}x", requested, trl_tokens),
         (f"{label}: rmplugins rm.score", f"{t_lib:.2f}", "1.00x", processed, padded),
     ]
-    info = dict(one=t_one, trl=t_trl, lib=t_lib, floor=floor, processed=processed, padded=padded,
-                requested=requested, trl_tokens=trl_tokens, max_abs_diff=diff, n=len(prompts))
+    info = {"one": t_one, "trl": t_trl, "lib": t_lib, "floor": floor, "processed": processed, "padded": padded,
+            "requested": requested, "trl_tokens": trl_tokens, "max_abs_diff": diff, "n": len(prompts)}
     return rows, info
 
 
@@ -145,8 +152,8 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
         (f"pair-PM best-of-{n}: rmplugins tournament ({comparisons // len(groups)} comparisons, swapped)",
          f"{t_lib:.2f}", "1.00x", st.tokens_processed // per, st.tokens_padded // per),
     ]
-    return rows, dict(ref=t_ref, lib=t_lib, processed=st.tokens_processed // per, floor=st.tokens_floor // per,
-                      ref_tokens=ref_tokens, calls=st.calls // per)
+    return rows, {"ref": t_ref, "lib": t_lib, "processed": st.tokens_processed // per,
+                  "floor": st.tokens_floor // per, "ref_tokens": ref_tokens, "calls": st.calls // per}
 
 
 # ----------------------------------------------------------------------------- GPU: 8B-shaped
@@ -154,11 +161,10 @@ def bench_gpu_8b(args) -> list[str]:
     """A random Llama-3-8B-shaped sequence classifier in bf16 on the GPU, scored through the library."""
     import importlib.util
 
+    from common import BENCH_SIZES, _llama_config
     from transformers import AutoTokenizer, LlamaForSequenceClassification
 
     from rmplugins.families.bt import BradleyTerryRewardModel
-
-    from common import BENCH_SIZES, _llama_config  # noqa: E402
 
     tok_dir = Path(args.cache_dir) / "bench-8b-tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
@@ -200,7 +206,7 @@ def bench_gpu_8b(args) -> list[str]:
 
     lines = [f"GPU: {name}, bf16, attention {attn}, token budget {rm.engine.budget()}"]
     small = synthetic_groups(8, 8, seed=args.seed)
-    rows, info = bench_pointwise(rm, small, "8B-shaped, 8x8", repeat=3)
+    rows, _ = bench_pointwise(rm, small, "8B-shaped, 8x8", repeat=3)
     lines.append(table(rows, ("path", "seconds", "time / rmplugins", "real tokens", "padded tokens")))
     big = synthetic_groups(args.gpu_prompts, 8, seed=args.seed + 1)
     prompts = [p for p, c in big for _ in c]
@@ -222,8 +228,6 @@ def bench_gpu_8b(args) -> list[str]:
     dense = 2 * params * ids.numel() + attention_flops(cfg, 8 * 1024 * 1025 // 2)
     lines.append(f"reference dense forward (8 x 1024 tokens): {ids.numel() / t_dense:,.0f} tokens/s"
                  + (f", MFU {100 * dense / t_dense / peak:.1f}%" if peak else ""))
-    del model, rm
-    torch.cuda.empty_cache()
     return lines
 
 

@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 from rmplugins.testing import _WORDS, build_llama3_tokenizer
 
 BENCH_SIZES = {  # name -> Llama shape
-    "cpu": dict(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-                num_key_value_heads=4),
-    "llama3-8b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-                      num_key_value_heads=8),
+    "cpu": {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
+            "num_key_value_heads": 4},
+    "llama3-8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8},
 }
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -315,26 +315,30 @@ class ScoringEngine:
             windows.append(current)
 
         for window in windows:
-            caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-            prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+            self._run_window(window, uniq, wanted, hidden)
 
-            def run_prefix(batch: list[int]) -> None:
-                self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
+    def _run_window(self, window: list[PrefixGroup], uniq, wanted, hidden) -> None:
+        """The prefixes of ``window`` (batched, their keys/values kept), then all its members' suffixes."""
+        caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
 
-            for batch in self._pack(list(range(len(window))), lambda k: window[k].prefix_len):
-                self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
+        def run_prefix(batch: list[int]) -> None:
+            self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
 
-            rows = [(m, k) for k, g in enumerate(window) for m in g.members]
+        for batch in self._pack(list(range(len(window))), lambda k: window[k].prefix_len):
+            self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
 
-            def suffix_len(row):
-                return len(uniq[row[0]]) - window[row[1]].prefix_len
+        rows = [(m, k) for k, g in enumerate(window) for m in g.members]
 
-            def run_suffix(batch: list[tuple[int, int]]) -> None:
-                self._suffix_forward(batch, window, uniq, wanted, caches, prefix_hidden, hidden)
+        def suffix_len(row):
+            return len(uniq[row[0]]) - window[row[1]].prefix_len
 
-            for batch in self._pack(rows, suffix_len, lambda row: window[row[1]].prefix_len):
-                self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
-            caches.clear()
+        def run_suffix(batch: list[tuple[int, int]]) -> None:
+            self._suffix_forward(batch, window, uniq, wanted, caches, prefix_hidden, hidden)
+
+        for batch in self._pack(rows, suffix_len, lambda row: window[row[1]].prefix_len):
+            self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
+        caches.clear()
 
     def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], uniq, wanted, caches, prefix_hidden
                         ) -> None:

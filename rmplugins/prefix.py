@@ -9,8 +9,9 @@ running the whole sequence, so prefix reuse can never change what the model sees
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 # A group shares a prefix only when it saves at least this many tokens; below that an extra forward costs more.
 MIN_SAVED_TOKENS = 32
@@ -32,7 +33,7 @@ def unique_token_floor(sequences: Sequence[Sequence[int]]) -> int:
     (each distinct prefix once; for n candidates of one prompt, the prompt once plus each candidate once)."""
     ordered = sorted({tuple(s) for s in sequences})
     total = sum(len(s) for s in ordered)
-    return total - sum(common_prefix_len(a, b) for a, b in zip(ordered, ordered[1:]))
+    return total - sum(common_prefix_len(a, b) for a, b in pairwise(ordered))
 
 
 @dataclass
@@ -55,7 +56,7 @@ def plan_groups(sequences: Sequence[Sequence[int]], min_saved: int = MIN_SAVED_T
     pointwise groups of different prompts that only share a chat header split into one group per prompt.
     """
     order = sorted(range(len(sequences)), key=lambda i: tuple(sequences[i]))
-    lcp = [common_prefix_len(sequences[a], sequences[b]) for a, b in zip(order, order[1:])]
+    lcp = [common_prefix_len(sequences[a], sequences[b]) for a, b in pairwise(order)]
     lengths = [len(sequences[i]) for i in order]
 
     def solve(lo: int, hi: int, depth: int) -> tuple[int, list[tuple[int, int, int]]]:

@@ -185,7 +185,7 @@ class OutOfMemoryAbove(torch.nn.Module):
 def test_out_of_memory_splits_and_retries(models, caplog, monkeypatch, reuse):
     monkeypatch.setattr("rmplugins.engine.CPU_FORWARD_OVERHEAD", 10**6)  # fill micro-batches up to the budget
     rm = models("bt_llama3")
-    heads, seqs = _groups_of_ids(seed=2)
+    _, seqs = _groups_of_ids(seed=2)
     positions = [[-1]] * len(seqs)
     reference = rm.engine.hidden_at(seqs, positions, prefix_reuse=False)
     wrapper = OutOfMemoryAbove(rm.model.base_model, limit=150)
@@ -208,7 +208,7 @@ def test_out_of_memory_on_one_sequence_is_a_clear_error(models):
 
 def test_token_accounting(models):
     engine = models("bt_llama3").engine
-    heads, seqs = _groups_of_ids(seed=4, prompts=2, per_prompt=3)
+    _, seqs = _groups_of_ids(seed=4, prompts=2, per_prompt=3)
     engine.stats.reset()
     engine.hidden_at(seqs + [seqs[0]], [[-1]] * (len(seqs) + 1))
     st = engine.stats
