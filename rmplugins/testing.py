@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import trainers
 
-FORMAT_VERSION = "5"  # bump when a builder changes, so cached checkpoints are rebuilt
+FORMAT_VERSION = "6"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -144,13 +144,25 @@ def build_mistral_tokenizer(path: Path, vocab_size: int = 500) -> int:
 
 def build_deberta_tokenizer(path: Path, vocab_size: int = 400) -> dict[str, int]:
     """DeBERTa-v3-style Unigram ([PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3, then [MASK]) plus PairRM's prefix tokens."""
-    tok = Tokenizer(models.Unigram())
+    # The Unigram trainer of `tokenizers` is not deterministic, so the vocabulary is derived here from corpus
+    # counts: whole words ("▁word") scored by log-frequency, then single characters as a fallback.
+    from collections import Counter
+    import math
+
+    words = Counter(w for line in _corpus(2, 2000) for w in line.split())
+    chars = Counter(ch for line in _corpus(2, 2000) for ch in line)
+    total = sum(words.values())
+    pieces = [("[PAD]", 0.0), ("[CLS]", 0.0), ("[SEP]", 0.0), ("[UNK]", 0.0), ("▁", -3.0)]
+    for word, count in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 100]:
+        pieces.append(("▁" + word, math.log(count / total)))
+    seen = {p for p, _ in pieces}
+    for ch in sorted(set(chars) | set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,!?:;'\"()*-<>|/[]_")):
+        if not ch.isspace() and ch not in seen:
+            pieces.append((ch, -12.0))
+    tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.Replace("``", '"'), normalizers.Replace("''", '"')])
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always", split=True)
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[CLS]", "[SEP]", "[UNK]"],
-                                      unk_token="[UNK]", show_progress=False)
-    tok.train_from_iterator(_corpus(2, 2000), trainer)
     added = ["[MASK]", "<|source|>", "<|candidate1|>", "<|candidate2|>", "<|candidate|>"]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in added])
     tok.post_processor = processors.TemplateProcessing(
