@@ -13,16 +13,27 @@ PairRM prefix tokens). Weights are random but seeded and spread wide enough that
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers import trainers
+from tokenizers import (
+    AddedToken,
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 FORMAT_VERSION = "6"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
@@ -47,16 +58,7 @@ LLAMA3_SPLIT = (
     r"|\s+(?!\S)|\s+"
 )
 
-_WORDS = (
-    "the a an is are was be to of and in that have it for not on with he as you do at this but his by from they we "
-    "say her she or will my one all would there their what so up out if about who get which go me when make can "
-    "like time no just him know take people into year your good some could them see other than then now look only "
-    "come its over think also back after use two how our work first well way even new want because any these give "
-    "day most us answer question helpful harmless honest response assistant user explain write code python list "
-    "story poem book books reading digital age important beautiful synonyms gorgeous lovely stunning sorry cannot "
-    "hello hi world love hate please thanks sure here step solution math number result function return value "
-    "weather today tomorrow capital city country paris france because therefore however example"
-).split()
+_WORDS = ["the", "a", "an", "is", "are", "was", "be", "to", "of", "and", "in", "that", "have", "it", "for", "not", "on", "with", "he", "as", "you", "do", "at", "this", "but", "his", "by", "from", "they", "we", "say", "her", "she", "or", "will", "my", "one", "all", "would", "there", "their", "what", "so", "up", "out", "if", "about", "who", "get", "which", "go", "me", "when", "make", "can", "like", "time", "no", "just", "him", "know", "take", "people", "into", "year", "your", "good", "some", "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "its", "over", "think", "also", "back", "after", "use", "two", "how", "our", "work", "first", "well", "way", "even", "new", "want", "because", "any", "these", "give", "day", "most", "us", "answer", "question", "helpful", "harmless", "honest", "response", "assistant", "user", "explain", "write", "code", "python", "list", "story", "poem", "book", "books", "reading", "digital", "age", "important", "beautiful", "synonyms", "gorgeous", "lovely", "stunning", "sorry", "cannot", "hello", "hi", "world", "love", "hate", "please", "thanks", "sure", "here", "step", "solution", "math", "number", "result", "function", "return", "value", "weather", "today", "tomorrow", "capital", "city", "country", "paris", "france", "because", "therefore", "however", "example"]
 
 
 def _corpus(seed: int = 0, n: int = 600) -> list[str]:
@@ -146,9 +148,6 @@ def build_deberta_tokenizer(path: Path, vocab_size: int = 400) -> dict[str, int]
     """DeBERTa-v3-style Unigram ([PAD]=0, [CLS]=1, [SEP]=2, [UNK]=3, then [MASK]) plus PairRM's prefix tokens."""
     # The Unigram trainer of `tokenizers` is not deterministic, so the vocabulary is derived here from corpus
     # counts: whole words ("▁word") scored by log-frequency, then single characters as a fallback.
-    from collections import Counter
-    import math
-
     words = Counter(w for line in _corpus(2, 2000) for w in line.split())
     chars = Counter(ch for line in _corpus(2, 2000) for ch in line)
     total = sum(words.values())
@@ -378,15 +377,13 @@ DIR_NAMES = {
 }
 
 
-def build_tiny_checkpoint(kind: str, path: str | os.PathLike) -> Path:
-    """Write the tiny checkpoint of ``kind`` into ``path`` (atomically: a temp dir renamed into place)."""
-    if kind not in BUILDERS:
-        raise ValueError(f"unknown tiny checkpoint {kind!r}; choose one of {list(BUILDERS)}")
+def build_directory_atomically(path: str | os.PathLike, build) -> Path:
+    """Run ``build(tmp_dir)`` and rename the result to ``path``, so a killed build never leaves a half checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
-        BUILDERS[kind](tmp)
+        build(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -394,6 +391,13 @@ def build_tiny_checkpoint(kind: str, path: str | os.PathLike) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return path
+
+
+def build_tiny_checkpoint(kind: str, path: str | os.PathLike) -> Path:
+    """Write the tiny checkpoint of ``kind`` into ``path`` (atomically: a temp dir renamed into place)."""
+    if kind not in BUILDERS:
+        raise ValueError(f"unknown tiny checkpoint {kind!r}; choose one of {list(BUILDERS)}")
+    return build_directory_atomically(path, BUILDERS[kind])
 
 
 def tiny_checkpoint(kind: str, root: str | os.PathLike | None = None) -> str:

@@ -22,10 +22,11 @@ import json
 import logging
 import os
 import random
-import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from ..testing import build_directory_atomically
 
 logger = logging.getLogger("rmplugins.demo")
 
@@ -58,19 +59,10 @@ def _root(tiny_dir: str | None = None) -> Path:
 
 
 def _build_atomic(path: Path, build) -> Path:
+    """Build once: an existing checkpoint is reused, a new one appears atomically."""
     if (path / "config.json").exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
-        build(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return build_directory_atomically(path, build)
 
 
 def train_reward_model(out: Path, steps: int = 150, seed: int = 0, tiny_dir: str | None = None) -> None:
