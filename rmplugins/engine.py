@@ -11,7 +11,8 @@ serves them all, and it aims at the floor of the work: each distinct token prefi
   or BPE merge that breaks the text prefix only shortens (or removes) the shared part: no sequence ever sees other
   tokens than in a plain forward.
 - Micro-batches are length-sorted, capped by a token budget (padded tokens) rather than a batch size, and cut
-  where padding would cost more than another forward; results come back in the caller's order. Without an explicit budget it is derived from free device memory on CUDA.
+  where padding would cost more than another forward; results come back in the caller's order. Without an
+  explicit budget it is derived from free device memory on CUDA.
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 """
 
@@ -20,7 +21,9 @@ from __future__ import annotations
 import gc
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,6 +87,19 @@ def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
     return itemsize * (6 * h + 3 * inter + 2 * layers * kv)
 
 
+def last_layer_row_modules(backbone: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The parts of the last decoder layer that act on each position separately and whose output at a position
+    only that position's final hidden state needs: the query and output projections and the MLP. Keys and
+    values are still computed everywhere (the read positions attend to them). None when the layout differs."""
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        return None
+    last = layers[-1]
+    attn = getattr(last, "self_attn", None)
+    parts = [getattr(attn, "q_proj", None), getattr(attn, "o_proj", None), getattr(last, "mlp", None)]
+    return parts if all(isinstance(m, torch.nn.Module) for m in parts) else None
+
+
 class ScoringEngine:
     """``hidden_at(sequences, positions)`` -> one ``[len(positions[i]), hidden]`` tensor per sequence.
 
@@ -101,6 +117,8 @@ class ScoringEngine:
         self.prefix_reuse = prefix_reuse and causal
         self.stats = EngineStats()
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
+        self._read_modules = last_layer_row_modules(backbone) if causal else None
+        self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +188,10 @@ class ScoringEngine:
                   prefix_reuse: bool | None = None) -> list[torch.Tensor]:
         """Hidden states at ``positions[i]`` of ``sequences[i]``, in the caller's order. ``prefix_reuse=False``
         forces plain micro-batches (each sequence run whole) for this call."""
+        with self._lock:
+            return self._hidden_at(sequences, positions, prefix_reuse)
+
+    def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
         if len(sequences) != len(positions):
             raise ValueError("one list of positions per sequence is needed")
         uniq: list[list[int]] = []
@@ -284,6 +306,41 @@ class ScoringEngine:
         self.stats.tokens_padded += len(seqs) * width
         return ids, mask
 
+    @contextmanager
+    def _reading_only(self, width: int, positions: list[list[int]]):
+        """During one forward of rows ``width`` wide, run the last layer's query/output projections and MLP only
+        at the flattened positions that will be read (exact: every other final hidden state is discarded, and
+        keys/values are still computed for all positions). Saves most of one layer of compute per unread token."""
+        modules = self._read_modules
+        if modules is None:
+            yield
+            return
+        rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
+                               device=self.device)
+        patched = []
+
+        def restrict(forward):
+            def forward_on_read_rows(x, *args, **kwargs):
+                flat = x.reshape(-1, x.shape[-1])
+                y = forward(flat.index_select(0, rows.to(flat.device)), *args, **kwargs)
+                out = y.new_zeros(flat.shape[0], y.shape[-1])
+                out.index_copy_(0, rows.to(out.device), y)
+                return out.reshape(*x.shape[:-1], y.shape[-1])
+            return forward_on_read_rows
+
+        try:
+            for module in modules:
+                own = module.__dict__.get("forward")  # accelerate's device hooks live on the instance
+                module.forward = restrict(module.forward)
+                patched.append((module, own))
+            yield
+        finally:
+            for module, own in patched:
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own
+
     @staticmethod
     def _gather(hidden: torch.Tensor, positions: list[list[int]]) -> list[torch.Tensor]:
         """Rows ``positions[r]`` of each ``hidden[r]`` with one index_select over the flattened batch."""
@@ -297,7 +354,8 @@ class ScoringEngine:
         ids, mask = self._pad(seqs)
         device = self.device
         kwargs = {"use_cache": False} if self.causal else {}
-        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        with self._reading_only(ids.shape[1], positions):
+            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
         return self._gather(out.last_hidden_state, positions)
 
     # ---------------------------------------------------------------- shared prefixes
@@ -343,16 +401,16 @@ class ScoringEngine:
     def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], uniq, wanted, caches, prefix_hidden
                         ) -> None:
         prefixes = [uniq[g.members[0]][: g.prefix_len] for g in groups]
+        inside = [sorted({q for m in g.members for q in wanted[m] if q < g.prefix_len}) for g in groups]
         ids, mask = self._pad(prefixes)
         device = self.device
-        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+        with self._reading_only(ids.shape[1], inside):
+            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
         cache = out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        inside = []
         for row, (key, g) in enumerate(zip(keys, groups)):
             p = g.prefix_len
             caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
-            inside.append(sorted({q for m in g.members for q in wanted[m] if q < p}))
         for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
             prefix_hidden[key] = (pos, h)
 
@@ -382,10 +440,11 @@ class ScoringEngine:
         prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            position_ids=position_ids.to(device), past_key_values=DynamicCache(ddp_cache_data=layers),
-                            use_cache=False)
         after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
+        with self._reading_only(width, after):
+            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                position_ids=position_ids.to(device),
+                                past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)
         for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
             before_pos, before_h = prefix_hidden[k]
             n_before = sum(1 for q in wanted[m] if q < p)

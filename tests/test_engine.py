@@ -244,3 +244,34 @@ def test_plan_groups_picks_the_cheapest_partition():
     # a sequence equal to the common prefix leaves every member at least one token of its own
     groups = plan_groups([p1, p1 + [1], p1 + [2]])
     assert len(groups) == 1 and groups[0].prefix_len == len(p1) - 1
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
+    """The last layer's query/output projections and MLP run only at the read positions; the hidden states
+    there are those of the full computation, on both the plain and the prefix-reuse paths."""
+    engine = models(kind).engine
+    modules = engine._read_modules
+    assert modules is not None
+    heads, seqs = _groups_of_ids(seed=3)
+    positions = [[-1, 5] for _ in seqs]
+    seen = []  # shapes reaching the MLP's inner projection: only the read rows, flattened
+    hook = modules[2].down_proj.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        fast_plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
+        n_plain = len(seen)
+        fast_shared = engine.hidden_at(seqs, positions)
+    finally:
+        hook.remove()
+    assert all(len(shape) == 2 for shape in seen)  # never a [batch, width, ...] activation
+    assert sum(shape[0] for shape in seen[:n_plain]) == 2 * len(seqs)  # exactly the read positions
+    # with prefix reuse, position 5 lies in each group's shared prefix: computed once per group
+    assert sum(shape[0] for shape in seen[n_plain:]) == len(heads) + len(seqs)
+    assert all("forward" not in m.__dict__ for m in modules)  # restored
+    engine._read_modules = None
+    try:
+        full = engine.hidden_at(seqs, positions, prefix_reuse=False)
+    finally:
+        engine._read_modules = modules
+    assert _max_diff(full, fast_plain) < TOL
+    assert _max_diff(full, fast_shared) < TOL
