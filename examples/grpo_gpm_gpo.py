@@ -1,7 +1,7 @@
 """GRPO with GPM's group reward (GPO): each completion's score is its mean preference over the other
 completions of its prompt, (1/n) sum_j (s_ij - s_ji) / tau, from one forward pass per completion.
 
-    python examples/grpo_gpm_gpo.py                # Qwen2.5-0.5B-Instruct + general-preference/GPM-Llama-3.1-8B-Instruct
+    python examples/grpo_gpm_gpo.py         # Qwen2.5-0.5B-Instruct + general-preference/GPM-Llama-3.1-8B-Instruct
     python examples/grpo_gpm_gpo.py --tiny         # tiny built-in models, CPU
 """
 

@@ -58,7 +58,17 @@ LLAMA3_SPLIT = (
     r"|\s+(?!\S)|\s+"
 )
 
-_WORDS = ["the", "a", "an", "is", "are", "was", "be", "to", "of", "and", "in", "that", "have", "it", "for", "not", "on", "with", "he", "as", "you", "do", "at", "this", "but", "his", "by", "from", "they", "we", "say", "her", "she", "or", "will", "my", "one", "all", "would", "there", "their", "what", "so", "up", "out", "if", "about", "who", "get", "which", "go", "me", "when", "make", "can", "like", "time", "no", "just", "him", "know", "take", "people", "into", "year", "your", "good", "some", "could", "them", "see", "other", "than", "then", "now", "look", "only", "come", "its", "over", "think", "also", "back", "after", "use", "two", "how", "our", "work", "first", "well", "way", "even", "new", "want", "because", "any", "these", "give", "day", "most", "us", "answer", "question", "helpful", "harmless", "honest", "response", "assistant", "user", "explain", "write", "code", "python", "list", "story", "poem", "book", "books", "reading", "digital", "age", "important", "beautiful", "synonyms", "gorgeous", "lovely", "stunning", "sorry", "cannot", "hello", "hi", "world", "love", "hate", "please", "thanks", "sure", "here", "step", "solution", "math", "number", "result", "function", "return", "value", "weather", "today", "tomorrow", "capital", "city", "country", "paris", "france", "because", "therefore", "however", "example"]
+_WORDS = (
+    "the a an is are was be to of and in that have it for not on with he as you do at this but his by "
+    "from they we say her she or will my one all would there their what so up out if about who get which "
+    "go me when make can like time no just him know take people into year your good some could them see "
+    "other than then now look only come its over think also back after use two how our work first well "
+    "way even new want because any these give day most us answer question helpful harmless honest "
+    "response assistant user explain write code python list story poem book books reading digital age "
+    "important beautiful synonyms gorgeous lovely stunning sorry cannot hello hi world love hate please "
+    "thanks sure here step solution math number result function return value weather today tomorrow "
+    "capital city country paris france because therefore however example"
+).split()
 
 
 def _corpus(seed: int = 0, n: int = 600) -> list[str]:
@@ -155,7 +165,8 @@ def build_deberta_tokenizer(path: Path, vocab_size: int = 400) -> dict[str, int]
     for word, count in sorted(words.items(), key=lambda kv: (-kv[1], kv[0]))[: vocab_size - 100]:
         pieces.append(("▁" + word, math.log(count / total)))
     seen = {p for p, _ in pieces}
-    for ch in sorted(set(chars) | set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,!?:;'\"()*-<>|/[]_")):
+    fallback = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.,!?:;'\"()*-<>|/[]_")
+    for ch in sorted(set(chars) | fallback):
         if not ch.isspace() and ch not in seen:
             pieces.append((ch, -12.0))
     tok = Tokenizer(models.Unigram(pieces, unk_id=3, byte_fallback=False))

@@ -20,12 +20,24 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference_helpers import (
+    ATOL,
+    CANDIDATES,
+    MULTI,
+    MULTI_SYS,
+    SINGLE,
+    assert_close,
+    assert_differs,
+    conv,
+    full_messages,
+    pairwise_cases,
+    pointwise_cases,
+    sigmoid,
+)
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaModel
 
 from rmplugins import load_reward_model
-from reference_helpers import (ATOL, CANDIDATES, MULTI, MULTI_SYS, SINGLE, assert_close, assert_differs, conv,
-                               full_messages, pairwise_cases, pointwise_cases, sigmoid)
 
 ATTRIBUTES = ['helpsteer-helpfulness', 'helpsteer-correctness', 'helpsteer-coherence',
               'helpsteer-complexity', 'helpsteer-verbosity', 'ultrafeedback-overall_score',

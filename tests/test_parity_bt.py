@@ -11,11 +11,24 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from reference_helpers import (
+    ATOL,
+    CANDIDATES,
+    MULTI_SYS,
+    SINGLE,
+    assert_close,
+    assert_differs,
+    completion_text,
+    conv,
+    fold_system,
+    full_messages,
+    pairwise_cases,
+    pointwise_cases,
+    sigmoid,
+)
 from transformers import AutoTokenizer
 
 from rmplugins import load_reward_model
-from reference_helpers import (ATOL, CANDIDATES, MULTI_SYS, SINGLE, assert_close, assert_differs, completion_text,
-                               conv, fold_system, full_messages, pairwise_cases, pointwise_cases, sigmoid)
 
 KINDS = ["bt", "bt_llama3"]
 
@@ -109,7 +122,8 @@ def test_compare_is_sigmoid_of_reward_gap(setup):
     _, rm, ref = setup
     prompts, a, b = pairwise_cases()
     got = rm.compare(prompts, a, b)
-    want = [sigmoid(ref.reward(full_messages(p, x)) - ref.reward(full_messages(p, y))) for p, x, y in zip(prompts, a, b)]
+    want = [sigmoid(ref.reward(full_messages(p, x)) - ref.reward(full_messages(p, y)))
+            for p, x, y in zip(prompts, a, b)]
     assert_close(got, want, ATOL, "bt compare")
     assert all(0.0 < g < 1.0 for g in got)
 

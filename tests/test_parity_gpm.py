@@ -15,11 +15,25 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from reference_helpers import (
+    ATOL_GPM,
+    CANDIDATES,
+    LONG,
+    MEDIUM,
+    MULTI,
+    MULTI_SYS,
+    SHORT,
+    SINGLE,
+    assert_close,
+    assert_differs,
+    completion_text,
+    conv,
+    full_messages,
+    pairwise_cases,
+)
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlamaModel
 
 from rmplugins import load_reward_model
-from reference_helpers import (ATOL_GPM, CANDIDATES, LONG, MEDIUM, MULTI, MULTI_SYS, SHORT, SINGLE, assert_close,
-                               assert_differs, completion_text, conv, full_messages, pairwise_cases)
 
 VALUE_HEAD_DIM = 6
 TAU = 0.1

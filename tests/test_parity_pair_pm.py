@@ -12,12 +12,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from reference_helpers import (
+    ATOL,
+    CANDIDATES,
+    LONG,
+    MEDIUM,
+    MULTI,
+    MULTI_SYS,
+    SHORT,
+    SINGLE,
+    assert_close,
+    assert_differs,
+    check_pairwise_ranking,
+    completion_text,
+    conv,
+    fold_system,
+    pairwise_cases,
+    prompt_messages,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rmplugins import load_reward_model
-from reference_helpers import (ATOL, CANDIDATES, LONG, MEDIUM, MULTI, MULTI_SYS, SHORT, SINGLE, assert_close,
-                               assert_differs, check_pairwise_ranking, completion_text, conv, fold_system,
-                               pairwise_cases, prompt_messages)
 
 PLAIN = ("\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
          "{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n")

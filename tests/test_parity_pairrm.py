@@ -21,13 +21,28 @@ from pathlib import Path
 import jinja2
 import pytest
 import torch
+from reference_helpers import (
+    ATOL,
+    CANDIDATES,
+    LONG,
+    MEDIUM,
+    MULTI,
+    MULTI_SYS,
+    SHORT,
+    SINGLE,
+    assert_close,
+    assert_differs,
+    check_pairwise_ranking,
+    completion_text,
+    conv,
+    fold_system,
+    pairwise_cases,
+    prompt_messages,
+)
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model
 
 from rmplugins import load_reward_model
-from reference_helpers import (ATOL, CANDIDATES, LONG, MEDIUM, MULTI, MULTI_SYS, SHORT, SINGLE, assert_close,
-                               assert_differs, check_pairwise_ranking, completion_text, conv, fold_system,
-                               full_messages, pairwise_cases, prompt_messages)
 
 MY_JINJA_TEMPLATE = """{% for message in messages -%}
 {% if message['role'] == 'user' -%}

@@ -91,7 +91,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
         rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
-        chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size, show_progress=not args.no_progress)
+        chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
+        show_progress=not args.no_progress)
 
 
 def _runner(recipe: str):

@@ -2,7 +2,8 @@
 
 How the demo's models are made (once, cached next to the tiny checkpoints):
 
-- **Reward model**: the tiny FsfairX-LLaMA3-RM-layout Bradley-Terry checkpoint (``tiny_checkpoint("bt_llama3", tiny_dir)``),
+- **Reward model**: the tiny FsfairX-LLaMA3-RM-layout Bradley-Terry checkpoint
+  (``tiny_checkpoint("bt_llama3", tiny_dir)``),
   trained for a few hundred steps with the Bradley-Terry loss on a synthetic preference: a response made of warm
   words (``good``, ``love``, ``thanks``, ...) beats one made of cold words (``hate``, ``cannot``, ``no``, ``not``),
   and the more warm words the better. It is saved as a normal ``LlamaForSequenceClassification`` checkpoint and
