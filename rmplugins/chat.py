@@ -13,6 +13,17 @@ logger = logging.getLogger("rmplugins")
 _warned_system_merge: set[str] = set()
 
 
+def load_chat_tokenizer(path: Any, name: str, chat_template: str | None = None) -> Any:
+    """The checkpoint's tokenizer, with ``chat_template`` overriding its own; a clear error when it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
+    require_chat_template(tokenizer, name)
+    return tokenizer
+
+
 def require_chat_template(tokenizer: Any, name: str) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(

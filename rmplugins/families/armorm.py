@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel
+from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
 from ..base import PointwiseRewardModel
-from ..chat import render, require_chat_template
+from ..chat import load_chat_tokenizer, render
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
 from ..loading import model_kwargs
@@ -130,10 +130,7 @@ class ArmoRMRewardModel(PointwiseRewardModel):
     @classmethod
     def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if chat_template:
-            tokenizer.chat_template = chat_template
-        require_chat_template(tokenizer, name_or_path)
+        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
         model = ArmoRMModel.from_pretrained(path, **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
                    token_budget=token_budget)

@@ -7,10 +7,10 @@ BOS string, tokenize normally (one BOS), reward = the single logit at the last t
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from ..base import PointwiseRewardModel
-from ..chat import render, require_chat_template, strip_bos
+from ..chat import load_chat_tokenizer, render, strip_bos
 from ..engine import ScoringEngine
 from ..loading import model_kwargs
 
@@ -32,10 +32,7 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
     @classmethod
     def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if chat_template:
-            tokenizer.chat_template = chat_template
-        require_chat_template(tokenizer, name_or_path)
+        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
         model = AutoModelForSequenceClassification.from_pretrained(
             path, **model_kwargs(device, dtype, attn_implementation, device_map))
         limit = max_length or config.get("max_position_embeddings") or 4096

@@ -15,10 +15,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaModel, LlamaPreTrainedModel
+from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
 from ..base import RewardModel
-from ..chat import require_chat_template
+from ..chat import load_chat_tokenizer
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
 from ..loading import model_kwargs
@@ -80,10 +80,7 @@ class GPMRewardModel(RewardModel):
         if llama_config.value_head_dim % 2:
             raise ValueError(f"{name_or_path}: GPM value_head has {llama_config.value_head_dim} rows; an even "
                              "dimension is needed for the skew-symmetric preference operator")
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if chat_template:
-            tokenizer.chat_template = chat_template
-        require_chat_template(tokenizer, name_or_path)
+        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
         model = GPMModel.from_pretrained(path, config=llama_config,
                                          **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,

@@ -9,10 +9,10 @@ template, drop the BOS string, tokenize without special tokens; p(A) = softmax o
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from ..base import PairwiseRewardModel
-from ..chat import merge_system, render, require_chat_template, strip_bos
+from ..chat import load_chat_tokenizer, merge_system, render, strip_bos
 from ..engine import ScoringEngine
 from ..loading import model_kwargs
 
@@ -50,10 +50,7 @@ class PairPMRewardModel(PairwiseRewardModel):
     @classmethod
     def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, temperature=1.0):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        if chat_template:
-            tokenizer.chat_template = chat_template
-        require_chat_template(tokenizer, name_or_path)
+        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(device, dtype, attn_implementation,
                                                                           device_map))
         limit = max_length or config.get("max_position_embeddings") or 8192
