@@ -31,6 +31,12 @@ class Conversation:
         return tuple((m["role"], m["content"]) for m in self.context)
 
 
+def _plain(message: Any, where: str) -> Message:
+    """``{"role", "content"}`` of one chat message, its content reduced to text."""
+    content = _content(message, where)  # validates the message first
+    return {"role": message["role"], "content": content}
+
+
 def _content(message: Any, where: str) -> str:
     if not isinstance(message, dict) or "role" not in message:
         raise ValueError(f"{where}: expected a chat message dict with 'role' and 'content', got {message!r:.120}")
@@ -53,8 +59,7 @@ def prompt_messages(prompt: Any, index: int = 0) -> list[Message]:
         raise ValueError(
             f"{where}: a prompt is a string or a non-empty list of chat messages, got {type(prompt).__name__}"
         )
-    messages = [{"role": m.get("role") if isinstance(m, dict) else None, "content": _content(m, where)}
-                for m in prompt]
+    messages = [_plain(m, where) for m in prompt]
     roles = [m["role"] for m in messages]
     if roles[-1] != "user":
         raise ValueError(
@@ -81,8 +86,7 @@ def completion_messages(completion: Any, index: int = 0) -> list[Message]:
             f"{where}: a completion is a string or a list of assistant messages "
             f"([{{'role': 'assistant', 'content': ...}}]), got {type(completion).__name__}"
         )
-    messages = [{"role": m.get("role") if isinstance(m, dict) else None, "content": _content(m, where)}
-                for m in completion]
+    messages = [_plain(m, where) for m in completion]
     roles = [m["role"] for m in messages]
     if any(r not in ("assistant", "tool") for r in roles) or roles[-1] != "assistant":
         raise ValueError(
