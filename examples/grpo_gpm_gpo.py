@@ -1,7 +1,7 @@
 """GRPO with GPM's group reward (GPO): each completion's score is its mean preference over the other
 completions of its prompt, (1/n) sum_j (s_ij - s_ji) / tau, from one forward pass per completion.
 
-    python examples/grpo_gpm_gpo.py         # Qwen2.5-0.5B-Instruct + general-preference/GPM-Llama-3.1-8B-Instruct
+    python examples/grpo_gpm_gpo.py         # Qwen2.5-0.5B-Instruct + general-preference/GPM-Llama-3.1-8B
     python examples/grpo_gpm_gpo.py --tiny         # tiny built-in models, CPU
 """
 
@@ -17,7 +17,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="tiny built-in models on CPU (offline)")
     ap.add_argument("--policy", default="Qwen/Qwen2.5-0.5B-Instruct")
-    ap.add_argument("--reward-model", default="general-preference/GPM-Llama-3.1-8B-Instruct")
+    ap.add_argument("--reward-model", default="general-preference/GPM-Llama-3.1-8B")
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--output-dir", default="outputs/grpo-gpm-gpo")

@@ -21,7 +21,7 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "pair_pm": ("RLHFlow/pair-preference-model-LLaMA3-8B", {}),
     "pairrm": ("llm-blender/PairRM-hf", {}),
     "better_pairrm": ("mightbe/Better-PairRM", {}),
-    "gpm_gpo": ("general-preference/GPM-Llama-3.1-8B-Instruct", {}),
+    "gpm_gpo": ("general-preference/GPM-Llama-3.1-8B", {}),
 }
 
 _INSTANCES: dict[str, Any] = {}
