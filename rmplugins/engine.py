@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from .attention import AttentionPlan, engine_attention, supports_engine_attention
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
 
 logger = logging.getLogger("rmplugins")
@@ -106,15 +107,30 @@ class ScoringEngine:
     ``backbone`` is a transformers base model (``LlamaModel``, ``MistralModel``, ``DebertaV2Model``...) whose
     output ``last_hidden_state`` already includes the final norm. Positions may be negative (``-1`` = last).
     ``causal=False`` (DeBERTa) disables prefix reuse: every token sees the whole sequence there.
+
+    ``engine_attention``: True runs the backbone's attention through :mod:`rmplugins.attention` (no padding mask,
+    suffixes attending to their prefix's keys/values in place, the last layer attending only from read
+    positions); False uses the model's own attention with masks and gives each suffix row its own copy of its
+    prefix's cache (a plain ``DynamicCache``: works with any backbone that takes one). None (default): True on CPU
+    for the architectures it was checked on (Llama, Mistral), False elsewhere (not yet measured on GPU).
     """
 
     def __init__(self, backbone: torch.nn.Module, pad_token_id: int, *, causal: bool = True,
-                 token_budget: int | None = None, prefix_reuse: bool = True):
+                 token_budget: int | None = None, prefix_reuse: bool = True,
+                 engine_attention: bool | None = None):
         self.backbone = backbone
         self.pad_token_id = int(pad_token_id)
         self.causal = causal
         self.token_budget = token_budget
         self.prefix_reuse = prefix_reuse and causal
+        supported = causal and supports_engine_attention(backbone)
+        if engine_attention and not supported:
+            raise ValueError(f"engine_attention=True is not available for {type(backbone).__name__} (checked on "
+                             "causal Llama and Mistral backbones); leave it unset")
+        if engine_attention is None:
+            engine_attention = supported and self.device.type == "cpu"
+        self.engine_attention = bool(engine_attention)
+        self._attend_in_engine = False  # per call: engine_attention, unless a sliding window is shorter
         self.stats = EngineStats()
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._read_modules = last_layer_row_modules(backbone) if causal else None
@@ -221,6 +237,8 @@ class ScoringEngine:
         st.tokens_requested += sum(len(s) for s in sequences)
         st.tokens_floor += unique_token_floor(uniq) if self.causal else sum(len(s) for s in uniq)
 
+        # The engine attention ignores a sliding window: only used when the window covers every sequence.
+        self._attend_in_engine = self.engine_attention and self._window_covers(uniq)
         reuse = self.prefix_reuse if prefix_reuse is None else (prefix_reuse and self.causal)
         if reuse and not self._prefix_reuse_possible(uniq):
             reuse = False
@@ -246,11 +264,15 @@ class ScoringEngine:
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_kwargs and not {"past_key_values", "position_ids"} <= set(params):
             return False
-        window = getattr(self.config, "sliding_window", None)
-        if window and max(len(s) for s in seqs) > int(window) - 1:
-            logger.debug("prefix reuse off: a sequence is longer than the sliding window (%s)", window)
+        if not self._window_covers(seqs):
+            logger.debug("prefix reuse off: a sequence is longer than the sliding window (%s)",
+                         self.config.sliding_window)
             return False
         return True
+
+    def _window_covers(self, seqs: list[list[int]]) -> bool:
+        window = getattr(self.config, "sliding_window", None)
+        return not window or max(len(s) for s in seqs) <= int(window) - 1
 
     # ---------------------------------------------------------------- out-of-memory recovery
     def _guarded(self, rows: list, run: Callable[[list], None], tokens: Callable[[list], int]) -> None:
@@ -310,10 +332,11 @@ class ScoringEngine:
     def _reading_only(self, width: int, positions: list[list[int]]):
         """During one forward of rows ``width`` wide, run the last layer's query/output projections and MLP only
         at the flattened positions that will be read (exact: every other final hidden state is discarded, and
-        keys/values are still computed for all positions). Saves most of one layer of compute per unread token."""
+        keys/values are still computed for all positions). Saves most of one layer of compute per unread token.
+        Yields the flat read positions (None when the layout is not recognised and nothing is restricted)."""
         modules = self._read_modules
         if modules is None:
-            yield
+            yield None
             return
         rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
                                device=self.device)
@@ -333,7 +356,7 @@ class ScoringEngine:
                 own = module.__dict__.get("forward")  # accelerate's device hooks live on the instance
                 module.forward = restrict(module.forward)
                 patched.append((module, own))
-            yield
+            yield rows
         finally:
             for module, own in patched:
                 if own is None:
@@ -350,12 +373,25 @@ class ScoringEngine:
             0, torch.as_tensor(flat, dtype=torch.long, device=hidden.device))
         return list(picked.split([len(p) for p in positions]))
 
+    def _call(self, ids: torch.Tensor, mask: torch.Tensor, read: list[list[int]], *,
+              prefix_kv: list | None = None, query_rows: list[torch.Tensor] | None = None, **kwargs):
+        """One backbone forward of right-padded rows, of which only positions ``read[r]`` of each row ``r`` are
+        used. With the engine attention there is no mask, and a suffix forward passes its groups' prefix caches
+        (``prefix_kv``) and each group's flat positions (``query_rows``); otherwise the model's own attention runs
+        with ``mask`` (a suffix forward then passes its cache in ``kwargs``)."""
+        device = self.device
+        with self._reading_only(ids.shape[1], read) as rows:
+            if not self._attend_in_engine:
+                return self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+            plan = AttentionPlan(read_layer=None if rows is None else len(self.backbone.layers) - 1, read_rows=rows,
+                                 prefix_kv=prefix_kv or [], query_rows=query_rows or [])
+            with engine_attention(self.backbone):
+                return self.backbone(input_ids=ids.to(device), rmplugins_plan=plan, **kwargs)
+
     def _forward(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
         ids, mask = self._pad(seqs)
-        device = self.device
         kwargs = {"use_cache": False} if self.causal else {}
-        with self._reading_only(ids.shape[1], positions):
-            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+        out = self._call(ids, mask, positions, **kwargs)
         return self._gather(out.last_hidden_state, positions)
 
     # ---------------------------------------------------------------- shared prefixes
@@ -394,7 +430,9 @@ class ScoringEngine:
         def run_suffix(batch: list[tuple[int, int]]) -> None:
             self._suffix_forward(batch, window, uniq, wanted, caches, prefix_hidden, hidden)
 
-        for batch in self._pack(rows, suffix_len, lambda row: window[row[1]].prefix_len):
+        # The per-row cache path copies each row's prefix: its attended tokens are bounded too.
+        extra = None if self._attend_in_engine else (lambda row: window[row[1]].prefix_len)
+        for batch in self._pack(rows, suffix_len, extra):
             self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
         caches.clear()
 
@@ -403,9 +441,7 @@ class ScoringEngine:
         prefixes = [uniq[g.members[0]][: g.prefix_len] for g in groups]
         inside = [sorted({q for m in g.members for q in wanted[m] if q < g.prefix_len}) for g in groups]
         ids, mask = self._pad(prefixes)
-        device = self.device
-        with self._reading_only(ids.shape[1], inside):
-            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True)
+        out = self._call(ids, mask, inside, use_cache=True)
         cache = out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         for row, (key, g) in enumerate(zip(keys, groups)):
@@ -416,11 +452,43 @@ class ScoringEngine:
 
     def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], uniq, wanted, caches,
                         prefix_hidden, hidden) -> None:
+        prefix_lens = [window[k].prefix_len for _, k in rows]
+        suffixes = [uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
+        after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
+        if self._attend_in_engine:
+            out = self._suffix_in_place(rows, suffixes, prefix_lens, caches, after)
+        else:
+            out = self._suffix_with_copies(rows, suffixes, prefix_lens, caches, after)
+        for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
+            before_pos, before_h = prefix_hidden[k]
+            n_before = sum(1 for q in wanted[m] if q < p)
+            if n_before == 0:
+                hidden[m] = h_after
+                continue
+            rows_before = [before_pos.index(q) for q in wanted[m] if q < p]
+            h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
+            hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix part first
+
+    def _suffix_in_place(self, rows, suffixes, prefix_lens, caches, after):
+        """Right-padded suffixes with no mask and no cache: each layer attends within each row's suffix (causal) and
+        over its group's prefix keys/values as the prefix pass left them (:mod:`rmplugins.attention`)."""
+        ids, mask = self._pad(suffixes)
+        width = ids.shape[1]
+        position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
+        members: dict[int, list[int]] = {}
+        for r, ((_, k), suffix) in enumerate(zip(rows, suffixes)):
+            members.setdefault(k, []).extend(r * width + j for j in range(len(suffix)))
+        query_rows = [torch.as_tensor(flat, dtype=torch.long, device=self.device) for flat in members.values()]
+        return self._call(ids, mask, after, prefix_kv=[caches[k] for k in members], query_rows=query_rows,
+                          position_ids=position_ids.to(self.device), use_cache=False)
+
+    def _suffix_with_copies(self, rows, suffixes, prefix_lens, caches, after):
+        """Each row gets its group's cache (right-padded to the longest prefix of the batch), then one masked
+        forward of the suffixes against it: works with any backbone taking a ``DynamicCache``."""
         group_keys = sorted({k for _, k in rows})
         slot = {k: j for j, k in enumerate(group_keys)}
-        pmax = max(window[k].prefix_len for k in group_keys)
+        pmax = max(prefix_lens)
         device = self.device
-        # Each group's cache right-padded to pmax, then one row per sequence (index_select along the batch).
         pick = torch.as_tensor([slot[k] for _, k in rows], dtype=torch.long)
         layers = []
         for layer in range(len(caches[group_keys[0]])):
@@ -433,24 +501,10 @@ class ScoringEngine:
             ks, vs = torch.cat(ks), torch.cat(vs)
             layers.append((ks.index_select(0, pick.to(ks.device)), vs.index_select(0, pick.to(vs.device))))
 
-        prefix_lens = [window[k].prefix_len for _, k in rows]
-        suffixes = [uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
         ids, suffix_mask = self._pad(suffixes)
         width = ids.shape[1]
         prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
-        with self._reading_only(width, after):
-            out = self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                position_ids=position_ids.to(device),
-                                past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)
-        for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
-            before_pos, before_h = prefix_hidden[k]
-            n_before = sum(1 for q in wanted[m] if q < p)
-            if n_before == 0:
-                hidden[m] = h_after
-                continue
-            rows_before = [before_pos.index(q) for q in wanted[m] if q < p]
-            h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
-            hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix part first
+        return self._call(ids, mask, after, position_ids=position_ids.to(device),
+                          past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)

@@ -1,0 +1,198 @@
+"""The scoring engine's attention: exact, and only the work a reward model's read-out needs.
+
+The engine switches a supported backbone's attention implementation to ``ENGINE_ATTENTION`` (registered with
+transformers' ``AttentionInterface``) for the duration of its own forwards and passes an :class:`AttentionPlan`
+through the model's keyword arguments, which transformers hands to the attention function of every layer. Three
+things change, none of them the result:
+
+1. **No padding mask.** Rows are right-padded, so in a causal model a real position never attends to padding; with
+   no mask SDPA keeps its causal kernel, which skips the masked half of the work.
+2. **Continuations attend to their prompt in place.** Softmax attention over the keys ``[prefix; suffix]`` is the
+   merge of two partial attentions weighted by their log-sum-exps (the "cascade" / Hydragen decomposition)::
+
+       out = (exp(lse_p) * out_p + exp(lse_s) * out_s) / (exp(lse_p) + exp(lse_s))
+
+   so each row attends causally within its own suffix (one batched call), and all real positions of a group's
+   rows, stacked into one long query sequence, attend to the group's prefix keys/values as the prefix pass left
+   them: no per-row copy of the prompt's cache, no padding to the longest prompt, no repeated key/value heads
+   (the query heads sharing a key/value head are stacked instead).
+3. **The last layer attends only from the positions that are read** (the engine already runs that layer's query
+   and output projections and MLP only there); its keys and values are still computed everywhere.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+ENGINE_ATTENTION = "rmplugins_engine"
+CHECKED_MODEL_TYPES = {"llama", "mistral"}  # parity-tested here; other backbones take the generic path
+MATH_CHUNK_ELEMENTS = 1 << 26  # score elements per chunk in the portable (non-fused) attention
+
+
+@dataclass
+class AttentionPlan:
+    """What the attention of one engine forward needs besides the tokens.
+
+    ``read_layer`` / ``read_rows``: in that layer only the flat positions ``row * width + position`` in
+    ``read_rows`` are attended from (the rest of its output is discarded). ``prefix_kv[g][layer]``: keys and values
+    ``[1, kv_heads, prefix_len_g, head_dim]`` of the prefix groups of a suffix forward, and ``query_rows[g]`` the
+    flat real positions of group ``g``'s rows (empty lists: a forward of whole sequences or of prefixes).
+    """
+
+    read_layer: int | None = None
+    read_rows: torch.Tensor | None = None
+    prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
+    query_rows: list[torch.Tensor] = field(default_factory=list)
+
+
+def supports_engine_attention(backbone: torch.nn.Module) -> bool:
+    """The backbone dispatches attention through transformers' ``AttentionInterface`` (so the function can be
+    switched per forward), is an architecture this was checked on, and every layer attends fully (no soft-capping,
+    no sliding-window layers; a Mistral window is handled by the engine, which only shares prefixes of sequences
+    shorter than the window)."""
+    config = getattr(backbone, "config", None)
+    if config is None or not getattr(backbone, "_supports_attention_backend", False):
+        return False
+    if getattr(config, "model_type", None) not in CHECKED_MODEL_TYPES:
+        return False
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "use_sliding_window", False):
+        return False
+    return all(t == "full_attention" for t in getattr(config, "layer_types", None) or [])
+
+
+@contextmanager
+def engine_attention(backbone: torch.nn.Module):
+    """Within the block the backbone's layers attend with :func:`engine_attention_forward` (and transformers builds
+    no mask: a custom implementation gets none)."""
+    config = backbone.config
+    before = config._attn_implementation
+    config._attn_implementation = ENGINE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool, scale: float,
+                       fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(q k^T * scale) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]`` inputs
+    with equal head counts (``causal``: query ``i`` sees keys ``<= i``, equal lengths).
+
+    On CPU PyTorch's fused flash kernel returns both; elsewhere (and with ``fused=False``) the math runs in float32
+    chunks of queries."""
+    if fused is None:
+        fused = query.device.type == "cpu"
+    if fused:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    chunk = max(1, MATH_CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * k_len))
+    outs, lses = [], []
+    for start in range(0, q_len, chunk):
+        q = query[..., start: start + chunk, :].float()
+        scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale
+        if causal:
+            rows = torch.arange(start, start + q.shape[-2], device=query.device).unsqueeze(1)
+            scores = scores.masked_fill(torch.arange(k_len, device=query.device) > rows, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        outs.append(torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), value.float()).to(query.dtype))
+        lses.append(lse)
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """Two partial attentions ``[n, heads, head_dim]`` over disjoint key sets, with their log-sum-exps
+    ``[n, heads]``, merged into the attention over the union (float32)."""
+    top = torch.maximum(lse_a, lse_b)
+    w_a, w_b = torch.exp(lse_a - top).unsqueeze(-1), torch.exp(lse_b - top).unsqueeze(-1)
+    return (out_a.float() * w_a + out_b.float() * w_b) / (w_a + w_b)
+
+
+def _over_prefix(flat_q: torch.Tensor, rows: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
+                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries ``flat_q[rows]`` (``[n, heads, dim]``) over one prefix's keys/values, stacked per key/value head:
+    ``[n, heads, dim]`` and log-sum-exps ``[n, heads]``."""
+    n, heads, dim = rows.numel(), flat_q.shape[1], flat_q.shape[2]
+    kv_heads = prefix_k.shape[1]
+    rep = heads // kv_heads
+    q = flat_q.index_select(0, rows).view(n, kv_heads, rep, dim).permute(1, 2, 0, 3).reshape(1, kv_heads, rep * n, dim)
+    out, lse = attention_with_lse(q, prefix_k, prefix_v, causal=False, scale=scale)
+    out = out.view(kv_heads, rep, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)
+    return out, lse.view(kv_heads, rep, n).permute(2, 0, 1).reshape(n, heads)
+
+
+def _read_rows_only(query, key, value, plan: AttentionPlan, scale: float) -> torch.Tensor:
+    """The last layer: attention from ``plan.read_rows`` only (each over its own row up to its position, plus its
+    group's prefix in a suffix forward); zeros elsewhere. A few queries per row: plain float32 math."""
+    batch, heads, width, dim = query.shape
+    kv_heads = key.shape[1]
+    rep = heads // kv_heads
+    out = query.new_zeros(batch * width, heads, dim)
+    reads = plan.read_rows
+    if reads is None or reads.numel() == 0:
+        return out.view(batch, width, heads, dim)
+    n = reads.numel()
+    row, pos = reads // width, reads % width
+    flat_q = query.transpose(1, 2).reshape(batch * width, heads, dim)
+    q = flat_q.index_select(0, reads).view(n, kv_heads, rep, dim).float()
+    k = key.index_select(0, row).float()                                   # [n, kv_heads, width, dim]
+    v = value.index_select(0, row).float()
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale                  # [n, kv_heads, rep, width]
+    hidden = torch.arange(width, device=query.device).view(1, 1, 1, width) > pos.view(n, 1, 1, 1)
+    scores = scores.masked_fill(hidden, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    own = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v).reshape(n, heads, dim)
+    lse = lse.reshape(n, heads)
+    if plan.prefix_kv:
+        slot = torch.full((batch * width,), -1, dtype=torch.long, device=query.device)
+        slot[reads] = torch.arange(n, device=query.device)
+        for rows, kv in zip(plan.query_rows, plan.prefix_kv):
+            mine = rows[slot[rows] >= 0]                                   # the group's read positions
+            if mine.numel() == 0:
+                continue
+            at = slot[mine]
+            out_p, lse_p = _over_prefix(flat_q, mine, *kv[plan.read_layer], scale)
+            own[at] = merge(own[at], lse[at], out_p, lse_p)
+    out[reads] = own.to(out.dtype)
+    return out.view(batch, width, heads, dim)
+
+
+def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                             attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                             rmplugins_plan: AttentionPlan | None = None, **kwargs):
+    """Attention of one layer of an engine forward: ``query`` ``[batch, heads, width, head_dim]``, ``key`` /
+    ``value`` ``[batch, kv_heads, width, head_dim]`` (a prefix pass's cache has already stored them); returns
+    ``[batch, width, heads, head_dim]`` as transformers' attention functions do."""
+    plan = rmplugins_plan
+    if plan is None:
+        raise RuntimeError("rmplugins: the engine attention was called without its AttentionPlan; it is only meant "
+                           "for the scoring engine's own forwards")
+    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+        raise NotImplementedError("rmplugins: the engine attention does not implement soft-capping or sinks")
+    batch, heads, width, dim = query.shape
+    scale = scaling if scaling is not None else dim ** -0.5
+    if module.layer_idx == plan.read_layer:
+        return _read_rows_only(query, key, value, plan, scale), None
+    if not plan.prefix_kv:  # whole sequences or prefixes: causal, right-padded, no mask needed
+        return sdpa_attention_forward(module, query, key, value, None, dropout=0.0, scaling=scale, is_causal=True)
+
+    # Each row within its own suffix (causal), then each group's real positions over its prefix, merged.
+    rep = heads // key.shape[1]
+    keys = key if rep == 1 else key.repeat_interleave(rep, dim=1)
+    values = value if rep == 1 else value.repeat_interleave(rep, dim=1)
+    out_s, lse_s = attention_with_lse(query, keys, values, causal=True, scale=scale)
+    out = out_s.transpose(1, 2).reshape(batch * width, heads, dim).clone()
+    lse_s = lse_s.transpose(1, 2).reshape(batch * width, heads)
+    flat_q = query.transpose(1, 2).reshape(batch * width, heads, dim)
+    for rows, kv in zip(plan.query_rows, plan.prefix_kv):
+        out_p, lse_p = _over_prefix(flat_q, rows, *kv[module.layer_idx], scale)
+        merged = merge(out.index_select(0, rows), lse_s.index_select(0, rows), out_p, lse_p)
+        out.index_copy_(0, rows, merged.to(out.dtype))
+    return out.view(batch, width, heads, dim), None
+
+
+AttentionInterface.register(ENGINE_ATTENTION, engine_attention_forward)

@@ -1,0 +1,167 @@
+"""The engine attention (rmplugins.attention): its pieces against softmax attention written out, and the engine's
+hidden states with it against the backbone run on each sequence alone, for every causal family's layout."""
+
+import random
+
+import pytest
+import torch
+
+from rmplugins.attention import attention_with_lse, merge, supports_engine_attention
+from rmplugins.engine import ScoringEngine
+from rmplugins.loading import load_reward_model
+
+TOL = 2e-5
+CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm"]  # Mistral and Llama backbones
+
+
+def softmax_attention(q, k, v, scale, causal=False):
+    scores = q @ k.transpose(-1, -2) * scale
+    if causal:
+        n = q.shape[-2]
+        scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return torch.softmax(scores, -1) @ v, torch.logsumexp(scores, -1)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_with_lse_is_softmax_attention(fused, causal):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7 if causal else 5, 16, generator=g) for _ in range(3))
+    if causal:
+        k, v = k[:, :, :7], v[:, :, :7]
+    out, lse = attention_with_lse(q, k, v, causal=causal, scale=0.3, fused=fused)
+    ref_out, ref_lse = softmax_attention(q, k, v, 0.3, causal)
+    assert (out - ref_out).abs().max() < 1e-5 and (lse - ref_lse).abs().max() < 1e-5
+
+
+def test_merge_of_two_key_sets_is_attention_over_their_union():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, 4, 6, 8, generator=g)
+    k, v = torch.randn(1, 4, 11, 8, generator=g), torch.randn(1, 4, 11, 8, generator=g)
+    whole, _ = softmax_attention(q, k, v, 0.5)
+    a, lse_a = softmax_attention(q, k[:, :, :7], v[:, :, :7], 0.5)
+    b, lse_b = softmax_attention(q, k[:, :, 7:], v[:, :, 7:], 0.5)
+    flat = lambda t: t[0].transpose(0, 1)  # noqa: E731  [heads, n, ...] -> [n, heads, ...]
+    assert (merge(flat(a), flat(lse_a), flat(b), flat(lse_b)) - flat(whole)).abs().max() < 1e-6
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = load_reward_model(tiny(kind), device="cpu")
+        return cache[kind]
+
+    return get
+
+
+def alone(backbone, seqs, positions):
+    """The ground truth: the backbone on each sequence by itself, no padding, no cache, its own attention."""
+    out = []
+    with torch.inference_mode():
+        for s, pos in zip(seqs, positions):
+            hidden = backbone(input_ids=torch.tensor([s])).last_hidden_state[0]
+            out.append(hidden[[p % len(s) for p in pos]])
+    return out
+
+
+def awkward_batch(seed=0, vocab=300):
+    """Three prompts of different lengths with 1-, short and long continuations (so one suffix micro-batch mixes
+    groups and padding), a duplicate, a sequence that is another's prefix, and one sharing nothing."""
+    rng = random.Random(seed)
+    heads = [[rng.randrange(3, vocab) for _ in range(n)] for n in (45, 70, 96)]
+    seqs = [h + [rng.randrange(3, vocab) for _ in range(n)] for h in heads for n in (1, 5, 23, 40)]
+    seqs += [seqs[3][:], heads[1][:60], [rng.randrange(3, vocab) for _ in range(33)]]
+    positions = [[-1, 0, 3, len(s) // 2, len(s) - 2] if len(s) > 2 else [-1] for s in seqs]
+    return seqs, positions
+
+
+def max_diff(a, b):
+    return max((x.float() - y.float()).abs().max().item() for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_engine_attention_equals_each_sequence_alone(models, kind):
+    engine = models(kind).engine
+    assert engine.engine_attention  # the CPU default for these backbones
+    seqs, positions = awkward_batch()
+    truth = alone(engine.backbone, seqs, positions)
+    engine.stats.reset()
+    shared = engine.hidden_at(seqs, positions)
+    assert engine.stats.prefix_groups >= 3
+    plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
+    assert max_diff(truth, shared) < TOL and max_diff(truth, plain) < TOL
+    assert engine.config._attn_implementation == "sdpa"  # switched for the forwards only
+
+
+@pytest.mark.parametrize("kind", ["bt", "pair_pm"])
+def test_generic_path_and_portable_math_agree(models, kind, monkeypatch):
+    """engine_attention=False (the model's own masked attention and per-row cache copies) and the engine attention
+    with its portable math instead of the fused CPU kernel give the same hidden states."""
+    rm = models(kind)
+    seqs, positions = awkward_batch(seed=1)
+    truth = alone(rm.engine.backbone, seqs, positions)
+    generic = ScoringEngine(rm.engine.backbone, rm.engine.pad_token_id, engine_attention=False, token_budget=512)
+    assert max_diff(truth, generic.hidden_at(seqs, positions)) < TOL
+    assert generic.stats.prefix_groups >= 3
+
+    import rmplugins.attention as attention
+
+    original = attention.attention_with_lse
+    monkeypatch.setattr(attention, "attention_with_lse", lambda *a, **kw: original(*a, **{**kw, "fused": False}))
+    assert max_diff(truth, rm.engine.hidden_at(seqs, positions)) < TOL
+
+
+def test_small_budget_splits_groups_across_suffix_batches(models):
+    engine = models("armorm").engine
+    seqs, positions = awkward_batch(seed=2)
+    truth = alone(engine.backbone, seqs, positions)
+    engine.token_budget = 64
+    try:
+        engine.stats.reset()
+        out = engine.hidden_at(seqs, positions)
+    finally:
+        engine.token_budget = None
+    assert engine.stats.forwards > 6 and max_diff(truth, out) < TOL
+
+
+def test_attention_implementation_is_restored_after_an_error(models):
+    engine = models("bt_llama3").engine
+    with pytest.raises(IndexError):
+        engine.hidden_at([[5, 6, 7]], [[9]])
+    before = engine.config._attn_implementation
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    engine.backbone.layers[1].mlp.register_forward_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            engine.hidden_at([[5, 6, 7, 8]], [[-1]])
+    finally:
+        engine.backbone.layers[1].mlp._forward_hooks.clear()
+    assert engine.config._attn_implementation == before
+
+
+def test_sliding_window_shorter_than_a_sequence_uses_the_model_attention(models):
+    rm = models("bt")  # Mistral
+    engine = rm.engine
+    window = engine.config.sliding_window
+    engine.config.sliding_window = 20
+    try:
+        seqs, positions = awkward_batch(seed=3)
+        truth = alone(engine.backbone, seqs, positions)
+        out = engine.hidden_at(seqs, positions)
+        assert not engine._attend_in_engine and engine.stats.prefix_groups >= 0
+    finally:
+        engine.config.sliding_window = window
+    assert max_diff(truth, out) < TOL
+
+
+def test_unsupported_backbones_keep_their_own_attention(models):
+    pairrm = models("pairrm")  # DeBERTa: bidirectional
+    assert not supports_engine_attention(pairrm.engine.backbone) and not pairrm.engine.engine_attention
+    with pytest.raises(ValueError, match="engine_attention=True is not available"):
+        ScoringEngine(pairrm.engine.backbone, 0, causal=False, engine_attention=True)
