@@ -5,7 +5,8 @@ Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates, prompts of 250-450 word
   one-per-forward   one sequence per forward, as the reference pipelines (model cards) score;
   trl-padded        TRL 1.16 GRPO's model-reward path: chat-template texts tokenized with padding=True,
                     padding_side="right", add_special_tokens=False, and one forward over the whole batch;
-  rmplugins         rm.score(prompts, completions) (prefix reuse + token-budget micro-batches).
+  rmplugins         rm.score(prompts, completions) (prefix reuse + token-budget micro-batches), with the engine
+                    attention (the CPU default) and with engine_attention=False (the generic path).
 Pair-PM (RLHFlow layout, best of 8): all 56 ordered pairs one forward each (the reference) vs
   rm.rank(prompt, candidates, method="tournament").
 Tokens processed are compared with the unique-token floor (each prompt once plus each candidate once).
@@ -89,26 +90,34 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
     requested = sum(len(rm.encode(to_conversation(p, c).messages)) for p, c in zip(prompts, completions))
     # Paths run interleaved, ``repeat`` rounds after a full warm-up round, best time kept: the host is shared,
     # so load spikes hit every path alike rather than one of them.
-    times = {"one": [], "trl": [], "lib": []}
+    times = {"one": [], "trl": [], "lib": [], "generic": []}
+    default_attention = rm.engine.engine_attention
     for r in range(repeat + 1):
         t_one, ref = timed(lambda: one_per_forward(rm, prompts, completions))
         t_trl, (_, trl_tokens) = timed(lambda: trl_padded(rm, prompts, completions))
+        rm.engine.engine_attention = False  # the generic path: the model's masked attention, per-row cache copies
+        t_generic, _ = timed(lambda: rm.score(prompts, completions))
+        rm.engine.engine_attention = default_attention
         if r == repeat:
             rm.engine.stats.reset()
         t_lib, ours = timed(lambda: rm.score(prompts, completions))
         if r:
-            times["one"].append(t_one), times["trl"].append(t_trl), times["lib"].append(t_lib)
-    t_one, t_trl, t_lib = (min(times[k]) for k in ("one", "trl", "lib"))
+            for key, t in (("one", t_one), ("trl", t_trl), ("lib", t_lib), ("generic", t_generic)):
+                times[key].append(t)
+    t_one, t_trl, t_lib, t_generic = (min(times[k]) for k in ("one", "trl", "lib", "generic"))
     st = rm.engine.stats
     processed, padded, floor = st.tokens_processed, st.tokens_padded, st.tokens_floor
     diff = max(abs(a - b) for a, b in zip(ref, ours))
     rows = [
         (f"{label}: one sequence per forward", f"{t_one:.2f}", f"{t_one / t_lib:.2f}x", requested, requested),
         (f"{label}: TRL padded batch", f"{t_trl:.2f}", f"{t_trl / t_lib:.2f}x", requested, trl_tokens),
-        (f"{label}: rmplugins rm.score", f"{t_lib:.2f}", "1.00x", processed, padded),
+        (f"{label}: rmplugins rm.score, engine_attention=False", f"{t_generic:.2f}", f"{t_generic / t_lib:.2f}x",
+         processed, padded),
+        (f"{label}: rmplugins rm.score (engine_attention={default_attention})", f"{t_lib:.2f}", "1.00x", processed,
+         padded),
     ]
-    info = {"one": t_one, "trl": t_trl, "lib": t_lib, "floor": floor, "processed": processed, "padded": padded,
-            "requested": requested, "trl_tokens": trl_tokens, "max_abs_diff": diff, "n": len(prompts)}
+    info = {"one": t_one, "trl": t_trl, "lib": t_lib, "generic": t_generic, "floor": floor, "processed": processed,
+            "padded": padded, "requested": requested, "trl_tokens": trl_tokens, "max_abs_diff": diff, "n": len(prompts)}
     return rows, info
 
 
@@ -157,8 +166,10 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
 
 
 # ----------------------------------------------------------------------------- GPU: 8B-shaped
-def bench_gpu_8b(args) -> list[str]:
-    """A random Llama-3-8B-shaped sequence classifier in bf16 on the GPU, scored through the library."""
+def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torch.bfloat16,
+                 n_prompts: int | None = None) -> list[str]:
+    """A random Llama-3-8B-shaped sequence classifier in bf16 on the GPU, scored through the library (with
+    ``--throughput-dry-run``: the same code on CPU with the small shape, to check it before a GPU is lent)."""
     import importlib.util
 
     from common import BENCH_SIZES, _llama_config
@@ -173,15 +184,17 @@ def bench_gpu_8b(args) -> list[str]:
         tok_dir.mkdir(parents=True, exist_ok=True)
         build_llama3_tokenizer(tok_dir)
     tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    cfg = _llama_config(128256, tok_dir, BENCH_SIZES["llama3-8b"], num_labels=1)
+    cfg = _llama_config(128256, tok_dir, BENCH_SIZES[size], num_labels=1)
     cfg.pad_token_id = cfg.eos_token_id
-    attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+    on_gpu = device == "cuda"
+    attn = "flash_attention_2" if on_gpu and importlib.util.find_spec("flash_attn") else "sdpa"
+    n_prompts = n_prompts or args.gpu_prompts
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForSequenceClassification._from_config(cfg, dtype=torch.bfloat16, attn_implementation=attn)
+    with torch.device(device):
+        model = LlamaForSequenceClassification._from_config(cfg, dtype=dtype, attn_implementation=attn)
     model.eval()
-    rm = BradleyTerryRewardModel(model, tokenizer, name_or_path="random-llama3-8b-shaped", max_length=8192)
-    name = torch.cuda.get_device_name()
+    rm = BradleyTerryRewardModel(model, tokenizer, name_or_path=f"random-{size}-shaped", max_length=8192)
+    name = torch.cuda.get_device_name() if on_gpu else "CPU (dry run)"
     peak = peak_flops(name)
     params = matmul_params(cfg)
 
@@ -204,24 +217,29 @@ def bench_gpu_8b(args) -> list[str]:
             out.append((pre, [len(s) - pre for s in ids]))
         return out
 
-    lines = [f"GPU: {name}, bf16, attention {attn}, token budget {rm.engine.budget()}"]
+    lines = [f"{name}, {dtype}, attention {attn}, {size} shape, token budget {rm.engine.budget()}"]
     small = synthetic_groups(8, 8, seed=args.seed)
-    rows, _ = bench_pointwise(rm, small, "8B-shaped, 8x8", repeat=3)
+    rows, _ = bench_pointwise(rm, small, f"{size}, 8x8", repeat=1 if not on_gpu else 3)
     lines.append(table(rows, ("path", "seconds", "time / rmplugins", "real tokens", "padded tokens")))
-    big = synthetic_groups(args.gpu_prompts, 8, seed=args.seed + 1)
+    big = synthetic_groups(n_prompts, 8, seed=args.seed + 1)
     prompts = [p for p, c in big for _ in c]
     completions = [c for _, cs in big for c in cs]
-    rm.score(prompts[:64], completions[:64])
-    rm.engine.stats.reset()
-    t, _ = timed(lambda: rm.score(prompts, completions), 3)
     useful_flops, useful_tokens = flops_of(structure(big))
-    st = rm.engine.stats
-    lines.append(f"8B-shaped scoring, {len(prompts)} sequences ({args.gpu_prompts} prompts x 8): {t:.3f} s, "
-                 f"{useful_tokens / t:,.0f} useful tokens/s ({st.tokens_processed // 3 / t:,.0f} processed tokens/s"
-                 f", floor {useful_tokens}), {useful_flops / t / 1e12:.1f} TFLOP/s"
-                 + (f", MFU {100 * useful_flops / t / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
-    # the dense-compute ceiling of this GPU for the same shapes: one long forward, no padding, no prefix logic
-    ids = torch.randint(0, 600, (8, 1024), device="cuda")
+    default_attention = rm.engine.engine_attention
+    for engine_attention in sorted({default_attention, True}):  # on GPU the engine attention uses portable math
+        rm.engine.engine_attention = engine_attention
+        rm.score(prompts[:64], completions[:64])
+        rm.engine.stats.reset()
+        t, _ = timed(lambda: rm.score(prompts, completions), 3)
+        st = rm.engine.stats
+        lines.append(f"{size} scoring, {len(prompts)} sequences ({n_prompts} prompts x 8), engine_attention="
+                     f"{engine_attention}: {t:.3f} s, {useful_tokens / t:,.0f} useful tokens/s "
+                     f"({st.tokens_processed // 3 / t:,.0f} processed tokens/s, floor {useful_tokens}), "
+                     f"{useful_flops / t / 1e12:.2f} TFLOP/s"
+                     + (f", MFU {100 * useful_flops / t / peak:.1f}% of {peak / 1e12:.0f} TFLOP/s" if peak else ""))
+    rm.engine.engine_attention = default_attention
+    # the dense-compute ceiling of this device for the same shapes: one long forward, no padding, no prefix logic
+    ids = torch.randint(0, 600, (8, 1024), device=device)
     with torch.inference_mode():
         model.model(input_ids=ids, use_cache=False)
         t_dense, _ = timed(lambda: model.model(input_ids=ids, use_cache=False), 3)
@@ -243,10 +261,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--throughput-dry-run", action="store_true",
+                        help="run the GPU throughput section's code on CPU with the small shape (checks it, no MFU)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+    if args.throughput_dry_run:
+        print("\n".join(bench_gpu_8b(args, device="cpu", size="cpu", dtype=torch.float32, n_prompts=2)))
+        return 0
     cache = Path(args.cache_dir)
     print(f"# rmplugins scoring benchmark, {datetime.date.today()}, torch {torch.__version__}, "
           f"{args.threads} CPU threads, {host_load()}")
