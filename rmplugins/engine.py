@@ -14,6 +14,9 @@ serves them all, and it aims at the floor of the work: each distinct token prefi
   where padding would cost more than another forward; results come back in the caller's order. Without an
   explicit budget it is derived from free device memory on CUDA.
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
+- Attention (:mod:`rmplugins.attention`, Llama/Mistral, CPU by default): no padding mask, suffixes attend to their
+  prefix's cache in place, the last layer attends only from read positions. Elsewhere the model's own attention
+  runs with masks and each suffix row gets a copy of its prefix's cache.
 """
 
 from __future__ import annotations
