@@ -146,4 +146,8 @@ class PairwiseRewardModel(RewardModel):
             algorithm = tournament if method == "tournament" else round_robin
             return algorithm(len(unique), judge)
 
-        return rank_with_duplicates([c.response for c in convs], rank_unique)
+        engine = getattr(self, "engine", None)
+        if engine is None:
+            return rank_with_duplicates([c.response for c in convs], rank_unique)
+        with engine.keep_prefixes():  # every round shares the context: it runs once
+            return rank_with_duplicates([c.response for c in convs], rank_unique)

@@ -13,6 +13,8 @@ serves them all, and it aims at the floor of the work: each distinct token prefi
 - Micro-batches are length-sorted, capped by a token budget (padded tokens) rather than a batch size, and cut
   where padding would cost more than another forward; results come back in the caller's order. Without an
   explicit budget it is derived from free device memory on CUDA.
+- ``keep_prefixes()``: within the block, prefix caches outlive their call (the rounds of a tournament share the
+  context), bounded and released on exit.
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 - Attention (:mod:`rmplugins.attention`, Llama/Mistral, CPU by default): no padding mask, suffixes attend to their
   prefix's cache in place, the last layer attends only from read positions. Elsewhere the model's own attention
@@ -25,6 +27,7 @@ import gc
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -44,6 +47,7 @@ MAX_TOKEN_BUDGET = 131072
 GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
 CACHE_FACTOR = 4            # a suffix batch's expanded prefix cache is bounded by CACHE_FACTOR x budget tokens
 WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
+KEEP_FACTOR = 8             # prefix caches kept across calls (keep_prefixes): at most KEEP_FACTOR x budget tokens
 CPU_FORWARD_OVERHEAD = 64   # one more forward, in padded-token equivalents, when choosing micro-batches
 GPU_FORWARD_OVERHEAD = 2048
 MAX_ROWS = 512              # rows per micro-batch
@@ -56,7 +60,8 @@ class EngineStats:
     ``tokens_requested``: the sum of the sequence lengths, what one forward per sequence processes;
     ``tokens_floor``: the unique-token floor (each distinct prefix once, see ``prefix.unique_token_floor``);
     ``tokens_processed``: real tokens that went through the backbone; ``tokens_padded``: rows x width summed over
-    forwards, the compute actually spent (padding included).
+    forwards, the compute actually spent (padding included); ``prefix_cache_hits``: prefixes taken from an earlier
+    call's cache (``keep_prefixes``) instead of being run again.
     """
 
     calls: int = 0
@@ -69,6 +74,7 @@ class EngineStats:
     prefix_groups: int = 0
     prefix_members: int = 0
     oom_splits: int = 0
+    prefix_cache_hits: int = 0
 
     def reset(self) -> None:
         for name in asdict(self):
@@ -76,6 +82,15 @@ class EngineStats:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+@dataclass
+class KeptPrefix:
+    """A prefix's keys/values ``[1, kv_heads, length, head_dim]`` per layer, and its final hidden states at the
+    positions that were read when it ran."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    hidden: dict[int, torch.Tensor]
 
 
 def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
@@ -138,6 +153,8 @@ class ScoringEngine:
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._read_modules = last_layer_row_modules(backbone) if causal else None
         self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
+        self._keep_depth = 0
+        self._kept: OrderedDict[tuple[int, ...], KeptPrefix] = OrderedDict()  # least recently used first
 
     @property
     def device(self) -> torch.device:
@@ -209,6 +226,22 @@ class ScoringEngine:
         forces plain micro-batches (each sequence run whole) for this call."""
         with self._lock:
             return self._hidden_at(sequences, positions, prefix_reuse)
+
+    @contextmanager
+    def keep_prefixes(self):
+        """Within the block, the keys/values of shared prefixes outlive the call that computed them, so later calls
+        starting with the same tokens (the rounds of a pair-PM tournament, all behind one ``[CONTEXT]``) run only
+        what follows. Bounded to ``KEEP_FACTOR x budget`` tokens (least recently used dropped first); released
+        when the outermost block exits. Results are unchanged: a kept prefix is exactly what a new run computes."""
+        with self._lock:
+            self._keep_depth += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._keep_depth -= 1
+                if not self._keep_depth:
+                    self._kept.clear()
 
     def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
         if len(sequences) != len(positions):
@@ -415,14 +448,20 @@ class ScoringEngine:
             self._run_window(window, uniq, wanted, hidden)
 
     def _run_window(self, window: list[PrefixGroup], uniq, wanted, hidden) -> None:
-        """The prefixes of ``window`` (batched, their keys/values kept), then all its members' suffixes."""
+        """The prefixes of ``window`` (batched, their keys/values kept; or taken from ``keep_prefixes``), then all its
+        members' suffixes."""
         caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+        todo = []
+        for k, g in enumerate(window):
+            kept = self._take_kept(window, k, uniq, wanted, caches, prefix_hidden) if self._keep_depth else False
+            if not kept:
+                todo.append(k)
 
         def run_prefix(batch: list[int]) -> None:
             self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
 
-        for batch in self._pack(list(range(len(window))), lambda k: window[k].prefix_len):
+        for batch in self._pack(todo, lambda k: window[k].prefix_len):
             self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
 
         rows = [(m, k) for k, g in enumerate(window) for m in g.members]
@@ -452,6 +491,43 @@ class ScoringEngine:
             caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
         for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
             prefix_hidden[key] = (pos, h)
+        if self._keep_depth:
+            for key, prefix, pos in zip(keys, prefixes, inside):
+                self._keep(tuple(prefix), caches[key], pos, prefix_hidden[key][1])
+
+    # ---------------------------------------------------------------- prefixes kept across calls
+    def _keep(self, tokens: tuple[int, ...], kv, positions: list[int], hidden: torch.Tensor) -> None:
+        """Copy a prefix's cache out of its batch (so the batch can be freed) into the bounded LRU store."""
+        self._kept[tokens] = KeptPrefix([(k.clone(), v.clone()) for k, v in kv],
+                                        {q: hidden[i].clone() for i, q in enumerate(positions)})
+        self._kept.move_to_end(tokens)
+        limit = KEEP_FACTOR * self.budget()
+        while sum(len(t) for t in self._kept) > limit and len(self._kept) > 1:
+            self._kept.popitem(last=False)
+
+    def _take_kept(self, window: list[PrefixGroup], k: int, uniq, wanted, caches, prefix_hidden) -> bool:
+        """Serve group ``k`` from the longest kept prefix its shared tokens start with (the group's prefix is
+        shortened to it; what follows runs with the suffixes). False when none fits or a position read inside it
+        was not kept."""
+        g = window[k]
+        seq = uniq[g.members[0]]
+        best = None
+        for tokens in self._kept:
+            n = len(tokens)
+            if n <= g.prefix_len and (best is None or n > len(best)) and tuple(seq[:n]) == tokens:
+                best = tokens
+        if best is None:
+            return False
+        kept = self._kept[best]
+        inside = sorted({q for m in g.members for q in wanted[m] if q < len(best)})
+        if any(q not in kept.hidden for q in inside):
+            return False
+        self._kept.move_to_end(best)
+        window[k] = PrefixGroup(len(best), g.members)
+        caches[k] = kept.kv
+        prefix_hidden[k] = (inside, torch.stack([kept.hidden[q] for q in inside]) if inside else None)
+        self.stats.prefix_cache_hits += 1
+        return True
 
     def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], uniq, wanted, caches,
                         prefix_hidden, hidden) -> None:

@@ -87,11 +87,21 @@ def test_pair_pm_tournament_shares_the_context(models):
     finally:
         rm.engine.prefix_reuse = True
     rm.engine.stats.reset()
-    shared = rm.rank(prompt, candidates, method="tournament")
+    seen = []
+    hidden_at = rm.engine.hidden_at
+    rm.engine.hidden_at = lambda seqs, pos, **kw: (seen.extend(seqs), hidden_at(seqs, pos, **kw))[1]
+    try:
+        shared = rm.rank(prompt, candidates, method="tournament")
+    finally:
+        del rm.engine.hidden_at
     assert (shared.best, shared.worst) == (plain.best, plain.worst)
     assert max(abs(a - b) for a, b in zip(plain.scores, shared.scores)) < TOL
     st = rm.engine.stats
-    assert st.prefix_groups >= 1 and st.tokens_processed == st.tokens_floor
+    # the context runs in the first round only (kept across the rounds' calls)
+    assert st.calls == 3 and st.prefix_cache_hits == st.calls - 1
+    context = min(common_prefix_len(seen[0], s) for s in seen)
+    assert unique_token_floor(seen) <= st.tokens_processed <= st.tokens_floor - (st.calls - 1) * context
+    assert not rm.engine._kept  # released after rank
 
 
 def test_bpe_merge_across_the_boundary_falls_back(models):
@@ -275,3 +285,49 @@ def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
         engine._read_modules = modules
     assert _max_diff(full, fast_plain) < TOL
     assert _max_diff(full, fast_shared) < TOL
+
+
+@pytest.mark.parametrize("engine_attention", [True, False])
+def test_kept_prefixes_serve_later_calls_exactly(models, engine_attention):
+    engine = models("armorm").engine
+    heads, seqs = _groups_of_ids(seed=5)
+    first, second = seqs[0::2], seqs[1::2]  # the same three prompts, other continuations
+    positions = [[-1, 3] for _ in second]
+    reference = engine.hidden_at(second, positions, prefix_reuse=False)
+    engine.engine_attention = engine_attention
+    try:
+        with engine.keep_prefixes():
+            engine.hidden_at(first, [[-1, 3]] * len(first))
+            kept = list(engine._kept)
+            assert len(kept) == 3 and all(len(k) >= len(h) for k, h in zip(sorted(kept), sorted(map(tuple, heads))))
+            engine.stats.reset()
+            out = engine.hidden_at(second, positions)
+            assert engine.stats.prefix_cache_hits == 3
+            # only what follows each kept prefix runs
+            assert engine.stats.tokens_processed == sum(len(s) - len(k) for s in second for k in kept
+                                                        if tuple(s[: len(k)]) == k)
+            # a position inside a kept prefix that was not read when it ran: that prefix runs again
+            engine.stats.reset()
+            again = engine.hidden_at(second, [[-1, 7] for _ in second])
+            assert engine.stats.prefix_cache_hits == 0
+        assert not engine._kept
+    finally:
+        engine.engine_attention = True
+    assert _max_diff(reference, out) < TOL
+    assert _max_diff(engine.hidden_at(second, [[-1, 7]] * len(second), prefix_reuse=False), again) < TOL
+
+
+def test_kept_prefixes_are_bounded_and_released_by_the_outermost_block(models, monkeypatch):
+    monkeypatch.setattr("rmplugins.engine.KEEP_FACTOR", 1)
+    engine = models("bt_llama3").engine
+    _, seqs = _groups_of_ids(seed=6, prompts=4)
+    engine.token_budget = 128
+    try:
+        with engine.keep_prefixes():
+            with engine.keep_prefixes():
+                engine.hidden_at(seqs, [[-1]] * len(seqs))
+            assert 1 <= len(engine._kept) < 4  # the inner exit keeps them; the bound dropped the oldest
+            assert sum(len(t) for t in engine._kept) <= 128 or len(engine._kept) == 1
+        assert not engine._kept
+    finally:
+        engine.token_budget = None
