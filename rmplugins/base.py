@@ -9,12 +9,13 @@ A family subclasses one of three bases and implements a single batched primitive
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
 
 from .inputs import Conversation, to_conversation, to_conversations
-from .ranking import Ranking, from_scores, rank_with_duplicates, round_robin, tournament
+from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
 
 logger = logging.getLogger("rmplugins")
 
@@ -66,7 +67,21 @@ class RewardModel:
     def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:
         raise NotImplementedError
 
+    def rank_many(self, prompts: Sequence[Any], candidate_lists: Sequence[Sequence[Any]],
+                  method: str | None = None) -> list[Ranking]:
+        """``[rank(p, c, method) for p, c in zip(prompts, candidate_lists)]``, with the model calls of all groups
+        batched together (for a tournament: one call per round for all prompts)."""
+        self._check_groups(prompts, candidate_lists)
+        return [self.rank(p, c, method) for p, c in zip(prompts, candidate_lists)]
+
     # ---------------------------------------------------------------- helpers for families
+    def _check_groups(self, prompts, candidate_lists) -> None:
+        if isinstance(prompts, (str, dict)) or isinstance(candidate_lists, (str, dict)):
+            raise ValueError("rank_many takes a list of prompts and a list of candidate lists (one per prompt)")
+        if len(prompts) != len(candidate_lists):
+            raise ValueError(f"rank_many got {len(prompts)} prompts but {len(candidate_lists)} candidate lists; "
+                             "give one list of candidates per prompt")
+
     def _check_method(self, method: str | None) -> str:
         method = method or self.rank_methods[0]
         if method not in self.rank_methods:
@@ -114,9 +129,18 @@ class PointwiseRewardModel(RewardModel):
         return torch.sigmoid(r[:n] - r[n:]).tolist()
 
     def rank(self, prompt, candidates, method=None):
+        return self.rank_many([prompt], [candidates], method)[0]
+
+    def rank_many(self, prompts, candidate_lists, method=None):
         self._check_method(method)
-        convs = self._candidates(prompt, candidates)
-        return from_scores(self.rewards(convs).tolist(), "score", 0)
+        self._check_groups(prompts, candidate_lists)
+        groups = [self._candidates(p, c) for p, c in zip(prompts, candidate_lists)]
+        rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for every group
+        out, at = [], 0
+        for g in groups:
+            out.append(from_scores(rewards[at: at + len(g)], "score", 0))
+            at += len(g)
+        return out
 
 
 class PairwiseRewardModel(RewardModel):
@@ -133,21 +157,35 @@ class PairwiseRewardModel(RewardModel):
         return self.win_probs(convs_a, convs_b).tolist()
 
     def rank(self, prompt, candidates, method=None):
+        return self.rank_many([prompt], [candidates], method)[0]
+
+    def rank_many(self, prompts, candidate_lists, method=None):
+        """The groups' tournaments (or round robins) run in lockstep: each round of all of them is one batched
+        model call, and the prefix caches are kept across the rounds (each context runs once)."""
         method = self._check_method(method)
-        convs = self._candidates(prompt, candidates)
-        by_text = {c.response: c for c in convs}
+        self._check_groups(prompts, candidate_lists)
+        groups, backs = [], []
+        for prompt, candidates in zip(prompts, candidate_lists):
+            convs = self._candidates(prompt, candidates)
+            unique, back = unique_candidates([c.response for c in convs])  # identical candidates judged once
+            first = {}
+            for c in convs:
+                first.setdefault(c.response, c)
+            groups.append([first[r] for r in unique])
+            backs.append(back)
 
-        def rank_unique(responses: list[str]) -> Ranking:
-            unique = [by_text[r] for r in responses]
+        def judge_many(pending: dict[int, list[tuple[int, int]]]) -> dict[int, list[float]]:
+            convs_a = [groups[g][i] for g, pairs in pending.items() for i, _ in pairs]
+            convs_b = [groups[g][j] for g, pairs in pending.items() for _, j in pairs]
+            probs = self.win_probs(convs_a, convs_b).tolist()
+            out, at = {}, 0
+            for g, pairs in pending.items():
+                out[g] = probs[at: at + len(pairs)]
+                at += len(pairs)
+            return out
 
-            def judge(pairs):
-                return self.win_probs([unique[i] for i, _ in pairs], [unique[j] for _, j in pairs]).tolist()
-
-            algorithm = tournament if method == "tournament" else round_robin
-            return algorithm(len(unique), judge)
-
+        plans = [PLANS[method](len(g)) for g in groups]
         engine = getattr(self, "engine", None)
-        if engine is None:
-            return rank_with_duplicates([c.response for c in convs], rank_unique)
-        with engine.keep_prefixes():  # every round shares the context: it runs once
-            return rank_with_duplicates([c.response for c in convs], rank_unique)
+        with engine.keep_prefixes() if engine is not None else nullcontext():
+            rankings = play_together(plans, judge_many)
+        return [expand_duplicates(r, back) for r, back in zip(rankings, backs)]

@@ -246,6 +246,8 @@ class ScoringEngine:
     def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
         if len(sequences) != len(positions):
             raise ValueError("one list of positions per sequence is needed")
+        if not sequences:
+            return []
         uniq: list[list[int]] = []
         wanted: list[set[int]] = []
         owner: list[int] = []

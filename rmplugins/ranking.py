@@ -1,14 +1,20 @@
 """Ranking n candidates with a pairwise judge: a knockout tournament (best and worst in at most 2n - 3
 comparisons) or a full round robin. The judge is any function that takes a batch of index pairs and
 returns P(first beats second) for each, so every round of the tournament is one batched model call.
+
+Each method is written as a *plan*: a generator that yields the pairs it needs judged next and receives their
+probabilities, returning the :class:`Ranking`. :func:`play` runs one plan against a judge; :func:`play_together`
+runs the plans of many prompts in lockstep, so one round of all their tournaments is one model call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 PairJudge = Callable[[list[tuple[int, int]]], Sequence[float]]
+Pairs = list[tuple[int, int]]
+Plan = Generator[Pairs, Sequence[float], "Ranking"]
 
 
 @dataclass
@@ -52,14 +58,14 @@ def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float]:
     return [t / c if c else 0.5 for t, c in zip(total, count)]
 
 
-def _knockouts(brackets: list[tuple[list[int], bool]], judge: PairJudge, wins: dict) -> list[int]:
+def _knockouts(brackets: list[tuple[list[int], bool]], wins: dict) -> Generator[Pairs, Sequence[float], list[int]]:
     """Single-elimination brackets ``(players, want_winner)`` played side by side: each round of all of them is
-    one batched judge call (the winners' and losers' brackets share their calls, so a pair-PM context is run
-    once per round, not once per round and bracket). An odd player out gets a bye."""
+    one batch of pairs (the winners' and losers' brackets share their calls, so a pair-PM context is run once per
+    round, not once per round and bracket). An odd player out gets a bye."""
     players = [list(p) for p, _ in brackets]
     while any(len(p) > 1 for p in players):
         rounds = [[(p[k], p[k + 1]) for k in range(0, len(p) - 1, 2)] for p in players]
-        probs = iter(judge([pair for r in rounds for pair in r]))
+        probs = iter((yield [pair for r in rounds for pair in r]))
         for b, ((_, want_winner), pairs) in enumerate(zip(brackets, rounds)):
             nxt = []
             for a, c in pairs:
@@ -72,19 +78,18 @@ def _knockouts(brackets: list[tuple[list[int], bool]], judge: PairJudge, wins: d
     return [p[0] for p in players]
 
 
-def tournament(n: int, judge: PairJudge) -> Ranking:
+def tournament_plan(n: int) -> Plan:
     """Best and worst of n with at most 2n - 3 comparisons (about 3n/2 - 2).
 
     Round one pairs the candidates; winners play a knockout for the best, losers one for the worst, both
-    brackets in the same batched calls (1 + ceil(log2(n / 2)) judge calls in all). A
-    candidate's score is its mean win probability over the comparisons it took part in. Ties (p = 0.5)
-    go to the earlier candidate.
+    brackets in the same batches (1 + ceil(log2(n / 2)) judge calls in all). A candidate's score is its mean win
+    probability over the comparisons it took part in. Ties (p = 0.5) go to the earlier candidate.
     """
     if n == 1:
         return Ranking([0.5], 0, 0, 0, "tournament")
     wins: dict[tuple[int, int], float] = {}
     firsts = [(k, k + 1) for k in range(0, n - 1, 2)]
-    probs = judge(firsts)
+    probs = yield firsts
     winners, losers = [], []
     for (a, b), p in zip(firsts, probs):
         wins[(a, b)] = float(p)
@@ -93,35 +98,76 @@ def tournament(n: int, judge: PairJudge) -> Ranking:
     if n % 2:  # the odd one out enters both brackets
         winners.append(n - 1)
         losers.append(n - 1)
-    best, worst = _knockouts([(winners, True), (losers, False)], judge, wins)
+    best, worst = yield from _knockouts([(winners, True), (losers, False)], wins)
     return Ranking(_mean_win(n, wins), best, worst, len(wins), "tournament", wins)
 
 
-def round_robin(n: int, judge: PairJudge) -> Ranking:
-    """All n(n-1)/2 pairs in one batched call; score = mean win probability against every other candidate
-    (llm-blender's rank uses the same all-pairs matrix)."""
+def round_robin_plan(n: int) -> Plan:
+    """All n(n-1)/2 pairs in one batch; score = mean win probability against every other candidate (llm-blender's
+    rank uses the same all-pairs matrix)."""
     if n == 1:
         return Ranking([0.5], 0, 0, 0, "round_robin")
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    wins = {pair: float(p) for pair, p in zip(pairs, judge(pairs))}
+    probs = yield pairs
+    wins = {pair: float(p) for pair, p in zip(pairs, probs)}
     ranking = from_scores(_mean_win(n, wins), "round_robin", len(wins))
     ranking.wins = wins
     return ranking
 
 
-def rank_with_duplicates(candidates: Sequence[str], rank_unique: Callable[[list[str]], Ranking]) -> Ranking:
-    """Judge each distinct candidate once; identical candidates share their score."""
-    unique: list[str] = []
+PLANS = {"tournament": tournament_plan, "round_robin": round_robin_plan}
+
+
+def play_together(plans: Sequence[Plan], judge_many: Callable[[dict[int, Pairs]], dict[int, Sequence[float]]]
+                  ) -> list[Ranking]:
+    """Run ``plans`` in lockstep: at every step the pending pairs of all unfinished plans go to one
+    ``judge_many({plan index: pairs})`` call, which answers ``{plan index: probabilities}``."""
+    results: list[Ranking | None] = [None] * len(plans)
+    pending: dict[int, Pairs] = {}
+
+    def advance(i: int, answer=None) -> None:
+        try:
+            pending[i] = plans[i].send(answer)
+        except StopIteration as done:
+            pending.pop(i, None)
+            results[i] = done.value
+
+    for i in range(len(plans)):
+        advance(i)
+    while pending:
+        answers = judge_many(dict(pending))
+        for i in list(pending):
+            if len(answers[i]) != len(pending[i]):
+                raise ValueError(f"the judge answered {len(answers[i])} probabilities for {len(pending[i])} pairs")
+            advance(i, list(answers[i]))
+    return results
+
+
+def play(plan: Plan, judge: PairJudge) -> Ranking:
+    """Run one plan against ``judge`` (one call per step)."""
+    return play_together([plan], lambda pending: {i: judge(pairs) for i, pairs in pending.items()})[0]
+
+
+def tournament(n: int, judge: PairJudge) -> Ranking:
+    """:func:`tournament_plan` played against ``judge``."""
+    return play(tournament_plan(n), judge)
+
+
+def round_robin(n: int, judge: PairJudge) -> Ranking:
+    """:func:`round_robin_plan` played against ``judge``."""
+    return play(round_robin_plan(n), judge)
+
+
+def unique_candidates(candidates: Sequence[str]) -> tuple[list[str], list[int]]:
+    """The distinct candidates in first-seen order, and for each candidate the index of its distinct one."""
     where: dict[str, int] = {}
-    for c in candidates:
-        if c not in where:
-            where[c] = len(unique)
-            unique.append(c)
-    if len(unique) == len(candidates):
-        return rank_unique(unique)
-    inner = rank_unique(unique)
-    back = [where[c] for c in candidates]
+    back = [where.setdefault(c, len(where)) for c in candidates]
+    return list(where), back
+
+
+def expand_duplicates(inner: Ranking, back: list[int]) -> Ranking:
+    """A ranking of the distinct candidates, spread back over all of them (duplicates share a score)."""
+    if back == list(range(len(inner.scores))):
+        return inner
     scores = [inner.scores[u] for u in back]
-    best = back.index(inner.best)
-    worst = back.index(inner.worst)
-    return Ranking(scores, best, worst, inner.comparisons, inner.method)
+    return Ranking(scores, back.index(inner.best), back.index(inner.worst), inner.comparisons, inner.method)

@@ -5,7 +5,14 @@ import random
 
 import pytest
 
-from rmplugins.ranking import rank_with_duplicates, round_robin, tournament
+from rmplugins.ranking import (
+    PLANS,
+    expand_duplicates,
+    play_together,
+    round_robin,
+    tournament,
+    unique_candidates,
+)
 
 
 def strength_judge(strengths, calls):
@@ -50,7 +57,36 @@ def test_duplicates_are_judged_once_and_share_scores():
         seen.append(cands)
         return round_robin(len(cands), strength_judge([len(c) for c in cands], []))
 
-    r = rank_with_duplicates(["aa", "b", "aa", "cccc"], rank_unique)
-    assert seen == [["aa", "b", "cccc"]]
+    unique, back = unique_candidates(["aa", "b", "aa", "cccc"])
+    r = expand_duplicates(rank_unique(unique), back)
+    assert seen == [["aa", "b", "cccc"]] and back == [0, 1, 0, 2]
     assert r.scores[0] == r.scores[2]
     assert r.best == 3 and r.worst == 1
+
+
+@pytest.mark.parametrize("method", ["tournament", "round_robin"])
+def test_plans_played_together_equal_each_played_alone_with_one_call_per_round(method):
+    rng = random.Random(7)
+    sizes = [1, 2, 3, 8, 5, 13]
+    strengths = [[rng.uniform(-5, 5) for _ in range(n)] for n in sizes]
+    alone, rounds = [], []
+    for st in strengths:
+        calls = []
+        alone.append((tournament if method == "tournament" else round_robin)(len(st), strength_judge(st, calls)))
+        rounds.append(len(calls))
+    together_calls = []
+
+    def judge_many(pending):
+        together_calls.append({g: list(pairs) for g, pairs in pending.items()})
+        return {g: strength_judge(strengths[g], [])(pairs) for g, pairs in pending.items()}
+
+    together = play_together([PLANS[method](n) for n in sizes], judge_many)
+    assert [(r.scores, r.best, r.worst, r.comparisons) for r in together] == \
+        [(r.scores, r.best, r.worst, r.comparisons) for r in alone]
+    assert len(together_calls) == max(rounds)  # lockstep: the longest plan's rounds, not their sum
+    assert all(0 not in call for call in together_calls)  # a single candidate needs no judge
+
+
+def test_play_together_rejects_a_judge_answering_the_wrong_number():
+    with pytest.raises(ValueError, match="answered 1 probabilities for 2 pairs"):
+        play_together([PLANS["tournament"](4)], lambda pending: {g: [0.5] for g in pending})

@@ -147,6 +147,21 @@ def test_tool_call_completions_are_tolerated(models, tiny, caplog):
     assert "roles must alternate" in caplog.text
 
 
+def test_a_group_the_pairwise_model_cannot_render_does_not_sink_the_batch(models, caplog):
+    """Groups are ranked together (rank_many); one PairRM cannot render (a tool turn in its context) gets None with
+    the reason, the others their ranking."""
+    tool = [{"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f"}}]},
+            {"role": "tool", "content": "42"}, {"role": "assistant", "content": "It is 42."}]
+    prompts = [[{"role": "user", "content": "f?"}]] * 2 + [[{"role": "user", "content": "g?"}]] * 2
+    completions = [tool, tool[:2] + [{"role": "assistant", "content": "41"}],
+                   [{"role": "assistant", "content": "Yes."}], [{"role": "assistant", "content": "No tools."}]]
+    rm = models("pairrm")
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
+        out, _, _ = _call(RewardFunction(rm, num_generations=2), prompts, completions)
+    assert out[:2] == [None, None] and "must alternate user/assistant" in caplog.text
+    assert out[2:] == pytest.approx(rm.rank(prompts[2], completions[2:]).scores, abs=1e-5)
+
+
 def test_shaping_length_penalty_normalisation_clipping(models):
     rm = models("bt")
     raw = rm.score(P, C)

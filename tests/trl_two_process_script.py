@@ -32,3 +32,6 @@ with open(f"{out}/rank{rank}.json", "w") as fh:
                "lengths": trainer.accelerator.gather_for_metrics([len(call["prompts"])], use_gather_object=True),
                "gathered": breakdown.get(f"{rf.__name__}/gathered") == 1.0,
                "trainer_rewards": list(trainer._logs["rewards"][rf.__name__])}, fh)
+# Leave no process group (and its gloo threads) for interpreter shutdown: torchrun reports an abort otherwise.
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()

@@ -22,7 +22,7 @@ from ..chat import load_chat_tokenizer
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
 from ..loading import model_kwargs
-from ..ranking import Ranking, from_scores
+from ..ranking import Ranking, from_scores, unique_candidates
 
 
 class GPMModel(LlamaPreTrainedModel):
@@ -132,17 +132,30 @@ class GPMRewardModel(RewardModel):
         return (v @ R.T @ v.T) / self.tau
 
     def rank(self, prompt, candidates, method=None) -> Ranking:
+        return self.rank_many([prompt], [candidates], method)[0]
+
+    def rank_many(self, prompts, candidate_lists, method=None) -> list[Ranking]:
+        """GPO scores per group: one forward per distinct candidate, all groups in one engine call (each prompt's
+        candidates share its prefix), then an n x n table of small products per group."""
         self._check_method(method)
-        convs = self._candidates(prompt, candidates)
-        unique: dict[str, int] = {}
-        for c in convs:
-            unique.setdefault(c.response, len(unique))
-        firsts = {}
-        for c in convs:
-            firsts.setdefault(c.response, c)
-        v_unique, R_unique = self.embeddings(list(firsts.values()))  # one forward per distinct candidate
-        v = v_unique[[unique[c.response] for c in convs]]
-        table = self.gpo_table(v, R_unique[0])
-        scores = ((table - table.T).sum(dim=1) / len(convs)).tolist()
-        n_unique = len(unique)
-        return from_scores(scores, "gpo", n_unique * (n_unique - 1) // 2)
+        self._check_groups(prompts, candidate_lists)
+        groups = [self._candidates(p, c) for p, c in zip(prompts, candidate_lists)]
+        if not groups:
+            return []
+        firsts, backs = [], []
+        for convs in groups:
+            unique, back = unique_candidates([c.response for c in convs])
+            first = {}
+            for c in convs:
+                first.setdefault(c.response, c)
+            firsts.append([first[r] for r in unique])
+            backs.append(back)
+        v_all, R_all = self.embeddings([c for f in firsts for c in f])
+        out, at = [], 0
+        for f, back in zip(firsts, backs):
+            v = v_all[at: at + len(f)][back]
+            table = self.gpo_table(v, R_all[at])  # the group's prompt state (every candidate shares it)
+            scores = ((table - table.T).sum(dim=1) / len(back)).tolist()
+            out.append(from_scores(scores, "gpo", len(f) * (len(f) - 1) // 2))
+            at += len(f)
+        return out

@@ -360,21 +360,11 @@ class Recipe:
             logger.info("%s: scoring with %s (kind %s)", d.name, self.cfg.reward_model, rm.kind)
             if self._gen is not None:
                 self._gen.sleep()
-            from ..ranking import from_scores
-
             with self._bar(f"{d.name} score", start) as bar:
                 for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
                     rows = cands[lo:hi]
-                    if rm.pointwise:  # one batched call over the whole chunk
-                        flat_p = [r["prompt"] for r in rows for _ in r["candidates"]]
-                        flat_c = [c for r in rows for c in r["candidates"]]
-                        flat = rm.score(flat_p, flat_c)
-                        rankings, pos = [], 0
-                        for r in rows:
-                            rankings.append(from_scores(flat[pos:pos + len(r["candidates"])]))
-                            pos += len(r["candidates"])
-                    else:
-                        rankings = [rm.rank(r["prompt"], r["candidates"], method) for r in rows]
+                    # the whole chunk at once: one batched call (pointwise, GPM) or one per tournament round
+                    rankings = rm.rank_many([r["prompt"] for r in rows], [r["candidates"] for r in rows], method)
                     part.append([{"index": r["index"], "scores": [float(s) for s in g.scores], "best": g.best,
                                   "worst": g.worst, "comparisons": g.comparisons, "method": g.method}
                                  for r, g in zip(rows, rankings)])

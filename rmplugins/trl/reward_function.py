@@ -418,6 +418,7 @@ class RewardFunction(_BaseRewardFunction):
         out: list[float | None] = [None] * len(prompts)
         wanted = set(wanted)
         comparisons, sizes = 0, []
+        ready = []  # (group, its valid rows)
         for group in group_indices(keys, self.num_generations):
             if not wanted.intersection(group):
                 continue
@@ -428,11 +429,25 @@ class RewardFunction(_BaseRewardFunction):
                                           "(group of one); set num_generations or keep a prompt's completions "
                                           "together")
                 continue
-            try:
-                ranking = self.model.rank(prompts[valid[0]], [completions[i] for i in valid], method=self.method)
-            except ValueError as err:  # the model's format cannot render this group
-                for i in group:
-                    reasons.setdefault(i, str(err))
+            ready.append((group, valid))
+
+        def rank(groups):
+            return self.model.rank_many([prompts[v[0]] for _, v in groups],
+                                        [[completions[i] for i in v] for _, v in groups], method=self.method)
+
+        try:  # all groups together: one model call per tournament round for the whole batch
+            rankings = rank(ready)
+        except ValueError:  # a group the model's format cannot render: rank one by one to find it
+            rankings = []
+            for item in ready:
+                try:
+                    rankings.append(rank([item])[0])
+                except ValueError as err:
+                    for i in item[0]:
+                        reasons.setdefault(i, str(err))
+                    rankings.append(None)
+        for (_, valid), ranking in zip(ready, rankings):
+            if ranking is None:
                 continue
             for i, s in zip(valid, ranking.scores):
                 out[i] = float(s)
