@@ -8,7 +8,7 @@ Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates, prompts of 250-450 word
   rmplugins         rm.score(prompts, completions) (prefix reuse + token-budget micro-batches), with the engine
                     attention (the CPU default) and with engine_attention=False (the generic path).
 Pair-PM (RLHFlow layout, best of 8): all 56 ordered pairs one forward each (the reference) vs
-  rm.rank(prompt, candidates, method="tournament").
+  rm.rank_many(prompts, candidate_lists, "tournament") (the prompts' tournaments in lockstep, contexts kept).
 Tokens processed are compared with the unique-token floor (each prompt once plus each candidate once).
 
 On a GPU it adds a randomly initialised Llama-3-8B-shaped reward model in bf16 (SDPA, or flash attention when
@@ -146,7 +146,7 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
         ref_times.append(timed(lambda: [all_ordered_pairs(rm, p, c) for p, c in groups])[0])
         if r == repeat - 1:
             rm.engine.stats.reset()
-        t, rankings = timed(lambda: [rm.rank(p, c, method="tournament") for p, c in groups])
+        t, rankings = timed(lambda: rm.rank_many([p for p, _ in groups], [c for _, c in groups], "tournament"))
         lib_times.append(t)
     t_ref, t_lib = min(ref_times), min(lib_times)
     ref_tokens = sum(len(rm.encode(rm.context_text(to_conversation(p, c[0]).context), a, b))
@@ -158,7 +158,7 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
     rows = [
         (f"pair-PM best-of-{n}: all {n * (n - 1)} ordered pairs, one forward each", f"{t_ref:.2f}",
          f"{t_ref / t_lib:.2f}x", ref_tokens, ref_tokens),
-        (f"pair-PM best-of-{n}: rmplugins tournament ({comparisons // len(groups)} comparisons, swapped)",
+        (f"pair-PM best-of-{n}: rmplugins rank_many tournament ({comparisons // len(groups)} comparisons, swapped)",
          f"{t_lib:.2f}", "1.00x", st.tokens_processed // per, st.tokens_padded // per),
     ]
     return rows, {"ref": t_ref, "lib": t_lib, "processed": st.tokens_processed // per,
