@@ -75,6 +75,16 @@ class RewardModel:
         return [self.rank(p, c, method) for p, c in zip(prompts, candidate_lists)]
 
     # ---------------------------------------------------------------- helpers for families
+    @staticmethod
+    def _distinct(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
+        """The conversations with distinct responses (first seen kept) and, for each conversation, the index of
+        its distinct one (``ranking.expand_duplicates`` spreads a ranking back)."""
+        unique, back = unique_candidates([c.response for c in convs])
+        first: dict[str, Conversation] = {}
+        for c in convs:
+            first.setdefault(c.response, c)
+        return [first[r] for r in unique], back
+
     def _check_groups(self, prompts, candidate_lists) -> None:
         if isinstance(prompts, (str, dict)) or isinstance(candidate_lists, (str, dict)):
             raise ValueError("rank_many takes a list of prompts and a list of candidate lists (one per prompt)")
@@ -166,12 +176,8 @@ class PairwiseRewardModel(RewardModel):
         self._check_groups(prompts, candidate_lists)
         groups, backs = [], []
         for prompt, candidates in zip(prompts, candidate_lists):
-            convs = self._candidates(prompt, candidates)
-            unique, back = unique_candidates([c.response for c in convs])  # identical candidates judged once
-            first = {}
-            for c in convs:
-                first.setdefault(c.response, c)
-            groups.append([first[r] for r in unique])
+            distinct, back = self._distinct(self._candidates(prompt, candidates))  # identical ones judged once
+            groups.append(distinct)
             backs.append(back)
 
         def judge_many(pending: dict[int, list[tuple[int, int]]]) -> dict[int, list[float]]:

@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 
+from rmplugins.loading import load_reward_model
 from rmplugins.testing import tiny_checkpoint
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -24,3 +25,18 @@ def tiny_root(tmp_path_factory):
 def tiny(tiny_root):
     """``tiny("armorm")`` -> path of that family's tiny checkpoint."""
     return lambda kind: tiny_checkpoint(kind, tiny_root)
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    """``models("armorm", **options)`` -> that family's tiny model on CPU, loaded once per test module (modules
+    may change a model's engine settings; they get their own copies)."""
+    cache = {}
+
+    def get(kind, **options):
+        key = (kind, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = load_reward_model(tiny(kind), device="cpu", **options)
+        return cache[key]
+
+    return get

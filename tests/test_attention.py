@@ -8,7 +8,6 @@ import torch
 
 from rmplugins.attention import attention_with_lse, merge, supports_engine_attention
 from rmplugins.engine import ScoringEngine
-from rmplugins.loading import load_reward_model
 
 TOL = 2e-5
 CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm"]  # Mistral and Llama backbones
@@ -44,17 +43,6 @@ def test_merge_of_two_key_sets_is_attention_over_their_union():
     flat = lambda t: t[0].transpose(0, 1)  # noqa: E731  [heads, n, ...] -> [n, heads, ...]
     assert (merge(flat(a), flat(lse_a), flat(b), flat(lse_b)) - flat(whole)).abs().max() < 1e-6
 
-
-@pytest.fixture(scope="module")
-def models(tiny):
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = load_reward_model(tiny(kind), device="cpu")
-        return cache[kind]
-
-    return get
 
 
 def alone(backbone, seqs, positions):

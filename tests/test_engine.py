@@ -8,24 +8,11 @@ import pytest
 import torch
 
 from rmplugins.engine import ScoringEngine
-from rmplugins.loading import load_reward_model
 from rmplugins.prefix import common_prefix_len, plan_groups, unique_token_floor
 
 TOL = 2e-5
 CAUSAL_KINDS = ["bt_llama3", "armorm", "pair_pm", "gpm"]
 
-
-@pytest.fixture(scope="module")
-def models(tiny):
-    cache = {}
-
-    def get(kind, **kw):
-        key = (kind, tuple(sorted(kw.items())))
-        if key not in cache:
-            cache[key] = load_reward_model(tiny(kind), device="cpu", **kw)
-        return cache[key]
-
-    return get
 
 
 def _groups_of_ids(seed=0, vocab=300, prompts=3, per_prompt=4):

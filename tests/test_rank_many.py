@@ -3,8 +3,6 @@ across groups (for a tournament: one engine call per round for all prompts)."""
 
 import pytest
 
-from rmplugins.loading import load_reward_model
-
 PROMPTS = ["Write a short poem about the sea, please. " * 3, "How do I boil an egg?",
            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]]
 CANDIDATES = [
@@ -13,17 +11,6 @@ CANDIDATES = [
     ["Blue."],
 ]
 
-
-@pytest.fixture(scope="module")
-def models(tiny):
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = load_reward_model(tiny(kind), device="cpu")
-        return cache[kind]
-
-    return get
 
 
 def _same(a, b):

@@ -18,17 +18,6 @@ CONV_P = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content
 CONV_C = [[{"role": "assistant", "content": c}] for c in C]
 
 
-@pytest.fixture(scope="module")
-def models(tiny):
-    cache = {}
-
-    def get(kind):
-        if kind not in cache:
-            cache[kind] = rmplugins.load_reward_model(tiny(kind), device="cpu")
-        return cache[kind]
-
-    return get
-
 
 def _call(rf, prompts, completions, **kw):
     logged, extra = {}, {}

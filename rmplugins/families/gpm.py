@@ -22,7 +22,7 @@ from ..chat import load_chat_tokenizer
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
 from ..loading import model_kwargs
-from ..ranking import Ranking, from_scores, unique_candidates
+from ..ranking import Ranking, from_scores
 
 
 class GPMModel(LlamaPreTrainedModel):
@@ -144,11 +144,8 @@ class GPMRewardModel(RewardModel):
             return []
         firsts, backs = [], []
         for convs in groups:
-            unique, back = unique_candidates([c.response for c in convs])
-            first = {}
-            for c in convs:
-                first.setdefault(c.response, c)
-            firsts.append([first[r] for r in unique])
+            distinct, back = self._distinct(convs)
+            firsts.append(distinct)
             backs.append(back)
         v_all, R_all = self.embeddings([c for f in firsts for c in f])
         out, at = [], 0
