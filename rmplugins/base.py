@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .inputs import Conversation, to_conversation, to_conversations
+from .inputs import Conversation, split_sizes, to_conversation, to_conversations
 from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
 
 logger = logging.getLogger("rmplugins")
@@ -65,14 +65,13 @@ class RewardModel:
         raise NotImplementedError
 
     def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:
-        raise NotImplementedError
+        return self.rank_many([prompt], [candidates], method)[0]
 
     def rank_many(self, prompts: Sequence[Any], candidate_lists: Sequence[Sequence[Any]],
                   method: str | None = None) -> list[Ranking]:
         """``[rank(p, c, method) for p, c in zip(prompts, candidate_lists)]``, with the model calls of all groups
-        batched together (for a tournament: one call per round for all prompts)."""
-        self._check_groups(prompts, candidate_lists)
-        return [self.rank(p, c, method) for p, c in zip(prompts, candidate_lists)]
+        batched together (for a tournament: one call per round for all prompts). Each family implements it."""
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- helpers for families
     @staticmethod
@@ -138,19 +137,12 @@ class PointwiseRewardModel(RewardModel):
         n = len(convs_a)
         return torch.sigmoid(r[:n] - r[n:]).tolist()
 
-    def rank(self, prompt, candidates, method=None):
-        return self.rank_many([prompt], [candidates], method)[0]
-
     def rank_many(self, prompts, candidate_lists, method=None):
         self._check_method(method)
         self._check_groups(prompts, candidate_lists)
         groups = [self._candidates(p, c) for p, c in zip(prompts, candidate_lists)]
         rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for every group
-        out, at = [], 0
-        for g in groups:
-            out.append(from_scores(rewards[at: at + len(g)], "score", 0))
-            at += len(g)
-        return out
+        return [from_scores(r, "score", 0) for r in split_sizes(rewards, [len(g) for g in groups])]
 
 
 class PairwiseRewardModel(RewardModel):
@@ -165,9 +157,6 @@ class PairwiseRewardModel(RewardModel):
     def compare(self, prompts, completions_a, completions_b):
         convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
         return self.win_probs(convs_a, convs_b).tolist()
-
-    def rank(self, prompt, candidates, method=None):
-        return self.rank_many([prompt], [candidates], method)[0]
 
     def rank_many(self, prompts, candidate_lists, method=None):
         """The groups' tournaments (or round robins) run in lockstep: each round of all of them is one batched
@@ -184,11 +173,7 @@ class PairwiseRewardModel(RewardModel):
             convs_a = [groups[g][i] for g, pairs in pending.items() for i, _ in pairs]
             convs_b = [groups[g][j] for g, pairs in pending.items() for _, j in pairs]
             probs = self.win_probs(convs_a, convs_b).tolist()
-            out, at = {}, 0
-            for g, pairs in pending.items():
-                out[g] = probs[at: at + len(pairs)]
-                at += len(pairs)
-            return out
+            return dict(zip(pending, split_sizes(probs, [len(pairs) for pairs in pending.values()])))
 
         plans = [PLANS[method](len(g)) for g in groups]
         engine = getattr(self, "engine", None)

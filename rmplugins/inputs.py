@@ -115,3 +115,12 @@ def to_conversations(prompts: Sequence[Any], *completion_lists: Sequence[Any]) -
                 "(repeat a prompt for each of its completions)"
             )
     return [[to_conversation(p, c, i) for i, (p, c) in enumerate(zip(prompts, cl))] for cl in completion_lists]
+
+
+def split_sizes(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:
+    """The results of one batched call over several callers' items, cut back into consecutive runs of ``sizes``."""
+    out, at = [], 0
+    for n in sizes:
+        out.append(list(flat[at: at + n]))
+        at += n
+    return out

@@ -34,6 +34,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from .inputs import split_sizes
+
 logger = logging.getLogger("rmplugins.server")
 
 API_KEY_ENV = "RMPLUGINS_API_KEY"
@@ -234,11 +236,7 @@ class Batcher:
             if len(batch) == 1:
                 return [self._alone(batch[0])]
             return [self._alone(item) for item in batch]  # isolate the request that broke the batch
-        out, pos = [], 0
-        for item in batch:
-            out.append(results[pos: pos + len(item.samples)])
-            pos += len(item.samples)
-        return out
+        return split_sizes(results, [len(item.samples) for item in batch])
 
     def _alone(self, item: _Pending):
         try:

@@ -131,9 +131,6 @@ class GPMRewardModel(RewardModel):
         """table[i, j] = s(i beats j) / tau under one prompt's operator R [d, d]."""
         return (v @ R.T @ v.T) / self.tau
 
-    def rank(self, prompt, candidates, method=None) -> Ranking:
-        return self.rank_many([prompt], [candidates], method)[0]
-
     def rank_many(self, prompts, candidate_lists, method=None) -> list[Ranking]:
         """GPO scores per group: one forward per distinct candidate, all groups in one engine call (each prompt's
         candidates share its prefix), then an n x n table of small products per group."""
@@ -148,11 +145,10 @@ class GPMRewardModel(RewardModel):
             firsts.append(distinct)
             backs.append(back)
         v_all, R_all = self.embeddings([c for f in firsts for c in f])
-        out, at = [], 0
-        for f, back in zip(firsts, backs):
-            v = v_all[at: at + len(f)][back]
-            table = self.gpo_table(v, R_all[at])  # the group's prompt state (every candidate shares it)
+        out = []
+        for v_group, R_group, back in zip(v_all.split([len(f) for f in firsts]),
+                                          R_all.split([len(f) for f in firsts]), backs):
+            table = self.gpo_table(v_group[back], R_group[0])  # the group's prompt state (every candidate shares it)
             scores = ((table - table.T).sum(dim=1) / len(back)).tolist()
-            out.append(from_scores(scores, "gpo", len(f) * (len(f) - 1) // 2))
-            at += len(f)
+            out.append(from_scores(scores, "gpo", len(v_group) * (len(v_group) - 1) // 2))
         return out
