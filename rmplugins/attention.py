@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 ENGINE_ATTENTION = "rmplugins_engine"
 CHECKED_MODEL_TYPES = {"llama", "mistral"}  # parity-tested here; other backbones take the generic path
@@ -182,10 +182,8 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
     # Each row within its own suffix (causal), then each group's real positions over its prefix, merged.
     rep = heads // key.shape[1]
-    keys = key if rep == 1 else key.repeat_interleave(rep, dim=1)
-    values = value if rep == 1 else value.repeat_interleave(rep, dim=1)
-    out_s, lse_s = attention_with_lse(query, keys, values, causal=True, scale=scale)
-    out = out_s.transpose(1, 2).reshape(batch * width, heads, dim).clone()
+    out_s, lse_s = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale)
+    out = out_s.transpose(1, 2).reshape(batch * width, heads, dim)  # out_s is not used again: updated in place
     lse_s = lse_s.transpose(1, 2).reshape(batch * width, heads)
     flat_q = query.transpose(1, 2).reshape(batch * width, heads, dim)
     for rows, kv in zip(plan.query_rows, plan.prefix_kv):
