@@ -454,11 +454,8 @@ class ScoringEngine:
         members' suffixes."""
         caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
-        todo = []
-        for k, g in enumerate(window):
-            kept = self._take_kept(window, k, uniq, wanted, caches, prefix_hidden) if self._keep_depth else False
-            if not kept:
-                todo.append(k)
+        todo = [k for k in range(len(window))
+                if not (self._keep_depth and self._take_kept(window, k, uniq, wanted, caches, prefix_hidden))]
 
         def run_prefix(batch: list[int]) -> None:
             self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
@@ -536,10 +533,10 @@ class ScoringEngine:
         prefix_lens = [window[k].prefix_len for _, k in rows]
         suffixes = [uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
         after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
-        if self._attend_in_engine:
-            out = self._suffix_in_place(rows, suffixes, prefix_lens, caches, after)
-        else:
-            out = self._suffix_with_copies(rows, suffixes, prefix_lens, caches, after)
+        ids, suffix_mask = self._pad(suffixes)
+        position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(ids.shape[1]).unsqueeze(0)
+        path = self._suffix_in_place if self._attend_in_engine else self._suffix_with_copies
+        out = path(rows, suffixes, prefix_lens, caches, after, ids, suffix_mask, position_ids.to(self.device))
         for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
             before_pos, before_h = prefix_hidden[k]
             n_before = sum(1 for q in wanted[m] if q < p)
@@ -550,26 +547,23 @@ class ScoringEngine:
             h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
             hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix part first
 
-    def _suffix_in_place(self, rows, suffixes, prefix_lens, caches, after):
+    def _suffix_in_place(self, rows, suffixes, prefix_lens, caches, after, ids, mask, position_ids):
         """Right-padded suffixes with no mask and no cache: each layer attends within each row's suffix (causal) and
         over its group's prefix keys/values as the prefix pass left them (:mod:`rmplugins.attention`)."""
-        ids, mask = self._pad(suffixes)
         width = ids.shape[1]
-        position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
         members: dict[int, list[int]] = {}
         for r, ((_, k), suffix) in enumerate(zip(rows, suffixes)):
             members.setdefault(k, []).extend(r * width + j for j in range(len(suffix)))
         query_rows = [torch.as_tensor(flat, dtype=torch.long, device=self.device) for flat in members.values()]
         return self._call(ids, mask, after, prefix_kv=[caches[k] for k in members], query_rows=query_rows,
-                          position_ids=position_ids.to(self.device), use_cache=False)
+                          position_ids=position_ids, use_cache=False)
 
-    def _suffix_with_copies(self, rows, suffixes, prefix_lens, caches, after):
+    def _suffix_with_copies(self, rows, suffixes, prefix_lens, caches, after, ids, suffix_mask, position_ids):
         """Each row gets its group's cache (right-padded to the longest prefix of the batch), then one masked
         forward of the suffixes against it: works with any backbone taking a ``DynamicCache``."""
         group_keys = sorted({k for _, k in rows})
         slot = {k: j for j, k in enumerate(group_keys)}
         pmax = max(prefix_lens)
-        device = self.device
         pick = torch.as_tensor([slot[k] for _, k in rows], dtype=torch.long)
         layers = []
         for layer in range(len(caches[group_keys[0]])):
@@ -582,10 +576,7 @@ class ScoringEngine:
             ks, vs = torch.cat(ks), torch.cat(vs)
             layers.append((ks.index_select(0, pick.to(ks.device)), vs.index_select(0, pick.to(vs.device))))
 
-        ids, suffix_mask = self._pad(suffixes)
-        width = ids.shape[1]
         prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(width).unsqueeze(0)
-        return self._call(ids, mask, after, position_ids=position_ids.to(device),
+        return self._call(ids, mask, after, position_ids=position_ids,
                           past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)
