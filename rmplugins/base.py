@@ -31,6 +31,12 @@ class RewardModel:
         self.name_or_path = str(name_or_path)
         self.max_length = int(max_length)
         self._warned_truncation = False
+        # Batched float arithmetic depends on the batch: a matrix product over 1 row and over 7 rows, or causal
+        # attention over a row padded to different widths, round differently (a few 1e-6 in float32). With
+        # deterministic=True each row runs alone, so its numbers depend on that row only, bit for bit, whatever it
+        # is scored with (the server's batches, a TRL group); it costs one forward per sequence (README: Scoring
+        # determinism).
+        self.deterministic = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, path={self.name_or_path!r}, device={self.device})"
@@ -62,6 +68,11 @@ class RewardModel:
 
     def compare(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
                 ) -> list[float]:
+        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
+        return self._batched(self.win_probs, convs_a, convs_b).tolist()
+
+    def win_probs(self, convs_a: Sequence[Conversation], convs_b: Sequence[Conversation]) -> torch.Tensor:
+        """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context; each family defines it."""
         raise NotImplementedError
 
     def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:
@@ -74,6 +85,23 @@ class RewardModel:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- helpers for families
+    def _batched(self, primitive, *columns: Sequence[Conversation]):
+        """``primitive(*columns)`` (a family's batched model call over rows of conversations), or, in
+        deterministic mode, the primitive on each distinct row alone, concatenated in order. Returns what the
+        primitive returns: a tensor, or a tuple of tensors, with one leading row per input row."""
+        n = len(columns[0])
+        if not self.deterministic or n <= 1:
+            return primitive(*columns)
+        keys = [tuple((c.context, c.response) for c in row) for row in zip(*columns)]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(repr(key), i)
+        alone = {i: primitive(*(col[i: i + 1] for col in columns)) for i in first.values()}
+        parts = [alone[first[repr(key)]] for key in keys]
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(column) for column in zip(*parts))
+        return torch.cat(parts)
+
     @staticmethod
     def _distinct(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
         """The conversations with distinct responses (first seen kept) and, for each conversation, the index of
@@ -129,34 +157,31 @@ class PointwiseRewardModel(RewardModel):
 
     def score(self, prompts, completions):
         (convs,) = to_conversations(prompts, completions)
-        return self.rewards(convs).tolist()
+        return self._batched(self.rewards, convs).tolist()
 
-    def compare(self, prompts, completions_a, completions_b):
-        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
-        r = self.rewards(convs_a + convs_b)
+    def win_probs(self, convs_a, convs_b):
+        """sigmoid(r_a - r_b)."""
+        r = self._batched(self.rewards, list(convs_a) + list(convs_b))
         n = len(convs_a)
-        return torch.sigmoid(r[:n] - r[n:]).tolist()
+        return torch.sigmoid(r[:n] - r[n:])
 
     def rank_many(self, prompts, candidate_lists, method=None):
         self._check_method(method)
         self._check_groups(prompts, candidate_lists)
-        groups = [self._candidates(p, c) for p, c in zip(prompts, candidate_lists)]
-        rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for every group
-        return [from_scores(r, "score", 0) for r in split_sizes(rewards, [len(g) for g in groups])]
+        groups, backs = [], []
+        for prompt, candidates in zip(prompts, candidate_lists):
+            distinct, back = self._distinct(self._candidates(prompt, candidates))  # identical ones scored once
+            groups.append(distinct)
+            backs.append(back)
+        rewards = self._batched(self.rewards, [c for g in groups for c in g]).tolist()  # one call for all groups
+        return [expand_duplicates(from_scores(r, "score", 0), back)
+                for r, back in zip(split_sizes(rewards, [len(g) for g in groups]), backs)]
 
 
 class PairwiseRewardModel(RewardModel):
     """Families that only judge pairs (RLHFlow pair-PM, PairRM)."""
 
     rank_methods = ("tournament", "round_robin")
-
-    def win_probs(self, convs_a: Sequence[Conversation], convs_b: Sequence[Conversation]) -> torch.Tensor:
-        """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context."""
-        raise NotImplementedError
-
-    def compare(self, prompts, completions_a, completions_b):
-        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
-        return self.win_probs(convs_a, convs_b).tolist()
 
     def rank_many(self, prompts, candidate_lists, method=None):
         """The groups' tournaments (or round robins) run in lockstep: each round of all of them is one batched
@@ -172,11 +197,13 @@ class PairwiseRewardModel(RewardModel):
         def judge_many(pending: dict[int, list[tuple[int, int]]]) -> dict[int, list[float]]:
             convs_a = [groups[g][i] for g, pairs in pending.items() for i, _ in pairs]
             convs_b = [groups[g][j] for g, pairs in pending.items() for _, j in pairs]
-            probs = self.win_probs(convs_a, convs_b).tolist()
+            probs = self._batched(self.win_probs, convs_a, convs_b).tolist()
             return dict(zip(pending, split_sizes(probs, [len(pairs) for pairs in pending.values()])))
 
         plans = [PLANS[method](len(g)) for g in groups]
         engine = getattr(self, "engine", None)
-        with engine.keep_prefixes() if engine is not None else nullcontext():
+        # Kept prefixes change where a sequence is split into cached prefix and suffix: not in deterministic mode.
+        keep = engine is not None and not self.deterministic
+        with engine.keep_prefixes() if keep else nullcontext():
             rankings = play_together(plans, judge_many)
         return [expand_duplicates(r, back) for r, back in zip(rankings, backs)]

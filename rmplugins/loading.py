@@ -141,9 +141,11 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm"``) is detected when omitted. ``device`` defaults to
     CUDA when available, ``dtype`` to bfloat16 on GPU and float32 on CPU. Options: ``max_length``,
     ``token_budget`` (tokens per micro-batch), ``attn_implementation``, ``device_map`` (e.g. "auto" for models
-    larger than one GPU), ``chat_template``; per family ``tau`` (GPM), ``temperature`` (pair-PM), ``variant``
-    (PairRM: "pairrm" or "better").
+    larger than one GPU), ``chat_template``, ``deterministic`` (each row scored alone, so its numbers never
+    depend on what it is batched with; see ``RewardModel.deterministic``); per family ``tau`` (GPM),
+    ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
     """
+    deterministic = bool(options.pop("deterministic", False))
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     shapes = tensor_shapes(path)
@@ -165,4 +167,5 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         if "unexpected keyword" in str(err):
             raise TypeError(f"load_reward_model: option not supported for kind {detected!r}: {err}") from err
         raise
+    rm.deterministic = deterministic
     return rm

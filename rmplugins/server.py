@@ -568,6 +568,10 @@ def register(subparsers) -> None:
     p.add_argument("--kind", default=None, help="family (bt, armorm, pair_pm, pairrm, gpm); detected if omitted")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: the family's)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="score every sample alone, so its reward is bit for bit the same however requests are "
+                        "batched (costs one forward per sample; without it a reward may move by float rounding, "
+                        "within 5e-5 x (1 + |reward|) in float32: README, Scoring determinism)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind; 127.0.0.1 keeps it local. Use 0.0.0.0 only with --api-key")
     p.add_argument("--port", type=int, default=5000)
@@ -602,7 +606,8 @@ def _serve(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)
-    rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype)
+    rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
+                           deterministic=args.deterministic)
     logger.info("loaded %r", rm)
     app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=args.api_key,
                      max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,

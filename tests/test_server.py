@@ -83,7 +83,9 @@ def policy_tok(tiny):
 
 @pytest.fixture(scope="module")
 def armorm(tiny):
-    return rmplugins.load_reward_model(tiny("armorm"))
+    """Deterministic: a sample's reward is bit for bit its reward alone, however the server batched it, so server
+    answers are compared with ``==`` (README: Scoring determinism)."""
+    return rmplugins.load_reward_model(tiny("armorm"), deterministic=True)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +107,7 @@ def test_concurrent_one_sample_requests_match_rm_score(armorm, armorm_server, po
     for (status, body), want in zip(answers, expected):
         assert status == 200, body
         assert len(body["rewards"]) == len(body["scores"]) == 1
-        assert body["rewards"][0] == pytest.approx(want, abs=1e-5)
+        assert body["rewards"][0] == want
         assert body["scores"] == body["rewards"]
         keys = keys or sorted(body["extra_logs"])
         assert sorted(body["extra_logs"]) == keys  # the same keys in every response
@@ -123,7 +125,7 @@ def test_multi_sample_request_and_templated_text_is_not_scored_raw(armorm, armor
     status, body = _post(armorm_server.url + "/get_reward", merged, AUTH)
     assert status == 200, body
     want = armorm.score([c for c, _ in convs], [r for _, r in convs])
-    assert body["rewards"] == pytest.approx(want, abs=1e-5)
+    assert body["rewards"] == want
     # what OpenRLHF's own server effectively does (policy text as one blob) gives a different number
     raw = armorm.score([merged["prompts"][0]], [merged["query"][0][len(merged["prompts"][0]):]])
     assert abs(raw[0] - want[0]) > 1e-3
@@ -161,10 +163,10 @@ def test_bad_inputs_get_4xx_with_reason_and_server_survives(armorm, armorm_serve
     # text not from the policy template falls back to the plain mode and says so in extra_logs
     status, answer = _post(url, {"query": ["Q: hi A: yo"], "prompts": ["Q: hi A:"], "labels": [""]}, AUTH)
     assert status == 200 and answer["extra_logs"]["template_recovered"] == [0.0]
-    assert answer["rewards"] == pytest.approx(armorm.score(["Q: hi A:"], [" yo"]), abs=1e-5)
+    assert answer["rewards"] == armorm.score(["Q: hi A:"], [" yo"])
     assert _get(armorm_server.url + "/health") == (200, _get(armorm_server.url + "/health")[1])
     status, answer = _post(url, good, AUTH)
-    assert status == 200 and answer["rewards"] == pytest.approx(armorm.score([conv], [response]), abs=1e-5)
+    assert status == 200 and answer["rewards"] == armorm.score([conv], [response])
     errors = _get(armorm_server.url + "/metrics", AUTH)[1]["errors"]
     assert errors.get("413", 0) >= 2 and errors.get("400", 0) >= 1
 
@@ -174,8 +176,7 @@ def test_plain_mode_without_policy_tokenizer(armorm):
         prompt, query = "Tell me about Paris.", "Tell me about Paris. Paris is the capital of France."
         status, body = _post(server.url + "/get_reward", {"query": [query], "prompts": [prompt], "labels": [""]})
         assert status == 200
-        assert body["rewards"] == pytest.approx(armorm.score([prompt], [" Paris is the capital of France."]),
-                                                abs=1e-5)
+        assert body["rewards"] == armorm.score([prompt], [" Paris is the capital of France."])
         assert body["extra_logs"]["template_recovered"] == [0.0]
         assert server.host == "127.0.0.1"
 
@@ -198,13 +199,13 @@ def test_armorm_objective_logs(armorm, policy_tok):
         details = armorm.score_details([conv], [response])
         names = list(details.objective_names)
         assert len([k for k in body["extra_logs"] if k.startswith("objective/")]) == len(names)
-        assert body["extra_logs"][f"objective/{names[0]}"][0] == pytest.approx(float(details.rewards[0, 0]), abs=1e-5)
-        assert body["rewards"][0] == pytest.approx(float(details.score[0]), abs=1e-5)
+        assert body["extra_logs"][f"objective/{names[0]}"][0] == float(details.rewards[0, 0])
+        assert body["rewards"][0] == float(details.score[0])
 
 
 @pytest.mark.parametrize("kind", ["pair_pm", "gpm"])
 def test_pairwise_kinds_score_against_the_label_reference(tiny, policy_tok, kind):
-    rm = rmplugins.load_reward_model(tiny(kind))
+    rm = rmplugins.load_reward_model(tiny(kind), deterministic=True)
     convs = _conversations(12, seed=11)
     refs = ["A reference answer about " + r.lower() for _, r in convs]
     payloads = [_openrlhf_payload(policy_tok, c, r, label=ref if i % 2 else json.dumps({"reference": ref}))
@@ -214,7 +215,7 @@ def test_pairwise_kinds_score_against_the_label_reference(tiny, policy_tok, kind
         want = rm.compare([c for c, _ in convs], [r for _, r in convs], refs)
         for (status, body), w in zip(answers, want):
             assert status == 200, body
-            assert body["rewards"][0] == pytest.approx(w, abs=1e-5) and 0 < w < 1
+            assert body["rewards"][0] == w and 0 < w < 1
         status, body = _post(server.url + "/get_reward", _openrlhf_payload(policy_tok, *convs[0]))  # label ""
         assert status == 422 and "reference" in body["error"] and kind in body["error"]
         health = _get(server.url + "/health")
@@ -246,7 +247,7 @@ def test_model_failures_are_isolated_per_request(armorm, policy_tok):
             elif i == 4:
                 assert status == 500 and "ValueError" in body["error"]
             else:
-                assert status == 200 and body["rewards"][0] == pytest.approx(want[i], abs=1e-5)
+                assert status == 200 and body["rewards"][0] == want[i]
         assert _get(server.url + "/health")[0] == 200
 
 
@@ -281,7 +282,7 @@ def test_openrlhf_reward_func_file_against_live_server(armorm, armorm_server, po
     [t.join() for t in threads]
     want = armorm.score([c for c, _ in convs], [r for _, r in convs])
     for out, w in zip(results, want):
-        assert out["rewards"].shape == (1,) and float(out["rewards"][0]) == pytest.approx(w, abs=1e-5)
+        assert out["rewards"].shape == (1,) and float(out["rewards"][0]) == w
         assert set(out["extra_logs"]) == {"rm_score", "template_recovered"}
     monkeypatch.setenv("RMPLUGINS_API_KEY", "wrong")
     with pytest.raises(RuntimeError, match="401"):
@@ -300,10 +301,10 @@ def test_verl_compute_score_against_live_server(armorm, armorm_server, monkeypat
     convs = _conversations(4, seed=9)
     want = armorm.score([c for c, _ in convs], [r for _, r in convs])
     one = module.compute_score("ds", convs[0][1], "", {"prompt": convs[0][0]})
-    assert one["score"] == pytest.approx(want[0], abs=1e-5)
+    assert one["score"] == want[0]
     many = module.compute_score(data_sources=["ds"] * 4, solution_strs=[r for _, r in convs],
                                 ground_truths=[""] * 4, extra_infos=[{"prompt": c} for c, _ in convs])
-    assert [m["score"] for m in many] == pytest.approx(want, abs=1e-5)
+    assert [m["score"] for m in many] == want
     with pytest.raises(ValueError, match="prompt is missing"):
         module.compute_score("ds", "x", "", {})
 
@@ -329,7 +330,7 @@ def test_rmplugins_serve_command_end_to_end(tiny, policy_tok):
         port = s.getsockname()[1]
     env = {**os.environ, "RMPLUGINS_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("bt_llama3"), "--port",
-                             str(port), "--policy-tokenizer", tiny("policy")], env=env,
+                             str(port), "--policy-tokenizer", tiny("policy"), "--deterministic"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -347,8 +348,8 @@ def test_rmplugins_serve_command_end_to_end(tiny, policy_tok):
         payload = _openrlhf_payload(policy_tok, conv, response)
         assert _post(url + "/get_reward", payload)[0] == 401
         status, body = _post(url + "/get_reward", payload, AUTH)
-        want = rmplugins.load_reward_model(tiny("bt_llama3")).score([conv], [response])
-        assert status == 200 and body["rewards"] == pytest.approx(want, abs=1e-5)
+        want = rmplugins.load_reward_model(tiny("bt_llama3"), deterministic=True).score([conv], [response])
+        assert status == 200 and body["rewards"] == want
     finally:
         proc.terminate()
         proc.wait(timeout=30)

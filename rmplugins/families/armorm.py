@@ -163,18 +163,18 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         hidden = self.engine.hidden_at(sequences, positions)
         if not hidden:
             empty = torch.zeros(0, len(self.objective_names))
-            return empty, empty, torch.zeros(0)
+            return empty, empty, empty, torch.zeros(0)
         h = torch.stack(hidden)  # [N, 2, H]
         with torch.inference_mode():
             rewards, gate, score = self.model.heads(h[:, 0].to(self.device), h[:, 1].to(self.device))
-        return rewards.float().cpu(), gate.float().cpu(), score.float().cpu()
+            coefficients = gate.float() @ self.model.reward_transform_matrix.float().T
+        return rewards.float().cpu(), gate.float().cpu(), coefficients.cpu(), score.float().cpu()
 
     def rewards(self, conversations):
-        return self._heads(conversations)[2]
+        return self._heads(conversations)[3]
 
     def score_details(self, prompts, completions) -> ArmoRMDetails:
         (convs,) = to_conversations(prompts, completions)
-        rewards, gate, score = self._heads(convs)
-        transform = self.model.reward_transform_matrix.detach().float().cpu()
-        return ArmoRMDetails(score=score.tolist(), rewards=rewards, coefficients=gate @ transform.T,
+        rewards, gate, coefficients, score = self._batched(self._heads, convs)
+        return ArmoRMDetails(score=score.tolist(), rewards=rewards, coefficients=coefficients,
                              gating_output=gate, objective_names=list(self.objective_names))

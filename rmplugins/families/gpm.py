@@ -20,7 +20,6 @@ from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 from ..base import RewardModel
 from ..chat import load_chat_tokenizer
 from ..engine import ScoringEngine
-from ..inputs import to_conversations
 from ..loading import model_kwargs
 from ..ranking import Ranking, from_scores
 
@@ -118,14 +117,13 @@ class GPMRewardModel(RewardModel):
         """s(a beats b) = v_a^T R^T v_b, batched."""
         return torch.bmm(torch.bmm(v_a.unsqueeze(1), R.transpose(1, 2)), v_b.unsqueeze(2)).view(-1)
 
-    def compare(self, prompts, completions_a, completions_b):
-        convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
+    def win_probs(self, convs_a, convs_b):
+        """sigmoid(s(a beats b) / tau), R from a's prompt state as in the reference."""
         if not convs_a:
-            return []
-        v, R = self.embeddings(convs_a + convs_b)
+            return torch.zeros(0)
+        v, R = self._batched(self.embeddings, list(convs_a) + list(convs_b))
         n = len(convs_a)
-        s = self.preference(v[:n], R[:n], v[n:])  # R from a's prompt state, as the reference
-        return torch.sigmoid(s / self.tau).tolist()
+        return torch.sigmoid(self.preference(v[:n], R[:n], v[n:]) / self.tau)
 
     def gpo_table(self, v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """table[i, j] = s(i beats j) / tau under one prompt's operator R [d, d]."""
@@ -144,7 +142,7 @@ class GPMRewardModel(RewardModel):
             distinct, back = self._distinct(convs)
             firsts.append(distinct)
             backs.append(back)
-        v_all, R_all = self.embeddings([c for f in firsts for c in f])
+        v_all, R_all = self._batched(self.embeddings, [c for f in firsts for c in f])
         out = []
         for v_group, R_group, back in zip(v_all.split([len(f) for f in firsts]),
                                           R_all.split([len(f) for f in firsts]), backs):
