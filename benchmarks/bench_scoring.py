@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     print(f"# rmplugins scoring benchmark, {datetime.date.today()}, torch {torch.__version__}, "
           f"{args.threads} CPU threads, {host_load()}")
     bt = load_reward_model(build_bench_checkpoint("bt", cache / "bench-bt"), device="cpu")
-    pm = load_reward_model(build_bench_checkpoint("pair_pm", cache / "bench-pair-pm"), device="cpu")
+    pm = load_reward_model(build_bench_checkpoint("pair_pm", cache / "bench-pair-pm"), kind="pair_pm", device="cpu")
     cfg = bt.model.config
     print(f"CPU model: random Llama, hidden {cfg.hidden_size}, {cfg.num_hidden_layers} layers, "
           f"{matmul_params(cfg) / 1e6:.1f}M matmul params, float32, attention {cfg._attn_implementation}, "

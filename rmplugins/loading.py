@@ -20,6 +20,18 @@ import torch
 logger = logging.getLogger("rmplugins")
 
 KINDS = ("bt", "armorm", "pair_pm", "pairrm", "gpm")
+IDENTITY_FILE = "rmplugins.json"
+# What a checkpoint's files cannot say: a pair-preference model is a plain causal LM (like any policy), and
+# Better-PairRM has PairRM's exact layout but another input format. Known hub ids carry it here; a local copy
+# carries it in IDENTITY_FILE ({"kind": ..., "variant": ...}) or the caller passes kind=/variant=.
+KNOWN_IDS = {
+    "rlhflow/pair-preference-model-llama3-8b": {"kind": "pair_pm"},
+    "llm-blender/pairrm": {"kind": "pairrm", "variant": "pairrm"},
+    "llm-blender/pairrm-hf": {"kind": "pairrm", "variant": "pairrm"},
+    "mightbe/better-pairrm": {"kind": "pairrm", "variant": "better"},
+    "maywell/better-pairrm": {"kind": "pairrm", "variant": "better"},  # the id the card's own table links
+}
+PAIRRM_VARIANTS = ("pairrm", "better")
 FAMILY_CLASSES = {
     "bt": "rmplugins.families.bt:BradleyTerryRewardModel",
     "armorm": "rmplugins.families.armorm:ArmoRMRewardModel",
@@ -51,7 +63,34 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    return json.loads((path / "config.json").read_text())
+    return _read_json(path / "config.json", "the checkpoint's configuration")
+
+
+def _read_json(file: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{file}: cannot read {what} ({type(err).__name__}: {err}); the file is damaged or "
+                         "incomplete: download or copy the checkpoint again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: {what} must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_identity(path: Path, name_or_path: Any) -> tuple[dict[str, str], str | None]:
+    """(kind/variant the checkpoint is known to be, where that came from): the checkpoint's IDENTITY_FILE, else
+    the known hub id it was loaded by; ({}, None) when neither says."""
+    file = path / IDENTITY_FILE
+    if file.exists():
+        identity = _read_json(file, "the reward-model identity")
+        unknown = set(identity) - {"kind", "variant"}
+        if unknown or identity.get("kind") not in (None, *KINDS) or \
+                identity.get("variant") not in (None, *PAIRRM_VARIANTS):
+            raise ValueError(f"{file}: expected {{\"kind\": one of {list(KINDS)}, \"variant\": one of "
+                             f"{list(PAIRRM_VARIANTS)} (PairRM only)}}, got {identity}")
+        return dict(identity), str(file)
+    known = KNOWN_IDS.get(str(name_or_path).strip("/").lower())
+    return (dict(known), f"the known hub id {name_or_path}") if known else ({}, None)
 
 
 def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
@@ -89,11 +128,41 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
                              "(num_labels must be 1)")
         return "bt"
     if any(a.endswith("ForCausalLM") for a in archs):
-        return "pair_pm"  # a generative judge answering "A"/"B" (RLHFlow pair-preference model)
+        raise ValueError(
+            f"this checkpoint is a plain causal language model (architectures={archs}): that is what a policy "
+            "looks like, and also the layout of the RLHFlow pair-preference model (a judge answering 'A'/'B'). "
+            "If it is a pair-preference model, pass kind='pair_pm' (CLI: --reward-kind pair_pm / --kind pair_pm), "
+            f"or write {{\"kind\": \"pair_pm\"}} to {IDENTITY_FILE} in the checkpoint directory; if it is your "
+            "policy, point the reward model option at a reward model instead")
     raise ValueError(
         f"cannot tell which reward-model family this checkpoint is (architectures={archs}, "
         f"{len(shapes)} tensors, e.g. {sorted(shapes)[:3]}); supported: {', '.join(KINDS)}. Pass kind=... if you "
         "know it is one of them")
+
+
+# Tensors each kind reads beyond its backbone: a wrong kind= fails here with the reason, not deep in a loader.
+REQUIRED_TENSORS = {
+    "armorm": ("regression_layer.weight", "reward_transform_matrix", "gating.logit_scale"),
+    "gpm": ("value_head.weight",),
+    "pairrm": ("head_layer.1.weight", "head_layer.4.weight"),
+}
+
+
+def check_kind_fits(kind: str, config: dict[str, Any], shapes: dict[str, list[int]], path: Path) -> None:
+    """Refuse a kind the checkpoint cannot be (kind=... or an identity file naming the wrong family)."""
+    missing = [t for t in REQUIRED_TENSORS.get(kind, ()) if t not in shapes]
+    archs = config.get("architectures") or []
+    if kind == "bt" and not any(a.endswith("ForSequenceClassification") for a in archs):
+        missing.append("a *ForSequenceClassification architecture in config.json")
+    if kind == "pair_pm" and not any(a.endswith("ForCausalLM") for a in archs):
+        missing.append("a *ForCausalLM architecture in config.json")
+    if missing:
+        try:
+            found = f"it looks like kind {detect_kind(config, shapes)!r}"
+        except ValueError:
+            found = f"architectures={archs}"
+        raise ValueError(f"{path} cannot be loaded as kind {kind!r}: it lacks {', '.join(missing)} ({found}); "
+                         "leave kind unset to detect it, or pass the right one")
 
 
 # ----------------------------------------------------------------------------- device and precision
@@ -146,12 +215,24 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
     """
     deterministic = bool(options.pop("deterministic", False))
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
     path = resolve_checkpoint(name_or_path)
     config = read_config(path)
     shapes = tensor_shapes(path)
-    detected = detect_kind(config, shapes) if kind is None else kind
-    if detected not in KINDS:
-        raise ValueError(f"unknown kind {detected!r}; choose one of {KINDS}")
+    identity, source = read_identity(path, name_or_path)
+    if kind is not None:
+        detected, source = kind, "the kind option"
+    elif identity.get("kind"):
+        detected = identity["kind"]
+    else:
+        detected, source = detect_kind(config, shapes), "config.json and the tensor names"
+    check_kind_fits(detected, config, shapes, path)
+    if detected == "pairrm":
+        if options.get("variant") is None and identity.get("variant"):
+            options["variant"] = identity["variant"]
+        elif options.get("variant") is not None:
+            source = f"{source}; variant from the variant option"
     device = str(device or default_device())
     dtype = resolve_dtype(dtype, device)
     if detected != "pairrm":
@@ -159,7 +240,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     if detected == "gpm":
         options["tensor_shapes"] = shapes
     cls = family_class(detected)
-    logger.info("loading %s as kind %r on %s (%s)", name_or_path, detected, device, str(dtype).replace("torch.", ""))
+    variant = f", variant {options['variant']!r}" if detected == "pairrm" and options.get("variant") else ""
+    logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, detected, variant, source, device,
+                str(dtype).replace("torch.", ""))
     try:
         rm = cls.from_pretrained(path, config=config, name_or_path=str(name_or_path), device=device, dtype=dtype,
                                  **options)

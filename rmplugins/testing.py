@@ -35,7 +35,7 @@ from tokenizers import (
     trainers,
 )
 
-FORMAT_VERSION = "6"  # bump when a builder changes, so cached checkpoints are rebuilt
+FORMAT_VERSION = "7"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -215,6 +215,12 @@ def _save(state: dict[str, torch.Tensor], path: Path) -> None:
               metadata={"format": "pt"})
 
 
+def _write_identity(path: Path, **identity: str) -> None:
+    """What the files of a pair-PM or PairRM checkpoint cannot say (``loading.IDENTITY_FILE``), as a user writes it
+    beside a local copy of the published model."""
+    (path / "rmplugins.json").write_text(json.dumps(identity, sort_keys=True))
+
+
 def _write_config(cfg_dict: dict, path: Path) -> None:
     cfg_dict = {k: v for k, v in cfg_dict.items() if not k.startswith("_")}
     (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
@@ -316,6 +322,7 @@ def build_pair_pm(path: Path, seed: int = 3) -> None:
     cfg_dict = cfg.to_dict()
     cfg_dict.update(architectures=["LlamaForCausalLM"], torch_dtype="bfloat16")
     _write_config(cfg_dict, path)
+    _write_identity(path, kind="pair_pm")
 
 
 def build_gpm(path: Path, seed: int = 4, value_head_dim: int = 6) -> None:
@@ -347,7 +354,7 @@ def build_policy(path: Path, seed: int = 5) -> None:
          "top_p": 1.0}, indent=2))
 
 
-def build_pairrm(path: Path, seed: int = 6) -> None:
+def build_pairrm(path: Path, seed: int = 6, variant: str = "pairrm") -> None:
     """llm-blender PairRM layout: DebertaV2PairRM = pretrained_model.* (DeBERTa-v3) + head_layer.{1,4}."""
     from transformers import DebertaV2Config, DebertaV2Model
 
@@ -374,13 +381,15 @@ def build_pairrm(path: Path, seed: int = 6) -> None:
                     source_prefix_id=ids["<|source|>"], cand1_prefix_id=ids["<|candidate1|>"],
                     cand2_prefix_id=ids["<|candidate2|>"], cand_prefix_id=ids["<|candidate|>"], sep_token_id=2)
     _write_config(cfg_dict, path)
+    _write_identity(path, kind="pairrm", variant=variant)
 
 
 BUILDERS = {
     "bt": build_bt, "bt_llama3": build_bt_llama3, "armorm": build_armorm, "pair_pm": build_pair_pm,
-    "pairrm": build_pairrm, "better_pairrm": build_pairrm, "gpm": build_gpm, "policy": build_policy,
+    "pairrm": build_pairrm, "better_pairrm": lambda path: build_pairrm(path, variant="better"), "gpm": build_gpm,
+    "policy": build_policy,
 }
-# Directory names mimic the hub repositories, so name-based choices (Better-PairRM's format) behave as for real ids.
+# Directory names mimic the hub repositories (for readable paths; nothing is decided by a name).
 DIR_NAMES = {
     "bt": "RM-Mistral-7B", "bt_llama3": "FsfairX-LLaMA3-RM-v0.1", "armorm": "ArmoRM-Llama3-8B-v0.1",
     "pair_pm": "pair-preference-model-LLaMA3-8B", "pairrm": "PairRM-hf", "better_pairrm": "Better-PairRM",

@@ -16,7 +16,11 @@ def test_detects_every_family_from_the_checkpoint(tiny, name):
     from pathlib import Path
 
     path = Path(tiny(name))
-    assert detect_kind(read_config(path), tensor_shapes(path)) == EXPECTED[name]
+    if name == "pair_pm":  # a plain causal LM: its files cannot say it is a judge; its rmplugins.json does
+        with pytest.raises(ValueError, match="plain causal language model"):
+            detect_kind(read_config(path), tensor_shapes(path))
+    else:
+        assert detect_kind(read_config(path), tensor_shapes(path)) == EXPECTED[name]
     rm = rmplugins.load_reward_model(str(path), device="cpu")
     assert rm.kind == EXPECTED[name]
 
@@ -41,10 +45,58 @@ def test_gpm_head_width_is_inferred_from_the_weights(tiny):
     assert rm.model.prompt_head.out_features == 3
 
 
-def test_better_pairrm_variant_follows_the_name(tiny):
-    assert rmplugins.load_reward_model(tiny("better_pairrm"), device="cpu").variant == "better"
+def _copy(src, dst, identity=True):
+    shutil.copytree(src, dst)
+    if not identity:
+        (dst / "rmplugins.json").unlink()
+    return str(dst)
+
+
+def test_pairrm_variant_comes_from_the_checkpoint_or_the_option_never_the_name(tiny, tmp_path, caplog):
+    import logging
+
+    # the same Better-PairRM files under a name that says nothing: still Better-PairRM, and the log says why
+    with caplog.at_level(logging.INFO, logger="rmplugins"):
+        renamed = rmplugins.load_reward_model(_copy(tiny("better_pairrm"), tmp_path / "better_pairrm_local"))
+    assert renamed.variant == "better"
+    assert "variant 'better' (from " in caplog.text and "rmplugins.json" in caplog.text
     assert rmplugins.load_reward_model(tiny("pairrm"), device="cpu").variant == "pairrm"
     assert rmplugins.load_reward_model(tiny("pairrm"), device="cpu", variant="better").variant == "better"
+    # a PairRM-layout directory that says nothing, even named like Better-PairRM: refused, naming the option
+    bare = _copy(tiny("better_pairrm"), tmp_path / "Better-PairRM", identity=False)
+    with pytest.raises(ValueError, match="variant='pairrm'.*variant='better'"):
+        rmplugins.load_reward_model(bare)
+    assert rmplugins.load_reward_model(bare, variant="better").variant == "better"
+
+
+def test_a_plain_causal_lm_is_not_taken_for_a_pair_preference_model(tiny, tmp_path):
+    with pytest.raises(ValueError, match="plain causal language model.*kind='pair_pm'"):
+        rmplugins.load_reward_model(tiny("policy"))  # the policy itself, passed by mistake
+    bare = _copy(tiny("pair_pm"), tmp_path / "pair-preference-model-LLaMA3-8B", identity=False)
+    with pytest.raises(ValueError, match="plain causal language model"):
+        rmplugins.load_reward_model(bare)
+    rm = rmplugins.load_reward_model(bare, kind="pair_pm")
+    assert rm.kind == "pair_pm"
+    assert rm.compare(["hi"], ["a"], ["b"]) == rmplugins.load_reward_model(tiny("pair_pm")).compare(["hi"], ["a"], ["b"])
+
+
+@pytest.mark.parametrize("name,kind,lacks", [("armorm", "gpm", "value_head.weight"), ("bt", "armorm", "regression"),
+                                             ("gpm", "bt", "ForSequenceClassification"),
+                                             ("pairrm", "pair_pm", "ForCausalLM")])
+def test_a_wrong_kind_is_refused_with_the_reason(tiny, name, kind, lacks):
+    with pytest.raises(ValueError, match=f"cannot be loaded as kind '{kind}'.*{lacks}"):
+        rmplugins.load_reward_model(tiny(name), kind=kind)
+
+
+def test_identity_file_is_validated(tiny, tmp_path):
+    path = tmp_path / "pm"
+    _copy(tiny("pair_pm"), path)
+    (path / "rmplugins.json").write_text('{"kind": "pairpm"}')
+    with pytest.raises(ValueError, match="rmplugins.json: expected"):
+        rmplugins.load_reward_model(str(path))
+    (path / "rmplugins.json").write_text('{"kind": ')
+    with pytest.raises(ValueError, match="rmplugins.json: cannot read"):
+        rmplugins.load_reward_model(str(path))
 
 
 def test_unknown_option_names_the_kind(tiny):

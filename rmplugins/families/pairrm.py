@@ -103,7 +103,12 @@ class PairRMRewardModel(PairwiseRewardModel):
                         device_map=None, max_length=None, token_budget=None, chat_template=None, variant=None):
         tokenizer = AutoTokenizer.from_pretrained(path)
         if variant is None:
-            variant = "better" if "better-pairrm" in str(name_or_path).lower() else "pairrm"
+            raise ValueError(
+                f"{name_or_path}: PairRM and Better-PairRM share this checkpoint layout but not their input format "
+                "(context and candidate lengths, Better-PairRM's conversation template), and nothing in the files "
+                "says which this is. Pass variant='pairrm' (llm-blender/PairRM) or variant='better' "
+                "(mightbe/Better-PairRM), or write {\"kind\": \"pairrm\", \"variant\": \"...\"} to rmplugins.json "
+                "in the checkpoint directory")
         model = PairRMModel.from_pretrained(path, **model_kwargs(device, dtype, None, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, variant=variant, token_budget=token_budget)
 
