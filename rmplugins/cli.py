@@ -15,12 +15,26 @@ COMMAND_MODULES = (
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the text already says its default, or there is nothing to
+    say (no value, a flag that is off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="rmplugins",
         description="Open reward and preference models (Bradley-Terry, ArmoRM, RLHFlow pair-PM, PairRM, GPM) "
                     "for RLHF loops: a reward server for OpenRLHF, iterative DPO and rejection sampling, a demo.",
     )
+    parser.add_argument("--version", action="version", version=f"rmplugins {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

@@ -67,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run every family on built-in tiny models (CPU, offline)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=__doc__.replace("``", ""),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny-dir", default=None, help="where the tiny checkpoints are built (default: "
                    "$RMPLUGINS_TINY_DIR or ~/.cache/rmplugins/tiny)")
     p.add_argument("--output", default=None, metavar="DIR",

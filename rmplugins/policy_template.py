@@ -204,3 +204,89 @@ def load_policy_template(path: str) -> PolicyTemplate:
     from transformers import AutoTokenizer
 
     return PolicyTemplate(AutoTokenizer.from_pretrained(path), name=str(path))
+
+
+# ---------------------------------------------------------------------------------------------- without a tokenizer
+# Text that contains these was rendered with a chat template: scoring it as plain user text is the silent error
+# this module exists to prevent.
+TEMPLATE_MARKERS = ("<|begin_of_text|>", "<|start_header_id|>", "<|eot_id|>", "<|im_start|>", "<|im_end|>",
+                    "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>", "<|user|>", "<|assistant|>",
+                    "<｜User｜>", "<｜Assistant｜>")
+
+# The published templates of the policies most often trained (as their tokenizer_config.json renders them, minus
+# date headers and default system prompts), each with the special tokens its decodes carry.
+BUILTIN_TEMPLATES = {
+    "llama-3": ("{% for m in messages %}{% set c = '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + "
+                "m['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set c = bos_token + c %}{% endif %}"
+                "{{ c }}{% endfor %}{% if add_generation_prompt %}"
+                "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}",
+                {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                 "specials": ["<|end_of_text|>", "<|finetune_right_pad_id|>"]}),
+    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}",
+               {"bos_token": "", "eos_token": "<|im_end|>", "specials": ["<|endoftext|>"]}),
+    "mistral": ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% elif m['role'] == 'assistant' %}"
+                "{{ m['content'] + eos_token }}{% endif %}{% endfor %}",
+                {"bos_token": "<s>", "eos_token": "</s>", "specials": []}),
+    "gemma": ("{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else "
+              "m['role'] %}{{ '<start_of_turn>' + role + '\n' + m['content'] | trim + '<end_of_turn>\n' }}"
+              "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}",
+              {"bos_token": "<bos>", "eos_token": "<eos>", "specials": ["<end_of_turn>", "<pad>"]}),
+}
+
+
+class _TemplateOnly:
+    """The part of a tokenizer :class:`PolicyTemplate` uses: a chat template and its special tokens."""
+
+    def __init__(self, source: str, bos_token: str, eos_token: str, specials: list[str]):
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        self.chat_template = source
+        self._template = ImmutableSandboxedEnvironment().from_string(source)
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, None
+        self.all_special_tokens = [t for t in (bos_token, eos_token, *specials) if t]
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
+        if any(m["role"] not in ("user", "assistant") for m in messages) and "[INST]" in self.chat_template:
+            raise TemplateMismatch("this template has no system role")
+        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                     bos_token=self.bos_token, eos_token=self.eos_token)
+
+
+_builtin: dict[str, PolicyTemplate] = {}
+
+
+def builtin_templates() -> dict[str, PolicyTemplate]:
+    """The built-in policy templates, parsed once."""
+    if not _builtin:
+        for name, (source, tokens) in BUILTIN_TEMPLATES.items():
+            _builtin[name] = PolicyTemplate(_TemplateOnly(source, **tokens), name=f"built-in {name}")
+    return _builtin
+
+
+def template_markers(*texts: str | None) -> list[str]:
+    """The chat-template markers found in the texts (empty for plain text)."""
+    return [m for m in TEMPLATE_MARKERS if any(t and m in t for t in texts)]
+
+
+def split_without_tokenizer(query: str, prompt: str | None) -> tuple[list[dict], str, str | None]:
+    """``(messages, response, template name)`` for text sent without a policy tokenizer: plain text as
+    :func:`plain_split` (template ``None``); templated text through the built-in template that reproduces it
+    exactly. Templated text no built-in template reproduces is refused (:class:`TemplateMismatch`): scored as
+    plain text its reward would be silently wrong."""
+    markers = template_markers(query, prompt)
+    if not markers:
+        messages, response = plain_split(query, prompt)
+        return messages, response, None
+    for name, template in builtin_templates().items():
+        try:
+            messages, response = template.split(query, prompt)
+            return messages, response, name
+        except TemplateMismatch:
+            continue
+    raise TemplateMismatch(
+        f"the text was rendered with a chat template (it contains {', '.join(markers[:3])}) that none of the "
+        f"built-in ones ({', '.join(BUILTIN_TEMPLATES)}) reproduces exactly; scored as plain text its reward would "
+        "be wrong. Start the server with --policy-tokenizer <the policy's tokenizer> so the conversation is "
+        "recovered with the policy's own template")

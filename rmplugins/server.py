@@ -84,7 +84,9 @@ class Metrics:
     batches: int = 0
     batched_samples: int = 0
     max_batch: int = 0
-    fallbacks: int = 0
+    fallbacks: int = 0          # scored as plain text although a policy template was given
+    template_refused: int = 0   # chat-templated text no template could recover: refused (422)
+    template_builtin: dict = field(default_factory=dict)  # recovered with a built-in template, by name
     latencies: deque = field(default_factory=lambda: deque(maxlen=20000))
     batch_sizes: deque = field(default_factory=lambda: deque(maxlen=2000))
     model_seconds: float = 0.0
@@ -109,6 +111,8 @@ class Metrics:
             "model_seconds": round(self.model_seconds, 3),
             "queue_samples": queue_samples,
             "template_fallbacks": self.fallbacks,
+            "template_refused": self.template_refused,
+            "template_builtin": dict(self.template_builtin),
         }
 
 
@@ -322,6 +326,7 @@ class RewardService:
         self.max_samples = max_samples
         self.request_timeout = request_timeout
         self._warned_fallback = False
+        self._warned_builtin: set[str] = set()
 
     def _reference(self, label: Any, index: int) -> str | None:
         if self.batcher.pointwise:
@@ -333,24 +338,34 @@ class RewardService:
         return reference
 
     def _split(self, query: str, prompt: str | None, index: int) -> Sample:
-        from .policy_template import TemplateMismatch, plain_split
+        from .policy_template import TemplateMismatch, split_without_tokenizer
 
+        metrics = self.batcher.metrics
         if self.template is not None:
             try:
                 messages, response = self.template.split(query, prompt)
                 return Sample(messages, response, recovered=1.0)
             except TemplateMismatch as err:
-                self.batcher.metrics.fallbacks += 1
                 if not self._warned_fallback:
                     logger.warning("sample %d: could not recover the conversation with the policy template (%s); "
-                                   "scoring it in the plain mode (logged once; counted in /metrics "
-                                   "template_fallbacks and extra_logs template_recovered=0)", index, err)
+                                   "trying the plain mode and the built-in templates (logged once; counted in "
+                                   "/metrics template_fallbacks)", index, err)
                     self._warned_fallback = True
         try:
-            messages, response = plain_split(query, prompt)
+            messages, response, builtin = split_without_tokenizer(query, prompt)
         except TemplateMismatch as err:
+            metrics.template_refused += 1
             raise RequestError(422, f"sample {index}: {err}") from None
-        return Sample(messages, response, recovered=0.0)
+        if builtin is None:
+            metrics.fallbacks += self.template is not None  # plain text although a policy template was given
+            return Sample(messages, response, recovered=0.0)
+        metrics.template_builtin[builtin] = metrics.template_builtin.get(builtin, 0) + 1
+        if builtin not in self._warned_builtin:
+            logger.warning("recovering chat-templated requests with the built-in %r template (no --policy-tokenizer "
+                           "given, or it did not match); pass --policy-tokenizer for the policy's exact template "
+                           "(logged once; counted in /metrics template_builtin)", builtin)
+            self._warned_builtin.add(builtin)
+        return Sample(messages, response, recovered=1.0)
 
     def openrlhf_samples(self, data: Any) -> list[Sample]:
         if not isinstance(data, dict):
@@ -556,6 +571,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def register(subparsers) -> None:
+    from .cli import HelpFormatter
+
     p = subparsers.add_parser(
         "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
         description="Serve a reward model over HTTP in OpenRLHF's remote reward protocol: POST /get_reward "
@@ -563,9 +580,14 @@ def register(subparsers) -> None:
                     "Concurrent one-sample requests are batched together. Point OpenRLHF at it with "
                     "--reward.remote_url http://HOST:PORT/get_reward (or, with --api-key, at "
                     "integrations/openrlhf/reward_func.py).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="reward model path or hub id (any supported family)")
-    p.add_argument("--kind", default=None, help="family (bt, armorm, pair_pm, pairrm, gpm); detected if omitted")
+    p.add_argument("--kind", default=None, choices=("bt", "armorm", "pair_pm", "pairrm", "gpm"),
+                   help="family; default: detected from the checkpoint (an RLHFlow pair-preference model saved "
+                        "locally without rmplugins.json needs --kind pair_pm: its files look like any LM)")
+    p.add_argument("--variant", default=None, choices=("pairrm", "better"),
+                   help="PairRM only: 'pairrm' or 'better' (Better-PairRM); default: from the checkpoint's "
+                        "rmplugins.json or its hub id")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: the family's)")
     p.add_argument("--deterministic", action="store_true",
@@ -606,8 +628,9 @@ def _serve(args) -> int:
     if not _is_loopback(args.host) and not args.api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)
+    options = {"variant": args.variant} if args.variant else {}
     rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
-                           deterministic=args.deterministic)
+                           deterministic=args.deterministic, **options)
     logger.info("loaded %r", rm)
     app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=args.api_key,
                      max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,

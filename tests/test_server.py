@@ -353,3 +353,33 @@ def test_rmplugins_serve_command_end_to_end(tiny, policy_tok):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_templated_text_without_policy_tokenizer_is_recovered_or_refused_never_scored_raw(armorm, policy_tok):
+    """The issue's case: ArmoRM served without --policy-tokenizer, sent Llama-3-templated OpenRLHF requests."""
+    from rmplugins.policy_template import builtin_templates
+
+    convs = _conversations(6, seed=13)
+    with BackgroundServer(create_app(armorm)) as server:
+        url = server.url + "/get_reward"
+        answers = asyncio.run(_post_all(url, [_openrlhf_payload(policy_tok, c, r) for c, r in convs], 6))
+        want = armorm.score([c for c, _ in convs], [r for _, r in convs])
+        assert [body["rewards"][0] for _, body in answers] == want  # as rm.score on the recovered conversation
+        assert all(body["extra_logs"]["template_recovered"] == [1.0] for _, body in answers)
+        # ChatML (Qwen) text, rendered by a template other than the policy's, with the decode's trailing tokens
+        chatml = builtin_templates()["chatml"].tokenizer
+        conv, response = convs[1]
+        prompt = chatml.apply_chat_template(conv, add_generation_prompt=True)
+        status, body = _post(url, {"query": [prompt + response + "<|im_end|><|endoftext|>"], "prompts": [prompt]})
+        assert status == 200 and body["rewards"] == armorm.score([conv], [response])
+        # templated text that no template reproduces: refused with what to do, not scored as plain text
+        odd = "<|im_start|>user: hi<|im_end|>\n"
+        status, body = _post(url, {"query": [odd + "yo"], "prompts": [odd], "labels": [""]})
+        assert status == 422 and "--policy-tokenizer" in body["error"] and "<|im_start|>" in body["error"]
+        # plain text stays the documented plain mode
+        status, body = _post(url, {"query": ["What is 2+2? Four."], "prompts": ["What is 2+2?"]})
+        assert status == 200 and body["extra_logs"]["template_recovered"] == [0.0]
+        assert body["rewards"] == armorm.score(["What is 2+2?"], [" Four."])
+        metrics = _get(server.url + "/metrics")[1]
+        assert metrics["template_builtin"] == {"llama-3": 6, "chatml": 1} and metrics["template_refused"] == 1
+        assert metrics["template_fallbacks"] == 0

@@ -32,6 +32,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
     req.add_argument("--prompts", required=True, metavar="FILE",
                      help="JSON lines with a 'prompt' field: a string or a list of chat messages")
     req.add_argument("--output", required=True, metavar="DIR", help="run directory (created; re-use to resume)")
+    r = p.add_argument_group("reward model")
+    r.add_argument("--reward-kind", choices=("bt", "armorm", "pair_pm", "pairrm", "gpm"), default=None,
+                   help="the reward model's family; default: detected from the checkpoint (needed for an RLHFlow "
+                        "pair-preference model saved locally without rmplugins.json: its files look like any LM)")
+    r.add_argument("--reward-variant", choices=("pairrm", "better"), default=None,
+                   help="PairRM only: 'pairrm' (llm-blender/PairRM) or 'better' (Better-PairRM); default: from the "
+                        "checkpoint's rmplugins.json or its hub id")
     g = p.add_argument_group("loop")
     g.add_argument("--iterations", type=int, default=2, help="number of iterations (default 2; may grow on resume)")
     g.add_argument("--num-candidates", type=int, default=4, help="candidates per prompt (default 4)")
@@ -92,7 +99,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
         rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
         chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
-        show_progress=not args.no_progress)
+        show_progress=not args.no_progress,
+        reward_kwargs={k: v for k, v in (("kind", args.reward_kind), ("variant", args.reward_variant)) if v})
 
 
 def _runner(recipe: str):
@@ -133,10 +141,12 @@ def format_table(summary: dict) -> str:
 
 
 def register(subparsers) -> None:
+    from ..cli import HelpFormatter
+
     for recipe in ("iterative-dpo", "rejection-sampling"):
         p = subparsers.add_parser(recipe, help=_DESCRIPTIONS[recipe].split(". ")[0],
                                   description=_DESCRIPTIONS[recipe],
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
         add_recipe_arguments(p, recipe)
         p.set_defaults(func=_runner(recipe))
 

@@ -202,15 +202,21 @@ def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_di
     if not show_progress:
         quiet()
     policy, rm = demo_models(tiny_dir)
-    output = output or tempfile.mkdtemp(prefix="rmplugins-demo-")
-    Path(output).mkdir(parents=True, exist_ok=True)
-    prompts_file = Path(output) / "prompts.jsonl"
-    if not prompts_file.exists():
-        prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in demo_prompts()))
-    summary = run_recipe(demo_config(output, str(prompts_file), policy, rm, show_progress=show_progress,
-                                     **overrides))
-    print()
-    print("Iterative DPO on the tiny demo models (mean reward of each policy's 4 samples per prompt):")
-    print(format_table(summary))
-    print(f"run directory: {output}")
-    return summary
+    scratch = None if output else tempfile.TemporaryDirectory(prefix="rmplugins-demo-")  # removed at the end
+    output = output or scratch.name
+    try:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        prompts_file = Path(output) / "prompts.jsonl"
+        if not prompts_file.exists():
+            prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in demo_prompts()))
+        summary = run_recipe(demo_config(output, str(prompts_file), policy, rm, show_progress=show_progress,
+                                         **overrides))
+        print()
+        print("Iterative DPO on the tiny demo models (mean reward of each policy's 4 samples per prompt):")
+        print(format_table(summary))
+        print(f"run directory: {output}" if scratch is None else
+              "run directory: a temporary one, removed (pass --output DIR to keep the pairs and models)")
+        return summary
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
