@@ -191,6 +191,8 @@ def test_grouping_helpers():
 
 
 def test_async_remote_reward_function_against_real_server(models):
+    import socket
+
     from rmplugins.server import BackgroundServer, create_app
 
     rm = models("bt", deterministic=True)  # rows come back bit for bit as scored alone, however batched
@@ -200,8 +202,15 @@ def test_async_remote_reward_function_against_real_server(models):
         assert asyncio.iscoroutinefunction(rf.__call__)
         out = asyncio.run(rf(prompts=P, completions=C, completion_ids=None))
         assert out == rm.score(P, C)
-        bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=0)
-        assert asyncio.run(bad(prompts=P[:2], completions=C[:2])) == [None, None]
+        bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=2)
+        with pytest.raises(RuntimeError, match="answered 401.*api_key="):  # not [None, None]: training would go on
+            asyncio.run(bad(prompts=P[:2], completions=C[:2]))
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    nobody = AsyncRemoteRewardFunction(dead, retries=1)
+    with pytest.raises(RuntimeError, match="could not be reached.*rmplugins serve"):
+        asyncio.run(nobody(prompts=P[:2], completions=C[:2]))
 
 
 def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):

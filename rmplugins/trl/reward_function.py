@@ -495,6 +495,19 @@ class RewardFunction(_BaseRewardFunction):
         return scored[offset:offset + n]
 
 
+class RemoteRewardError(RuntimeError):
+    """The reward server refused the request (401/403/4xx) or was never reachable: raised, not turned into None."""
+
+
+def _raise_for_status(url: str, status: int, text: str) -> None:
+    if status in (401, 403):
+        raise RemoteRewardError(f"reward server {url} answered {status} (API key missing or wrong): pass "
+                                f"api_key= the key the server was started with (--api-key); server said: {text}")
+    if 400 <= status < 500 and status not in (408, 429):
+        raise RemoteRewardError(f"reward server {url} refused the request ({status}): {text}")
+    raise RuntimeError(f"HTTP {status}: {text}")
+
+
 class AsyncRemoteRewardFunction(_BaseRewardFunction):
     """An async TRL reward function that asks a remote reward server (``rmplugins serve``, OpenRLHF protocol).
 
@@ -528,6 +541,7 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         host = url.split("//", 1)[1].split("/", 1)[0]
         self.__name__ = name or _unique_name(f"remote_{_sanitize(host)}")
         self._warned_context = False
+        self._reached = False  # until the server first answers, an unreachable server is an error, not a None
 
     def _texts(self, prompt: Any, completion: Any) -> tuple[str, str]:
         response = _response_text(completion)
@@ -555,13 +569,22 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
                 if session is not None:
                     async with session.post(self.url, json=body, headers=headers) as resp:
                         if resp.status != 200:
-                            raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
-                        return await resp.json()
-                return await asyncio.to_thread(self._post_blocking, body, headers)
-            except Exception as err:  # noqa: BLE001 - network errors of every kind are retried
+                            _raise_for_status(self.url, resp.status, (await resp.text())[:300])
+                        answer = await resp.json()
+                else:
+                    answer = await asyncio.to_thread(self._post_blocking, body, headers)
+                self._reached = True
+                return answer
+            except RemoteRewardError:
+                raise  # the server refused the request: retrying will not change that
+            except Exception as err:  # noqa: BLE001 - network errors and 5xx/429 are retried
                 last = err
                 if attempt < self.retries:
                     await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+        if not self._reached:  # never reached: a wrong URL or a server that is not up, not a passing hiccup
+            raise RemoteRewardError(f"{self.__name__}: the reward server {self.url} could not be reached "
+                                    f"({self.retries + 1} attempts; last error: {last}); start it (rmplugins serve) "
+                                    "or fix the URL")
         raise RuntimeError(f"reward server {self.url} failed after {self.retries + 1} attempts: {last}")
 
     def _post_blocking(self, body: dict, headers: dict) -> dict:
@@ -573,7 +596,7 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
-            raise RuntimeError(f"HTTP {err.code}: {err.read()[:200]!r}") from err
+            _raise_for_status(self.url, err.code, err.read()[:300].decode(errors="replace"))
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                        completion_ids: Sequence | None = None, log_metric: Callable | None = None,
@@ -601,6 +624,9 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
                 results = await run(session)
         else:
             results = await run(None)
+        fatal = next((r for r in results if isinstance(r, RemoteRewardError)), None)
+        if fatal is not None:
+            raise fatal  # training on without rewards would be silent: a wrong key, URL or request is an error
         raw: list[float | None] = [None] * n
         extras: dict[str, list[float]] = defaultdict(list)
         failure = None
