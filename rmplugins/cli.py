@@ -15,6 +15,25 @@ COMMAND_MODULES = (
 )
 
 
+def _number(kind, name: str, test, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, "positive integer", lambda v: v >= 1, "a positive integer (1 or more)")
+positive_float = _number(float, "positive number", lambda v: v > 0 and v != float("inf"), "a positive number")
+non_negative_float = _number(float, "non-negative number", lambda v: 0 <= v < float("inf"), "0 or more")
+probability = _number(float, "number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1]")
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Adds "(default: X)" to an option's help unless the text already says its default, or there is nothing to
     say (no value, a flag that is off)."""

@@ -38,23 +38,39 @@ def _plain(message: Any, where: str) -> Message:
 
 
 def _content(message: Any, where: str) -> str:
-    if not isinstance(message, dict) or "role" not in message:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
         raise ValueError(f"{where}: expected a chat message dict with 'role' and 'content', got {message!r:.120}")
+    if "content" not in message and not message.get("tool_calls"):
+        raise ValueError(f"{where}: a {message['role']!r} message has no 'content' (only an assistant turn with "
+                         "'tool_calls' may omit it)")
     content = message.get("content")
     if content is None:  # assistant tool-call turns carry no text
         return ""
     if isinstance(content, list):  # multimodal-style [{"type": "text", "text": ...}] parts: keep the text
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        texts = [part.get("text", "") for part in content if isinstance(part, dict)]
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"{where}: a content part's 'text' must be a string")
+        return text_of("".join(texts), where)
     if not isinstance(content, str):
         raise ValueError(f"{where}: message content must be a string, got {type(content).__name__}")
-    return content
+    return text_of(content, where)
+
+
+def text_of(text: str, where: str) -> str:
+    """``text`` when it is valid Unicode; lone surrogates (``"\ud800"``, from a bad decode) cannot be tokenized."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{where}: the text is not valid Unicode ({err.reason} at character {err.start}); "
+                         "decode it as UTF-8 before scoring") from None
+    return text
 
 
 def prompt_messages(prompt: Any, index: int = 0) -> list[Message]:
     """Validate one prompt and return it as a list of plain ``{"role", "content"}`` messages."""
     where = f"prompt {index}"
     if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
+        return [{"role": "user", "content": text_of(prompt, where)}]
     if not isinstance(prompt, (list, tuple)) or not prompt:
         raise ValueError(
             f"{where}: a prompt is a string or a non-empty list of chat messages, got {type(prompt).__name__}"
@@ -78,7 +94,7 @@ def completion_messages(completion: Any, index: int = 0) -> list[Message]:
     """Validate one completion; return its messages, the last one being the assistant answer."""
     where = f"completion {index}"
     if isinstance(completion, str):
-        return [{"role": "assistant", "content": completion}]
+        return [{"role": "assistant", "content": text_of(completion, where)}]
     if isinstance(completion, dict):
         completion = [completion]
     if not isinstance(completion, (list, tuple)) or not completion:

@@ -20,12 +20,12 @@ tokenizer on the policy-templated text. Here:
 
 # No `from __future__ import annotations`: FastAPI must resolve the handlers' `Request` annotation, which is
 # imported inside create_app so that fastapi stays an optional extra.
-import argparse
 import asyncio
 import hmac
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -34,9 +34,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .inputs import split_sizes
+from .inputs import split_sizes, text_of
 
 logger = logging.getLogger("rmplugins.server")
+access_logger = logging.getLogger("rmplugins.server.access")
+PARSE_THREADS = 4
 
 API_KEY_ENV = "RMPLUGINS_API_KEY"
 PAIRWISE_HELP = ("judges pairs of responses and has no reward for a lone response: put a reference response in "
@@ -84,6 +86,7 @@ class Metrics:
     batches: int = 0
     batched_samples: int = 0
     max_batch: int = 0
+    disconnects: int = 0        # clients gone before sending their whole body (not server errors)
     fallbacks: int = 0          # scored as plain text although a policy template was given
     template_refused: int = 0   # chat-templated text no template could recover: refused (422)
     template_builtin: dict = field(default_factory=dict)  # recovered with a built-in template, by name
@@ -110,6 +113,7 @@ class Metrics:
             "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "window": len(lat)},
             "model_seconds": round(self.model_seconds, 3),
             "queue_samples": queue_samples,
+            "client_disconnects": self.disconnects,
             "template_fallbacks": self.fallbacks,
             "template_refused": self.template_refused,
             "template_builtin": dict(self.template_builtin),
@@ -130,9 +134,12 @@ class Batcher:
                  metrics: Metrics | None = None):
         self.rm = rm
         self.pointwise = bool(getattr(rm, "pointwise", False))
-        self.max_batch_size = max(1, int(max_batch_size))
-        self.max_batch_tokens = max(1, int(max_batch_tokens))
-        self.max_wait = max(0.0, float(max_wait_ms)) / 1000
+        if int(max_batch_size) < 1 or int(max_batch_tokens) < 1 or float(max_wait_ms) < 0 or int(max_queue_samples) < 1:
+            raise ValueError("max_batch_size, max_batch_tokens and max_queue_samples must be at least 1, and "
+                             "max_wait_ms at least 0")
+        self.max_batch_size = int(max_batch_size)
+        self.max_batch_tokens = int(max_batch_tokens)
+        self.max_wait = float(max_wait_ms) / 1000
         self.max_queue_samples = int(max_queue_samples)
         self.metrics = metrics or Metrics()
         self.objective_names: list[str] = []
@@ -233,13 +240,16 @@ class Batcher:
 
     # ------------------------------------------------------------------ worker thread
     def _run(self, batch: list[_Pending]) -> list:
+        """One outcome per request. A batch that raises is cut in halves and each half retried, so a failing
+        request is found in O(log n) calls and the others are scored in a few large calls, never one by one."""
+        if len(batch) == 1:
+            return [self._alone(batch[0])]
         samples = [s for item in batch for s in item.samples]
         try:
             results = self._compute(samples)
-        except Exception:
-            if len(batch) == 1:
-                return [self._alone(batch[0])]
-            return [self._alone(item) for item in batch]  # isolate the request that broke the batch
+        except Exception:  # noqa: BLE001 - which request caused it is found by bisection
+            half = len(batch) // 2
+            return self._run(batch[:half]) + self._run(batch[half:])
         return split_sizes(results, [len(item.samples) for item in batch])
 
     def _alone(self, item: _Pending):
@@ -382,6 +392,10 @@ class RewardService:
             prompt = prompts[i] if prompts is not None else None
             if not isinstance(query, str) or (prompt is not None and not isinstance(prompt, str)):
                 raise RequestError(422, f"sample {i}: 'query' and 'prompts' entries must be strings")
+            try:
+                text_of(query, f"sample {i}")
+            except ValueError as err:
+                raise RequestError(422, str(err)) from None
             sample = self._split(query, prompt, i)
             sample.reference = self._reference(labels[i], i)
             samples.append(sample)
@@ -436,6 +450,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
     :class:`~rmplugins.policy_template.PolicyTemplate`; ``None`` selects the plain mode."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
+    from starlette.requests import ClientDisconnect
 
     from .policy_template import PolicyTemplate, load_policy_template
 
@@ -444,11 +459,14 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         template = load_policy_template(str(policy_tokenizer))
     elif policy_tokenizer is not None and not isinstance(policy_tokenizer, PolicyTemplate):
         template = PolicyTemplate(policy_tokenizer)
+    if api_key is not None and not str(api_key).strip():
+        raise ValueError("api_key is empty: pass a real key, or None for no authentication")
     metrics = Metrics()
     batcher = Batcher(rm, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms,
                       max_queue_samples=max_queue_samples, objective_logs=objective_logs, metrics=metrics)
     service = RewardService(rm, batcher, template, max_request_samples, request_timeout)
-    expected = f"Bearer {api_key}".encode() if api_key else None
+    key = str(api_key).encode("utf-8") if api_key else None
+    parser = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")
     if not batcher.pointwise:
         logger.info("reward model kind %r %s", service.kind, PAIRWISE_HELP)
 
@@ -457,22 +475,38 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         await batcher.start()
         yield
         await batcher.stop()
+        parser.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="rmplugins reward server", lifespan=lifespan)
+    # No /docs, /redoc or /openapi.json: they would be open to anyone who can reach a keyed server.
+    app = FastAPI(title="rmplugins reward server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
     app.state.service, app.state.metrics, app.state.batcher = service, metrics, batcher
 
-    def fail(status: int, reason: str) -> JSONResponse:
+    def fail(request: Request, started: float, status: int, reason: str) -> JSONResponse:
         metrics.error(status)
+        access(request, status, started, reason)
         return JSONResponse({"error": reason, "status": status}, status_code=status)
 
     def authorized(request: Request) -> bool:
-        if expected is None:
+        """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235) and the key is compared as
+        UTF-8 bytes (the server sees header bytes as latin-1 text)."""
+        if key is None:
             return True
-        given = request.headers.get("authorization", "").encode()
-        return hmac.compare_digest(given, expected)
+        scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
+        try:
+            given_bytes = given.strip().encode("latin-1")
+        except UnicodeEncodeError:
+            return False
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, key)
 
-    async def read_json(request: Request) -> Any:
-        declared = request.headers.get("content-length")
+    async def read_body(request: Request) -> bytes:
+        headers = request.headers
+        if "transfer-encoding" in headers and "content-length" in headers:
+            raise RequestError(400, "both Content-Length and Transfer-Encoding were sent; send one")
+        content_type = headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json" and not content_type.endswith("+json"):
+            raise RequestError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
+        declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_body_bytes:
             raise RequestError(413, f"body of {declared} bytes exceeds the limit of {max_body_bytes} bytes "
                                     "(--max-body-bytes)")
@@ -481,27 +515,33 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
             body += chunk
             if len(body) > max_body_bytes:
                 raise RequestError(413, f"body exceeds the limit of {max_body_bytes} bytes (--max-body-bytes)")
-        try:
-            return json.loads(bytes(body))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RequestError(400, f"the body is not valid JSON: {err}") from None
+        return bytes(body)
 
     async def handle(request: Request, parse) -> JSONResponse:
         started = time.perf_counter()
         metrics.requests += 1
         if not authorized(request):
-            return fail(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+            return fail(request, started, 401, "missing or wrong API key: send the header 'Authorization: Bearer "
+                                               "<key>'")
         try:
-            samples = parse(await read_json(request))
+            body = await read_body(request)
+            # JSON decoding, validation and the template split run in worker threads: a huge or deeply nested
+            # body does not stall the event loop (health checks, other clients).
+            samples = await asyncio.get_running_loop().run_in_executor(parser, parse_body, body, parse)
             metrics.samples += len(samples)
             result = await service.score(samples)
             answer = JSONResponse(result)  # refuses NaN/inf: reported below instead of a bare 500
         except RequestError as err:
-            return fail(err.status, err.reason)
+            return fail(request, started, err.status, err.reason)
+        except ClientDisconnect:
+            metrics.disconnects += 1
+            access(request, 499, started, "client disconnected before sending the whole body")
+            return JSONResponse({"error": "client disconnected"}, status_code=400)
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             logger.exception("unexpected error")
-            return fail(500, f"internal error: {type(err).__name__}: {err}")
+            return fail(request, started, 500, f"internal error: {type(err).__name__}: {err}")
         metrics.latencies.append(time.perf_counter() - started)
+        access(request, 200, started, f"{len(samples)} sample(s)")
         return answer
 
     @app.post("/get_reward")
@@ -514,19 +554,122 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         """Separated inputs: {"prompts", "completions", "references"?} -> same answer shape."""
         return await handle(request, service.direct_samples)
 
+    model_name = _public_name(getattr(rm, "name_or_path", None))
+
     @app.get("/health")
     async def health():
-        return {"status": "ok", "kind": service.kind, "model": getattr(rm, "name_or_path", None),
+        return {"status": "ok", "kind": service.kind, "model": model_name,
                 "policy_template": template is not None, "needs_reference": not batcher.pointwise,
-                "extra_logs": batcher.log_keys}
+                "deterministic": bool(getattr(rm, "deterministic", False)), "extra_logs": batcher.log_keys}
 
     @app.get("/metrics")
     async def get_metrics(request: Request):
         if not authorized(request):
-            return fail(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+            return fail(request, time.perf_counter(), 401, "missing or wrong API key: send the header "
+                                                           "'Authorization: Bearer <key>'")
         return metrics.snapshot(batcher.queued_samples)
 
     return app
+
+
+def parse_body(body: bytes, parse) -> list["Sample"]:
+    """JSON -> samples, with every malformed body a 4xx (never a 500): invalid UTF-8 or JSON, nesting deeper than
+    Python's parser takes, numbers longer than Python converts."""
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise RequestError(400, "the body's JSON is nested too deeply") from None
+    except ValueError as err:  # e.g. an integer with more digits than Python converts
+        raise RequestError(400, f"the body's JSON has a value Python cannot read: {err}") from None
+    return parse(data)
+
+
+def _public_name(name: Any) -> str | None:
+    """A model name fit to show anyone: a hub id as is, a local path by its directory name only."""
+    if name is None:
+        return None
+    text = str(name)
+    return os.path.basename(text.rstrip("/")) if os.path.isabs(text) or os.path.exists(text) else text
+
+
+def access(request: Any, status: int, started: float, reason: str = "") -> None:
+    """One access-log line per request: client, method, path, status, latency, reason."""
+    client = request.client.host if getattr(request, "client", None) else "-"
+    access_logger.info("%s %s %s %d %.1fms %s", client, request.method, request.url.path, status,
+                       (time.perf_counter() - started) * 1000, reason[:200])
+
+
+def guarded_protocol(read_timeout: float = 30.0, max_connections: int = 1024):
+    """uvicorn's h11 protocol with the two limits uvicorn lacks. A connection must finish sending its request
+    (head and body) within ``read_timeout`` seconds of connecting or of its previous response, else it is closed:
+    idle and 1-byte-per-second clients cannot hold sockets. Connections beyond ``max_connections`` are closed at
+    once, so file descriptors stay free for the clients already served."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11Protocol(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:
+                logger.warning("connection from %s refused: %d open connections (--max-connections %d)",
+                               self.client, len(self.connections) - 1, max_connections)
+                transport.close()
+                return
+            self._arm_read_deadline()
+
+        def _arm_read_deadline(self):
+            self._read_deadline = self.loop.call_later(read_timeout, self._read_deadline_passed)
+
+        def _read_deadline_passed(self):
+            if self.conn.their_state not in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED) and not self.transport.is_closing():
+                access_logger.info("%s - - 408 closed: request not received within %gs (--read-timeout)",
+                                   self.client[0] if self.client else "-", read_timeout)
+                self.transport.close()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._read_deadline.cancel()
+                self._arm_read_deadline()
+
+        def connection_lost(self, exc):
+            deadline = getattr(self, "_read_deadline", None)
+            if deadline is not None:
+                deadline.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11Protocol
+
+
+def uvicorn_config(app, *, host: str, port: int, read_timeout: float = 30.0, max_connections: int = 1024,
+                   log_level: str = "warning"):
+    import uvicorn
+
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_keep_alive=5, backlog=4096,
+                          http=guarded_protocol(read_timeout, max_connections), access_log=False)
+
+
+def bind(host: str, port: int):
+    """A listening socket on ``host:port``, or a ValueError that says what to do (port busy, bad address)."""
+    import socket
+
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port} is not a TCP port (0-65535)")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; "
+                         f"{'another process holds the port: pick another --port' if port else 'check --host'}"
+                         ) from None
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
 
 
 class BackgroundServer:
@@ -536,20 +679,17 @@ class BackgroundServer:
             requests.post(server.url + "/get_reward", ...)
     """
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"):
-        import socket
-
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+                 read_timeout: float = 30.0, max_connections: int = 1024):
         import uvicorn
 
-        if port == 0:
-            with socket.socket() as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-        self.host, self.port = host, port
-        self.url = f"http://{host}:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                    timeout_keep_alive=30, backlog=4096))
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name="rmplugins-server")
+        self.socket = bind(host, port)
+        self.host, self.port = host, self.socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn_config(app, host=host, port=self.port, read_timeout=read_timeout,
+                                                    max_connections=max_connections, log_level=log_level))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True,
+                                       name="rmplugins-server")
 
     def __enter__(self):
         self.thread.start()
@@ -563,6 +703,7 @@ class BackgroundServer:
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -571,7 +712,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def register(subparsers) -> None:
-    from .cli import HelpFormatter
+    from .cli import HelpFormatter, non_negative_float, positive_float, positive_int
 
     p = subparsers.add_parser(
         "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
@@ -604,16 +745,21 @@ def register(subparsers) -> None:
                    help="the policy's tokenizer (path or hub id): recover the conversation from the "
                         "policy-templated text and re-render it in the reward model's format. Without it "
                         "prompts[i] is the user's text and the rest of query[i] the response")
-    p.add_argument("--max-batch-size", type=int, default=64,
+    p.add_argument("--max-batch-size", type=positive_int, default=64,
                    help="most samples scored in one batch; 1 = score requests one at a time")
-    p.add_argument("--max-batch-tokens", type=int, default=32768, help="token budget of one batch (estimated)")
-    p.add_argument("--max-wait-ms", type=float, default=5.0,
+    p.add_argument("--max-batch-tokens", type=positive_int, default=32768, help="token budget of one batch (estimated)")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others")
-    p.add_argument("--max-request-samples", type=int, default=256, help="most samples in one request (413 above)")
-    p.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (413 above)")
-    p.add_argument("--max-queue-samples", type=int, default=8192, help="most samples waiting (503 above)")
-    p.add_argument("--request-timeout", type=float, default=120.0,
+    p.add_argument("--max-request-samples", type=positive_int, default=256, help="most samples in one request (413 above)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=8 << 20, help="largest request body (413 above)")
+    p.add_argument("--max-queue-samples", type=positive_int, default=8192, help="most samples waiting (503 above)")
+    p.add_argument("--request-timeout", type=positive_float, default=120.0,
                    help="seconds a request may wait for its score (504 after; OpenRLHF's client waits 180)")
+    p.add_argument("--read-timeout", type=positive_float, default=30.0,
+                   help="seconds a connection has to send its whole request (from connecting or from its previous "
+                        "response); slower or idle connections are closed")
+    p.add_argument("--max-connections", type=positive_int, default=1024,
+                   help="open connections beyond this are closed at once (keep it below `ulimit -n`)")
     p.add_argument("--objective-logs", action="store_true",
                    help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
     p.set_defaults(func=_serve)
@@ -624,20 +770,31 @@ def _serve(args) -> int:
 
     from . import load_reward_model
 
-    args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if not _is_loopback(args.host) and not args.api_key:
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        print("rmplugins serve: the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real "
+              "key, or leave both unset to serve without authentication", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.host) and not api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)
-    options = {"variant": args.variant} if args.variant else {}
-    rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
-                           deterministic=args.deterministic, **options)
-    logger.info("loaded %r", rm)
-    app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=args.api_key,
-                     max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
-                     max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
-                     max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
-                     request_timeout=args.request_timeout, objective_logs=args.objective_logs)
+    try:
+        sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
+        options = {"variant": args.variant} if args.variant else {}
+        rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
+                               deterministic=args.deterministic, **options)
+        logger.info("loaded %r", rm)
+        app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=api_key,
+                         max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
+                         max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
+                         max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
+                         request_timeout=args.request_timeout, objective_logs=args.objective_logs)
+    except (ValueError, OSError, TypeError) as err:
+        print(f"rmplugins serve: {err}", file=sys.stderr)
+        return 2
     logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host, args.port,
-                args.policy_tokenizer or "none, plain mode", "bearer key" if args.api_key else "none")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", backlog=4096)
+                args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "
+                "refused", "bearer key" if api_key else "none")
+    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,
+                                  max_connections=args.max_connections, log_level="warning")).run(sockets=[sock])
     return 0

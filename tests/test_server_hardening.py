@@ -1,0 +1,168 @@
+"""The reward server against careless and hostile clients, over real localhost sockets: slow and idle
+connections, a connection flood, malformed bodies, auth edge cases, the CLI's argument and start-up errors."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import rmplugins
+from rmplugins.server import BackgroundServer, Batcher, RequestError, Sample, _Pending, create_app
+from test_server import _get, _post
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture(scope="module")
+def bt(tiny):
+    return rmplugins.load_reward_model(tiny("bt_llama3"), deterministic=True)
+
+
+def _raw(port, data: bytes, wait: float = 5.0) -> bytes:
+    """Send bytes on a fresh connection and read until the server closes it (or ``wait`` passes)."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(wait)
+        if data:
+            s.sendall(data)
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except socket.timeout:
+            out += b"<still open>"
+        return out
+
+
+def test_slow_and_idle_connections_are_closed_and_a_flood_is_capped(bt):
+    with BackgroundServer(create_app(bt), read_timeout=1.0, max_connections=4) as server:
+        started = time.monotonic()
+        assert _raw(server.port, b"", wait=10) == b""  # idle: closed by the server after ~1 s
+        assert _raw(server.port, b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Le", wait=10) == b""  # slow head
+        body_cut = b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+        assert b"<still open>" not in _raw(server.port, body_cut, wait=10)  # slow body
+        assert time.monotonic() - started < 20
+        idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
+        try:
+            time.sleep(0.2)
+            assert _raw(server.port, b"", wait=5) == b""  # the fifth connection is closed at once
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.3)
+        assert _get(server.url + "/health")[0] == 200  # served again once the idle ones are gone
+
+
+def test_malformed_bodies_are_4xx_never_500(bt):
+    deep = ("[" * 3000 + "]" * 3000).encode()
+    huge_number = b'{"query": [' + b"9" * 5000 + b'], "prompts": ["a"]}'
+    cases = [
+        ("/get_reward", deep, JSON, 400, "nested too deeply"),
+        ("/get_reward", huge_number, JSON, 400, "cannot read"),
+        ("/get_reward", b'{"query": ["hi"], "prompts": ["hi"]}', {"Content-Type": "text/plain"}, 415,
+         "application/json"),
+        ("/get_reward", b'{"query": ["\\ud800 yo"], "prompts": ["\\ud800"]}', JSON, 422, "not valid Unicode"),
+        ("/score", json.dumps({"prompts": [[{"role": "user", "content": [{"type": "text", "text": 5}]}]],
+                               "completions": ["x"]}).encode(), JSON, 422, "must be a string"),
+        ("/score", json.dumps({"prompts": [[{"role": "user"}]], "completions": ["x"]}).encode(), JSON, 422,
+         "has no 'content'"),
+        ("/score", json.dumps({"prompts": ["hi"], "completions": ["\ud800"]}).encode("utf-8", "surrogatepass"),
+         JSON, 422, "not valid Unicode"),
+    ]
+    with BackgroundServer(create_app(bt)) as server:
+        for path, body, headers, status, reason in cases:
+            got, answer = _post(server.url + path, body, headers, raw=True)
+            assert got == status and reason in answer["error"], (path, body[:40], answer)
+        errors = _get(server.url + "/metrics")[1]["errors"]
+        assert "500" not in errors, errors
+
+
+def test_both_length_headers_and_a_client_gone_mid_body(bt):
+    with BackgroundServer(create_app(bt), read_timeout=3.0) as server:
+        both = (b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+        answer = _raw(server.port, both, wait=2)  # answered at once, not after a hang
+        assert answer.startswith(b"HTTP/1.1 400") and b"send one" in answer, answer[:200]
+        with socket.create_connection(("127.0.0.1", server.port)) as s:  # promises 1000 bytes, sends 10, leaves
+            s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 1000\r\n\r\n{\"query\": ")
+        deadline = time.monotonic() + 10
+        while _get(server.url + "/metrics")[1]["client_disconnects"] < 1:
+            assert time.monotonic() < deadline, "the disconnect was not noticed"
+            time.sleep(0.1)
+        assert "500" not in _get(server.url + "/metrics")[1]["errors"]
+
+
+def test_auth_scheme_case_utf8_keys_docs_and_health(bt, tiny):
+    payload = {"query": ["Hi there. Hello."], "prompts": ["Hi there."], "labels": [""]}
+    with pytest.raises(ValueError, match="api_key is empty"):
+        create_app(bt, api_key="")
+    with BackgroundServer(create_app(bt, api_key="clé-ü")) as server:
+        url = server.url + "/get_reward"
+        assert _post(url, payload, {"Authorization": "bearer clé-ü"})[0] == 200  # scheme is case-insensitive
+        assert _post(url, payload, {"Authorization": "BEARER clé-ü"})[0] == 200
+        assert _post(url, payload, {"Authorization": "Bearer clé-u"})[0] == 401
+        assert _post(url, payload, {"Authorization": "Basic clé-ü"})[0] == 401
+        for route in ("/docs", "/redoc", "/openapi.json"):
+            assert _raw(server.port, f"GET {route} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+                        ).startswith(b"HTTP/1.1 404")
+        health = _get(server.url + "/health")[1]
+        assert health["model"] == Path(tiny("bt_llama3")).name and "/" not in health["model"]
+        assert health["deterministic"] is True
+
+
+class _Counting:
+    """A reward model that fails on any batch holding a BOOM sample and counts its calls."""
+
+    kind, pointwise, name_or_path = "bt", True, "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def score(self, prompts, completions):
+        self.calls += 1
+        if "BOOM" in completions:
+            raise ValueError("cannot score BOOM")
+        return [float(len(c)) for c in completions]
+
+
+def test_a_failing_request_is_isolated_by_bisection_not_one_by_one():
+    rm = _Counting()
+    batcher = Batcher(rm)
+    items = [_Pending([Sample([{"role": "user", "content": "q"}], "BOOM" if i == 5 else "x" * i)], None)
+             for i in range(32)]
+    outcomes = batcher._run(items)
+    assert isinstance(outcomes[5], RequestError) and outcomes[5].status == 422
+    assert [o[0]["score"] for i, o in enumerate(outcomes) if i != 5] == [float(i) for i in range(32) if i != 5]
+    assert rm.calls <= 2 * math.ceil(math.log2(32)) + 1, rm.calls  # 11 calls, not 33
+
+
+def _serve(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "rmplugins", "serve", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_serve_cli_errors_are_one_line_and_early(tiny):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = str(busy.getsockname()[1])
+        started = time.monotonic()
+        res = _serve("--model", tiny("armorm"), "--port", port)
+        assert res.returncode == 2 and "cannot listen" in res.stderr and "pick another --port" in res.stderr
+        assert "Traceback" not in res.stderr and "loading" not in res.stderr  # refused before the model loaded
+        assert time.monotonic() - started < 60
+    for args, reason in [(["--model", "/nope/model"], "cannot find checkpoint"),
+                         (["--model", tiny("armorm"), "--kind", "gpm"], "cannot be loaded as kind 'gpm'"),
+                         (["--model", tiny("armorm"), "--port", "99999"], "not a TCP port"),
+                         (["--model", tiny("armorm"), "--api-key", ""], "API key is empty")]:
+        res = _serve(*args, "--port", "0") if "--port" not in args else _serve(*args)
+        assert res.returncode == 2 and reason in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
+    res = _serve("--model", "m", "--max-batch-size", "0")
+    assert res.returncode == 2 and "not a positive integer" in res.stderr
