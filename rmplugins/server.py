@@ -750,7 +750,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-batch-tokens", type=positive_int, default=32768, help="token budget of one batch (estimated)")
     p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
                    help="how long the first request of a batch waits for others")
-    p.add_argument("--max-request-samples", type=positive_int, default=256, help="most samples in one request (413 above)")
+    p.add_argument("--max-request-samples", type=positive_int, default=256,
+                   help="most samples in one request (413 above)")
     p.add_argument("--max-body-bytes", type=positive_int, default=8 << 20, help="largest request body (413 above)")
     p.add_argument("--max-queue-samples", type=positive_int, default=8192, help="most samples waiting (503 above)")
     p.add_argument("--request-timeout", type=positive_float, default=120.0,

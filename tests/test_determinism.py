@@ -10,7 +10,6 @@
 import random
 
 import pytest
-
 from test_server import _conversations
 
 # README "Scoring determinism": |batched - alone| <= FAST_MODE_BOUND * (1 + |alone|) in float32 (measured maximum

@@ -77,7 +77,8 @@ def test_a_plain_causal_lm_is_not_taken_for_a_pair_preference_model(tiny, tmp_pa
         rmplugins.load_reward_model(bare)
     rm = rmplugins.load_reward_model(bare, kind="pair_pm")
     assert rm.kind == "pair_pm"
-    assert rm.compare(["hi"], ["a"], ["b"]) == rmplugins.load_reward_model(tiny("pair_pm")).compare(["hi"], ["a"], ["b"])
+    reference = rmplugins.load_reward_model(tiny("pair_pm"))
+    assert rm.compare(["hi"], ["a"], ["b"]) == reference.compare(["hi"], ["a"], ["b"])
 
 
 @pytest.mark.parametrize("name,kind,lacks", [("armorm", "gpm", "value_head.weight"), ("bt", "armorm", "regression"),

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from test_server import _get, _post
 
 import rmplugins
 from rmplugins.server import BackgroundServer, Batcher, RequestError, Sample, _Pending, create_app
-from test_server import _get, _post
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/json"}
@@ -45,7 +45,8 @@ def test_slow_and_idle_connections_are_closed_and_a_flood_is_capped(bt):
         started = time.monotonic()
         assert _raw(server.port, b"", wait=10) == b""  # idle: closed by the server after ~1 s
         assert _raw(server.port, b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Le", wait=10) == b""  # slow head
-        body_cut = b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{"
+        body_cut = (b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 50\r\n\r\n{")
         assert b"<still open>" not in _raw(server.port, body_cut, wait=10)  # slow body
         assert time.monotonic() - started < 20
         idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(4)]
