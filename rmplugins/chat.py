@@ -13,11 +13,29 @@ logger = logging.getLogger("rmplugins")
 _warned_system_merge: set[str] = set()
 
 
-def load_chat_tokenizer(path: Any, name: str, chat_template: str | None = None) -> Any:
-    """The checkpoint's tokenizer, with ``chat_template`` overriding its own; a clear error when it has none."""
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spm.model", "tokenizer_config.json")
+
+
+def load_tokenizer(path: Any, name: str) -> Any:
+    """``AutoTokenizer.from_pretrained(path)``, with an error that names the checkpoint and the missing files
+    instead of transformers' advice to install sentencepiece or tiktoken."""
+    from pathlib import Path
+
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if Path(path).is_dir() and not any((Path(path) / f).exists() for f in TOKENIZER_FILES[:4]):
+        raise ValueError(f"{name}: the checkpoint directory {path} has no tokenizer files (none of "
+                         f"{', '.join(TOKENIZER_FILES[:4])}); copy the model's tokenizer files next to its weights")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{name}: cannot load the tokenizer from {path} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:300]}); its tokenizer files are damaged or incomplete") from None
+
+
+def load_chat_tokenizer(path: Any, name: str, chat_template: str | None = None) -> Any:
+    """The checkpoint's tokenizer, with ``chat_template`` overriding its own; a clear error when it has none."""
+    tokenizer = load_tokenizer(path, name)
     if chat_template:
         tokenizer.chat_template = chat_template
     require_chat_template(tokenizer, name)

@@ -104,10 +104,32 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
         raise ValueError(f"{path} has no *.safetensors weights")
     shapes: dict[str, list[int]] = {}
     for file in files:
+        shapes.update(_safetensors_shapes(file))
+    return shapes
+
+
+def _safetensors_shapes(file: Path) -> dict[str, list[int]]:
+    """One file's tensor shapes, after checking that its header parses and that the file is as long as the
+    header says (a truncated download otherwise fails deep inside the loader)."""
+    damaged = (f"{file} is not a complete safetensors file ({{}}); the download or copy was interrupted or the "
+               "file is damaged: fetch it again")
+    total = file.stat().st_size
+    try:
         with open(file, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError(damaged.format(f"{total} bytes, shorter than a header"))
+            (size,) = struct.unpack("<Q", head)
+            if size > total - 8:
+                raise ValueError(damaged.format(f"its header claims {size} bytes, the file has {total}"))
             header = json.loads(f.read(size))
-        shapes.update({k: v["shape"] for k, v in header.items() if k != "__metadata__"})
+        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+        shapes = {k: list(v["shape"]) for k, v in tensors.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(damaged.format(f"unreadable header: {type(err).__name__}")) from None
+    if 8 + size + end > total:
+        raise ValueError(damaged.format(f"{total} bytes, {8 + size + end} expected from its header"))
     return shapes
 
 

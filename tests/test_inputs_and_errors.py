@@ -148,5 +148,32 @@ def test_too_long_sequences_are_truncated_with_one_warning(tiny, caplog):
 
 def test_armorm_truncation_that_removes_the_gating_token_is_explained(tiny):
     rm = rmplugins.load_reward_model(tiny("armorm"), device="cpu", max_length=16)
-    with pytest.raises(ValueError, match="gating pattern .* not"):
+    with pytest.raises(ValueError, match="too long: it has more than max_length=16 tokens"):
         rm.score(["a fairly long question that fills the budget " * 4], ["answer"])
+    full = rmplugins.load_reward_model(tiny("armorm"), device="cpu")
+    with pytest.raises(ValueError, match="too long: it has more than max_length=4096 tokens"):
+        full.score(["word " * 20000], ["answer"])  # the 100k-character prompt
+
+
+def test_broken_checkpoint_files_name_the_file(tiny, tmp_path):
+    path = _copy(tiny("bt_llama3"), tmp_path / "broken")
+    weights = next(path.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # an interrupted download
+    with pytest.raises(ValueError, match=f"{weights.name} is not a complete safetensors file.*fetch it again"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="shorter than a header"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    weights.write_bytes(len(b"{not json").to_bytes(8, "little") + b"{not json")
+    with pytest.raises(ValueError, match="unreadable header"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    weights.write_bytes(data)
+    config = path / "config.json"
+    config.write_text(config.read_text()[:40])  # truncated
+    with pytest.raises(ValueError, match="config.json: cannot read the checkpoint's configuration"):
+        rmplugins.load_reward_model(str(path), device="cpu")
+    fresh = _copy(tiny("bt_llama3"), tmp_path / "no-tokenizer")
+    (fresh / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="has no tokenizer files"):
+        rmplugins.load_reward_model(str(fresh), device="cpu")

@@ -153,6 +153,12 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         for j in range(len(ids) - len(p), -1, -1):
             if ids[j: j + len(p)] == p:
                 return j
+        if len(ids) >= self.max_length:
+            raise ValueError(
+                f"ArmoRM: the conversation is too long: it has more than max_length={self.max_length} tokens, and "
+                "cutting it there (on the right, as the model card's pipeline does) removed the end of the last "
+                "user turn, where the gating network reads. Shorten the prompt, or load with a larger "
+                "max_length=... (the model was trained on 4096)")
         raise ValueError("ArmoRM: the gating pattern <|eot_id|><|start_header_id|>assistant<|end_header_id|> is not "
                          "in the rendered conversation (was it truncated? conversations must end with an "
                          "assistant turn after a user turn)")

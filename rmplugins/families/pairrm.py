@@ -14,10 +14,10 @@ from __future__ import annotations
 import jinja2
 import torch
 from torch import nn
-from transformers import AutoTokenizer, DebertaV2Config, DebertaV2Model, DebertaV2PreTrainedModel
+from transformers import DebertaV2Config, DebertaV2Model, DebertaV2PreTrainedModel
 
 from ..base import PairwiseRewardModel
-from ..chat import merge_system
+from ..chat import load_tokenizer, merge_system
 from ..engine import ScoringEngine
 from ..loading import model_kwargs
 
@@ -101,7 +101,7 @@ class PairRMRewardModel(PairwiseRewardModel):
     @classmethod
     def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, variant=None):
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path, name_or_path)
         if variant is None:
             raise ValueError(
                 f"{name_or_path}: PairRM and Better-PairRM share this checkpoint layout but not their input format "
