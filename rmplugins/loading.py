@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -225,6 +226,43 @@ def family_class(kind: str):
     return getattr(importlib.import_module(module), name)
 
 
+@dataclass
+class Checkpoint:
+    """What a checkpoint is, read from its files without loading weights."""
+
+    path: Path
+    config: dict[str, Any]
+    shapes: dict[str, list[int]]
+    kind: str
+    source: str           # where the kind (and variant) came from, for the log
+    variant: str | None   # PairRM only; None means not known (loading then asks for it)
+
+
+def identify(name_or_path: str | os.PathLike, *, kind: str | None = None, variant: str | None = None) -> Checkpoint:
+    """Find the checkpoint and tell its family (explicit options, then its identity file or known hub id, then
+    its config and tensors), refusing what it cannot be: every check ``load_reward_model`` makes before it reads
+    any weights, so a command can validate its reward model before starting work."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
+    if variant is not None and variant not in PAIRRM_VARIANTS:
+        raise ValueError(f"unknown PairRM variant {variant!r}; choose one of {PAIRRM_VARIANTS}")
+    path = resolve_checkpoint(name_or_path)
+    config = read_config(path)
+    shapes = tensor_shapes(path)
+    identity, source = read_identity(path, name_or_path)
+    if kind is not None:
+        detected, source = kind, "the kind option"
+    elif identity.get("kind"):
+        detected = identity["kind"]
+    else:
+        detected, source = detect_kind(config, shapes), "config.json and the tensor names"
+    check_kind_fits(detected, config, shapes, path)
+    if detected == "pairrm" and variant is not None:
+        source = f"{source}; variant from the variant option"
+    return Checkpoint(path, config, shapes, detected, source,
+                      variant if variant is not None else identity.get("variant"))
+
+
 def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = None, device: str | None = None,
                       dtype: Any = None, **options):
     """Load any supported reward or preference model from a local directory or a hub id.
@@ -237,24 +275,11 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
     """
     deterministic = bool(options.pop("deterministic", False))
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    path = resolve_checkpoint(name_or_path)
-    config = read_config(path)
-    shapes = tensor_shapes(path)
-    identity, source = read_identity(path, name_or_path)
-    if kind is not None:
-        detected, source = kind, "the kind option"
-    elif identity.get("kind"):
-        detected = identity["kind"]
-    else:
-        detected, source = detect_kind(config, shapes), "config.json and the tensor names"
-    check_kind_fits(detected, config, shapes, path)
+    checkpoint = identify(name_or_path, kind=kind, variant=options.get("variant"))
+    path, config, shapes, detected, source = (checkpoint.path, checkpoint.config, checkpoint.shapes,
+                                              checkpoint.kind, checkpoint.source)
     if detected == "pairrm":
-        if options.get("variant") is None and identity.get("variant"):
-            options["variant"] = identity["variant"]
-        elif options.get("variant") is not None:
-            source = f"{source}; variant from the variant option"
+        options["variant"] = checkpoint.variant
     device = str(device or default_device())
     dtype = resolve_dtype(dtype, device)
     if detected != "pairrm":

@@ -32,10 +32,11 @@ def prompts_file(tmp_path):
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every output file except the ones that record wall time (markers, summary, log)."""
+    """sha256 of every output file except the ones that record wall time (markers, summary, log) and the lock
+    (it names the process holding the directory)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.name.endswith((".done.json", ".log")) and p.name != "summary.json":
+        if p.is_file() and not p.name.endswith((".done.json", ".log")) and p.name not in ("summary.json", ".lock"):
             out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -128,9 +129,9 @@ def test_pair_rules_per_kind(tiny, prompts_file, tmp_path, kind, rule, method):
                        output=str(tmp_path / kind), num_candidates=4, max_new_tokens=5, pair_rule=rule,
                        min_margin=0.05 if rule == "margin" else 0.0, show_progress=False)
     recipe = Recipe(cfg)
-    recipe.check_run_file()
+    recipe.preflight()  # what run() does first: the reward model's kind, from its files
     d = tmp_path / kind / "iter-1"
-    d.mkdir()
+    d.mkdir(parents=True)
     recipe.stage_generate(d, cfg.policy, 1)
     score_info = recipe.stage_score(d)
     sel = recipe.stage_select(d)

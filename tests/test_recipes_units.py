@@ -139,7 +139,12 @@ def test_resume_with_different_options_is_refused(tmp_path):
     prompts = _write(tmp_path, ['{"prompt": "hi"}'])
     cfg = {"recipe": "iterative-dpo", "policy": "org/policy", "reward_model": "org/rm", "prompts": prompts,
            "output": str(tmp_path / "run")}
-    Recipe(RecipeConfig(**cfg)).check_run_file()
+    first = Recipe(RecipeConfig(**cfg))
+    first.out.mkdir()
+    first.check_run_file()
+    assert not (first.out / "run.json").exists()  # nothing written yet: nothing to hold a re-run to
+    Recipe(RecipeConfig(**cfg, num_candidates=8)).check_run_file()
+    first.fingerprint()  # the first output of the run is about to be written
     Recipe(RecipeConfig(**cfg, iterations=5)).check_run_file()  # more iterations is a resume
     with pytest.raises(ValueError, match=r"different options \(num_candidates: 4 -> 8\)"):
         Recipe(RecipeConfig(**cfg, num_candidates=8)).check_run_file()

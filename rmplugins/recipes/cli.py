@@ -25,6 +25,8 @@ _DESCRIPTIONS = {
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
+    from ..cli import non_negative_float, positive_float, positive_int, probability
+
     req = p.add_argument_group("required")
     req.add_argument("--policy", required=True, help="policy to start from: a local directory or a hub id")
     req.add_argument("--reward-model", required=True,
@@ -40,13 +42,14 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
                    help="PairRM only: 'pairrm' (llm-blender/PairRM) or 'better' (Better-PairRM); default: from the "
                         "checkpoint's rmplugins.json or its hub id")
     g = p.add_argument_group("loop")
-    g.add_argument("--iterations", type=int, default=2, help="number of iterations (default 2; may grow on resume)")
-    g.add_argument("--num-candidates", type=int, default=4, help="candidates per prompt (default 4)")
-    g.add_argument("--max-new-tokens", type=int, default=256, help="generation length limit (default 256)")
+    g.add_argument("--iterations", type=positive_int, default=2,
+                   help="number of iterations (default 2; may grow on resume)")
+    g.add_argument("--num-candidates", type=positive_int, default=4, help="candidates per prompt (default 4)")
+    g.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation length limit (default 256)")
     g.add_argument("--backend", choices=("vllm", "hf"), default="hf",
                    help="generation backend: vllm (GPU, needs rmplugins[vllm]) or hf (transformers, any device)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default 1.0)")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default 1.0)")
+    g.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling (default 1.0)")
     g.add_argument("--seed", type=int, default=42, help="seed of sampling and training (default 42)")
     g.add_argument("--eval-final", action="store_true",
                    help="also generate and score with the final policy into DIR/eval-N (the last row of the table)")
@@ -54,35 +57,39 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
                    help="also write OpenRLHF<=0.9's rows next to the TRL file: "
                         + ("pairs.openrlhf.jsonl (prompt, chosen, chosen_reward, rejected, rejected_reward)"
                            if recipe == "iterative-dpo" else "best.openrlhf.jsonl (input, output, reward)"))
-    g.add_argument("--chunk-size", type=int, default=64,
+    g.add_argument("--chunk-size", type=positive_int, default=64,
                    help="prompts per generation/scoring chunk, the unit of progress saved for resume (default 64)")
-    g.add_argument("--generation-batch-size", type=int, default=8,
+    g.add_argument("--generation-batch-size", type=positive_int, default=8,
                    help="prompts per transformers generate call with --backend hf (default 8)")
     if recipe == "iterative-dpo":
         s = p.add_argument_group("pairs")
         s.add_argument("--pair-rule", choices=("max-min", "margin", "tournament", "round-robin", "gpo"),
                        help="how chosen/rejected are picked; default by kind: max-min for bt/armorm, tournament for "
                             "pair_pm/pairrm, gpo for gpm")
-        s.add_argument("--min-margin", type=float, default=0.0,
+        s.add_argument("--min-margin", type=non_negative_float, default=0.0,
                        help="drop pairs whose score margin is below this (the 'margin' rule; default 0)")
         s.add_argument("--reference", choices=("initial", "previous"), default="initial",
                        help="DPO reference model: the initial policy (RLHFlow, default) or the previous iteration's")
     t = p.add_argument_group("training")
-    t.add_argument("--learning-rate", type=float, default=None,
+    t.add_argument("--learning-rate", type=positive_float, default=None,
                    help="default 5e-7 for DPO (RLHFlow), 1e-5 for SFT")
-    t.add_argument("--epochs", type=float, default=2.0, help="epochs per iteration (default 2)")
+    t.add_argument("--epochs", type=positive_float, default=2.0, help="epochs per iteration (default 2)")
     if recipe == "iterative-dpo":
-        t.add_argument("--beta", type=float, default=0.1, help="DPO beta (default 0.1)")
+        t.add_argument("--beta", type=positive_float, default=0.1, help="DPO beta (default 0.1)")
         t.add_argument("--label-smoothing", type=float, default=0.1, help="DPO label smoothing (default 0.1)")
-    t.add_argument("--batch-size", type=int, default=8, help="per-device train batch size (default 8)")
-    t.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    t.add_argument("--max-length", type=int, default=2048, help="training sequence length limit (default 2048)")
+    t.add_argument("--batch-size", type=positive_int, default=8, help="per-device train batch size (default 8)")
+    t.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
+    t.add_argument("--max-length", type=positive_int, default=2048,
+                   help="training sequence length limit (default 2048)")
     d = p.add_argument_group("devices")
     d.add_argument("--device", default=None, help="policy device for generation/training (default: cuda if any)")
     d.add_argument("--rm-device", default=None, help="reward model device (default: cuda if any)")
-    d.add_argument("--gpu-memory-utilization", type=float, default=0.5,
+    d.add_argument("--gpu-memory-utilization", type=probability, default=0.5,
                    help="vLLM's share of GPU memory (default 0.5, leaving room for the reward model)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d.add_argument("--report-to", default="none", metavar="TRACKER",
+                   help="where TRL logs training metrics: none, wandb, tensorboard, trackio, all, ... (passed to the "
+                        "trainer's report_to; the tracker's own package must be installed)")
 
 
 def config_from_args(args: argparse.Namespace, recipe: str):
@@ -99,7 +106,7 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
         rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
         chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
-        show_progress=not args.no_progress,
+        show_progress=not args.no_progress, report_to=args.report_to,
         reward_kwargs={k: v for k, v in (("kind", args.reward_kind), ("variant", args.reward_variant)) if v})
 
 

@@ -28,11 +28,15 @@ itself right after that stage finished; ``iter-1/generate/chunk-1`` after the fi
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
+import math
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -49,7 +53,11 @@ RECIPES = ("iterative-dpo", "rejection-sampling")
 KILL_ENV = "RMPLUGINS_RECIPES_KILL_AFTER"
 # Options that do not change any output file: they may differ between a run and its resume.
 _RESUME_FREE = {"iterations", "output", "show_progress", "rm_device", "device", "gpu_memory_utilization",
-                "eval_final"}
+                "eval_final", "report_to"}
+# Writing failures a user fixes outside the program: reported in one line, the run resumable afterwards.
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EFBIG: "a file grew beyond the allowed size", errno.EROFS: "the file system is read-only",
+                errno.EACCES: "permission denied"}
 
 
 @dataclass
@@ -85,12 +93,32 @@ class RecipeConfig:
     chunk_size: int = 64                  # prompts per generation/scoring chunk (the unit of saved progress)
     generation_batch_size: int = 8        # prompts per transformers generate call (hf backend)
     show_progress: bool = True
+    report_to: str = "none"               # TRL/transformers trackers: "none", "wandb", "tensorboard", "all", ...
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {list(RECIPES)}")
-        if self.iterations < 1 or self.num_candidates < 1 or self.max_new_tokens < 1:
-            raise ValueError("--iterations, --num-candidates and --max-new-tokens must be at least 1")
+        whole = {"iterations": self.iterations, "num_candidates": self.num_candidates,
+                 "max_new_tokens": self.max_new_tokens, "chunk_size": self.chunk_size,
+                 "generation_batch_size": self.generation_batch_size, "batch_size": self.batch_size,
+                 "gradient_accumulation_steps": self.gradient_accumulation_steps, "max_length": self.max_length}
+        for name, value in whole.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
+        ranges = [("temperature", self.temperature, 0, None, "above 0 (sampling K different candidates; 0 would "
+                   "repeat one)"), ("top_p", self.top_p, 0, 1, "in (0, 1]"), ("epochs", self.epochs, 0, None,
+                   "above 0"), ("beta", self.beta, 0, None, "above 0"),
+                  ("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "in (0, 1]")]
+        if self.learning_rate is not None:
+            ranges.append(("learning_rate", self.learning_rate, 0, None, "above 0"))
+        for name, value, low, high, what in ranges:
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low
+                    and (high is None or value <= high)):
+                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
+        if not (math.isfinite(self.min_margin) and self.min_margin >= 0):
+            raise ValueError(f"--min-margin must be 0 or more, got {self.min_margin!r}")
         if self.recipe == "iterative-dpo" and self.num_candidates < 2:
             raise ValueError("iterative DPO needs --num-candidates of at least 2 to form a pair")
         if self.reference not in ("initial", "previous"):
@@ -189,6 +217,7 @@ class Recipe:
         self.conversational = is_conversational(self.prompts)
         self._rm = None
         self._gen = None
+        self.rm_kind: str | None = None  # set by preflight() from the checkpoint's files
 
     # ---- resources, loaded lazily so a resume that only trains never loads the reward model
     def reward_model(self):
@@ -196,19 +225,11 @@ class Recipe:
             from .. import load_reward_model
 
             self._rm = load_reward_model(self.cfg.reward_model, device=self.cfg.rm_device, **self.cfg.reward_kwargs)
-            rule = self.rule()
-            check_rule(rule, self._rm.kind)
-            logger.info("reward model %s (kind %s), rule %s", self.cfg.reward_model, self._rm.kind, rule)
+            logger.info("reward model %s (kind %s), rule %s", self.cfg.reward_model, self._rm.kind,
+                        self.rule_for_kind(self._rm.kind))
         elif self.cfg.rm_device or _cuda():
             self._rm.to(self.cfg.rm_device or "cuda")
         return self._rm
-
-    def rule(self) -> str:
-        if self.cfg.recipe == "rejection-sampling":
-            return "best-of-n"
-        if self.cfg.pair_rule:
-            return self.cfg.pair_rule
-        return default_rule(self._rm.kind if self._rm is not None else "bt")
 
     def generator(self, policy: str):
         if self._gen is None:
@@ -248,29 +269,113 @@ class Recipe:
         return json.loads(m.read_text()) if m.exists() else None
 
     def mark(self, d: Path, stage: str, info: dict) -> dict:
+        self.fingerprint()
         write_atomic(self.marker(d, stage), json.dumps(info, indent=2) + "\n")
         self.write_summary()
         _kill_hook(f"{d.name}/{stage}")
         return info
 
-    # ---- run
-    def check_run_file(self) -> None:
+    # ---- before any work
+    def preflight(self) -> None:
+        """Every check that can fail, before any work: the backend importable, the policy and the reward model
+        found and identified, the pair rule fit for the reward model's kind."""
+        import importlib.util
+
+        from ..loading import identify
+
+        if self.cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise ValueError("--backend vllm: vLLM is not installed (pip install 'rmplugins[vllm]'); use --backend hf "
+                             "or install it")
+        policy = Path(os.path.expanduser(self.cfg.policy))
+        if policy.is_dir() and not (policy / "config.json").exists():
+            raise ValueError(f"--policy {self.cfg.policy}: a directory without config.json, not a model")
+        try:
+            checkpoint = identify(self.cfg.reward_model, **self.cfg.reward_kwargs)
+        except ValueError as err:
+            raise ValueError(f"--reward-model: {err}") from None
+        if checkpoint.kind == "pairrm" and checkpoint.variant is None:
+            raise ValueError(f"--reward-model {self.cfg.reward_model}: PairRM and Better-PairRM share this layout "
+                             "but not their input format; pass --reward-variant pairrm or --reward-variant better")
+        if checkpoint.kind != "pairrm" and self.cfg.reward_kwargs.get("variant"):
+            raise ValueError(f"--reward-variant is for PairRM models; {self.cfg.reward_model} is kind "
+                             f"{checkpoint.kind!r}")
+        self.rm_kind = checkpoint.kind
+        check_rule(self.rule_for_kind(checkpoint.kind), checkpoint.kind)
+
+    def complete(self) -> bool:
+        """Every stage of every iteration (and the final evaluation, if asked) has its marker."""
+        dirs = [(self.out / f"iter-{k}", "train") for k in range(1, self.cfg.iterations + 1)]
+        if self.cfg.eval_final:
+            dirs.append((self.out / f"eval-{self.cfg.iterations}", "score"))
+        return all(self.marker(d, stage).exists() for d, stage in dirs)
+
+    # ---- the output directory: one run at a time, options fixed once outputs exist
+    def lock(self):
+        """An exclusive lock on DIR for the whole run (released by the OS even after kill -9)."""
         self.out.mkdir(parents=True, exist_ok=True)
+        fh = open(self.out / ".lock", "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ValueError(f"{self.out} is in use by another run ({holder}); wait for it to finish, or use "
+                             "another --output") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        return fh
+
+    def check_run_file(self) -> None:
+        """A resume must use the options that shaped the outputs already there (run.json)."""
         run_file = self.out / "run.json"
-        shaping = self.cfg.shaping()
-        if run_file.exists():
-            old = json.loads(run_file.read_text())
-            diff = {k: (old.get(k), v) for k, v in shaping.items() if old.get(k) != v}
-            if diff:
-                lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise ValueError(f"{self.out} holds a run started with different options ({lines}); resume with "
-                                 "the same options (only --iterations may grow) or use a new --output")
-            logger.info("resuming the run in %s", self.out)
-        else:
-            write_atomic(run_file, json.dumps(shaping, indent=2) + "\n")
+        if not run_file.exists():
+            return
+        old = json.loads(run_file.read_text())
+        diff = {k: (old.get(k), v) for k, v in self.cfg.shaping().items() if old.get(k) != v}
+        if diff:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
+            raise ValueError(f"{self.out} holds a run started with different options ({lines}); resume with "
+                             "the same options (only --iterations may grow) or use a new --output")
+        logger.info("resuming the run in %s", self.out)
+
+    def fingerprint(self) -> None:
+        """Write run.json just before the first output of the run, so a run refused or failed before producing
+        anything can be re-run with corrected options."""
+        run_file = self.out / "run.json"
+        if not run_file.exists():
+            write_atomic(run_file, json.dumps(self.cfg.shaping(), indent=2) + "\n")
 
     def run(self) -> dict:
+        if self.out.is_dir() and (self.out / "run.json").exists() and not _writable(self.out):
+            return self.read_only_summary()
+        self.preflight()
+        try:
+            lock = self.lock()
+        except OSError as err:
+            raise disk_error(err, self.out) from None
+        try:
+            self.check_run_file()
+            return self._run_locked()
+        except OSError as err:
+            if err.errno in _DISK_ERRORS:
+                raise disk_error(err, self.out) from None
+            raise
+        finally:
+            lock.close()
+
+    def read_only_summary(self) -> dict:
+        """A finished run on read-only media: nothing to do, nothing written; its summary is returned."""
         self.check_run_file()
+        if not self.complete():
+            raise ValueError(f"{self.out} is read-only and its run is not finished; copy it to writable storage "
+                             "and re-run the same command there to resume")
+        logger.info("%s is read-only and its run is finished: nothing to do", self.out)
+        return self.summary()
+
+    def _run_locked(self) -> dict:
         handler = logging.FileHandler(self.out / "recipe.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root = logging.getLogger("rmplugins")
@@ -332,6 +437,7 @@ class Recipe:
                 for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
                     seeds = [seed_for(self.cfg.seed, k, i) for i in range(lo, hi)]
                     outs = gen.generate(self.prompts[lo:hi], self.cfg.num_candidates, seeds)
+                    self.fingerprint()
                     part.append([{"index": i, "prompt": self.prompts[i], "seed": s, "candidates": c}
                                  for i, s, c in zip(range(lo, hi), seeds, outs)])
                     bar.update(hi - lo)
@@ -356,7 +462,7 @@ class Recipe:
             part = PartialFile(final)
             start = len(part.rows)
             rm = self.reward_model()
-            method = rank_method(self.rule(), rm.kind)
+            method = rank_method(self.rule_for_kind(rm.kind), rm.kind)
             logger.info("%s: scoring with %s (kind %s)", d.name, self.cfg.reward_model, rm.kind)
             if self._gen is not None:
                 self._gen.sleep()
@@ -377,8 +483,7 @@ class Recipe:
         rows = read_jsonl(final)
         values = [s for r in rows for s in r["scores"]]
         best = [max(r["scores"]) for r in rows]
-        kind = self.reward_model().kind if self._rm is None else self._rm.kind
-        return self.mark(d, "score", {"seconds": seconds, "reward_kind": kind,
+        return self.mark(d, "score", {"seconds": seconds, "reward_kind": self.rm_kind,
                                       "reward": _stats(values), "best_of_n_mean": _stats(best)["mean"],
                                       "comparisons": sum(r["comparisons"] for r in rows)})
 
@@ -492,6 +597,11 @@ class Recipe:
         return out
 
     def write_summary(self) -> dict:
+        summary = self.summary()
+        write_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        return summary
+
+    def summary(self) -> dict:
         iters = []
         for k in range(1, self.cfg.iterations + 1):
             d = self.out / f"iter-{k}"
@@ -502,7 +612,6 @@ class Recipe:
         ev = self.out / f"eval-{self.cfg.iterations}"
         if ev.exists():
             summary["final_eval"] = self.iteration_summary(ev)
-        write_atomic(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
         return summary
 
     def log_iteration(self, k: int) -> None:
@@ -513,6 +622,23 @@ class Recipe:
                     "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], self.select_file, sel.get("kept", 0),
                     sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0),
                     secs)
+
+
+def _writable(path: Path) -> bool:
+    """Whether files can be created in ``path`` (tried, not guessed from permission bits: root ignores those)."""
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            return True
+    except OSError:
+        return False
+
+
+def disk_error(err: OSError, out: Path) -> ValueError:
+    """A one-line error for a write the user must make possible; the run resumes where it stopped."""
+    what = _DISK_ERRORS.get(err.errno, err.strerror or str(err))
+    where = err.filename or out
+    return ValueError(f"cannot write {where}: {what}. Make room (or make {out} writable) and re-run the same command: "
+                      "finished stages and saved chunks are kept")
 
 
 def _cuda() -> bool:
@@ -537,7 +663,7 @@ def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_
     common = {"output_dir": work, "learning_rate": cfg.lr, "num_train_epochs": cfg.epochs,
               "per_device_train_batch_size": cfg.batch_size,
               "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "max_length": cfg.max_length,
-              "seed": cfg.seed, "data_seed": cfg.seed, "save_strategy": "no", "report_to": "none",
+              "seed": cfg.seed, "data_seed": cfg.seed, "save_strategy": "no", "report_to": cfg.report_to,
               "use_cpu": not cuda, "bf16": dtype == torch.bfloat16, "logging_steps": 1,
               "disable_tqdm": not cfg.show_progress, "lr_scheduler_type": "linear", "warmup_steps": 0}
     try:
