@@ -1,5 +1,6 @@
 """Iterative DPO with an open reward model (RLHFlow's online recipe), on one GPU.
 
+    python examples/iterative_dpo.py --tiny            # built-in tiny models, CPU, offline, about a minute
     pip install 'rmplugins[vllm]'
     python examples/iterative_dpo.py --prompts prompts.jsonl --output runs/iter-dpo
 
@@ -20,11 +21,30 @@ from rmplugins.recipes import RecipeConfig, run_recipe
 from rmplugins.recipes.cli import format_table
 
 
+def tiny_settings(args) -> dict:
+    """Point the example at the demo's tiny models and prompts; small sizes so it runs on CPU."""
+    import json
+    import os
+
+    from rmplugins.recipes.demo_loop import demo_models, demo_prompts
+
+    args.policy, args.reward_model = demo_models()
+    args.backend, args.iterations, args.num_candidates, args.max_new_tokens = "hf", 1, 4, 8
+    os.makedirs(args.output, exist_ok=True)
+    args.prompts = os.path.join(args.output, "prompts.jsonl")
+    with open(args.prompts, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({"prompt": p}) + "\n" for p in demo_prompts())
+    return {"learning_rate": 1e-4, "max_length": 64, "batch_size": 8, "gradient_accumulation_steps": 1,
+            "epochs": 1, "device": "cpu", "rm_device": "cpu", "show_progress": False}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default="RLHFlow/LLaMA3-SFT")
     p.add_argument("--reward-model", default="sfairXC/FsfairX-LLaMA3-RM-v0.1")
-    p.add_argument("--prompts", required=True)
+    p.add_argument("--tiny", action="store_true",
+                   help="the demo's tiny policy and reward model, its prompts, the hf backend, on CPU (offline)")
+    p.add_argument("--prompts", help="JSON lines with a 'prompt' field (required without --tiny)")
     p.add_argument("--output", default="runs/iterative-dpo")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--num-candidates", type=int, default=8)
@@ -33,18 +53,25 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--gradient-accumulation-steps", type=int, default=16)
     args = p.parse_args()
+    tiny = tiny_settings(args) if args.tiny else {}
+    if not args.tiny and not args.prompts:
+        p.error("--prompts FILE is required (or --tiny for the built-in tiny models)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"equivalent: rmplugins iterative-dpo --policy {args.policy} --reward-model {args.reward_model} "
-          f"--prompts {args.prompts} --output {args.output} --iterations {args.iterations} "
-          f"--num-candidates {args.num_candidates} --max-new-tokens {args.max_new_tokens} --backend {args.backend} "
-          f"--batch-size {args.batch_size} --gradient-accumulation-steps {args.gradient_accumulation_steps}")
-    summary = run_recipe(RecipeConfig(
+    if not args.tiny:
+        print(f"equivalent: rmplugins iterative-dpo --policy {args.policy} --reward-model {args.reward_model} "
+              f"--prompts {args.prompts} --output {args.output} --iterations {args.iterations} "
+              f"--num-candidates {args.num_candidates} --max-new-tokens {args.max_new_tokens} "
+              f"--backend {args.backend} --batch-size {args.batch_size} "
+              f"--gradient-accumulation-steps {args.gradient_accumulation_steps}")
+    options = dict(
         recipe="iterative-dpo", policy=args.policy, reward_model=args.reward_model, prompts=args.prompts,
         output=args.output, iterations=args.iterations, num_candidates=args.num_candidates,
         max_new_tokens=args.max_new_tokens, backend=args.backend, temperature=1.0, seed=42,
         learning_rate=5e-7, epochs=2, label_smoothing=0.1, beta=0.1, reference="initial",
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        max_length=2048, gpu_memory_utilization=0.5, eval_final=True))
+        max_length=2048, gpu_memory_utilization=0.5, eval_final=True)
+    options.update(tiny)  # --tiny: CPU-sized settings
+    summary = run_recipe(RecipeConfig(**options))
     print(format_table(summary))
 
 

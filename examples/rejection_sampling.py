@@ -1,5 +1,6 @@
 """Rejection-sampling fine-tuning (best of n, then SFT) with an open reward model, on one GPU.
 
+    python examples/rejection_sampling.py --tiny            # built-in tiny models, CPU, offline, about a minute
     pip install 'rmplugins[vllm]'
     python examples/rejection_sampling.py --prompts prompts.jsonl --output runs/rs
 
@@ -16,11 +17,30 @@ from rmplugins.recipes import RecipeConfig, run_recipe
 from rmplugins.recipes.cli import format_table
 
 
+def tiny_settings(args) -> dict:
+    """Point the example at the demo's tiny models and prompts; small sizes so it runs on CPU."""
+    import json
+    import os
+
+    from rmplugins.recipes.demo_loop import demo_models, demo_prompts
+
+    args.policy, args.reward_model = demo_models()
+    args.backend, args.iterations, args.num_candidates, args.max_new_tokens = "hf", 1, 4, 8
+    os.makedirs(args.output, exist_ok=True)
+    args.prompts = os.path.join(args.output, "prompts.jsonl")
+    with open(args.prompts, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps({"prompt": p}) + "\n" for p in demo_prompts())
+    return {"learning_rate": 1e-4, "max_length": 64, "batch_size": 8, "gradient_accumulation_steps": 1,
+            "epochs": 1, "device": "cpu", "rm_device": "cpu", "show_progress": False}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--policy", default="RLHFlow/LLaMA3-SFT")
     p.add_argument("--reward-model", default="RLHFlow/ArmoRM-Llama3-8B-v0.1")
-    p.add_argument("--prompts", required=True)
+    p.add_argument("--tiny", action="store_true",
+                   help="the demo's tiny policy and reward model, its prompts, the hf backend, on CPU (offline)")
+    p.add_argument("--prompts", help="JSON lines with a 'prompt' field (required without --tiny)")
     p.add_argument("--output", default="runs/rejection-sampling")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--num-candidates", type=int, default=8)
@@ -28,13 +48,18 @@ def main() -> None:
     p.add_argument("--backend", choices=("vllm", "hf"), default="vllm")
     p.add_argument("--openrlhf-keys", action="store_true", help="also write OpenRLHF's input/output/reward rows")
     args = p.parse_args()
+    tiny = tiny_settings(args) if args.tiny else {}
+    if not args.tiny and not args.prompts:
+        p.error("--prompts FILE is required (or --tiny for the built-in tiny models)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = run_recipe(RecipeConfig(
+    options = dict(
         recipe="rejection-sampling", policy=args.policy, reward_model=args.reward_model, prompts=args.prompts,
         output=args.output, iterations=args.iterations, num_candidates=args.num_candidates,
         max_new_tokens=args.max_new_tokens, backend=args.backend, temperature=1.0, seed=42, learning_rate=1e-5,
         epochs=2, batch_size=1, gradient_accumulation_steps=16, max_length=2048, gpu_memory_utilization=0.5,
-        openrlhf_keys=args.openrlhf_keys, eval_final=True))
+        openrlhf_keys=args.openrlhf_keys, eval_final=True)
+    options.update(tiny)  # --tiny: CPU-sized settings
+    summary = run_recipe(RecipeConfig(**options))
     print(format_table(summary))
 
 

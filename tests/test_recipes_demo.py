@@ -35,6 +35,11 @@ def test_demo_loop_improves_the_policy(tmp_path, capsys):
     assert means[2] - means[0] > 1.0
     table = capsys.readouterr().out
     assert "after iter 2" in table and f"{means[2]:.4f}" in table
+    # the README shows what `make demo` prints: the same rows, digit for digit
+    from rmplugins.recipes.cli import format_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert format_table(summary) in readme, format_table(summary)
     # the improvement is the behaviour the reward prefers: more warm words in the final policy's samples
     def warmth(path):
         rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
@@ -43,3 +48,17 @@ def test_demo_loop_improves_the_policy(tmp_path, capsys):
 
     assert warmth(tmp_path / "demo" / "eval-2" / "candidates.jsonl") > \
         warmth(tmp_path / "demo" / "iter-1" / "candidates.jsonl") + 0.1
+
+
+@pytest.mark.parametrize("example,table", [("iterative_dpo", "pairs kept"), ("rejection_sampling", "best kept")])
+def test_recipe_examples_run_with_tiny(tmp_path, example, table):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RMPLUGINS_TINY_DIR": CACHE, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(root / "examples" / f"{example}.py"), "--tiny", "--output",
+                          str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert table in res.stdout and "after iter 1" in res.stdout
