@@ -90,7 +90,7 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
     requested = sum(len(rm.encode(to_conversation(p, c).messages)) for p, c in zip(prompts, completions))
     # Paths run interleaved, ``repeat`` rounds after a full warm-up round, best time kept: the host is shared,
     # so load spikes hit every path alike rather than one of them.
-    times = {"one": [], "trl": [], "lib": [], "generic": []}
+    times = {"one": [], "trl": [], "lib": [], "generic": [], "det": []}
     default_attention = rm.engine.engine_attention
     for r in range(repeat + 1):
         t_one, ref = timed(lambda: one_per_forward(rm, prompts, completions))
@@ -98,13 +98,16 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
         rm.engine.engine_attention = False  # the generic path: the model's masked attention, per-row cache copies
         t_generic, _ = timed(lambda: rm.score(prompts, completions))
         rm.engine.engine_attention = default_attention
+        rm.deterministic = True  # each row alone: bitwise independent of its batch (README: Scoring determinism)
+        t_det, det = timed(lambda: rm.score(prompts, completions))
+        rm.deterministic = False
         if r == repeat:
             rm.engine.stats.reset()
         t_lib, ours = timed(lambda: rm.score(prompts, completions))
         if r:
-            for key, t in (("one", t_one), ("trl", t_trl), ("lib", t_lib), ("generic", t_generic)):
+            for key, t in (("one", t_one), ("trl", t_trl), ("lib", t_lib), ("generic", t_generic), ("det", t_det)):
                 times[key].append(t)
-    t_one, t_trl, t_lib, t_generic = (min(times[k]) for k in ("one", "trl", "lib", "generic"))
+    t_one, t_trl, t_lib, t_generic, t_det = (min(times[k]) for k in ("one", "trl", "lib", "generic", "det"))
     st = rm.engine.stats
     processed, padded, floor = st.tokens_processed, st.tokens_padded, st.tokens_floor
     diff = max(abs(a - b) for a, b in zip(ref, ours))
@@ -113,10 +116,14 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
         (f"{label}: TRL padded batch", f"{t_trl:.2f}", f"{t_trl / t_lib:.2f}x", requested, trl_tokens),
         (f"{label}: rmplugins rm.score, engine_attention=False", f"{t_generic:.2f}", f"{t_generic / t_lib:.2f}x",
          processed, padded),
+        (f"{label}: rmplugins rm.score, deterministic=True (each row alone)", f"{t_det:.2f}",
+         f"{t_det / t_lib:.2f}x", requested, requested),
         (f"{label}: rmplugins rm.score (engine_attention={default_attention})", f"{t_lib:.2f}", "1.00x", processed,
          padded),
     ]
-    info = {"one": t_one, "trl": t_trl, "lib": t_lib, "generic": t_generic, "floor": floor, "processed": processed,
+    info = {"one": t_one, "trl": t_trl, "lib": t_lib, "generic": t_generic, "det": t_det,
+            "det_diff": max(abs(a - b) / (1 + abs(b)) for a, b in zip(ours, det)), "floor": floor,
+            "processed": processed,
             "padded": padded, "requested": requested, "trl_tokens": trl_tokens, "max_abs_diff": diff, "n": len(prompts)}
     return rows, info
 
@@ -290,6 +297,8 @@ def main(argv=None) -> int:
         ("pointwise vs one-per-forward", f"{info['one'] / info['lib']:.2f}x", ">= 3x"),
         ("pointwise vs TRL padded batch", f"{info['trl'] / info['lib']:.2f}x", ">= 5x"),
         ("pair-PM best-of-8 tournament vs all ordered pairs", f"{pair['ref'] / pair['lib']:.2f}x", ">= 5x"),
+        ("deterministic=True cost vs the default", f"{info['det'] / info['lib']:.2f}x slower",
+         f"max |default - deterministic| / (1 + |r|) = {info['det_diff']:.1e} (stated bound 5e-5)"),
         ("pointwise tokens processed / unique-token floor", f"{info['processed'] / info['floor']:.3f}",
          f"floor {info['floor']}, requested {info['requested']}"),
         ("pair-PM tokens processed vs all-pairs tokens", f"{pair['processed']} vs {pair['ref_tokens']}",

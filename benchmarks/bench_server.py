@@ -16,6 +16,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,14 +54,17 @@ class Server:
             cmd += ["--device", args.device]
         cmd += (["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)] if batched
                 else ["--max-batch-size", "1", "--max-wait-ms", "0"])
+        cmd += list(getattr(args, "server_args", []))
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # The server logs every request: to a file, never an unread pipe that would fill up and stall it.
+        self.log = tempfile.NamedTemporaryFile(prefix="rmplugins-serve-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
 
     async def wait(self) -> None:
         deadline = time.time() + 300
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + self.proc.stderr.read().decode()[-2000:])
+                raise RuntimeError("server exited: " + Path(self.log.name).read_text()[-2000:])
             try:
                 async with aiohttp.ClientSession() as s, s.get(self.url + "/health") as r:
                     if r.status == 200:
@@ -80,6 +84,8 @@ class Server:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        self.log.close()
+        os.unlink(self.log.name)
 
 
 async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:

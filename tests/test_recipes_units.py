@@ -101,6 +101,15 @@ def test_bad_prompt_files_name_the_line(tmp_path, lines, message):
         read_prompts(_write(tmp_path, lines))
 
 
+def test_a_non_utf8_prompt_file_names_the_line(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "fine"}\n{"prompt": "café"}\n'.encode("latin-1"))
+    with pytest.raises(PromptFileError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9"):
+        read_prompts(path)
+    path.write_bytes('\ufeff{"prompt": "with a byte-order mark"}\n'.encode("utf-8"))
+    assert read_prompts(path) == ["with a byte-order mark"]
+
+
 def test_cli_reports_a_bad_prompt_file_with_its_line_number(tmp_path, capsys):
     from rmplugins.cli import main
 

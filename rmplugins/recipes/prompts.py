@@ -24,11 +24,16 @@ def read_prompts(path: str | os.PathLike, field: str = "prompt") -> list[Any]:
     if not os.path.isfile(path):
         raise PromptFileError(f"prompt file {path!r} does not exist (expected JSON lines with a {field!r} field)")
     prompts: list[Any] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise PromptFileError(f"{where}: not UTF-8 text (byte {raw[err.start]:#04x} at byte {err.start + 1} "
+                                      "of the line); save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
