@@ -4,7 +4,8 @@ bounded in time and in requests, against a real server process on 127.0.0.1.
 - good clients: aiohttp, a new session per request, one policy-templated sample each (as OpenRLHF's actors);
 - hostile clients, in a loop: malformed JSON, 3000-deep nesting, a 5000-digit number, text/plain bodies, bodies
   over the size limit, non-string content parts and lone surrogates to /score, chat-templated text no template
-  reproduces, both length headers, a client gone mid-body, a 1-byte-per-second header, idle connections;
+  reproduces, both length headers, a client gone mid-body, a 1-byte-per-second header, idle connections, and
+  valid 4 MB samples;
 - a prober: GET /health every 100 ms.
 
 Reported: good requests/s and p50/p99, every status seen by each side, 5xx answers (must be 0), /health p50/p99
@@ -102,11 +103,14 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
                 good_status[type(err).__name__] += 1
             latencies.append(time.perf_counter() - t)
 
+    big = dict(payloads[0])
+    big["query"] = [big["prompts"][0] + "word " * 800_000]  # ~4 MB, under the 8 MiB body limit
+
     async def hostile(i):
         rng = random.Random(1000 + i)
         while more():
             sent[0] += 1
-            kind = rng.randrange(len(HOSTILE_BODIES) + 4)
+            kind = rng.randrange(len(HOSTILE_BODIES) + 5)
             if kind < len(HOSTILE_BODIES):
                 path, body, ctype = HOSTILE_BODIES[kind]
                 try:
@@ -126,8 +130,16 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
                 answer = await raw(server.port, head + b"Content-Length: 1000\r\n\r\n{\"query\"", close_after=0.05)
             elif which == 2:
                 answer = await raw(server.port, head, pause=1.0)  # slowloris: cut off by --read-timeout
-            else:
-                answer = await raw(server.port, b"", close_after=args.read_timeout + 1)  # idle
+            elif which == 3:
+                answer = await raw(server.port, b"")  # idle: the server must close it after --read-timeout
+            else:  # a valid sample of ~4 MB: parsed off the event loop, truncated by the model, scored
+                try:
+                    async with aiohttp.ClientSession(timeout=timeout) as s, \
+                            s.post(server.url + "/get_reward", json=big) as r:
+                        await r.read()
+                        answer = f"big {r.status}".encode()
+                except aiohttp.ClientError as err:
+                    answer = type(err).__name__.encode()
             bad_status[answer[:12].decode(errors="replace") or "<closed>"] += 1
 
     async def prober():

@@ -330,10 +330,11 @@ class RewardService:
     """Turns request bodies into samples (recovering conversations) and samples into OpenRLHF responses."""
 
     def __init__(self, rm: Any, batcher: Batcher, policy_template: Any = None, max_samples: int = 256,
-                 request_timeout: float = 120.0):
+                 request_timeout: float = 120.0, max_sample_chars: int | None = None):
         self.rm, self.batcher, self.template = rm, batcher, policy_template
         self.kind = getattr(rm, "kind", "?")
         self.max_samples = max_samples
+        self.max_sample_chars = max_sample_chars or default_sample_chars(rm)
         self.request_timeout = request_timeout
         self._warned_fallback = False
         self._warned_builtin: set[str] = set()
@@ -392,6 +393,8 @@ class RewardService:
             prompt = prompts[i] if prompts is not None else None
             if not isinstance(query, str) or (prompt is not None and not isinstance(prompt, str)):
                 raise RequestError(422, f"sample {i}: 'query' and 'prompts' entries must be strings")
+            label = labels[i]
+            self._check_size(len(query) + (len(label) if isinstance(label, str) else 0), i)
             try:
                 text_of(query, f"sample {i}")
             except ValueError as err:
@@ -426,8 +429,18 @@ class RewardService:
                 raise RequestError(422, str(err)) from None
             sample = Sample(messages + answer[:-1], answer[-1]["content"])
             sample.reference = self._reference(r if r is not None else "", i)
+            self._check_size(sum(len(m["content"]) for m in sample.messages) + len(sample.response)
+                             + len(sample.reference or ""), i)
             samples.append(sample)
         return samples
+
+    def _check_size(self, chars: int, index: int) -> None:
+        """Tokenizing a text costs its length even though the model reads only ``max_length`` tokens of it: one
+        multi-megabyte sample would hold the scoring thread for seconds and starve every other client."""
+        if chars > self.max_sample_chars:
+            raise RequestError(413, f"sample {index} has {chars} characters; the limit is {self.max_sample_chars} "
+                                    f"(--max-sample-chars): the reward model reads at most "
+                                    f"{getattr(self.rm, 'max_length', '?')} tokens of it")
 
     def _check_count(self, n: int) -> None:
         if n > self.max_samples:
@@ -445,7 +458,7 @@ class RewardService:
 def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
                max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
                max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
-               objective_logs: bool = False):
+               objective_logs: bool = False, max_sample_chars: int | None = None):
     """The FastAPI app around a loaded reward model. ``policy_tokenizer`` is a tokenizer, a path, or a
     :class:`~rmplugins.policy_template.PolicyTemplate`; ``None`` selects the plain mode."""
     from fastapi import FastAPI, Request
@@ -464,7 +477,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
     metrics = Metrics()
     batcher = Batcher(rm, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens, max_wait_ms=max_wait_ms,
                       max_queue_samples=max_queue_samples, objective_logs=objective_logs, metrics=metrics)
-    service = RewardService(rm, batcher, template, max_request_samples, request_timeout)
+    service = RewardService(rm, batcher, template, max_request_samples, request_timeout, max_sample_chars)
     key = str(api_key).encode("utf-8") if api_key else None
     parser = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")
     if not batcher.pointwise:
@@ -570,6 +583,12 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         return metrics.snapshot(batcher.queued_samples)
 
     return app
+
+
+def default_sample_chars(rm: Any) -> int:
+    """64 characters per token the model reads (text averages about 4): far above any sample the model can
+    score in full, small enough that tokenizing it takes milliseconds."""
+    return max(65536, 64 * int(getattr(rm, "max_length", 4096) or 4096))
 
 
 def parse_body(body: bytes, parse) -> list["Sample"]:
@@ -753,6 +772,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-request-samples", type=positive_int, default=256,
                    help="most samples in one request (413 above)")
     p.add_argument("--max-body-bytes", type=positive_int, default=8 << 20, help="largest request body (413 above)")
+    p.add_argument("--max-sample-chars", type=positive_int, default=None,
+                   help="longest sample (prompt, response and reference, in characters; 413 above); default: 64 x "
+                        "the reward model's max_length, far more than it reads")
     p.add_argument("--max-queue-samples", type=positive_int, default=8192, help="most samples waiting (503 above)")
     p.add_argument("--request-timeout", type=positive_float, default=120.0,
                    help="seconds a request may wait for its score (504 after; OpenRLHF's client waits 180)")
@@ -789,7 +811,8 @@ def _serve(args) -> int:
                          max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
                          max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
                          max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
-                         request_timeout=args.request_timeout, objective_logs=args.objective_logs)
+                         request_timeout=args.request_timeout, objective_logs=args.objective_logs,
+                         max_sample_chars=args.max_sample_chars)
     except (ValueError, OSError, TypeError) as err:
         print(f"rmplugins serve: {err}", file=sys.stderr)
         return 2

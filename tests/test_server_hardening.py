@@ -84,6 +84,22 @@ def test_malformed_bodies_are_4xx_never_500(bt):
         assert "500" not in errors, errors
 
 
+def test_a_sample_far_longer_than_the_model_reads_is_refused_with_the_reason(bt):
+    limit = 64 * bt.max_length
+    with BackgroundServer(create_app(bt)) as server:
+        prompt = "Tell me a story."
+        body = {"query": [prompt + " word" * (limit // 5 + 10)], "prompts": [prompt]}
+        status, answer = _post(server.url + "/get_reward", body)
+        assert status == 413 and f"the limit is {limit} (--max-sample-chars)" in answer["error"]
+        body = {"prompts": [prompt], "completions": ["y" * limit]}  # (a pointwise model ignores references)
+        assert _post(server.url + "/score", body)[0] == 413
+        fits = {"query": [prompt + " word" * (limit // 5 - 10)], "prompts": [prompt]}
+        assert _post(server.url + "/get_reward", fits)[0] == 200  # under the limit: scored (truncated, warned)
+    with BackgroundServer(create_app(bt, max_sample_chars=100)) as server:
+        status, answer = _post(server.url + "/get_reward", {"query": ["x" * 101], "prompts": ["x"]})
+        assert status == 413 and "the limit is 100" in answer["error"]
+
+
 def test_both_length_headers_and_a_client_gone_mid_body(bt):
     with BackgroundServer(create_app(bt), read_timeout=3.0) as server:
         both = (b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 5\r\n"
