@@ -10,7 +10,7 @@ import sys
 
 COMMAND_MODULES = (
     "rmplugins.demo",            # rmplugins demo
-    "rmplugins.server",          # rmplugins serve
+    "rmplugins.serving.cli",     # rmplugins serve
     "rmplugins.recipes.cli",     # rmplugins iterative-dpo / rejection-sampling
 )
 

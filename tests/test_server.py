@@ -13,7 +13,7 @@ import pytest
 from transformers import AutoTokenizer
 
 import rmplugins
-from rmplugins.server import BackgroundServer, create_app, reference_from_label
+from rmplugins.serving import BackgroundServer, create_app, reference_from_label
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "s3cret-test-key"
@@ -307,6 +307,14 @@ def test_verl_compute_score_against_live_server(armorm, armorm_server, monkeypat
     assert [m["score"] for m in many] == want
     with pytest.raises(ValueError, match="prompt is missing"):
         module.compute_score("ds", "x", "", {})
+
+
+def test_the_old_module_path_still_serves():
+    import rmplugins.server
+    import rmplugins.serving
+
+    assert rmplugins.server.create_app is rmplugins.serving.create_app
+    assert rmplugins.server.BackgroundServer is rmplugins.serving.BackgroundServer
 
 
 def test_cli_registers_serve():

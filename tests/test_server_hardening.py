@@ -14,7 +14,8 @@ import pytest
 from test_server import _get, _post
 
 import rmplugins
-from rmplugins.server import BackgroundServer, Batcher, RequestError, Sample, _Pending, create_app
+from rmplugins.serving import BackgroundServer, Batcher, create_app
+from rmplugins.serving.batcher import Pending
 
 ROOT = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/json"}
@@ -134,30 +135,23 @@ def test_auth_scheme_case_utf8_keys_docs_and_health(bt, tiny):
         assert health["deterministic"] is True
 
 
-class _Counting:
-    """A reward model that fails on any batch holding a BOOM sample and counts its calls."""
-
-    kind, pointwise, name_or_path = "bt", True, "counting"
-
-    def __init__(self):
-        self.calls = 0
-
-    def score(self, prompts, completions):
-        self.calls += 1
-        if "BOOM" in completions:
-            raise ValueError("cannot score BOOM")
-        return [float(len(c)) for c in completions]
-
-
 def test_a_failing_request_is_isolated_by_bisection_not_one_by_one():
-    rm = _Counting()
-    batcher = Batcher(rm)
-    items = [_Pending([Sample([{"role": "user", "content": "q"}], "BOOM" if i == 5 else "x" * i)], None)
-             for i in range(32)]
-    outcomes = batcher._run(items)
-    assert isinstance(outcomes[5], RequestError) and outcomes[5].status == 422
-    assert [o[0]["score"] for i, o in enumerate(outcomes) if i != 5] == [float(i) for i in range(32) if i != 5]
-    assert rm.calls <= 2 * math.ceil(math.log2(32)) + 1, rm.calls  # 11 calls, not 33
+    """The batcher is generic: here it batches plain strings for a function that refuses any batch with BOOM."""
+    calls = []
+
+    def run(items):
+        calls.append(len(items))
+        if "BOOM" in items:
+            raise ValueError("cannot score BOOM")
+        return [float(len(x)) for x in items]
+
+    batcher = Batcher(run)
+    requests = [Pending(["BOOM" if i == 5 else "x" * i], None) for i in range(32)]
+    outcomes = batcher.run_batch(requests)
+    assert isinstance(outcomes[5], ValueError) and "BOOM" in str(outcomes[5])
+    assert [o[0] for i, o in enumerate(outcomes) if i != 5] == [float(i) for i in range(32) if i != 5]
+    assert len(calls) <= 2 * math.ceil(math.log2(32)) + 1, calls  # 11 calls, not 33
+    assert sum(calls) <= 32 * (1 + math.ceil(math.log2(32))), calls
 
 
 def _serve(*args, env=None, timeout=120):

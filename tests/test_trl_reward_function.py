@@ -193,7 +193,7 @@ def test_grouping_helpers():
 def test_async_remote_reward_function_against_real_server(models):
     import socket
 
-    from rmplugins.server import BackgroundServer, create_app
+    from rmplugins.serving import BackgroundServer, create_app
 
     rm = models("bt", deterministic=True)  # rows come back bit for bit as scored alone, however batched
     app = create_app(rm, api_key="sekret")

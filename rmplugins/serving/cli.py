@@ -1,0 +1,108 @@
+"""``rmplugins serve``: load a reward model and serve it in OpenRLHF's remote reward protocol."""
+
+import logging
+import os
+import sys
+
+from .app import create_app
+from .transport import bind, uvicorn_config
+
+logger = logging.getLogger("rmplugins.server")
+API_KEY_ENV = "RMPLUGINS_API_KEY"
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+def register(subparsers) -> None:
+    from ..cli import HelpFormatter, non_negative_float, positive_float, positive_int
+
+    p = subparsers.add_parser(
+        "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
+        description="Serve a reward model over HTTP in OpenRLHF's remote reward protocol: POST /get_reward "
+                    "{query, prompts, labels} -> {rewards, scores, extra_logs}; GET /health; GET /metrics. "
+                    "Concurrent one-sample requests are batched together. Point OpenRLHF at it with "
+                    "--reward.remote_url http://HOST:PORT/get_reward (or, with --api-key, at "
+                    "integrations/openrlhf/reward_func.py).",
+        formatter_class=HelpFormatter)
+    p.add_argument("--model", required=True, help="reward model path or hub id (any supported family)")
+    p.add_argument("--kind", default=None, choices=("bt", "armorm", "pair_pm", "pairrm", "gpm"),
+                   help="family; default: detected from the checkpoint (an RLHFlow pair-preference model saved "
+                        "locally without rmplugins.json needs --kind pair_pm: its files look like any LM)")
+    p.add_argument("--variant", default=None, choices=("pairrm", "better"),
+                   help="PairRM only: 'pairrm' or 'better' (Better-PairRM); default: from the checkpoint's "
+                        "rmplugins.json or its hub id")
+    p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
+    p.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: the family's)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="score every sample alone, so its reward is bit for bit the same however requests are "
+                        "batched (costs one forward per sample; without it a reward may move by float rounding, "
+                        "within 5e-5 x (1 + |reward|) in float32: README, Scoring determinism)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind; 127.0.0.1 keeps it local. Use 0.0.0.0 only with --api-key")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--api-key", default=None,  # not the env value: --help would print the secret
+                   help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set). OpenRLHF's "
+                        "built-in HTTP client sends no header: use integrations/openrlhf/reward_func.py with a key")
+    p.add_argument("--policy-tokenizer", default=None,
+                   help="the policy's tokenizer (path or hub id): recover the conversation from the "
+                        "policy-templated text and re-render it in the reward model's format. Without it "
+                        "prompts[i] is the user's text and the rest of query[i] the response")
+    p.add_argument("--max-batch-size", type=positive_int, default=64,
+                   help="most samples scored in one batch; 1 = score requests one at a time")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=32768, help="token budget of one batch (estimated)")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
+                   help="how long the first request of a batch waits for others")
+    p.add_argument("--max-request-samples", type=positive_int, default=256,
+                   help="most samples in one request (413 above)")
+    p.add_argument("--max-body-bytes", type=positive_int, default=8 << 20, help="largest request body (413 above)")
+    p.add_argument("--max-sample-chars", type=positive_int, default=None,
+                   help="longest sample (prompt, response and reference, in characters; 413 above); default: 64 x "
+                        "the reward model's max_length, far more than it reads")
+    p.add_argument("--max-queue-samples", type=positive_int, default=8192, help="most samples waiting (503 above)")
+    p.add_argument("--request-timeout", type=positive_float, default=120.0,
+                   help="seconds a request may wait for its score (504 after; OpenRLHF's client waits 180)")
+    p.add_argument("--read-timeout", type=positive_float, default=30.0,
+                   help="seconds a connection has to send its whole request (from connecting or from its previous "
+                        "response); slower or idle connections are closed")
+    p.add_argument("--max-connections", type=positive_int, default=1024,
+                   help="open connections beyond this are closed at once (keep it below `ulimit -n`)")
+    p.add_argument("--objective-logs", action="store_true",
+                   help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
+    p.set_defaults(func=_serve)
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from .. import load_reward_model
+
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        print("rmplugins serve: the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real "
+              "key, or leave both unset to serve without authentication", file=sys.stderr)
+        return 2
+    if not _is_loopback(args.host) and not api_key:
+        logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
+                       args.host)
+    try:
+        sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
+        options = {"variant": args.variant} if args.variant else {}
+        rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
+                               deterministic=args.deterministic, **options)
+        logger.info("loaded %r", rm)
+        app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=api_key,
+                         max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
+                         max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
+                         max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
+                         request_timeout=args.request_timeout, objective_logs=args.objective_logs,
+                         max_sample_chars=args.max_sample_chars)
+    except (ValueError, OSError, TypeError) as err:
+        print(f"rmplugins serve: {err}", file=sys.stderr)
+        return 2
+    logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host, args.port,
+                args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "
+                "refused", "bearer key" if api_key else "none")
+    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,
+                                  max_connections=args.max_connections, log_level="warning")).run(sockets=[sock])
+    return 0

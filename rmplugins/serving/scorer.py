@@ -1,0 +1,44 @@
+"""Samples -> rewards: the one place of the server that knows the reward-model kinds. Pointwise kinds score the
+response; pairwise kinds and GPM give P(response beats the reference the label carried)."""
+
+from typing import Any
+
+from .protocol import Sample
+
+
+class RewardScorer:
+    """``scorer(samples)`` -> one ``{"score", "logs"}`` per sample; ``scorer.answer(results)`` -> OpenRLHF's
+    ``{"rewards", "scores", "extra_logs"}``, with the same ``extra_logs`` keys (``log_keys``) every time."""
+
+    def __init__(self, rm: Any, objective_logs: bool = False):
+        self.rm = rm
+        self.kind = getattr(rm, "kind", "?")
+        self.needs_reference = not getattr(rm, "pointwise", False)
+        self.objective_names: list[str] = []
+        if objective_logs and self.kind == "armorm":
+            self.objective_names = list(rm.objective_names)
+        self.log_keys = ["rm_score", "template_recovered"] + [f"objective/{n}" for n in self.objective_names]
+
+    def __call__(self, samples: list[Sample]) -> list[dict]:
+        prompts = [s.messages for s in samples]
+        responses = [s.response for s in samples]
+        objectives = None
+        if self.needs_reference:
+            scores = self.rm.compare(prompts, responses, [s.reference for s in samples])
+        elif self.objective_names:
+            details = self.rm.score_details(prompts, responses)
+            scores, objectives = details.score, details.rewards.tolist()
+        else:
+            scores = self.rm.score(prompts, responses)
+        out = []
+        for i, (sample, score) in enumerate(zip(samples, scores)):
+            logs = {"rm_score": float(score), "template_recovered": sample.recovered}
+            if objectives is not None:
+                logs.update({f"objective/{n}": float(v) for n, v in zip(self.objective_names, objectives[i])})
+            out.append({"score": float(score), "logs": logs})
+        return out
+
+    def answer(self, results: list[dict]) -> dict:
+        scores = [r["score"] for r in results]
+        return {"rewards": scores, "scores": list(scores),
+                "extra_logs": {k: [r["logs"][k] for r in results] for k in self.log_keys}}
