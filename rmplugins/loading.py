@@ -1,266 +1,24 @@
-"""``load_reward_model``: find the checkpoint, detect its family from what is on disk, load it natively.
-
-Detection never runs remote code: it reads ``config.json`` (``architectures`` and the extra fields the authors'
-code wrote) and the tensor names and shapes in the safetensors headers.
-"""
+"""``load_reward_model``: identify the checkpoint (:mod:`rmplugins.checkpoints`), then load it with its family's
+native implementation (one module per family in :mod:`rmplugins.families`)."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import json
 import logging
 import os
-import struct
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import torch
+from .checkpoints import KINDS, default_attention, default_device, detect_kind, identify, resolve_dtype
+from .families.armorm import ArmoRMRewardModel
+from .families.bt import BradleyTerryRewardModel
+from .families.gpm import GPMRewardModel
+from .families.pair_pm import PairPMRewardModel
+from .families.pairrm import PairRMRewardModel
 
 logger = logging.getLogger("rmplugins")
 
-KINDS = ("bt", "armorm", "pair_pm", "pairrm", "gpm")
-IDENTITY_FILE = "rmplugins.json"
-# What a checkpoint's files cannot say: a pair-preference model is a plain causal LM (like any policy), and
-# Better-PairRM has PairRM's exact layout but another input format. Known hub ids carry it here; a local copy
-# carries it in IDENTITY_FILE ({"kind": ..., "variant": ...}) or the caller passes kind=/variant=.
-KNOWN_IDS = {
-    "rlhflow/pair-preference-model-llama3-8b": {"kind": "pair_pm"},
-    "llm-blender/pairrm": {"kind": "pairrm", "variant": "pairrm"},
-    "llm-blender/pairrm-hf": {"kind": "pairrm", "variant": "pairrm"},
-    "mightbe/better-pairrm": {"kind": "pairrm", "variant": "better"},
-    "maywell/better-pairrm": {"kind": "pairrm", "variant": "better"},  # the id the card's own table links
-}
-PAIRRM_VARIANTS = ("pairrm", "better")
-FAMILY_CLASSES = {
-    "bt": "rmplugins.families.bt:BradleyTerryRewardModel",
-    "armorm": "rmplugins.families.armorm:ArmoRMRewardModel",
-    "pair_pm": "rmplugins.families.pair_pm:PairPMRewardModel",
-    "pairrm": "rmplugins.families.pairrm:PairRMRewardModel",
-    "gpm": "rmplugins.families.gpm:GPMRewardModel",
-}
-
-
-# ----------------------------------------------------------------------------- files
-def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
-    """A local directory as is; otherwise a hub id fetched (or found in the cache) with huggingface_hub."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ValueError(f"{path} is a directory without config.json: not a transformers checkpoint")
-        return path
-    if path.exists():
-        raise ValueError(f"{path} is a file; pass the checkpoint directory (with config.json and *.safetensors)")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(str(name_or_path), allow_patterns=[
-            "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]))
-    except Exception as err:
-        raise ValueError(f"cannot find checkpoint {name_or_path!r}: not a local directory, and the hub download "
-                         f"failed ({type(err).__name__}: {err}). Pass a local path, or set HF_HOME to a cache "
-                         "that has it.") from err
-
-
-def read_config(path: Path) -> dict[str, Any]:
-    return _read_json(path / "config.json", "the checkpoint's configuration")
-
-
-def _read_json(file: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{file}: cannot read {what} ({type(err).__name__}: {err}); the file is damaged or "
-                         "incomplete: download or copy the checkpoint again") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: {what} must be a JSON object, got {type(data).__name__}")
-    return data
-
-
-def read_identity(path: Path, name_or_path: Any) -> tuple[dict[str, str], str | None]:
-    """(kind/variant the checkpoint is known to be, where that came from): the checkpoint's IDENTITY_FILE, else
-    the known hub id it was loaded by; ({}, None) when neither says."""
-    file = path / IDENTITY_FILE
-    if file.exists():
-        identity = _read_json(file, "the reward-model identity")
-        unknown = set(identity) - {"kind", "variant"}
-        if unknown or identity.get("kind") not in (None, *KINDS) or \
-                identity.get("variant") not in (None, *PAIRRM_VARIANTS):
-            raise ValueError(f"{file}: expected {{\"kind\": one of {list(KINDS)}, \"variant\": one of "
-                             f"{list(PAIRRM_VARIANTS)} (PairRM only)}}, got {identity}")
-        return dict(identity), str(file)
-    known = KNOWN_IDS.get(str(name_or_path).strip("/").lower())
-    return (dict(known), f"the known hub id {name_or_path}") if known else ({}, None)
-
-
-def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
-    """Tensor name -> shape from the safetensors headers (no weights are read)."""
-    path = Path(path)
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        if list(path.glob("*.bin")):
-            raise ValueError(f"{path} has only PyTorch .bin weights; convert them to safetensors "
-                             "(transformers' save_pretrained does) so the family can be detected safely")
-        raise ValueError(f"{path} has no *.safetensors weights")
-    shapes: dict[str, list[int]] = {}
-    for file in files:
-        shapes.update(_safetensors_shapes(file))
-    return shapes
-
-
-def _safetensors_shapes(file: Path) -> dict[str, list[int]]:
-    """One file's tensor shapes, after checking that its header parses and that the file is as long as the
-    header says (a truncated download otherwise fails deep inside the loader)."""
-    damaged = (f"{file} is not a complete safetensors file ({{}}); the download or copy was interrupted or the "
-               "file is damaged: fetch it again")
-    total = file.stat().st_size
-    try:
-        with open(file, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError(damaged.format(f"{total} bytes, shorter than a header"))
-            (size,) = struct.unpack("<Q", head)
-            if size > total - 8:
-                raise ValueError(damaged.format(f"its header claims {size} bytes, the file has {total}"))
-            header = json.loads(f.read(size))
-        tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
-        shapes = {k: list(v["shape"]) for k, v in tensors.items()}
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError, IndexError) as err:
-        raise ValueError(damaged.format(f"unreadable header: {type(err).__name__}")) from None
-    if 8 + size + end > total:
-        raise ValueError(damaged.format(f"{total} bytes, {8 + size + end} expected from its header"))
-    return shapes
-
-
-# ----------------------------------------------------------------------------- detection
-def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
-    """Which family a checkpoint is, from its config and tensor names; a clear error when none fits."""
-    archs = config.get("architectures") or []
-    if "LlamaForRewardModelWithGating" in archs or ("num_objectives" in config and "regression_layer.weight" in shapes):
-        return "armorm"
-    if "DebertaV2PairRM" in archs or ("source_prefix_id" in config and "cand1_prefix_id" in config):
-        return "pairrm"
-    if "value_head.weight" in shapes:
-        return "gpm"
-    if any(a.endswith("ForSequenceClassification") for a in archs):
-        labels = config.get("num_labels") or len(config.get("id2label") or {0: 0})
-        if labels != 1:
-            raise ValueError(f"a sequence classifier with {labels} labels is not a Bradley-Terry reward model "
-                             "(num_labels must be 1)")
-        return "bt"
-    if any(a.endswith("ForCausalLM") for a in archs):
-        raise ValueError(
-            f"this checkpoint is a plain causal language model (architectures={archs}): that is what a policy "
-            "looks like, and also the layout of the RLHFlow pair-preference model (a judge answering 'A'/'B'). "
-            "If it is a pair-preference model, pass kind='pair_pm' (CLI: --reward-kind pair_pm / --kind pair_pm), "
-            f"or write {{\"kind\": \"pair_pm\"}} to {IDENTITY_FILE} in the checkpoint directory; if it is your "
-            "policy, point the reward model option at a reward model instead")
-    raise ValueError(
-        f"cannot tell which reward-model family this checkpoint is (architectures={archs}, "
-        f"{len(shapes)} tensors, e.g. {sorted(shapes)[:3]}); supported: {', '.join(KINDS)}. Pass kind=... if you "
-        "know it is one of them")
-
-
-# Tensors each kind reads beyond its backbone: a wrong kind= fails here with the reason, not deep in a loader.
-REQUIRED_TENSORS = {
-    "armorm": ("regression_layer.weight", "reward_transform_matrix", "gating.logit_scale"),
-    "gpm": ("value_head.weight",),
-    "pairrm": ("head_layer.1.weight", "head_layer.4.weight"),
-}
-
-
-def check_kind_fits(kind: str, config: dict[str, Any], shapes: dict[str, list[int]], path: Path) -> None:
-    """Refuse a kind the checkpoint cannot be (kind=... or an identity file naming the wrong family)."""
-    missing = [t for t in REQUIRED_TENSORS.get(kind, ()) if t not in shapes]
-    archs = config.get("architectures") or []
-    if kind == "bt" and not any(a.endswith("ForSequenceClassification") for a in archs):
-        missing.append("a *ForSequenceClassification architecture in config.json")
-    if kind == "pair_pm" and not any(a.endswith("ForCausalLM") for a in archs):
-        missing.append("a *ForCausalLM architecture in config.json")
-    if missing:
-        try:
-            found = f"it looks like kind {detect_kind(config, shapes)!r}"
-        except ValueError:
-            found = f"architectures={archs}"
-        raise ValueError(f"{path} cannot be loaded as kind {kind!r}: it lacks {', '.join(missing)} ({found}); "
-                         "leave kind unset to detect it, or pass the right one")
-
-
-# ----------------------------------------------------------------------------- device and precision
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
-    if dtype is None or dtype == "auto":
-        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype.replace("torch.", ""), None)
-        if not isinstance(value, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
-        return value
-    return dtype
-
-
-def default_attention(device: str) -> str:
-    if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
-
-
-def model_kwargs(device: str, dtype: torch.dtype, attn_implementation: str | None, device_map: Any) -> dict:
-    """Keyword arguments for ``from_pretrained``: dtype, attention kernel, and placement."""
-    kwargs: dict[str, Any] = {"dtype": dtype}
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
-    kwargs["device_map"] = device_map if device_map is not None else device
-    return kwargs
-
-
-def family_class(kind: str):
-    module, name = FAMILY_CLASSES[kind].split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-@dataclass
-class Checkpoint:
-    """What a checkpoint is, read from its files without loading weights."""
-
-    path: Path
-    config: dict[str, Any]
-    shapes: dict[str, list[int]]
-    kind: str
-    source: str           # where the kind (and variant) came from, for the log
-    variant: str | None   # PairRM only; None means not known (loading then asks for it)
-
-
-def identify(name_or_path: str | os.PathLike, *, kind: str | None = None, variant: str | None = None) -> Checkpoint:
-    """Find the checkpoint and tell its family (explicit options, then its identity file or known hub id, then
-    its config and tensors), refusing what it cannot be: every check ``load_reward_model`` makes before it reads
-    any weights, so a command can validate its reward model before starting work."""
-    if kind is not None and kind not in KINDS:
-        raise ValueError(f"unknown kind {kind!r}; choose one of {KINDS}")
-    if variant is not None and variant not in PAIRRM_VARIANTS:
-        raise ValueError(f"unknown PairRM variant {variant!r}; choose one of {PAIRRM_VARIANTS}")
-    path = resolve_checkpoint(name_or_path)
-    config = read_config(path)
-    shapes = tensor_shapes(path)
-    identity, source = read_identity(path, name_or_path)
-    if kind is not None:
-        detected, source = kind, "the kind option"
-    elif identity.get("kind"):
-        detected = identity["kind"]
-    else:
-        detected, source = detect_kind(config, shapes), "config.json and the tensor names"
-    check_kind_fits(detected, config, shapes, path)
-    if detected == "pairrm" and variant is not None:
-        source = f"{source}; variant from the variant option"
-    return Checkpoint(path, config, shapes, detected, source,
-                      variant if variant is not None else identity.get("variant"))
+FAMILIES = {"bt": BradleyTerryRewardModel, "armorm": ArmoRMRewardModel, "pair_pm": PairPMRewardModel,
+            "pairrm": PairRMRewardModel, "gpm": GPMRewardModel}
+__all__ = ["FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
 
 
 def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = None, device: str | None = None,
@@ -275,27 +33,19 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
     """
     deterministic = bool(options.pop("deterministic", False))
-    checkpoint = identify(name_or_path, kind=kind, variant=options.get("variant"))
-    path, config, shapes, detected, source = (checkpoint.path, checkpoint.config, checkpoint.shapes,
-                                              checkpoint.kind, checkpoint.source)
-    if detected == "pairrm":
-        options["variant"] = checkpoint.variant
+    checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     device = str(device or default_device())
     dtype = resolve_dtype(dtype, device)
-    if detected != "pairrm":
-        options.setdefault("attn_implementation", default_attention(device))
-    if detected == "gpm":
-        options["tensor_shapes"] = shapes
-    cls = family_class(detected)
-    variant = f", variant {options['variant']!r}" if detected == "pairrm" and options.get("variant") else ""
-    logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, detected, variant, source, device,
-                str(dtype).replace("torch.", ""))
+    options.setdefault("attn_implementation", default_attention(device))
+    variant = f", variant {checkpoint.variant!r}" if checkpoint.variant else ""
+    logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, checkpoint.kind, variant,
+                checkpoint.source, device, str(dtype).replace("torch.", ""))
     try:
-        rm = cls.from_pretrained(path, config=config, name_or_path=str(name_or_path), device=device, dtype=dtype,
-                                 **options)
+        rm = FAMILIES[checkpoint.kind].from_pretrained(checkpoint, name_or_path=str(name_or_path), device=device,
+                                                       dtype=dtype, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
-            raise TypeError(f"load_reward_model: option not supported for kind {detected!r}: {err}") from err
+            raise TypeError(f"load_reward_model: option not supported for kind {checkpoint.kind!r}: {err}") from err
         raise
     rm.deterministic = deterministic
     return rm

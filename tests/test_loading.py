@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 import rmplugins
-from rmplugins.loading import detect_kind, read_config, tensor_shapes
+from rmplugins.checkpoints import detect_kind, read_config, tensor_shapes
 
 EXPECTED = {"bt": "bt", "bt_llama3": "bt", "armorm": "armorm", "pair_pm": "pair_pm", "pairrm": "pairrm",
             "better_pairrm": "pairrm", "gpm": "gpm"}
@@ -103,6 +103,8 @@ def test_identity_file_is_validated(tiny, tmp_path):
 def test_unknown_option_names_the_kind(tiny):
     with pytest.raises(TypeError, match="not supported for kind 'bt'"):
         rmplugins.load_reward_model(tiny("bt"), device="cpu", tau=0.5)
+    with pytest.raises(ValueError, match="variant='better' is a PairRM option.*kind 'bt'"):
+        rmplugins.load_reward_model(tiny("bt"), device="cpu", variant="better")
 
 
 def test_hub_id_loads_from_the_offline_cache(tiny, tmp_path, monkeypatch):

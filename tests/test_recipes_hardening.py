@@ -50,7 +50,7 @@ def test_bad_options_are_refused_before_any_work_and_the_fix_runs(tiny, prompts_
         (["--backend", "vllm"], None, "vLLM is not installed"),
         ([], str(no_config), "without config.json"),
         ([], tiny("policy"), "plain causal language model"),  # the policy given as reward model
-        (["--reward-variant", "better"], None, "--reward-variant is for PairRM models"),
+        (["--reward-variant", "better"], None, "variant='better' is a PairRM option"),
     ]
     for extra, reward, reason in cases:
         res = _cli(_args(tiny, prompts_file, out, reward=reward, extra=extra))

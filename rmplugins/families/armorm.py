@@ -19,9 +19,9 @@ from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
 from ..base import PointwiseRewardModel
 from ..chat import load_chat_tokenizer, render
+from ..checkpoints import model_kwargs, pad_or_eos
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
-from ..loading import model_kwargs
 
 OBJECTIVE_NAMES = [
     "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
@@ -106,7 +106,7 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         self.gating_pattern = self._gating_pattern(tokenizer)
         n = model.regression_layer.out_features
         self.objective_names = OBJECTIVE_NAMES if n == len(OBJECTIVE_NAMES) else [f"objective_{i}" for i in range(n)]
-        pad = self.pad_token_id if self.pad_token_id is not None else tokenizer.eos_token_id
+        pad = self.pad_token_id if self.pad_token_id is not None else pad_or_eos(tokenizer)
         self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
 
     @staticmethod
@@ -128,10 +128,11 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         return pattern
 
     @classmethod
-    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+    def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
-        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
-        model = ArmoRMModel.from_pretrained(path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
+        model = ArmoRMModel.from_pretrained(checkpoint.path,
+                                            **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
                    token_budget=token_budget)
 

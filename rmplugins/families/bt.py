@@ -11,8 +11,8 @@ from transformers import AutoModelForSequenceClassification
 
 from ..base import PointwiseRewardModel
 from ..chat import load_chat_tokenizer, render, strip_bos
+from ..checkpoints import model_kwargs, pad_or_eos
 from ..engine import ScoringEngine
-from ..loading import model_kwargs
 
 
 class BradleyTerryRewardModel(PointwiseRewardModel):
@@ -26,16 +26,15 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
             raise ValueError(f"{name_or_path}: a Bradley-Terry reward model needs a single-logit `score` head "
                              f"(num_labels=1); found {head!r}")
         self.head = head
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.engine = ScoringEngine(model.base_model, pad, causal=True, token_budget=token_budget)
+        self.engine = ScoringEngine(model.base_model, pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
 
     @classmethod
-    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+    def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
-        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
+        tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, **model_kwargs(device, dtype, attn_implementation, device_map))
-        limit = max_length or config.get("max_position_embeddings") or 4096
+            checkpoint.path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget)
 
     def encode(self, messages: list[dict]) -> list[int]:

@@ -19,8 +19,8 @@ from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
 from ..base import RewardModel
 from ..chat import load_chat_tokenizer
+from ..checkpoints import model_kwargs, pad_or_eos
 from ..engine import ScoringEngine
-from ..loading import model_kwargs
 from ..ranking import Ranking, from_scores
 
 
@@ -63,24 +63,20 @@ class GPMRewardModel(RewardModel):
         self.tau = float(tau)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{name_or_path}: GPM needs an eos token (the last position is forced to eos)")
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
+        self.engine = ScoringEngine(model.model, pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
 
     @classmethod
-    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1,
-                        tensor_shapes=None):
-        from ..loading import tensor_shapes as read_shapes
-
-        shapes = tensor_shapes or read_shapes(path)
-        llama_config = LlamaConfig.from_pretrained(path)
+    def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1):
+        shapes = checkpoint.shapes
+        llama_config = LlamaConfig.from_pretrained(checkpoint.path)
         llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
         llama_config.add_prompt_head = "prompt_head.weight" in shapes
         if llama_config.value_head_dim % 2:
             raise ValueError(f"{name_or_path}: GPM value_head has {llama_config.value_head_dim} rows; an even "
                              "dimension is needed for the skew-symmetric preference operator")
-        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
-        model = GPMModel.from_pretrained(path, config=llama_config,
+        tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
+        model = GPMModel.from_pretrained(checkpoint.path, config=llama_config,
                                          **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
                    token_budget=token_budget, tau=tau)

@@ -13,8 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from ..base import PairwiseRewardModel
 from ..chat import load_chat_tokenizer, merge_system, render, strip_bos
+from ..checkpoints import model_kwargs, pad_or_eos
 from ..engine import ScoringEngine
-from ..loading import model_kwargs
 
 PLAIN_TEMPLATE = (
     "\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
@@ -44,16 +44,15 @@ class PairPMRewardModel(PairwiseRewardModel):
         self.answer_rows = lm_head.weight.detach()[[self.token_a, self.token_b]].float()
         self.answer_bias = (lm_head.bias.detach()[[self.token_a, self.token_b]].float()
                             if getattr(lm_head, "bias", None) is not None else None)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.engine = ScoringEngine(model.get_decoder(), pad, causal=True, token_budget=token_budget)
+        self.engine = ScoringEngine(model.get_decoder(), pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
 
     @classmethod
-    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
+    def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, temperature=1.0):
-        tokenizer = load_chat_tokenizer(path, name_or_path, chat_template)
-        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs(device, dtype, attn_implementation,
-                                                                          device_map))
-        limit = max_length or config.get("max_position_embeddings") or 8192
+        tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype,
+                                                                                     attn_implementation, device_map))
+        limit = max_length or checkpoint.config.get("max_position_embeddings") or 8192
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget,
                    temperature=temperature)
 

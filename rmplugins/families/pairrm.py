@@ -18,8 +18,8 @@ from transformers import DebertaV2Config, DebertaV2Model, DebertaV2PreTrainedMod
 
 from ..base import PairwiseRewardModel
 from ..chat import load_tokenizer, merge_system
+from ..checkpoints import model_kwargs
 from ..engine import ScoringEngine
-from ..loading import model_kwargs
 
 # The conversation template of the Better-PairRM model card.
 BETTER_PAIRRM_TEMPLATE = "\n".join([
@@ -99,9 +99,12 @@ class PairRMRewardModel(PairwiseRewardModel):
         self._template = jinja2.Environment().from_string(BETTER_PAIRRM_TEMPLATE)
 
     @classmethod
-    def from_pretrained(cls, path, *, config, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None, variant=None):
-        tokenizer = load_tokenizer(path, name_or_path)
+    def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
+                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+        """The variant comes from the checkpoint (its rmplugins.json, its hub id, or the variant option given to
+        ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is not used)."""
+        variant = checkpoint.variant
+        tokenizer = load_tokenizer(checkpoint.path, name_or_path)
         if variant is None:
             raise ValueError(
                 f"{name_or_path}: PairRM and Better-PairRM share this checkpoint layout but not their input format "
@@ -109,7 +112,7 @@ class PairRMRewardModel(PairwiseRewardModel):
                 "says which this is. Pass variant='pairrm' (llm-blender/PairRM) or variant='better' "
                 "(mightbe/Better-PairRM), or write {\"kind\": \"pairrm\", \"variant\": \"...\"} to rmplugins.json "
                 "in the checkpoint directory")
-        model = PairRMModel.from_pretrained(path, **model_kwargs(device, dtype, None, device_map))
+        model = PairRMModel.from_pretrained(checkpoint.path, **model_kwargs(device, dtype, None, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, variant=variant, token_budget=token_budget)
 
     # ---------------------------------------------------------------- texts (reference-exact)

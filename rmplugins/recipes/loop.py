@@ -281,7 +281,7 @@ class Recipe:
         found and identified, the pair rule fit for the reward model's kind."""
         import importlib.util
 
-        from ..loading import identify
+        from ..checkpoints import identify
 
         if self.cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError("--backend vllm: vLLM is not installed (pip install 'rmplugins[vllm]'); use --backend hf "
@@ -296,9 +296,6 @@ class Recipe:
         if checkpoint.kind == "pairrm" and checkpoint.variant is None:
             raise ValueError(f"--reward-model {self.cfg.reward_model}: PairRM and Better-PairRM share this layout "
                              "but not their input format; pass --reward-variant pairrm or --reward-variant better")
-        if checkpoint.kind != "pairrm" and self.cfg.reward_kwargs.get("variant"):
-            raise ValueError(f"--reward-variant is for PairRM models; {self.cfg.reward_model} is kind "
-                             f"{checkpoint.kind!r}")
         self.rm_kind = checkpoint.kind
         check_rule(self.rule_for_kind(checkpoint.kind), checkpoint.kind)
 
