@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from rmplugins.recipes.loop import Recipe, RecipeConfig, read_jsonl
+from rmplugins.recipes.config import RecipeConfig
+from rmplugins.recipes.files import read_jsonl
+from rmplugins.recipes.loop import Recipe
 from rmplugins.recipes.prompts import as_messages
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_recipes_e2e import TRAIN, _cli, prompts_file  # noqa: F401  (pytest fixture)
 
-from rmplugins.recipes.loop import RecipeConfig
+from rmplugins.recipes.config import RecipeConfig
 
 pytestmark = pytest.mark.slow
 
@@ -107,5 +107,5 @@ def test_report_to_reaches_the_config(tiny, prompts_file, tmp_path):  # noqa: F8
 
     args = build_parser().parse_args(_args(tiny, prompts_file, tmp_path / "run", extra=("--report-to", "wandb")))
     config = config_from_args(args, "rejection-sampling")
-    assert config.report_to == "wandb" and "report_to" not in config.shaping()  # a resume may change the tracker
+    assert config.report_to == "wandb" and "report_to" not in config.fingerprint()  # a resume may change the tracker
     assert os.environ.get("WANDB_MODE") != "online"  # nothing here talks to a tracker

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
+from rmplugins.recipes.config import RecipeConfig
+from rmplugins.recipes.files import PartialFile
 from rmplugins.recipes.generation import seed_for
-from rmplugins.recipes.loop import PartialFile, Recipe, RecipeConfig
+from rmplugins.recipes.loop import Recipe
 from rmplugins.recipes.prompts import PromptFileError, read_prompts
 from rmplugins.recipes.selection import SelectionStats, best_of_n, check_rule, default_rule, select_pair
 
@@ -153,7 +155,7 @@ def test_resume_with_different_options_is_refused(tmp_path):
     first.check_run_file()
     assert not (first.out / "run.json").exists()  # nothing written yet: nothing to hold a re-run to
     Recipe(RecipeConfig(**cfg, num_candidates=8)).check_run_file()
-    first.fingerprint()  # the first output of the run is about to be written
+    first.write_fingerprint()  # the first output of the run is about to be written
     Recipe(RecipeConfig(**cfg, iterations=5)).check_run_file()  # more iterations is a resume
     with pytest.raises(ValueError, match=r"different options \(num_candidates: 4 -> 8\)"):
         Recipe(RecipeConfig(**cfg, num_candidates=8)).check_run_file()

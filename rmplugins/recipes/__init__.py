@@ -8,8 +8,9 @@ The command line (``rmplugins iterative-dpo`` / ``rmplugins rejection-sampling``
 :func:`run_recipe`; see ``rmplugins/recipes/loop.py`` for the on-disk layout and the resume rules.
 """
 
+from .config import RecipeConfig
 from .generation import Generator, HFGenerator, VLLMGenerator, make_generator
-from .loop import RecipeConfig, run_recipe
+from .loop import run_recipe
 from .prompts import PromptFileError, read_prompts
 from .selection import SelectionStats, best_of_n, select_pair
 

@@ -93,7 +93,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
 
 
 def config_from_args(args: argparse.Namespace, recipe: str):
-    from .loop import RecipeConfig
+    from .config import RecipeConfig
 
     return RecipeConfig(
         recipe=recipe, policy=args.policy, reward_model=args.reward_model, prompts=args.prompts, output=args.output,

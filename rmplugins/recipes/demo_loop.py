@@ -168,7 +168,7 @@ def demo_models(tiny_dir: str | None = None) -> tuple[str, str]:
 
 
 def demo_config(output: str, prompts_file: str, policy: str, rm: str, **overrides):
-    from .loop import RecipeConfig
+    from .config import RecipeConfig
 
     options = {"recipe": "iterative-dpo", "policy": policy, "reward_model": rm, "prompts": prompts_file,
                "output": output, "iterations": 2, "num_candidates": 4, "max_new_tokens": 10, "learning_rate": 1e-3,

@@ -27,174 +27,27 @@ itself right after that stage finished; ``iter-1/generate/chunk-1`` after the fi
 
 from __future__ import annotations
 
-import dataclasses
-import errno
-import fcntl
 import json
 import logging
-import math
 import os
 import shutil
 import signal
-import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .config import RecipeConfig
+from .files import DISK_ERRORS, PartialFile, disk_error, dumps, lock_directory, read_jsonl, writable, write_atomic
 from .generation import make_generator, seed_for
 from .prompts import as_messages, is_conversational, read_prompts
 from .selection import SelectionStats, best_of_n, check_rule, default_rule, rank_method, select_pair
+from .training import _cuda, train
 
 logger = logging.getLogger("rmplugins.recipes")
 
-RECIPES = ("iterative-dpo", "rejection-sampling")
 KILL_ENV = "RMPLUGINS_RECIPES_KILL_AFTER"
-# Options that do not change any output file: they may differ between a run and its resume.
-_RESUME_FREE = {"iterations", "output", "show_progress", "rm_device", "device", "gpu_memory_utilization",
-                "eval_final", "report_to"}
-# Writing failures a user fixes outside the program: reported in one line, the run resumable afterwards.
-_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-                errno.EFBIG: "a file grew beyond the allowed size", errno.EROFS: "the file system is read-only",
-                errno.EACCES: "permission denied"}
-
-
-@dataclass
-class RecipeConfig:
-    recipe: str
-    policy: str
-    reward_model: str
-    prompts: str
-    output: str
-    iterations: int = 2
-    num_candidates: int = 4
-    max_new_tokens: int = 256
-    backend: str = "hf"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 42
-    pair_rule: str | None = None          # None: by reward-model kind (max-min / tournament / gpo)
-    min_margin: float = 0.0
-    reference: str = "initial"            # DPO reference: "initial" policy (RLHFlow) or "previous" iteration
-    learning_rate: float | None = None    # None: 5e-7 for DPO (RLHFlow), 1e-5 for SFT
-    epochs: float = 2.0
-    beta: float = 0.1
-    label_smoothing: float = 0.1
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    openrlhf_keys: bool = False
-    eval_final: bool = False
-    reward_kwargs: dict = field(default_factory=dict)
-    rm_device: str | None = None
-    device: str | None = None
-    gpu_memory_utilization: float = 0.5
-    chunk_size: int = 64                  # prompts per generation/scoring chunk (the unit of saved progress)
-    generation_batch_size: int = 8        # prompts per transformers generate call (hf backend)
-    show_progress: bool = True
-    report_to: str = "none"               # TRL/transformers trackers: "none", "wandb", "tensorboard", "all", ...
-
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {list(RECIPES)}")
-        whole = {"iterations": self.iterations, "num_candidates": self.num_candidates,
-                 "max_new_tokens": self.max_new_tokens, "chunk_size": self.chunk_size,
-                 "generation_batch_size": self.generation_batch_size, "batch_size": self.batch_size,
-                 "gradient_accumulation_steps": self.gradient_accumulation_steps, "max_length": self.max_length}
-        for name, value in whole.items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a whole number of at least 1, got {value!r}")
-        ranges = [("temperature", self.temperature, 0, None, "above 0 (sampling K different candidates; 0 would "
-                   "repeat one)"), ("top_p", self.top_p, 0, 1, "in (0, 1]"), ("epochs", self.epochs, 0, None,
-                   "above 0"), ("beta", self.beta, 0, None, "above 0"),
-                  ("gpu_memory_utilization", self.gpu_memory_utilization, 0, 1, "in (0, 1]")]
-        if self.learning_rate is not None:
-            ranges.append(("learning_rate", self.learning_rate, 0, None, "above 0"))
-        for name, value, low, high, what in ranges:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > low
-                    and (high is None or value <= high)):
-                raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"--label-smoothing must be in [0, 0.5), got {self.label_smoothing!r}")
-        if not (math.isfinite(self.min_margin) and self.min_margin >= 0):
-            raise ValueError(f"--min-margin must be 0 or more, got {self.min_margin!r}")
-        if self.recipe == "iterative-dpo" and self.num_candidates < 2:
-            raise ValueError("iterative DPO needs --num-candidates of at least 2 to form a pair")
-        if self.reference not in ("initial", "previous"):
-            raise ValueError(f"--reference must be 'initial' or 'previous', got {self.reference!r}")
-        for name in ("policy", "reward_model"):
-            value = str(getattr(self, name))
-            if value.startswith(("/", "./", "../", "~")) and not os.path.isdir(os.path.expanduser(value)):
-                raise ValueError(f"--{name.replace('_', '-')} {value!r} is not a directory; give a local model "
-                                 "directory or a hub id such as 'RLHFlow/LLaMA3-SFT'")
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"--backend must be 'hf' or 'vllm', got {self.backend!r}")
-
-    @property
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 5e-7 if self.recipe == "iterative-dpo" else 1e-5
-
-    def shaping(self) -> dict:
-        """The options that shape the outputs, stored in run.json."""
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k not in _RESUME_FREE}
-        for key in ("policy", "reward_model", "prompts"):
-            out[key] = os.path.abspath(out[key]) if os.path.exists(out[key]) else out[key]
-        return out
-
-
-# ----------------------------------------------------------------------------- files
-def dumps(row: dict) -> str:
-    """One JSON line with the keys in the order given (byte-stable)."""
-    return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-class PartialFile:
-    """Append-only ``<final>.partial`` of complete rows; ``finish()`` moves it to ``<final>``."""
-
-    def __init__(self, final: Path):
-        self.final = final
-        self.path = final.with_name(final.name + ".partial")
-        self.rows: list[dict] = []
-        if self.path.exists():
-            data = self.path.read_bytes()
-            end = data.rfind(b"\n") + 1  # drop a torn last line
-            for line in data[:end].decode("utf-8").splitlines():
-                if line.strip():
-                    self.rows.append(json.loads(line))
-            if end != len(data):
-                with open(self.path, "r+b") as fh:
-                    fh.truncate(end)
-
-    def append(self, rows: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(dumps(r) for r in rows))
-            fh.flush()
-            os.fsync(fh.fileno())
-        self.rows.extend(rows)
-
-    def finish(self) -> None:
-        if not self.path.exists():
-            self.path.write_text("")
-        os.replace(self.path, self.final)
-
-
 def _kill_hook(point: str) -> None:
     if os.environ.get(KILL_ENV) == point:
         logger.warning("%s=%s: killing this process (test hook)", KILL_ENV, point)
@@ -269,7 +122,7 @@ class Recipe:
         return json.loads(m.read_text()) if m.exists() else None
 
     def mark(self, d: Path, stage: str, info: dict) -> dict:
-        self.fingerprint()
+        self.write_fingerprint()
         write_atomic(self.marker(d, stage), json.dumps(info, indent=2) + "\n")
         self.write_summary()
         _kill_hook(f"{d.name}/{stage}")
@@ -307,57 +160,39 @@ class Recipe:
         return all(self.marker(d, stage).exists() for d, stage in dirs)
 
     # ---- the output directory: one run at a time, options fixed once outputs exist
-    def lock(self):
-        """An exclusive lock on DIR for the whole run (released by the OS even after kill -9)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        fh = open(self.out / ".lock", "a+", encoding="utf-8")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
-            raise ValueError(f"{self.out} is in use by another run ({holder}); wait for it to finish, or use "
-                             "another --output") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on {socket.gethostname()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        fh.flush()
-        return fh
-
     def check_run_file(self) -> None:
         """A resume must use the options that shaped the outputs already there (run.json)."""
         run_file = self.out / "run.json"
         if not run_file.exists():
             return
         old = json.loads(run_file.read_text())
-        diff = {k: (old.get(k), v) for k, v in self.cfg.shaping().items() if old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in self.cfg.fingerprint().items() if old.get(k) != v}
         if diff:
             lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(diff.items()))
             raise ValueError(f"{self.out} holds a run started with different options ({lines}); resume with "
                              "the same options (only --iterations may grow) or use a new --output")
         logger.info("resuming the run in %s", self.out)
 
-    def fingerprint(self) -> None:
+    def write_fingerprint(self) -> None:
         """Write run.json just before the first output of the run, so a run refused or failed before producing
         anything can be re-run with corrected options."""
         run_file = self.out / "run.json"
         if not run_file.exists():
-            write_atomic(run_file, json.dumps(self.cfg.shaping(), indent=2) + "\n")
+            write_atomic(run_file, json.dumps(self.cfg.fingerprint(), indent=2) + "\n")
 
     def run(self) -> dict:
-        if self.out.is_dir() and (self.out / "run.json").exists() and not _writable(self.out):
+        if self.out.is_dir() and (self.out / "run.json").exists() and not writable(self.out):
             return self.read_only_summary()
         self.preflight()
         try:
-            lock = self.lock()
+            lock = lock_directory(self.out)
         except OSError as err:
             raise disk_error(err, self.out) from None
         try:
             self.check_run_file()
             return self._run_locked()
         except OSError as err:
-            if err.errno in _DISK_ERRORS:
+            if err.errno in DISK_ERRORS:
                 raise disk_error(err, self.out) from None
             raise
         finally:
@@ -406,10 +241,32 @@ class Recipe:
             handler.close()
 
     # ---- stages
-    def _chunks(self, start: int):
-        size = max(1, self.cfg.chunk_size)
-        for lo in range(start, len(self.prompts), size):
-            yield lo, min(lo + size, len(self.prompts))
+    def chunked_stage(self, d: Path, stage: str, activity: str, file: str, start_work: Callable[[], Callable]
+                      ) -> float | None:
+        """The resumable skeleton of generate and score: rows for prompts [lo, hi) appended to ``file.partial``
+        a chunk at a time (fsynced), resuming after the last complete chunk; the finished file moved into place.
+        ``start_work()`` loads what the stage needs (a model) and returns ``produce(lo, hi) -> rows``; it runs only
+        when work remains. Returns the seconds spent, or None when the file was already there."""
+        final = d / file
+        if final.exists():
+            return None
+        t0 = time.time()
+        part = PartialFile(final)
+        start = len(part.rows)
+        if start:
+            logger.info("%s: resuming %s after %d finished prompts", d.name, activity, start)
+        produce = start_work()
+        size = self.cfg.chunk_size
+        with self._bar(f"{d.name} {stage}", start) as bar:
+            for chunk, lo in enumerate(range(start, len(self.prompts), size), 1):
+                hi = min(lo + size, len(self.prompts))
+                rows = produce(lo, hi)
+                self.write_fingerprint()
+                part.append(rows)
+                bar.update(hi - lo)
+                _kill_hook(f"{d.name}/{stage}/chunk-{chunk}")
+        part.finish()
+        return time.time() - t0
 
     def _bar(self, desc: str, initial: int):
         from tqdm.auto import tqdm
@@ -418,66 +275,52 @@ class Recipe:
                     disable=not self.cfg.show_progress, dynamic_ncols=True)
 
     def stage_generate(self, d: Path, policy: str, k: int) -> dict:
+        """K candidates per prompt from ``policy``, seeded per (seed, iteration, prompt)."""
         if (info := self.done(d, "generate")) is not None:
             return info
-        final = d / "candidates.jsonl"
-        if not final.exists():
-            t0 = time.time()
-            part = PartialFile(final)
-            start = len(part.rows)
-            if start:
-                logger.info("%s: resuming generation after %d finished prompts", d.name, start)
-            logger.info("%s: generating %d candidates for each of %d prompts with %s (%s)", d.name,
-                        self.cfg.num_candidates, len(self.prompts) - start, policy, self.cfg.backend)
+
+        def start_work():
+            logger.info("%s: generating %d candidates per prompt with %s (%s)", d.name, self.cfg.num_candidates,
+                        policy, self.cfg.backend)
             gen = self.generator(policy)
-            with self._bar(f"{d.name} generate", start) as bar:
-                for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
-                    seeds = [seed_for(self.cfg.seed, k, i) for i in range(lo, hi)]
-                    outs = gen.generate(self.prompts[lo:hi], self.cfg.num_candidates, seeds)
-                    self.fingerprint()
-                    part.append([{"index": i, "prompt": self.prompts[i], "seed": s, "candidates": c}
-                                 for i, s, c in zip(range(lo, hi), seeds, outs)])
-                    bar.update(hi - lo)
-                    _kill_hook(f"{d.name}/generate/chunk-{chunk}")
-            part.finish()
-            seconds = time.time() - t0
-        else:
-            seconds = None
-        rows = read_jsonl(final)
+
+            def produce(lo, hi):
+                seeds = [seed_for(self.cfg.seed, k, i) for i in range(lo, hi)]
+                outs = gen.generate(self.prompts[lo:hi], self.cfg.num_candidates, seeds)
+                return [{"index": i, "prompt": self.prompts[i], "seed": s, "candidates": c}
+                        for i, s, c in zip(range(lo, hi), seeds, outs)]
+            return produce
+
+        seconds = self.chunked_stage(d, "generate", "generation", "candidates.jsonl", start_work)
+        rows = read_jsonl(d / "candidates.jsonl")
         lengths = [len(c) for r in rows for c in r["candidates"]]
         return self.mark(d, "generate", {"seconds": seconds, "policy": str(policy), "prompts": len(rows),
                                          "candidates": len(lengths),
                                          "mean_chars": sum(lengths) / max(1, len(lengths))})
 
     def stage_score(self, d: Path) -> dict:
+        """Rank each prompt's candidates: a chunk at a time, one batched call (or one per tournament round)."""
         if (info := self.done(d, "score")) is not None:
             return info
-        final = d / "scores.jsonl"
-        if not final.exists():
-            t0 = time.time()
+
+        def start_work():
             cands = read_jsonl(d / "candidates.jsonl")
-            part = PartialFile(final)
-            start = len(part.rows)
             rm = self.reward_model()
             method = rank_method(self.rule_for_kind(rm.kind), rm.kind)
             logger.info("%s: scoring with %s (kind %s)", d.name, self.cfg.reward_model, rm.kind)
             if self._gen is not None:
                 self._gen.sleep()
-            with self._bar(f"{d.name} score", start) as bar:
-                for chunk, (lo, hi) in enumerate(self._chunks(start), 1):
-                    rows = cands[lo:hi]
-                    # the whole chunk at once: one batched call (pointwise, GPM) or one per tournament round
-                    rankings = rm.rank_many([r["prompt"] for r in rows], [r["candidates"] for r in rows], method)
-                    part.append([{"index": r["index"], "scores": [float(s) for s in g.scores], "best": g.best,
-                                  "worst": g.worst, "comparisons": g.comparisons, "method": g.method}
-                                 for r, g in zip(rows, rankings)])
-                    bar.update(hi - lo)
-                    _kill_hook(f"{d.name}/score/chunk-{chunk}")
-            part.finish()
-            seconds = time.time() - t0
-        else:
-            seconds = None
-        rows = read_jsonl(final)
+
+            def produce(lo, hi):
+                rows = cands[lo:hi]
+                rankings = rm.rank_many([r["prompt"] for r in rows], [r["candidates"] for r in rows], method)
+                return [{"index": r["index"], "scores": [float(s) for s in g.scores], "best": g.best,
+                         "worst": g.worst, "comparisons": g.comparisons, "method": g.method}
+                        for r, g in zip(rows, rankings)]
+            return produce
+
+        seconds = self.chunked_stage(d, "score", "scoring", "scores.jsonl", start_work)
+        rows = read_jsonl(d / "scores.jsonl")
         values = [s for r in rows for s in r["scores"]]
         best = [max(r["scores"]) for r in rows]
         return self.mark(d, "score", {"seconds": seconds, "reward_kind": self.rm_kind,
@@ -619,87 +462,6 @@ class Recipe:
                     "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], self.select_file, sel.get("kept", 0),
                     sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0),
                     secs)
-
-
-def _writable(path: Path) -> bool:
-    """Whether files can be created in ``path`` (tried, not guessed from permission bits: root ignores those)."""
-    try:
-        with tempfile.TemporaryFile(dir=path):
-            return True
-    except OSError:
-        return False
-
-
-def disk_error(err: OSError, out: Path) -> ValueError:
-    """A one-line error for a write the user must make possible; the run resumes where it stopped."""
-    what = _DISK_ERRORS.get(err.errno, err.strerror or str(err))
-    where = err.filename or out
-    return ValueError(f"cannot write {where}: {what}. Make room (or make {out} writable) and re-run the same command: "
-                      "finished stages and saved chunks are kept")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-# ----------------------------------------------------------------------------- training
-def train(cfg: RecipeConfig, rows: list[dict], policy: str, reference: str, out_dir: Path,
-          conversational: bool) -> dict:
-    """Train ``policy`` on ``rows`` with TRL's DPOTrainer (pairs) or SFTTrainer (best-of-n) into ``out_dir``."""
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = _cuda() and (cfg.device is None or str(cfg.device).startswith("cuda"))
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
-    tok = AutoTokenizer.from_pretrained(policy)
-    model = AutoModelForCausalLM.from_pretrained(policy, dtype=dtype)
-    work = tempfile.mkdtemp(prefix="rmplugins-trainer-")
-    common = {"output_dir": work, "learning_rate": cfg.lr, "num_train_epochs": cfg.epochs,
-              "per_device_train_batch_size": cfg.batch_size,
-              "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "max_length": cfg.max_length,
-              "seed": cfg.seed, "data_seed": cfg.seed, "save_strategy": "no", "report_to": cfg.report_to,
-              "use_cpu": not cuda, "bf16": dtype == torch.bfloat16, "logging_steps": 1,
-              "disable_tqdm": not cfg.show_progress, "lr_scheduler_type": "linear", "warmup_steps": 0}
-    try:
-        if cfg.recipe == "iterative-dpo":
-            from trl import DPOConfig, DPOTrainer
-
-            data = Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
-                                      for r in rows])
-            ref = AutoModelForCausalLM.from_pretrained(reference, dtype=dtype)
-            args = DPOConfig(beta=cfg.beta, label_smoothing=cfg.label_smoothing, **common)
-            trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
-        else:
-            from trl import SFTConfig, SFTTrainer
-
-            data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-            args = SFTConfig(**common)
-            trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
-        if not cfg.show_progress:  # no per-step dict printing either
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
-        result = trainer.train()
-        trainer.save_model(str(out_dir))
-        tok.save_pretrained(str(out_dir))
-        # training_args.bin pickles the trainer's scratch directory: drop it so the output is byte-reproducible
-        (out_dir / "training_args.bin").unlink(missing_ok=True)
-        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-        metrics = {"steps": int(result.global_step), "train_loss": float(result.training_loss),
-                   "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-                   "learning_rate": cfg.lr, "reference": reference if cfg.recipe == "iterative-dpo" else None}
-        if cfg.recipe == "iterative-dpo":
-            acc = [h["rewards/accuracies"] for h in trainer.state.log_history if "rewards/accuracies" in h]
-            metrics["last_reward_accuracy"] = acc[-1] if acc else None
-        del trainer, model
-        return metrics
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        if cuda:
-            torch.cuda.empty_cache()
 
 
 def run_recipe(config: RecipeConfig) -> dict:
