@@ -1,23 +1,53 @@
 """The public face shared by every family: ``score``, ``compare``, ``rank`` (contract.md).
 
-A family subclasses one of three bases and implements a single batched primitive:
-- :class:`PointwiseRewardModel` -> ``rewards(conversations)`` (one float per conversation);
-- :class:`PairwiseRewardModel` -> ``win_probs(convs_a, convs_b)`` (P(a beats b) per pair);
-- GPM implements ``compare`` and ``rank`` itself (embeddings, then cheap products).
+A family subclasses one of three bases and implements a per-row encoding (which may raise with the row's reason)
+and one batched model call over encoded rows:
+- :class:`PointwiseRewardModel` -> ``encode_row(conversation)`` and ``forward_rows(encoded)`` (a reward per row,
+  plus named extras such as ArmoRM's objectives);
+- :class:`PairwiseRewardModel` -> ``encode_pair(a, b)`` and ``pair_probs(encoded)`` (P(a beats b) per pair);
+- GPM implements ``encode_pair``/``pair_probs`` and ``rank_many`` itself (embeddings, then cheap products).
+
+The base encodes row by row and makes one model call for the rows that encoded: ``score_rows`` and
+``compare_rows`` give every row its score or its reason (the server and the TRL reward function use them, so one
+bad row never fails or re-runs its batch); ``score`` and ``compare`` raise on the first bad row. In
+deterministic mode each encoded row runs alone (``_batched``).
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from .inputs import Conversation, split_sizes, to_conversation, to_conversations
+from .inputs import Conversation, check_lists, split_sizes, to_conversation, to_conversations
 from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
 
 logger = logging.getLogger("rmplugins")
+
+
+@dataclass
+class RowScores:
+    """One entry per row: ``scores[i]`` (None where row i could not be scored) and ``reasons[i]`` why; ``extras``
+    are named per-row values beyond the score (ArmoRM: ``rewards`` and ``coefficients``, 19 each; None for a
+    failed row)."""
+
+    scores: list[float | None]
+    reasons: dict[int, str]
+    extras: dict[str, list]
+
+    @classmethod
+    def place(cls, n: int, ok: list[int], out: dict[str, torch.Tensor], reasons: dict[int, str]) -> "RowScores":
+        """Spread a batched call's outputs over the rows ``ok`` of ``n``."""
+        scores: list[float | None] = [None] * n
+        extras: dict[str, list] = {name: [None] * n for name in out if name != "score"}
+        for j, i in enumerate(ok):
+            scores[i] = float(out["score"][j])
+            for name in extras:
+                extras[name][i] = out[name][j]
+        return cls(scores, dict(reasons), extras)
 
 
 class RewardModel:
@@ -69,10 +99,37 @@ class RewardModel:
     def compare(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
                 ) -> list[float]:
         convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
-        return self._batched(self.win_probs, convs_a, convs_b).tolist()
+        return self.win_probs(convs_a, convs_b).tolist()
+
+    def compare_rows(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
+                     ) -> RowScores:
+        """``compare``, row by row: a row that cannot be judged (bad input, a format the model cannot render) gets
+        None and its reason; the other rows are judged in one batched call."""
+        check_lists(prompts, completions_a, completions_b)
+
+        def encode(i):
+            return self.encode_pair(to_conversation(prompts[i], completions_a[i], i),
+                                    to_conversation(prompts[i], completions_b[i], i))
+
+        ok, encoded, reasons = self._encode_rows(len(prompts), encode)
+        probs = self._batched(self.pair_probs, encoded) if encoded else torch.zeros(0)
+        return RowScores.place(len(prompts), ok, {"score": probs}, reasons)
 
     def win_probs(self, convs_a: Sequence[Conversation], convs_b: Sequence[Conversation]) -> torch.Tensor:
-        """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context; each family defines it."""
+        """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context (raises on the first pair that
+        cannot be encoded)."""
+        if not len(convs_a):
+            return torch.zeros(0)
+        return self._batched(self.pair_probs, [self.encode_pair(a, b) for a, b in zip(convs_a, convs_b)])
+
+    # ---------------------------------------------------------------- what each family implements
+    def encode_pair(self, a: Conversation, b: Conversation) -> Any:
+        """What the model needs to judge ``a`` against ``b`` (token ids, positions); raises ValueError with the
+        reason when the pair cannot be rendered."""
+        raise NotImplementedError
+
+    def pair_probs(self, encoded_pairs: list) -> torch.Tensor:
+        """float32 CPU tensor [N]: P(a beats b) for encoded pairs, in one batched model call."""
         raise NotImplementedError
 
     def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:
@@ -85,22 +142,35 @@ class RewardModel:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- helpers for families
-    def _batched(self, primitive, *columns: Sequence[Conversation]):
-        """``primitive(*columns)`` (a family's batched model call over rows of conversations), or, in
-        deterministic mode, the primitive on each distinct row alone, concatenated in order. Returns what the
-        primitive returns: a tensor, or a tuple of tensors, with one leading row per input row."""
-        n = len(columns[0])
-        if not self.deterministic or n <= 1:
-            return primitive(*columns)
-        keys = [tuple((c.context, c.response) for c in row) for row in zip(*columns)]
+    def _batched(self, forward, rows: list):
+        """``forward(rows)`` (a family's batched model call over encoded rows), or, in deterministic mode,
+        ``forward`` on each distinct row alone, concatenated in order. Returns what ``forward`` returns (a tensor,
+        a tuple or a dict of tensors) with one leading row per input row."""
+        if not self.deterministic or len(rows) <= 1:
+            return forward(rows)
+        keys = [repr(row) for row in rows]
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
-            first.setdefault(repr(key), i)
-        alone = {i: primitive(*(col[i: i + 1] for col in columns)) for i in first.values()}
-        parts = [alone[first[repr(key)]] for key in keys]
+            first.setdefault(key, i)
+        alone = {i: forward([rows[i]]) for i in first.values()}
+        parts = [alone[first[key]] for key in keys]
+        if isinstance(parts[0], dict):
+            return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         if isinstance(parts[0], tuple):
             return tuple(torch.cat(column) for column in zip(*parts))
         return torch.cat(parts)
+
+    @staticmethod
+    def _encode_rows(n: int, encode) -> tuple[list[int], list, dict[int, str]]:
+        """(rows that encoded, their encodings, the reason of each row that did not)."""
+        ok, encoded, reasons = [], [], {}
+        for i in range(n):
+            try:
+                encoded.append(encode(i))
+                ok.append(i)
+            except ValueError as err:
+                reasons[i] = str(err)
+        return ok, encoded, reasons
 
     @staticmethod
     def _distinct(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
@@ -151,18 +221,42 @@ class PointwiseRewardModel(RewardModel):
     pointwise = True
     rank_methods = ("score",)
 
-    def rewards(self, conversations: Sequence[Conversation]) -> torch.Tensor:
-        """float32 CPU tensor [N] of rewards; the one primitive a pointwise family implements."""
+    def encode_row(self, conversation: Conversation) -> Any:
+        """What the model reads for one conversation (token ids, positions); raises ValueError with the reason
+        when it cannot be rendered. Each pointwise family implements it and :meth:`forward_rows`."""
         raise NotImplementedError
+
+    def forward_rows(self, encoded: list) -> dict[str, torch.Tensor]:
+        """One batched model call: ``{"score": float32 CPU [N], ...named per-row extras}``."""
+        raise NotImplementedError
+
+    def rewards(self, conversations: Sequence[Conversation]) -> torch.Tensor:
+        """float32 CPU tensor [N] of rewards (raises on the first conversation that cannot be encoded)."""
+        return self._forward([self.encode_row(c) for c in conversations])["score"]
+
+    def _forward(self, encoded: list) -> dict[str, torch.Tensor]:
+        return self._batched(self.forward_rows, encoded)
 
     def score(self, prompts, completions):
         (convs,) = to_conversations(prompts, completions)
-        return self._batched(self.rewards, convs).tolist()
+        return self.rewards(convs).tolist()
 
-    def win_probs(self, convs_a, convs_b):
+    def score_rows(self, prompts: Sequence[Any], completions: Sequence[Any]) -> RowScores:
+        """``score``, row by row: a row that cannot be scored gets None and its reason; the others are scored in
+        one batched call. ``extras`` holds the family's named per-row values (ArmoRM's objectives)."""
+        check_lists(prompts, completions)
+        ok, encoded, reasons = self._encode_rows(
+            len(prompts), lambda i: self.encode_row(to_conversation(prompts[i], completions[i], i)))
+        out = self._forward(encoded) if encoded else {"score": torch.zeros(0)}
+        return RowScores.place(len(prompts), ok, out, reasons)
+
+    def encode_pair(self, a, b):
+        return self.encode_row(a), self.encode_row(b)
+
+    def pair_probs(self, encoded_pairs):
         """sigmoid(r_a - r_b)."""
-        r = self._batched(self.rewards, list(convs_a) + list(convs_b))
-        n = len(convs_a)
+        n = len(encoded_pairs)
+        r = self._forward([a for a, _ in encoded_pairs] + [b for _, b in encoded_pairs])["score"]
         return torch.sigmoid(r[:n] - r[n:])
 
     def rank_many(self, prompts, candidate_lists, method=None):
@@ -173,13 +267,14 @@ class PointwiseRewardModel(RewardModel):
             distinct, back = self._distinct(self._candidates(prompt, candidates))  # identical ones scored once
             groups.append(distinct)
             backs.append(back)
-        rewards = self._batched(self.rewards, [c for g in groups for c in g]).tolist()  # one call for all groups
+        rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for all groups
         return [expand_duplicates(from_scores(r, "score", 0), back)
                 for r, back in zip(split_sizes(rewards, [len(g) for g in groups]), backs)]
 
 
 class PairwiseRewardModel(RewardModel):
-    """Families that only judge pairs (RLHFlow pair-PM, PairRM)."""
+    """Families that only judge pairs (RLHFlow pair-PM, PairRM): they implement ``encode_pair`` and
+    ``pair_probs``."""
 
     rank_methods = ("tournament", "round_robin")
 
@@ -197,7 +292,7 @@ class PairwiseRewardModel(RewardModel):
         def judge_many(pending: dict[int, list[tuple[int, int]]]) -> dict[int, list[float]]:
             convs_a = [groups[g][i] for g, pairs in pending.items() for i, _ in pairs]
             convs_b = [groups[g][j] for g, pairs in pending.items() for _, j in pairs]
-            probs = self._batched(self.win_probs, convs_a, convs_b).tolist()
+            probs = self.win_probs(convs_a, convs_b).tolist()
             return dict(zip(pending, split_sizes(probs, [len(pairs) for pairs in pending.values()])))
 
         plans = [PLANS[method](len(g)) for g in groups]

@@ -120,6 +120,12 @@ def to_conversation(prompt: Any, completion: Any, index: int = 0) -> Conversatio
 
 def to_conversations(prompts: Sequence[Any], *completion_lists: Sequence[Any]) -> list[list[Conversation]]:
     """One list of conversations per completion list; all lists must have the prompts' length."""
+    check_lists(prompts, *completion_lists)
+    return [[to_conversation(p, c, i) for i, (p, c) in enumerate(zip(prompts, cl))] for cl in completion_lists]
+
+
+def check_lists(prompts: Sequence[Any], *completion_lists: Sequence[Any]) -> None:
+    """The list-level contract: lists (not a lone string), all of the prompts' length."""
     if isinstance(prompts, (str, dict)) or not isinstance(prompts, Sequence):
         raise ValueError("prompts must be a list (one entry per completion); wrap a single prompt in a list")
     for name, completions in zip(("completions", "completions_b"), completion_lists):
@@ -130,7 +136,6 @@ def to_conversations(prompts: Sequence[Any], *completion_lists: Sequence[Any]) -
                 f"got {len(prompts)} prompts but {len(completions)} {name}: pass one completion per prompt "
                 "(repeat a prompt for each of its completions)"
             )
-    return [[to_conversation(p, c, i) for i, (p, c) in enumerate(zip(prompts, cl))] for cl in completion_lists]
 
 
 def split_sizes(flat: Sequence[Any], sizes: Sequence[int]) -> list[list[Any]]:

@@ -223,16 +223,20 @@ def test_pairwise_kinds_score_against_the_label_reference(tiny, policy_tok, kind
 
 
 def test_model_failures_are_isolated_per_request(armorm, policy_tok):
-    """A request whose scoring raises gets a 4xx/5xx with the reason; others in the same batch still score."""
+    """A sample the model cannot score gets a 4xx with the reason, a NaN reward a 5xx; the other requests of the
+    same batch are scored in that batch (the model reports failing rows; nothing is re-scored)."""
 
     class Flaky:
         kind, pointwise, name_or_path = "bt", True, "flaky"
 
-        def score(self, prompts, completions):
-            if any("BOOM" in c for c in completions):
-                raise ValueError("cannot score BOOM")
-            scores = armorm.score(prompts, completions)
-            return [float("nan") if c == "NAN" else x for c, x in zip(completions, scores)]
+        def score_rows(self, prompts, completions):
+            rows = armorm.score_rows(prompts, completions)
+            for i, c in enumerate(completions):
+                if "BOOM" in c:
+                    rows.scores[i], rows.reasons[i] = None, "cannot score BOOM"
+                elif c == "NAN":
+                    rows.scores[i] = float("nan")
+            return rows
 
     convs = _conversations(6, seed=4)
     payloads = [_openrlhf_payload(policy_tok, c, r) for c, r in convs]

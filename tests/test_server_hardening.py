@@ -177,3 +177,22 @@ def test_serve_cli_errors_are_one_line_and_early(tiny):
         assert res.returncode == 2 and reason in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
     res = _serve("--model", "m", "--max-batch-size", "0")
     assert res.returncode == 2 and "not a positive integer" in res.stderr
+
+
+def test_a_sample_the_model_refuses_fails_alone_and_its_batch_runs_once(tiny):
+    """The issue's case: 1% over-long ArmoRM samples made the server re-score their batches one by one. Now the
+    model reports the failing row before any forward, and the batch's other samples are scored in one call."""
+    from rmplugins.serving import RewardScorer, Sample
+
+    rm = rmplugins.load_reward_model(tiny("armorm"))
+    batcher = Batcher(RewardScorer(rm))
+    samples = [Sample([{"role": "user", "content": f"Question {i}?"}], f"Answer {i}.") for i in range(8)]
+    samples[3] = Sample([{"role": "user", "content": "word " * 20000}], "too long to read")
+    rm.engine.stats.reset()
+    outcomes = batcher.run_batch([Pending([s], None) for s in samples])
+    assert rm.engine.stats.calls == 1  # one forward call for the seven good samples, none repeated
+    assert isinstance(outcomes[3], ValueError) and "too long" in str(outcomes[3])
+    want = rm.score([s.messages for i, s in enumerate(samples) if i != 3],
+                    [s.response for i, s in enumerate(samples) if i != 3])
+    got = [o[0]["score"] for i, o in enumerate(outcomes) if i != 3]
+    assert got == want  # the same seven sequences in one call: the same numbers, bit for bit

@@ -164,24 +164,27 @@ class ArmoRMRewardModel(PointwiseRewardModel):
                          "in the rendered conversation (was it truncated? conversations must end with an "
                          "assistant turn after a user turn)")
 
-    def _heads(self, conversations):
-        sequences = [self.encode(c.messages) for c in conversations]
-        positions = [[self.reward_position(s), self.gating_position(s)] for s in sequences]
-        hidden = self.engine.hidden_at(sequences, positions)
+    def encode_row(self, conversation) -> tuple[list[int], list[int]]:
+        """(token ids, [the reward's position, the gate's position]); raises when the gate's pattern is absent."""
+        ids = self.encode(conversation.messages)
+        return ids, [self.reward_position(ids), self.gating_position(ids)]
+
+    def forward_rows(self, encoded):
+        """``score`` [N], and per row the 19 objective ``rewards``, the ``gating_output`` and the
+        ``coefficients`` (= gating_output @ transform.T)."""
+        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
         if not hidden:
             empty = torch.zeros(0, len(self.objective_names))
-            return empty, empty, empty, torch.zeros(0)
+            return {"score": torch.zeros(0), "rewards": empty, "gating_output": empty, "coefficients": empty}
         h = torch.stack(hidden)  # [N, 2, H]
         with torch.inference_mode():
             rewards, gate, score = self.model.heads(h[:, 0].to(self.device), h[:, 1].to(self.device))
             coefficients = gate.float() @ self.model.reward_transform_matrix.float().T
-        return rewards.float().cpu(), gate.float().cpu(), coefficients.cpu(), score.float().cpu()
-
-    def rewards(self, conversations):
-        return self._heads(conversations)[3]
+        return {"score": score.float().cpu(), "rewards": rewards.float().cpu(), "gating_output": gate.float().cpu(),
+                "coefficients": coefficients.cpu()}
 
     def score_details(self, prompts, completions) -> ArmoRMDetails:
         (convs,) = to_conversations(prompts, completions)
-        rewards, gate, coefficients, score = self._batched(self._heads, convs)
-        return ArmoRMDetails(score=score.tolist(), rewards=rewards, coefficients=coefficients,
-                             gating_output=gate, objective_names=list(self.objective_names))
+        out = self._forward([self.encode_row(c) for c in convs])
+        return ArmoRMDetails(score=out["score"].tolist(), rewards=out["rewards"], coefficients=out["coefficients"],
+                             gating_output=out["gating_output"], objective_names=list(self.objective_names))

@@ -42,11 +42,14 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
         ids = self.tokenizer(text)["input_ids"]
         return self._truncate(ids, side="left")  # RM-Mistral-7B was trained with left truncation
 
-    def rewards(self, conversations):
-        sequences = [self.encode(c.messages) for c in conversations]
+    def encode_row(self, conversation) -> list[int]:
+        return self.encode(conversation.messages)
+
+    def forward_rows(self, sequences):
+        """The logit at each sequence's last token."""
         hidden = self.engine.hidden_at(sequences, [[-1]] * len(sequences))
         if not hidden:
-            return torch.zeros(0)
+            return {"score": torch.zeros(0)}
         h = torch.cat(hidden).to(self.head.weight.device, self.head.weight.dtype)
         with torch.inference_mode():
-            return self.head(h)[:, 0].float().cpu()
+            return {"score": self.head(h)[:, 0].float().cpu()}

@@ -100,7 +100,10 @@ class GPMRewardModel(RewardModel):
 
     def embeddings(self, conversations) -> tuple[torch.Tensor, torch.Tensor]:
         """(v [N, d] unit embeddings, R [N, d, d] preference operators from each prompt state)."""
-        encoded = [self.encode(c.messages) for c in conversations]
+        return self._batched(self.embed_rows, [self.encode(c.messages) for c in conversations])
+
+    def embed_rows(self, encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batched model call over encoded conversations: (v [N, d], R [N, d, d])."""
         hidden = self.engine.hidden_at([ids for ids, _ in encoded], [[-1, pos] for _, pos in encoded])
         h = torch.stack(hidden).to(self.device)
         with torch.inference_mode():
@@ -113,12 +116,13 @@ class GPMRewardModel(RewardModel):
         """s(a beats b) = v_a^T R^T v_b, batched."""
         return torch.bmm(torch.bmm(v_a.unsqueeze(1), R.transpose(1, 2)), v_b.unsqueeze(2)).view(-1)
 
-    def win_probs(self, convs_a, convs_b):
+    def encode_pair(self, a, b):
+        return self.encode(a.messages), self.encode(b.messages)
+
+    def pair_probs(self, encoded_pairs):
         """sigmoid(s(a beats b) / tau), R from a's prompt state as in the reference."""
-        if not convs_a:
-            return torch.zeros(0)
-        v, R = self._batched(self.embeddings, list(convs_a) + list(convs_b))
-        n = len(convs_a)
+        n = len(encoded_pairs)
+        v, R = self._batched(self.embed_rows, [a for a, _ in encoded_pairs] + [b for _, b in encoded_pairs])
         return torch.sigmoid(self.preference(v[:n], R[:n], v[n:]) / self.tau)
 
     def gpo_table(self, v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
@@ -138,7 +142,7 @@ class GPMRewardModel(RewardModel):
             distinct, back = self._distinct(convs)
             firsts.append(distinct)
             backs.append(back)
-        v_all, R_all = self._batched(self.embeddings, [c for f in firsts for c in f])
+        v_all, R_all = self.embeddings([c for f in firsts for c in f])
         out = []
         for v_group, R_group, back in zip(v_all.split([len(f) for f in firsts]),
                                           R_all.split([len(f) for f in firsts]), backs):

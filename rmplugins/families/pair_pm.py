@@ -84,14 +84,14 @@ class PairPMRewardModel(PairwiseRewardModel):
             logits = logits + self.answer_bias
         return logits.cpu()
 
-    def win_probs(self, convs_a, convs_b):
-        if not convs_a:
-            return torch.zeros(0)
-        sequences = []
-        for a, b in zip(convs_a, convs_b):
-            context = self.context_text(a.context)
-            sequences.append(self.encode(context, a.response, b.response))  # a in position A
-            sequences.append(self.encode(context, b.response, a.response))  # a in position B
+    def encode_pair(self, a, b) -> tuple[list[int], list[int]]:
+        """The judge's prompt with a in position A, and with a in position B."""
+        context = self.context_text(a.context)
+        return self.encode(context, a.response, b.response), self.encode(context, b.response, a.response)
+
+    def pair_probs(self, encoded_pairs):
+        """The mean over both orders of P(a), softmax over the "A"/"B" logits at the last position."""
+        sequences = [seq for pair in encoded_pairs for seq in pair]
         probs = torch.softmax(self.answer_logits(sequences).double() / self.temperature, dim=-1)
         p_a_first = probs[0::2, 0]   # P("A") with a as A
         p_a_second = probs[1::2, 1]  # P("B") with a as B

@@ -162,18 +162,20 @@ class PairRMRewardModel(PairwiseRewardModel):
 
     def pair_logits(self, triples: list[tuple[str, str, str]]) -> torch.Tensor:
         """logit(a, b) per (source, a, b), as DebertaV2PairRM returns it."""
-        encoded = [self.encode(*t) for t in triples]
+        return self.pair_logits_encoded([self.encode(*t) for t in triples])
+
+    def pair_logits_encoded(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
         hidden = self.engine.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
         h = torch.stack(hidden).to(self.device)  # [N, 3, H]
         with torch.inference_mode():
             return self.model.logit(h[:, 0], h[:, 1], h[:, 2]).float().cpu()
 
-    def win_probs(self, convs_a, convs_b):
-        if not convs_a:
-            return torch.zeros(0)
-        triples = []
-        for a, b in zip(convs_a, convs_b):
-            source, ca, cb = self.texts(a.context, a.response, b.response)
-            triples += [(source, ca, cb), (source, cb, ca)]
-        logits = self.pair_logits(triples)
+    def encode_pair(self, a, b):
+        """(ids, prefix positions) with a as candidate 1, and with a as candidate 2."""
+        source, ca, cb = self.texts(a.context, a.response, b.response)
+        return self.encode(source, ca, cb), self.encode(source, cb, ca)
+
+    def pair_probs(self, encoded_pairs):
+        """sigmoid((logit(a, b) - logit(b, a)) / 2)."""
+        logits = self.pair_logits_encoded([e for pair in encoded_pairs for e in pair])
         return torch.sigmoid((logits[0::2] - logits[1::2]) / 2)

@@ -138,15 +138,18 @@ class Batcher:
         return batch
 
     def run_batch(self, batch: list[Pending]) -> list[Any]:
-        """(Worker thread.) One outcome per request: its results, or the exception it alone raises."""
-        if len(batch) == 1:
-            try:
-                return [self.run(batch[0].items)]
-            except Exception as err:  # noqa: BLE001 - handed to the request's handler
-                return [err]
+        """(Worker thread.) One outcome per request: its results, or an exception. ``run`` reports an item it
+        cannot process by returning an exception in its place: that request gets it, the others their results.
+        Should ``run`` raise for the whole batch instead, the batch is bisected to find the request."""
         try:
             results = self.run([item for p in batch for item in p.items])
-        except Exception:  # noqa: BLE001 - which request caused it is found by bisection
+        except Exception as err:  # noqa: BLE001 - handed to the request, or found by bisection
+            if len(batch) == 1:
+                return [err]
             half = len(batch) // 2
             return self.run_batch(batch[:half]) + self.run_batch(batch[half:])
-        return split_sizes(results, [len(p.items) for p in batch])
+        outcomes = []
+        for part in split_sizes(results, [len(p.items) for p in batch]):
+            failed = next((r for r in part if isinstance(r, BaseException)), None)
+            outcomes.append(part if failed is None else failed)
+        return outcomes

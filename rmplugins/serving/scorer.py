@@ -19,23 +19,25 @@ class RewardScorer:
             self.objective_names = list(rm.objective_names)
         self.log_keys = ["rm_score", "template_recovered"] + [f"objective/{n}" for n in self.objective_names]
 
-    def __call__(self, samples: list[Sample]) -> list[dict]:
+    def __call__(self, samples: list[Sample]) -> list[dict | ValueError]:
+        """One result per sample; a sample the model cannot score gets a ``ValueError`` with its reason (the others
+        are scored in the same batched call, not again)."""
         prompts = [s.messages for s in samples]
         responses = [s.response for s in samples]
-        objectives = None
         if self.needs_reference:
-            scores = self.rm.compare(prompts, responses, [s.reference for s in samples])
-        elif self.objective_names:
-            details = self.rm.score_details(prompts, responses)
-            scores, objectives = details.score, details.rewards.tolist()
+            rows = self.rm.compare_rows(prompts, responses, [s.reference for s in samples])
         else:
-            scores = self.rm.score(prompts, responses)
-        out = []
-        for i, (sample, score) in enumerate(zip(samples, scores)):
-            logs = {"rm_score": float(score), "template_recovered": sample.recovered}
-            if objectives is not None:
-                logs.update({f"objective/{n}": float(v) for n, v in zip(self.objective_names, objectives[i])})
-            out.append({"score": float(score), "logs": logs})
+            rows = self.rm.score_rows(prompts, responses)
+        out: list[dict | ValueError] = []
+        for i, (sample, score) in enumerate(zip(samples, rows.scores)):
+            if score is None:
+                out.append(ValueError(rows.reasons.get(i, "the reward model could not score this sample")))
+                continue
+            logs = {"rm_score": score, "template_recovered": sample.recovered}
+            if self.objective_names:
+                objectives = rows.extras["rewards"][i].tolist()
+                logs.update({f"objective/{n}": float(v) for n, v in zip(self.objective_names, objectives)})
+            out.append({"score": score, "logs": logs})
         return out
 
     def answer(self, results: list[dict]) -> dict:
