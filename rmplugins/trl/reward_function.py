@@ -41,8 +41,16 @@ def _sanitize(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "-" for c in text).strip("-") or "model"
 
 
-def _field(obj: Any, key: str) -> Any:
-    return obj[key] if isinstance(obj, dict) else getattr(obj, key)
+def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[int, str]:
+    """Rows whose prompt or completion breaks the input contract, with the reason (they get None, not an error:
+    one bad row must not stop a training step)."""
+    reasons = {}
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        try:
+            to_conversation(prompt, completion, i)
+        except ValueError as err:
+            reasons[i] = str(err)
+    return reasons
 
 
 def _response_text(completion: Any) -> str:
@@ -206,7 +214,7 @@ class RewardFunction(_BaseRewardFunction):
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
         self.model = model
         self.kind = model.kind
-        self.pointwise = bool(getattr(model, "pointwise", model.kind in ("bt", "armorm")))
+        self.pointwise = bool(model.pointwise)
         self.num_generations = int(num_generations) if num_generations else None
         methods = tuple(getattr(model, "rank_methods", ()))
         if method is not None and self.pointwise:
@@ -246,11 +254,7 @@ class RewardFunction(_BaseRewardFunction):
         return torch.tensor(vec, dtype=torch.float32)
 
     def _objective_names(self) -> list[str]:
-        names = getattr(self.model, "objective_names", None)
-        if names:
-            return list(names)
-        details = self.model.score_details(["hi"], ["hello"])
-        return list(_field(details, "objective_names"))
+        return list(self.model.objective_names)
 
     def check_trainer_args(self, args: Any, num_processes: int | None = None) -> None:
         """Fail at start-up when groups would straddle processes and ``distributed='refuse'``; warn on a
@@ -279,12 +283,7 @@ class RewardFunction(_BaseRewardFunction):
             raise ValueError(f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions")
         self.calls += 1
         n = len(prompts)
-        reasons: dict[int, str] = {}
-        for i in range(n):
-            try:
-                to_conversation(prompts[i], completions[i], i)
-            except ValueError as err:
-                reasons[i] = str(err)
+        reasons = input_reasons(prompts, completions)
         metrics: dict[str, float] = {}
         placement = self._placement
         if placement is not None:
@@ -318,53 +317,37 @@ class RewardFunction(_BaseRewardFunction):
 
     # -------------------------------------------------------------- pointwise kinds
     def _pointwise(self, prompts, completions, reasons, metrics, log_extra) -> list[float | None]:
+        """The model's reward per row (rows it cannot score get None and their reason, in the same call); with
+        ArmoRM's objectives (``extras``) also their means, the steering weights and the top-objectives column."""
         n = len(prompts)
         idx = [i for i in range(n) if i not in reasons]
         raw: list[float | None] = [None] * n
         if not idx:
             return raw
-        try:
-            return self._pointwise_rows(prompts, completions, idx, raw, metrics, log_extra)
-        except ValueError as err:  # a row the model's format cannot render (e.g. tool turns): find it, score the rest
-            logger.warning("%s: batch scoring failed (%s); scoring row by row to isolate the rows", self.__name__, err)
-        for i in idx:
-            try:
-                self._pointwise_rows(prompts, completions, [i], raw, {}, None)
-            except ValueError as err:
-                reasons[i] = str(err)
-                raw[i] = None
-        ok = [i for i in idx if raw[i] is not None]
-        if ok:  # recompute metrics and the completions-table column over the rows that scored
-            self._pointwise_rows(prompts, completions, ok, raw, metrics, log_extra)
-        return raw
-
-    def _pointwise_rows(self, prompts, completions, idx, raw, metrics, log_extra) -> list[float | None]:
-        n = len(prompts)
-        ps, cs = [prompts[i] for i in idx], [completions[i] for i in idx]
-        if self.kind != "armorm":
-            for i, r in zip(idx, self.model.score(ps, cs)):
-                raw[i] = float(r)
+        rows = self.model.score_rows([prompts[i] for i in idx], [completions[i] for i in idx])
+        for j, reason in rows.reasons.items():
+            reasons[idx[j]] = reason
+        scored = [j for j, score in enumerate(rows.scores) if score is not None]
+        for j in scored:
+            raw[idx[j]] = rows.scores[j]
+        if "coefficients" not in rows.extras or not scored:
             return raw
-        details = self.model.score_details(ps, cs)
-        names = list(_field(details, "objective_names"))
-        obj = torch.as_tensor(_field(details, "rewards"), dtype=torch.float32).cpu()
-        coeffs = torch.as_tensor(_field(details, "coefficients"), dtype=torch.float32).cpu()
-        if self.objective_weights is not None:
-            scores = obj @ self.objective_weights
+        names = self._objective_names()
+        obj = torch.stack([rows.extras["rewards"][j] for j in scored]).float()
+        if self.objective_weights is not None:  # steering: a fixed mix of the objectives replaces the gate
             contrib = obj * self.objective_weights
+            for j, s in zip(scored, (obj @ self.objective_weights).tolist()):
+                raw[idx[j]] = float(s)
         else:
-            scores = torch.as_tensor(_field(details, "score"), dtype=torch.float32).cpu().reshape(-1)
-            contrib = obj * coeffs
-        for i, s in zip(idx, scores.tolist()):
-            raw[i] = float(s)
+            contrib = obj * torch.stack([rows.extras["coefficients"][j] for j in scored]).float()
         for k, name in enumerate(names):
             metrics[f"objective/{name}"] = float(obj[:, k].mean())
         if log_extra is not None and self.top_objectives > 0:
             column = [""] * n
             top = min(self.top_objectives, len(names))
-            for row, i in enumerate(idx):
+            for row, j in enumerate(scored):
                 best = torch.topk(contrib[row], top).indices.tolist()
-                column[i] = ", ".join(f"{names[k]}={contrib[row, k].item():+.3f}" for k in best)
+                column[idx[j]] = ", ".join(f"{names[k]}={contrib[row, k].item():+.3f}" for k in best)
             log_extra(f"{self.__name__}/top_objectives", column)
         return raw
 
@@ -395,16 +378,12 @@ class RewardFunction(_BaseRewardFunction):
                 for j in (i, i + b):
                     reasons.setdefault(j, f"its pair partner (row {i if j != i else i + b}) could not be scored")
         probs: list = []
-        try:
-            probs = self.model.compare([prompts[i] for i in idx], [completions[i] for i in idx],
-                                       [completions[i + b] for i in idx]) if idx else []
-        except ValueError:  # isolate the pairs the model's format cannot render
-            for i in idx:
-                try:
-                    probs.append(self.model.compare([prompts[i]], [completions[i]], [completions[i + b]])[0])
-                except ValueError as err:
-                    probs.append(None)
-                    reasons[i] = reasons[i + b] = str(err)
+        if idx:  # pairs the model cannot render get None and their reason, the others are judged in one call
+            rows = self.model.compare_rows([prompts[i] for i in idx], [completions[i] for i in idx],
+                                           [completions[i + b] for i in idx])
+            probs = rows.scores
+            for j, reason in rows.reasons.items():
+                reasons[idx[j]] = reasons[idx[j] + b] = reason
         if idx:
             for i, p in zip(idx, probs):
                 if p is None:
@@ -429,26 +408,16 @@ class RewardFunction(_BaseRewardFunction):
                                           "(group of one); set num_generations or keep a prompt's completions "
                                           "together")
                 continue
-            ready.append((group, valid))
-
-        def rank(groups):
-            return self.model.rank_many([prompts[v[0]] for _, v in groups],
-                                        [[completions[i] for i in v] for _, v in groups], method=self.method)
-
-        try:  # all groups together: one model call per tournament round for the whole batch
-            rankings = rank(ready)
-        except ValueError:  # a group the model's format cannot render: rank one by one to find it
-            rankings = []
-            for item in ready:
-                try:
-                    rankings.append(rank([item])[0])
-                except ValueError as err:
-                    for i in item[0]:
-                        reasons.setdefault(i, str(err))
-                    rankings.append(None)
-        for (_, valid), ranking in zip(ready, rankings):
-            if ranking is None:
+            reason = self.model.check_group(prompts[valid[0]], [completions[i] for i in valid])
+            if reason is not None:  # a group the model's format cannot render: None with the reason, before the call
+                for i in group:
+                    reasons.setdefault(i, reason)
                 continue
+            ready.append((group, valid))
+        # all groups together: one model call per tournament round for the whole batch
+        rankings = self.model.rank_many([prompts[v[0]] for _, v in ready],
+                                        [[completions[i] for i in v] for _, v in ready], method=self.method)
+        for (_, valid), ranking in zip(ready, rankings):
             for i, s in zip(valid, ranking.scores):
                 out[i] = float(s)
             comparisons += int(getattr(ranking, "comparisons", 0) or 0)
@@ -475,16 +444,8 @@ class RewardFunction(_BaseRewardFunction):
         all_prompts = [p for part in parts for p in part[0]]
         all_completions = [c for part in parts for c in part[1]]
         offset = sum(lengths[:rank])
-        all_reasons: dict[int, str] = {}
-        for j in range(len(all_prompts)):
-            if offset <= j < offset + n:
-                if j - offset in reasons:
-                    all_reasons[j] = reasons[j - offset]
-                continue
-            try:
-                to_conversation(all_prompts[j], all_completions[j], j)
-            except ValueError as err:
-                all_reasons[j] = str(err)
+        all_reasons = input_reasons(all_prompts, all_completions)
+        all_reasons.update({offset + i: reason for i, reason in reasons.items()})  # this process's own wording
         all_keys = [prompt_key(p) for p in all_prompts]
         scored = self._score_groups(all_prompts, all_completions, all_keys, all_reasons, metrics,
                                     range(offset, offset + n))
