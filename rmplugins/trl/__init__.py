@@ -4,7 +4,8 @@
 (``WinRateCallback``, ``CoLocationCallback``, ``RewardBreakdownCallback``) load on first access.
 """
 
-from .reward_function import AsyncRemoteRewardFunction, RewardFunction
+from .remote import AsyncRemoteRewardFunction
+from .reward_function import RewardFunction
 
 _CALLBACKS = ("WinRateCallback", "CoLocationCallback", "RewardBreakdownCallback")
 

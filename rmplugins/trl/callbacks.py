@@ -12,7 +12,8 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from .reward_function import RewardFunction, _BaseRewardFunction
+from .reward_function import RewardFunction
+from .shaping import _BaseRewardFunction
 
 logger = logging.getLogger("rmplugins.trl")
 
