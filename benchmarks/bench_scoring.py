@@ -186,7 +186,7 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
 
     tok_dir = Path(args.cache_dir) / "bench-8b-tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        from rmplugins.testing import build_llama3_tokenizer
+        from rmplugins.tiny import build_llama3_tokenizer
 
         tok_dir.mkdir(parents=True, exist_ok=True)
         build_llama3_tokenizer(tok_dir)

@@ -152,7 +152,7 @@ def main() -> None:
     args = p.parse_args()
     if args.model is None or args.policy_tokenizer is None:
         sys.path.insert(0, str(ROOT))
-        from rmplugins.testing import tiny_checkpoint
+        from rmplugins.tiny import tiny_checkpoint
 
         args.model = args.model or tiny_checkpoint("armorm")
         args.policy_tokenizer = args.policy_tokenizer or tiny_checkpoint("policy")

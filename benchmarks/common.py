@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rmplugins.testing import _WORDS, build_llama3_tokenizer
+from rmplugins.tiny import _WORDS, build_llama3_tokenizer
 
 BENCH_SIZES = {  # name -> Llama shape
     "cpu": {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,

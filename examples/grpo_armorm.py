@@ -25,7 +25,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.testing import tiny_checkpoint
+        from rmplugins.tiny import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("armorm")
         data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in

@@ -24,7 +24,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.testing import tiny_checkpoint
+        from rmplugins.tiny import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("gpm")
         data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in

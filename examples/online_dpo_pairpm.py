@@ -26,7 +26,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.testing import tiny_checkpoint
+        from rmplugins.tiny import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("pair_pm")
         questions = ["What is a cat?", "Name a color.", "Say hello.", "Count to three."]

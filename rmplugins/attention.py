@@ -66,7 +66,7 @@ def supports_engine_attention(backbone: torch.nn.Module) -> bool:
 
 
 @contextmanager
-def engine_attention(backbone: torch.nn.Module):
+def use_engine_attention(backbone: torch.nn.Module):
     """Within the block the backbone's layers attend with :func:`engine_attention_forward` (and transformers builds
     no mask: a custom implementation gets none)."""
     config = backbone.config

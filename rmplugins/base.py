@@ -185,7 +185,7 @@ class RewardModel:
         return ok, encoded, reasons
 
     @staticmethod
-    def _distinct(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
+    def _distinct_candidates(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
         """The conversations with distinct responses (first seen kept) and, for each conversation, the index of
         its distinct one (``ranking.expand_duplicates`` spreads a ranking back)."""
         unique, back = unique_candidates([c.response for c in convs])
@@ -276,7 +276,8 @@ class PointwiseRewardModel(RewardModel):
         self._check_groups(prompts, candidate_lists)
         groups, backs = [], []
         for prompt, candidates in zip(prompts, candidate_lists):
-            distinct, back = self._distinct(self._candidates(prompt, candidates))  # identical ones scored once
+            # identical candidates are scored once
+            distinct, back = self._distinct_candidates(self._candidates(prompt, candidates))
             groups.append(distinct)
             backs.append(back)
         rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for all groups
@@ -297,7 +298,8 @@ class PairwiseRewardModel(RewardModel):
         self._check_groups(prompts, candidate_lists)
         groups, backs = [], []
         for prompt, candidates in zip(prompts, candidate_lists):
-            distinct, back = self._distinct(self._candidates(prompt, candidates))  # identical ones judged once
+            # identical candidates are judged once
+            distinct, back = self._distinct_candidates(self._candidates(prompt, candidates))
             groups.append(distinct)
             backs.append(back)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from .loading import load_reward_model
-from .testing import tiny_checkpoint
+from .tiny import tiny_checkpoint
 
 PROMPT = [{"role": "user", "content": "What are some synonyms for the word beautiful?"}]
 CANDIDATES = [

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
-from .attention import AttentionPlan, engine_attention, supports_engine_attention
+from .attention import AttentionPlan, supports_engine_attention, use_engine_attention
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
 
 logger = logging.getLogger("rmplugins")
@@ -344,7 +344,7 @@ class ScoringEngine:
     # ---------------------------------------------------------------- plain micro-batches
     def _run_plain(self, items: list[int], uniq, wanted, hidden) -> None:
         def run(rows: list[int]) -> None:
-            outputs = self._forward([uniq[i] for i in rows], [wanted[i] for i in rows])
+            outputs = self._forward_whole([uniq[i] for i in rows], [wanted[i] for i in rows])
             for i, h in zip(rows, outputs):
                 hidden[i] = h
 
@@ -411,7 +411,7 @@ class ScoringEngine:
             0, torch.as_tensor(flat, dtype=torch.long, device=hidden.device))
         return list(picked.split([len(p) for p in positions]))
 
-    def _call(self, ids: torch.Tensor, mask: torch.Tensor, read: list[list[int]], *,
+    def _backbone_forward(self, ids: torch.Tensor, mask: torch.Tensor, read: list[list[int]], *,
               prefix_kv: list | None = None, query_rows: list[torch.Tensor] | None = None, **kwargs):
         """One backbone forward of right-padded rows, of which only positions ``read[r]`` of each row ``r`` are
         used. With the engine attention there is no mask, and a suffix forward passes its groups' prefix caches
@@ -423,13 +423,13 @@ class ScoringEngine:
                 return self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             plan = AttentionPlan(read_layer=None if rows is None else len(self.backbone.layers) - 1, read_rows=rows,
                                  prefix_kv=prefix_kv or [], query_rows=query_rows or [])
-            with engine_attention(self.backbone):
+            with use_engine_attention(self.backbone):
                 return self.backbone(input_ids=ids.to(device), rmplugins_plan=plan, **kwargs)
 
-    def _forward(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
+    def _forward_whole(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
         ids, mask = self._pad(seqs)
         kwargs = {"use_cache": False} if self.causal else {}
-        out = self._call(ids, mask, positions, **kwargs)
+        out = self._backbone_forward(ids, mask, positions, **kwargs)
         return self._gather(out.last_hidden_state, positions)
 
     # ---------------------------------------------------------------- shared prefixes
@@ -482,7 +482,7 @@ class ScoringEngine:
         prefixes = [uniq[g.members[0]][: g.prefix_len] for g in groups]
         inside = [sorted({q for m in g.members for q in wanted[m] if q < g.prefix_len}) for g in groups]
         ids, mask = self._pad(prefixes)
-        out = self._call(ids, mask, inside, use_cache=True)
+        out = self._backbone_forward(ids, mask, inside, use_cache=True)
         cache = out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         for row, (key, g) in enumerate(zip(keys, groups)):
@@ -555,7 +555,7 @@ class ScoringEngine:
         for r, ((_, k), suffix) in enumerate(zip(rows, suffixes)):
             members.setdefault(k, []).extend(r * width + j for j in range(len(suffix)))
         query_rows = [torch.as_tensor(flat, dtype=torch.long, device=self.device) for flat in members.values()]
-        return self._call(ids, mask, after, prefix_kv=[caches[k] for k in members], query_rows=query_rows,
+        return self._backbone_forward(ids, mask, after, prefix_kv=[caches[k] for k in members], query_rows=query_rows,
                           position_ids=position_ids, use_cache=False)
 
     def _suffix_with_copies(self, rows, suffixes, prefix_lens, caches, after, ids, suffix_mask, position_ids):
@@ -578,5 +578,5 @@ class ScoringEngine:
 
         prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-        return self._call(ids, mask, after, position_ids=position_ids,
+        return self._backbone_forward(ids, mask, after, position_ids=position_ids,
                           past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)

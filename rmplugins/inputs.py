@@ -25,11 +25,6 @@ class Conversation:
     def messages(self) -> list[Message]:
         return [dict(m) for m in self.context] + [{"role": "assistant", "content": self.response}]
 
-    @property
-    def prompt_key(self) -> tuple:
-        """Hashable identity of the context, used to group candidates of the same prompt."""
-        return tuple((m["role"], m["content"]) for m in self.context)
-
 
 def _plain(message: Any, where: str) -> Message:
     """``{"role", "content"}`` of one chat message, its content reduced to text."""

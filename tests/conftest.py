@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rmplugins.loading import load_reward_model
-from rmplugins.testing import tiny_checkpoint
+from rmplugins.tiny import tiny_checkpoint
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -139,7 +139,7 @@ class GPMRewardModel(RewardModel):
             return []
         firsts, backs = [], []
         for convs in groups:
-            distinct, back = self._distinct(convs)
+            distinct, back = self._distinct_candidates(convs)
             firsts.append(distinct)
             backs.append(back)
         v_all, R_all = self.embeddings([c for f in firsts for c in f])

@@ -86,14 +86,12 @@ class PairRMRewardModel(PairwiseRewardModel):
         super().__init__(model, tokenizer, name_or_path=name_or_path,
                          max_length=self.source_max_length + 2 * self.candidate_max_length)
         cfg = model.config
-        self.prefix = {}
         for field, token in (("source_prefix_id", "<|source|>"), ("cand1_prefix_id", "<|candidate1|>"),
                              ("cand2_prefix_id", "<|candidate2|>")):
             token_id = tokenizer.convert_tokens_to_ids(token)
             if token_id is None or token_id == tokenizer.unk_token_id or token_id != getattr(cfg, field, token_id):
                 raise ValueError(f"{name_or_path}: the tokenizer's {token} id ({token_id}) does not match config "
                                  f"{field}={getattr(cfg, field, None)}; use the checkpoint's own tokenizer")
-            self.prefix[token] = token
         self.engine = ScoringEngine(model.pretrained_model, tokenizer.pad_token_id or 0, causal=False,
                                     token_budget=token_budget)
         self._template = jinja2.Environment().from_string(BETTER_PAIRRM_TEMPLATE)

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..testing import build_directory_atomically
+from ..tiny import build_directory_atomically
 
 logger = logging.getLogger("rmplugins.demo")
 
@@ -53,7 +53,7 @@ def warm_fraction(text: str) -> float:
 
 
 def _root(tiny_dir: str | None = None) -> Path:
-    from ..testing import FORMAT_VERSION
+    from ..tiny import FORMAT_VERSION
 
     base = Path(tiny_dir or os.environ.get("RMPLUGINS_TINY_DIR") or Path.home() / ".cache" / "rmplugins" / "tiny")
     return base / f"v{FORMAT_VERSION}" / f"demo-{DEMO_VERSION}"
@@ -72,7 +72,7 @@ def train_reward_model(out: Path, steps: int = 150, seed: int = 0, tiny_dir: str
     import torch
 
     from .. import load_reward_model
-    from ..testing import tiny_checkpoint
+    from ..tiny import tiny_checkpoint
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -117,7 +117,7 @@ def train_policy(out: Path, steps: int = 120, seed: int = 0, tiny_dir: str | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..testing import tiny_checkpoint
+    from ..tiny import tiny_checkpoint
 
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)

@@ -79,7 +79,7 @@ class Pair:
         return self.chosen_score - self.rejected_score
 
 
-def _distinct(candidates: Sequence[str]) -> int:
+def _count_distinct(candidates: Sequence[str]) -> int:
     return len(set(candidates))
 
 
@@ -95,7 +95,7 @@ def select_pair(candidates: Sequence[str], scores: Sequence[float], best: int, w
     stats.groups += 1
     if len(candidates) != len(scores):
         raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
-    if len(candidates) < 2 or _distinct(candidates) < 2:
+    if len(candidates) < 2 or _count_distinct(candidates) < 2:
         stats.degenerate += 1
         return None
     if max(scores) == min(scores):  # exact tie: every candidate scored the same, no preference
