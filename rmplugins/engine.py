@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .attention import AttentionPlan, supports_engine_attention, use_engine_attention
+from .packing import pack
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
+from .read_positions import last_layer_row_modules, reading_only
 
 logger = logging.getLogger("rmplugins")
 
@@ -45,12 +47,10 @@ DEFAULT_CPU_TOKEN_BUDGET = 4096
 MIN_TOKEN_BUDGET = 256
 MAX_TOKEN_BUDGET = 131072
 GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
-CACHE_FACTOR = 4            # a suffix batch's expanded prefix cache is bounded by CACHE_FACTOR x budget tokens
 WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
 KEEP_FACTOR = 8             # prefix caches kept across calls (keep_prefixes): at most KEEP_FACTOR x budget tokens
 CPU_FORWARD_OVERHEAD = 64   # one more forward, in padded-token equivalents, when choosing micro-batches
 GPU_FORWARD_OVERHEAD = 2048
-MAX_ROWS = 512              # rows per micro-batch
 
 
 @dataclass
@@ -93,6 +93,48 @@ class KeptPrefix:
     hidden: dict[int, torch.Tensor]
 
 
+class KeptPrefixes:
+    """Prefix caches kept across calls (``ScoringEngine.keep_prefixes``): least recently used first, bounded in
+    tokens, cleared when the outermost block exits. Iterating gives the kept token tuples."""
+
+    def __init__(self):
+        self.depth = 0  # open keep_prefixes blocks
+        self._store: OrderedDict[tuple[int, ...], KeptPrefix] = OrderedDict()
+
+    def __iter__(self):
+        return iter(self._store)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def clear(self) -> None:
+        self._store.clear()
+
+    def keep(self, tokens: tuple[int, ...], kv, positions: list[int], hidden: torch.Tensor, limit: int) -> None:
+        """Copy a prefix's cache out of its batch (so the batch can be freed); drop the oldest beyond ``limit``
+        tokens (the newest is always kept)."""
+        self._store[tokens] = KeptPrefix([(k.clone(), v.clone()) for k, v in kv],
+                                         {q: hidden[i].clone() for i, q in enumerate(positions)})
+        self._store.move_to_end(tokens)
+        while sum(len(t) for t in self._store) > limit and len(self._store) > 1:
+            self._store.popitem(last=False)
+
+    def longest(self, seq: list[int], max_len: int) -> tuple[int, ...] | None:
+        """The longest kept prefix of ``seq`` no longer than ``max_len`` tokens."""
+        best = None
+        for tokens in self._store:
+            n = len(tokens)
+            if n <= max_len and (best is None or n > len(best)) and tuple(seq[:n]) == tokens:
+                best = tokens
+        return best
+
+    def get(self, tokens: tuple[int, ...]) -> KeptPrefix:
+        return self._store[tokens]
+
+    def used(self, tokens: tuple[int, ...]) -> None:
+        self._store.move_to_end(tokens)
+
+
 def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
     """Rough peak bytes one token costs in a forward: the transient activations of one layer (residual, q/k/v,
     attention output, the MLP's gate/up/act) plus its keys/values in every layer (the prefix cache)."""
@@ -104,19 +146,6 @@ def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
     kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
     itemsize = torch.empty(0, dtype=dtype).element_size()
     return itemsize * (6 * h + 3 * inter + 2 * layers * kv)
-
-
-def last_layer_row_modules(backbone: torch.nn.Module) -> list[torch.nn.Module] | None:
-    """The parts of the last decoder layer that act on each position separately and whose output at a position
-    only that position's final hidden state needs: the query and output projections and the MLP. Keys and
-    values are still computed everywhere (the read positions attend to them). None when the layout differs."""
-    layers = getattr(backbone, "layers", None)
-    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
-        return None
-    last = layers[-1]
-    attn = getattr(last, "self_attn", None)
-    parts = [getattr(attn, "q_proj", None), getattr(attn, "o_proj", None), getattr(last, "mlp", None)]
-    return parts if all(isinstance(m, torch.nn.Module) for m in parts) else None
 
 
 class ScoringEngine:
@@ -153,8 +182,7 @@ class ScoringEngine:
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._read_modules = last_layer_row_modules(backbone) if causal else None
         self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
-        self._keep_depth = 0
-        self._kept: OrderedDict[tuple[int, ...], KeptPrefix] = OrderedDict()  # least recently used first
+        self._kept = KeptPrefixes()
 
     @property
     def device(self) -> torch.device:
@@ -182,37 +210,9 @@ class ScoringEngine:
         return max(MIN_TOKEN_BUDGET, min(MAX_TOKEN_BUDGET, budget))
 
     def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
-        """Items sorted by ``width`` (longest first) and cut into micro-batches of at most ``budget()`` padded
-        tokens (with ``extra``, a prefix-cache length: also at most ``CACHE_FACTOR * budget()`` attended tokens).
-
-        Where to cut is chosen by a small dynamic programme minimising padded tokens plus a per-forward
-        overhead, so a batch never pads a 10-token candidate to 300 just because the budget had room: on CPU
-        padding is paid in full, and on GPU a few larger forwards beat many tiny ones (larger overhead there).
-        """
-        budget = self.budget()
+        """:func:`rmplugins.packing.pack` with this engine's budget and per-forward overhead."""
         overhead = GPU_FORWARD_OVERHEAD if self.device.type == "cuda" else CPU_FORWARD_OVERHEAD
-        order = sorted(items, key=width, reverse=True)
-        w = [width(i) for i in order]
-        e = [extra(i) for i in order] if extra else [0] * len(order)
-        n = len(order)
-        best = [0.0] + [float("inf")] * n  # best[j]: cheapest packing of order[:j]
-        cut = [0] * (n + 1)
-        for j in range(1, n + 1):
-            longest_extra = 0
-            for i in range(j - 1, max(-1, j - 1 - MAX_ROWS), -1):  # the batch order[i:j] is w[i] wide
-                longest_extra = max(longest_extra, e[i])
-                rows = j - i
-                if rows > 1 and (rows * w[i] > budget
-                                 or (extra and rows * (w[i] + longest_extra) > CACHE_FACTOR * budget)):
-                    break
-                cost = best[i] + rows * w[i] + overhead
-                if cost < best[j]:
-                    best[j], cut[j] = cost, i
-        out, j = [], n
-        while j > 0:
-            out.append(order[cut[j]: j])
-            j = cut[j]
-        return out[::-1]
+        return pack(items, width, self.budget(), overhead, extra)
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
         """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""
@@ -234,13 +234,13 @@ class ScoringEngine:
         what follows. Bounded to ``KEEP_FACTOR x budget`` tokens (least recently used dropped first); released
         when the outermost block exits. Results are unchanged: a kept prefix is exactly what a new run computes."""
         with self._lock:
-            self._keep_depth += 1
+            self._kept.depth += 1
         try:
             yield self
         finally:
             with self._lock:
-                self._keep_depth -= 1
-                if not self._keep_depth:
+                self._kept.depth -= 1
+                if not self._kept.depth:
                     self._kept.clear()
 
     def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
@@ -366,42 +366,6 @@ class ScoringEngine:
         self.stats.tokens_padded += len(seqs) * width
         return ids, mask
 
-    @contextmanager
-    def _reading_only(self, width: int, positions: list[list[int]]):
-        """During one forward of rows ``width`` wide, run the last layer's query/output projections and MLP only
-        at the flattened positions that will be read (exact: every other final hidden state is discarded, and
-        keys/values are still computed for all positions). Saves most of one layer of compute per unread token.
-        Yields the flat read positions (None when the layout is not recognised and nothing is restricted)."""
-        modules = self._read_modules
-        if modules is None:
-            yield None
-            return
-        rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
-                               device=self.device)
-        patched = []
-
-        def restrict(forward):
-            def forward_on_read_rows(x, *args, **kwargs):
-                flat = x.reshape(-1, x.shape[-1])
-                y = forward(flat.index_select(0, rows.to(flat.device)), *args, **kwargs)
-                out = y.new_zeros(flat.shape[0], y.shape[-1])
-                out.index_copy_(0, rows.to(out.device), y)
-                return out.reshape(*x.shape[:-1], y.shape[-1])
-            return forward_on_read_rows
-
-        try:
-            for module in modules:
-                own = module.__dict__.get("forward")  # accelerate's device hooks live on the instance
-                module.forward = restrict(module.forward)
-                patched.append((module, own))
-            yield rows
-        finally:
-            for module, own in patched:
-                if own is None:
-                    del module.forward
-                else:
-                    module.forward = own
-
     @staticmethod
     def _gather(hidden: torch.Tensor, positions: list[list[int]]) -> list[torch.Tensor]:
         """Rows ``positions[r]`` of each ``hidden[r]`` with one index_select over the flattened batch."""
@@ -418,7 +382,7 @@ class ScoringEngine:
         (``prefix_kv``) and each group's flat positions (``query_rows``); otherwise the model's own attention runs
         with ``mask`` (a suffix forward then passes its cache in ``kwargs``)."""
         device = self.device
-        with self._reading_only(ids.shape[1], read) as rows:
+        with reading_only(self._read_modules, ids.shape[1], read, self.device) as rows:
             if not self._attend_in_engine:
                 return self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             plan = AttentionPlan(read_layer=None if rows is None else len(self.backbone.layers) - 1, read_rows=rows,
@@ -455,7 +419,7 @@ class ScoringEngine:
         caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
         todo = [k for k in range(len(window))
-                if not (self._keep_depth and self._take_kept(window, k, uniq, wanted, caches, prefix_hidden))]
+                if not (self._kept.depth and self._take_kept(window, k, uniq, wanted, caches, prefix_hidden))]
 
         def run_prefix(batch: list[int]) -> None:
             self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
@@ -490,38 +454,25 @@ class ScoringEngine:
             caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
         for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
             prefix_hidden[key] = (pos, h)
-        if self._keep_depth:
+        if self._kept.depth:
             for key, prefix, pos in zip(keys, prefixes, inside):
-                self._keep(tuple(prefix), caches[key], pos, prefix_hidden[key][1])
+                self._kept.keep(tuple(prefix), caches[key], pos, prefix_hidden[key][1], KEEP_FACTOR * self.budget())
 
     # ---------------------------------------------------------------- prefixes kept across calls
-    def _keep(self, tokens: tuple[int, ...], kv, positions: list[int], hidden: torch.Tensor) -> None:
-        """Copy a prefix's cache out of its batch (so the batch can be freed) into the bounded LRU store."""
-        self._kept[tokens] = KeptPrefix([(k.clone(), v.clone()) for k, v in kv],
-                                        {q: hidden[i].clone() for i, q in enumerate(positions)})
-        self._kept.move_to_end(tokens)
-        limit = KEEP_FACTOR * self.budget()
-        while sum(len(t) for t in self._kept) > limit and len(self._kept) > 1:
-            self._kept.popitem(last=False)
 
     def _take_kept(self, window: list[PrefixGroup], k: int, uniq, wanted, caches, prefix_hidden) -> bool:
         """Serve group ``k`` from the longest kept prefix its shared tokens start with (the group's prefix is
         shortened to it; what follows runs with the suffixes). False when none fits or a position read inside it
         was not kept."""
         g = window[k]
-        seq = uniq[g.members[0]]
-        best = None
-        for tokens in self._kept:
-            n = len(tokens)
-            if n <= g.prefix_len and (best is None or n > len(best)) and tuple(seq[:n]) == tokens:
-                best = tokens
+        best = self._kept.longest(uniq[g.members[0]], g.prefix_len)
         if best is None:
             return False
-        kept = self._kept[best]
+        kept = self._kept.get(best)
         inside = sorted({q for m in g.members for q in wanted[m] if q < len(best)})
         if any(q not in kept.hidden for q in inside):
             return False
-        self._kept.move_to_end(best)
+        self._kept.used(best)
         window[k] = PrefixGroup(len(best), g.members)
         caches[k] = kept.kv
         prefix_hidden[k] = (inside, torch.stack([kept.hidden[q] for q in inside]) if inside else None)

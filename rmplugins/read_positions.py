@@ -1,0 +1,60 @@
+"""Computing the last decoder layer only where it is read: the engine's heads read the final hidden state at a
+few positions per row, so the last layer's query/output projections and MLP (which act on each position alone)
+run only there. Exact: keys and values are still computed everywhere, and every other final hidden state is
+discarded anyway."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+
+def last_layer_row_modules(backbone: torch.nn.Module) -> list[torch.nn.Module] | None:
+    """The parts of the last decoder layer that act on each position separately and whose output at a position
+    only that position's final hidden state needs: the query and output projections and the MLP. Keys and
+    values are still computed everywhere (the read positions attend to them). None when the layout differs."""
+    layers = getattr(backbone, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or not len(layers):
+        return None
+    last = layers[-1]
+    attn = getattr(last, "self_attn", None)
+    parts = [getattr(attn, "q_proj", None), getattr(attn, "o_proj", None), getattr(last, "mlp", None)]
+    return parts if all(isinstance(m, torch.nn.Module) for m in parts) else None
+
+
+@contextmanager
+def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: list[list[int]],
+                 device: torch.device):
+    """During one forward of rows ``width`` wide, run the last layer's query/output projections and MLP only
+    at the flattened positions that will be read (exact: every other final hidden state is discarded, and
+    keys/values are still computed for all positions). Saves most of one layer of compute per unread token.
+    Yields the flat read positions (None when the layout is not recognised and nothing is restricted)."""
+    if modules is None:
+        yield None
+        return
+    rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
+                           device=device)
+    patched = []
+
+    def restrict(forward):
+        def forward_on_read_rows(x, *args, **kwargs):
+            flat = x.reshape(-1, x.shape[-1])
+            y = forward(flat.index_select(0, rows.to(flat.device)), *args, **kwargs)
+            out = y.new_zeros(flat.shape[0], y.shape[-1])
+            out.index_copy_(0, rows.to(out.device), y)
+            return out.reshape(*x.shape[:-1], y.shape[-1])
+        return forward_on_read_rows
+
+    try:
+        for module in modules:
+            own = module.__dict__.get("forward")  # accelerate's device hooks live on the instance
+            module.forward = restrict(module.forward)
+            patched.append((module, own))
+        yield rows
+    finally:
+        for module, own in patched:
+            if own is None:
+                del module.forward
+            else:
+                module.forward = own
