@@ -33,6 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def default_models(args) -> None:
+    """Without --model / --policy-tokenizer: the tiny ArmoRM checkpoint and the tiny Llama-3 policy."""
+    if args.model is None or args.policy_tokenizer is None:
+        sys.path.insert(0, str(ROOT))
+        from rmplugins.tiny import tiny_checkpoint
+
+        args.model = args.model or tiny_checkpoint("armorm")
+        args.policy_tokenizer = args.policy_tokenizer or tiny_checkpoint("policy")
+
+
 def make_payloads(tokenizer, n: int, response_words: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     out = []
@@ -150,12 +160,7 @@ def main() -> None:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
-    if args.model is None or args.policy_tokenizer is None:
-        sys.path.insert(0, str(ROOT))
-        from rmplugins.tiny import tiny_checkpoint
-
-        args.model = args.model or tiny_checkpoint("armorm")
-        args.policy_tokenizer = args.policy_tokenizer or tiny_checkpoint("policy")
+    default_models(args)
     rows = asyncio.run(main_async(args))
     print("\n| path | clients | req/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
     for r in rows:

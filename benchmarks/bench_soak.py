@@ -27,7 +27,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import ROOT, Server, make_payloads  # noqa: E402
+from bench_server import Server, default_models, make_payloads  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -183,12 +183,7 @@ def main() -> None:
     p.add_argument("--read-timeout", type=float, default=5.0, help="the server's --read-timeout")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     args = p.parse_args()
-    if args.model is None or args.policy_tokenizer is None:
-        sys.path.insert(0, str(ROOT))
-        from rmplugins.tiny import tiny_checkpoint
-
-        args.model = args.model or tiny_checkpoint("armorm")
-        args.policy_tokenizer = args.policy_tokenizer or tiny_checkpoint("policy")
+    default_models(args)
     args.max_batch_size, args.max_wait_ms = 64, 5.0
     args.server_args = ["--read-timeout", str(args.read_timeout)]
     from transformers import AutoTokenizer

@@ -19,23 +19,7 @@ import logging
 
 from rmplugins.recipes import RecipeConfig, run_recipe
 from rmplugins.recipes.cli import format_table
-
-
-def tiny_settings(args) -> dict:
-    """Point the example at the demo's tiny models and prompts; small sizes so it runs on CPU."""
-    import json
-    import os
-
-    from rmplugins.recipes.demo_loop import demo_models, demo_prompts
-
-    args.policy, args.reward_model = demo_models()
-    args.backend, args.iterations, args.num_candidates, args.max_new_tokens = "hf", 1, 4, 8
-    os.makedirs(args.output, exist_ok=True)
-    args.prompts = os.path.join(args.output, "prompts.jsonl")
-    with open(args.prompts, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps({"prompt": p}) + "\n" for p in demo_prompts())
-    return {"learning_rate": 1e-4, "max_length": 64, "batch_size": 8, "gradient_accumulation_steps": 1,
-            "epochs": 1, "device": "cpu", "rm_device": "cpu", "show_progress": False}
+from rmplugins.recipes.demo_loop import tiny_recipe_options
 
 
 def main() -> None:
@@ -53,7 +37,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--gradient-accumulation-steps", type=int, default=16)
     args = p.parse_args()
-    tiny = tiny_settings(args) if args.tiny else {}
+    tiny = tiny_recipe_options(args.output) if args.tiny else {}  # the demo's models, CPU-sized
     if not args.tiny and not args.prompts:
         p.error("--prompts FILE is required (or --tiny for the built-in tiny models)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -70,7 +54,7 @@ def main() -> None:
         learning_rate=5e-7, epochs=2, label_smoothing=0.1, beta=0.1, reference="initial",
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_length=2048, gpu_memory_utilization=0.5, eval_final=True)
-    options.update(tiny)  # --tiny: CPU-sized settings
+    options.update(tiny)
     summary = run_recipe(RecipeConfig(**options))
     print(format_table(summary))
 

@@ -193,6 +193,19 @@ def quiet() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
+def tiny_recipe_options(output: str) -> dict:
+    """``RecipeConfig`` options that point a recipe at the demo's tiny models and prompts (written to
+    ``output/prompts.jsonl``), sized for CPU: what the examples' ``--tiny`` runs."""
+    policy, rm = demo_models()
+    Path(output).mkdir(parents=True, exist_ok=True)
+    prompts = Path(output) / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in demo_prompts()), encoding="utf-8")
+    return {"policy": policy, "reward_model": rm, "prompts": str(prompts), "backend": "hf", "iterations": 1,
+            "num_candidates": 4, "max_new_tokens": 8, "learning_rate": 1e-4, "max_length": 64, "batch_size": 8,
+            "gradient_accumulation_steps": 1, "epochs": 1, "device": "cpu", "rm_device": "cpu",
+            "show_progress": False}
+
+
 def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_dir: str | None = None,
                   **overrides) -> dict:
     """Run the demo loop into ``output`` (a fresh temporary directory by default); returns the summary."""
