@@ -30,7 +30,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,19 @@ class KeptPrefix:
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     hidden: dict[int, torch.Tensor]
+
+
+@dataclass
+class CallState:
+    """One ``hidden_at`` call: the distinct sequences, the sorted positions read in each, their hidden states as
+    they are computed; and, for the window of prefix groups being run, each group's prefix cache and the hidden
+    states read inside the prefix."""
+
+    uniq: list[list[int]]
+    wanted: list[list[int]]
+    hidden: list[torch.Tensor | None]
+    caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=dict)
+    prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = field(default_factory=dict)
 
 
 class KeptPrefixes:
@@ -281,13 +294,14 @@ class ScoringEngine:
         if reuse and not self._prefix_reuse_possible(uniq):
             reuse = False
         groups = plan_groups(uniq) if reuse else [PrefixGroup(0, [i]) for i in range(len(uniq))]
-        hidden: list[torch.Tensor | None] = [None] * len(uniq)
-        self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], uniq, wanted_sorted, hidden)
+        call = CallState(uniq, wanted_sorted, [None] * len(uniq))
+        self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], call)
         shared = [g for g in groups if g.prefix_len > 0]
         if shared:
             st.prefix_groups += len(shared)
             st.prefix_members += sum(len(g.members) for g in shared)
-            self._run_shared(shared, uniq, wanted_sorted, hidden)
+            self._run_shared(shared, call)
+        hidden = call.hidden
 
         out = []
         for u, pos in zip(owner, normalised):
@@ -342,16 +356,16 @@ class ScoringEngine:
             torch.cuda.empty_cache()
 
     # ---------------------------------------------------------------- plain micro-batches
-    def _run_plain(self, items: list[int], uniq, wanted, hidden) -> None:
+    def _run_plain(self, items: list[int], call: CallState) -> None:
         def run(rows: list[int]) -> None:
-            outputs = self._forward_whole([uniq[i] for i in rows], [wanted[i] for i in rows])
+            outputs = self._forward_whole([call.uniq[i] for i in rows], [call.wanted[i] for i in rows])
             for i, h in zip(rows, outputs):
-                hidden[i] = h
+                call.hidden[i] = h
 
         def tokens(rows: list[int]) -> int:
-            return len(rows) * max(len(uniq[i]) for i in rows)
+            return len(rows) * max(len(call.uniq[i]) for i in rows)
 
-        for batch in self._pack(items, lambda i: len(uniq[i])):
+        for batch in self._pack(items, lambda i: len(call.uniq[i])):
             self._guarded(batch, run, tokens)
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,7 +411,7 @@ class ScoringEngine:
         return self._gather(out.last_hidden_state, positions)
 
     # ---------------------------------------------------------------- shared prefixes
-    def _run_shared(self, groups: list[PrefixGroup], uniq, wanted, hidden) -> None:
+    def _run_shared(self, groups: list[PrefixGroup], call: CallState) -> None:
         """Per window of groups: one pass over the prefixes (batched, keeping their keys/values), then the
         suffixes of all members, length-sorted across groups, each row attending to its group's cache."""
         windows, current, size = [], [], 0
@@ -411,18 +425,17 @@ class ScoringEngine:
             windows.append(current)
 
         for window in windows:
-            self._run_window(window, uniq, wanted, hidden)
+            self._run_window(window, call)
 
-    def _run_window(self, window: list[PrefixGroup], uniq, wanted, hidden) -> None:
+    def _run_window(self, window: list[PrefixGroup], call: CallState) -> None:
         """The prefixes of ``window`` (batched, their keys/values kept; or taken from ``keep_prefixes``), then all its
         members' suffixes."""
-        caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
-        prefix_hidden: dict[int, tuple[list[int], torch.Tensor | None]] = {}
+        call.caches, call.prefix_hidden = {}, {}
         todo = [k for k in range(len(window))
-                if not (self._kept.depth and self._take_kept(window, k, uniq, wanted, caches, prefix_hidden))]
+                if not (self._kept.depth and self._take_kept(window, k, call))]
 
         def run_prefix(batch: list[int]) -> None:
-            self._prefix_forward([window[k] for k in batch], batch, uniq, wanted, caches, prefix_hidden)
+            self._prefix_forward([window[k] for k in batch], batch, call)
 
         for batch in self._pack(todo, lambda k: window[k].prefix_len):
             self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
@@ -430,73 +443,71 @@ class ScoringEngine:
         rows = [(m, k) for k, g in enumerate(window) for m in g.members]
 
         def suffix_len(row):
-            return len(uniq[row[0]]) - window[row[1]].prefix_len
+            return len(call.uniq[row[0]]) - window[row[1]].prefix_len
 
         def run_suffix(batch: list[tuple[int, int]]) -> None:
-            self._suffix_forward(batch, window, uniq, wanted, caches, prefix_hidden, hidden)
+            self._suffix_forward(batch, window, call)
 
         # The per-row cache path copies each row's prefix: its attended tokens are bounded too.
         extra = None if self._attend_in_engine else (lambda row: window[row[1]].prefix_len)
         for batch in self._pack(rows, suffix_len, extra):
             self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
-        caches.clear()
+        call.caches.clear()
 
-    def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], uniq, wanted, caches, prefix_hidden
-                        ) -> None:
-        prefixes = [uniq[g.members[0]][: g.prefix_len] for g in groups]
-        inside = [sorted({q for m in g.members for q in wanted[m] if q < g.prefix_len}) for g in groups]
+    def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], call: CallState) -> None:
+        prefixes = [call.uniq[g.members[0]][: g.prefix_len] for g in groups]
+        inside = [sorted({q for m in g.members for q in call.wanted[m] if q < g.prefix_len}) for g in groups]
         ids, mask = self._pad(prefixes)
         out = self._backbone_forward(ids, mask, inside, use_cache=True)
         cache = out.past_key_values
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         for row, (key, g) in enumerate(zip(keys, groups)):
             p = g.prefix_len
-            caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
+            call.caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
         for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
-            prefix_hidden[key] = (pos, h)
+            call.prefix_hidden[key] = (pos, h)
         if self._kept.depth:
             for key, prefix, pos in zip(keys, prefixes, inside):
-                self._kept.keep(tuple(prefix), caches[key], pos, prefix_hidden[key][1], KEEP_FACTOR * self.budget())
+                self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1],
+                                KEEP_FACTOR * self.budget())
 
     # ---------------------------------------------------------------- prefixes kept across calls
-
-    def _take_kept(self, window: list[PrefixGroup], k: int, uniq, wanted, caches, prefix_hidden) -> bool:
+    def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
         """Serve group ``k`` from the longest kept prefix its shared tokens start with (the group's prefix is
         shortened to it; what follows runs with the suffixes). False when none fits or a position read inside it
         was not kept."""
         g = window[k]
-        best = self._kept.longest(uniq[g.members[0]], g.prefix_len)
+        best = self._kept.longest(call.uniq[g.members[0]], g.prefix_len)
         if best is None:
             return False
         kept = self._kept.get(best)
-        inside = sorted({q for m in g.members for q in wanted[m] if q < len(best)})
+        inside = sorted({q for m in g.members for q in call.wanted[m] if q < len(best)})
         if any(q not in kept.hidden for q in inside):
             return False
         self._kept.used(best)
         window[k] = PrefixGroup(len(best), g.members)
-        caches[k] = kept.kv
-        prefix_hidden[k] = (inside, torch.stack([kept.hidden[q] for q in inside]) if inside else None)
+        call.caches[k] = kept.kv
+        call.prefix_hidden[k] = (inside, torch.stack([kept.hidden[q] for q in inside]) if inside else None)
         self.stats.prefix_cache_hits += 1
         return True
 
-    def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], uniq, wanted, caches,
-                        prefix_hidden, hidden) -> None:
+    def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], call: CallState) -> None:
         prefix_lens = [window[k].prefix_len for _, k in rows]
-        suffixes = [uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
-        after = [[q - p for q in wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
+        suffixes = [call.uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
+        after = [[q - p for q in call.wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
         ids, suffix_mask = self._pad(suffixes)
         position_ids = torch.as_tensor(prefix_lens).unsqueeze(1) + torch.arange(ids.shape[1]).unsqueeze(0)
         path = self._suffix_in_place if self._attend_in_engine else self._suffix_with_copies
-        out = path(rows, suffixes, prefix_lens, caches, after, ids, suffix_mask, position_ids.to(self.device))
+        out = path(rows, suffixes, prefix_lens, call.caches, after, ids, suffix_mask, position_ids.to(self.device))
         for (m, k), p, h_after in zip(rows, prefix_lens, self._gather(out.last_hidden_state, after)):
-            before_pos, before_h = prefix_hidden[k]
-            n_before = sum(1 for q in wanted[m] if q < p)
+            before_pos, before_h = call.prefix_hidden[k]
+            n_before = sum(1 for q in call.wanted[m] if q < p)
             if n_before == 0:
-                hidden[m] = h_after
+                call.hidden[m] = h_after
                 continue
-            rows_before = [before_pos.index(q) for q in wanted[m] if q < p]
+            rows_before = [before_pos.index(q) for q in call.wanted[m] if q < p]
             h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
-            hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix part first
+            call.hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix first
 
     def _suffix_in_place(self, rows, suffixes, prefix_lens, caches, after, ids, mask, position_ids):
         """Right-padded suffixes with no mask and no cache: each layer attends within each row's suffix (causal) and
