@@ -73,7 +73,8 @@ class Recipe:
         self.rm_kind: str | None = None  # set by preflight() from the checkpoint's files
 
     # ---- resources, loaded lazily so a resume that only trains never loads the reward model
-    def reward_model(self):
+    def ready_reward_model(self):
+        """The reward model, loaded on first use (a resume that only trains never loads it) and on its device."""
         if self._rm is None:
             from .. import load_reward_model
 
@@ -305,7 +306,7 @@ class Recipe:
 
         def start_work():
             cands = read_jsonl(d / "candidates.jsonl")
-            rm = self.reward_model()
+            rm = self.ready_reward_model()
             method = rank_method(self.rule_for_kind(rm.kind), rm.kind)
             logger.info("%s: scoring with %s (kind %s)", d.name, self.cfg.reward_model, rm.kind)
             if self._gen is not None:

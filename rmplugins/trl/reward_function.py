@@ -160,7 +160,7 @@ class RewardFunction(_BaseRewardFunction):
             raise ValueError(f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions")
         self.calls += 1
         n = len(prompts)
-        reasons = input_reasons(prompts, completions)
+        reasons: dict[int, str] = {}  # row -> why it has no reward (filled by the paths below)
         metrics: dict[str, float] = {}
         placement = self._placement
         if placement is not None:
@@ -237,6 +237,7 @@ class RewardFunction(_BaseRewardFunction):
             layout = "pairs" if (not own_layout and not self.num_generations and is_pair_layout(keys)) else "groups"
         if layout == "pairs":
             return self._pairs(prompts, completions, keys, reasons, metrics)
+        reasons.update(input_reasons(prompts, completions))  # a bad row must not join its group's ranking
         rank, world = dist_info()
         if world > 1 and in_trainer:
             return self._groups_distributed(prompts, completions, reasons, metrics, rank)
