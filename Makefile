@@ -10,10 +10,12 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
 	$(PIP) install -c constraints-cpu.txt -e ".[server,dev]"
+	# OpenRLHF's own client code for the tests (its dependencies, deepspeed and the trainer stack, are not needed)
+	$(PIP) install --no-deps openrlhf==0.11.2
 	touch $@
 
 demo: setup
