@@ -25,6 +25,7 @@ from .scorer import RewardScorer
 logger = logging.getLogger("rmplugins.server")
 access_logger = logging.getLogger("rmplugins.server.access")
 PARSE_THREADS = 4
+UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
 
 
 def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
@@ -109,8 +110,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         started = time.perf_counter()
         metrics.requests += 1
         if not authorized(request):
-            return fail(request, started, 401, "missing or wrong API key: send the header 'Authorization: Bearer "
-                                               "<key>'")
+            return fail(request, started, 401, UNAUTHORIZED)
         try:
             body = await read_body(request)
             # JSON decoding, validation and the template split run in worker threads: a huge or deeply nested
@@ -119,7 +119,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
             metrics.samples += len(samples)
             try:
                 results = await batcher.submit(samples, sum(s.cost() for s in samples), request_timeout)
-            except (ValueError, TypeError) as err:  # the model refused this request's samples (batch bisected)
+            except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
                 raise RequestError(422, f"the reward model rejected this sample: {err}") from None
             answer = JSONResponse(scorer.answer(results))  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:
@@ -156,8 +156,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
     @app.get("/metrics")
     async def get_metrics(request: Request):
         if not authorized(request):
-            return fail(request, time.perf_counter(), 401, "missing or wrong API key: send the header "
-                                                           "'Authorization: Bearer <key>'")
+            return fail(request, time.perf_counter(), 401, UNAUTHORIZED)
         return metrics.snapshot(batcher.queued)
 
     return app

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ..inputs import completion_messages, prompt_messages, text_of
+from ..inputs import text_of, to_conversation
 from .metrics import Metrics
 
 logger = logging.getLogger("rmplugins.server")
@@ -176,7 +176,7 @@ class RequestParser:
             except ValueError as err:
                 raise RequestError(422, str(err)) from None
             sample = self._split(query, prompt, i)
-            sample.reference = self._reference(labels[i], i)
+            sample.reference = self._reference(label, i)
             samples.append(sample)
         return samples
 
@@ -197,11 +197,10 @@ class RequestParser:
         samples = []
         for i, (p, c, r) in enumerate(zip(prompts, completions, references)):
             try:
-                messages = prompt_messages(p, i)
-                answer = completion_messages(c, i)
+                conversation = to_conversation(p, c, i)
             except ValueError as err:
                 raise RequestError(422, str(err)) from None
-            sample = Sample(messages + answer[:-1], answer[-1]["content"])
+            sample = Sample([dict(m) for m in conversation.context], conversation.response)
             sample.reference = self._reference(r if r is not None else "", i)
             self._check_size(sum(len(m["content"]) for m in sample.messages) + len(sample.response)
                              + len(sample.reference or ""), i)
