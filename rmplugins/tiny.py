@@ -35,7 +35,7 @@ from tokenizers import (
     trainers,
 )
 
-FORMAT_VERSION = "7"  # bump when a builder changes, so cached checkpoints are rebuilt
+FORMAT_VERSION = "8"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
 
 LLAMA3_CHAT_TEMPLATE = (
@@ -192,10 +192,12 @@ def build_deberta_tokenizer(path: Path, vocab_size: int = 400) -> dict[str, int]
 
 # ----------------------------------------------------------------------------- configs and weights
 def _llama_config(vocab_size: int, **extra):
+    """Two query heads sharing one key/value head (GQA), head_dim 32: the smallest head size vLLM's CPU attention
+    accepts, so vLLM can load the same tiny checkpoints as an independent reference."""
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.08,
                       **extra)
     return cfg
@@ -247,7 +249,7 @@ def build_bt(path: Path, seed: int = 0) -> None:
     vocab = build_mistral_tokenizer(path)
     bos, eos, pad = _ids(path, "<s>", "</s>", "[PAD]")
     cfg = MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
                         sliding_window=4096, rope_theta=10000.0, bos_token_id=bos, eos_token_id=eos,
                         pad_token_id=pad, num_labels=1, tie_word_embeddings=False, initializer_range=0.08)
     torch.manual_seed(seed)

@@ -45,7 +45,8 @@ def _tree_hashes(root: Path) -> dict[str, str]:
 
 def _cli(args, env_extra=None, timeout=300):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", **(env_extra or {}))
+               HF_HUB_OFFLINE="1")
+    env.update(env_extra or {})
     return subprocess.run([sys.executable, "-m", "rmplugins", *args], env=env, capture_output=True, text=True,
                           check=False, timeout=timeout, cwd=str(ROOT))
 

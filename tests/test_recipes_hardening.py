@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_recipes_e2e import TRAIN, _cli, prompts_file  # noqa: F401  (pytest fixture)
+from test_recipes_e2e import ROOT, TRAIN, _cli, prompts_file  # noqa: F401  (pytest fixture)
 
 from rmplugins.recipes.config import RecipeConfig
 
@@ -35,7 +35,8 @@ def test_a_second_run_on_the_same_output_is_refused_and_told_who_holds_it(tiny, 
 @pytest.mark.parametrize("option,value,reason", [
     ("--learning-rate", "-1", "not a positive number"), ("--temperature", "0", "not a positive number"),
     ("--top-p", "2", "not in (0, 1]"), ("--chunk-size", "0", "not a positive integer"),
-    ("--generation-batch-size", "0", "not a positive integer"), ("--num-candidates", "x", "not a number")])
+    ("--generation-batch-size", "0", "not a positive integer"), ("--num-candidates", "x", "not a number"),
+    ("--vllm-engine-args", "[1]", "is not a JSON object"), ("--vllm-engine-args", "{x", "is not JSON")])
 def test_bad_numbers_are_refused_by_the_command_line(tiny, prompts_file, tmp_path, option, value, reason):  # noqa: F811
     out = tmp_path / "run"
     res = _cli(_args(tiny, prompts_file, out, extra=(option, value)))
@@ -47,7 +48,6 @@ def test_bad_options_are_refused_before_any_work_and_the_fix_runs(tiny, prompts_
     no_config = tmp_path / "rm-without-config"
     no_config.mkdir()
     cases = [
-        (["--backend", "vllm"], None, "vLLM is not installed"),
         ([], str(no_config), "without config.json"),
         ([], tiny("policy"), "plain causal language model"),  # the policy given as reward model
         (["--reward-variant", "better"], None, "variant='better' is a PairRM option"),
@@ -61,8 +61,31 @@ def test_bad_options_are_refused_before_any_work_and_the_fix_runs(tiny, prompts_
     assert (out / "iter-1" / "best.jsonl").exists()
     with pytest.raises(ValueError, match="--temperature must be above 0"):
         RecipeConfig(recipe="iterative-dpo", policy="p", reward_model="r", prompts="f", output="o", temperature=0)
+    with pytest.raises(ValueError, match="--vllm-engine-args is an option of --backend vllm"):
+        RecipeConfig(recipe="iterative-dpo", policy="p", reward_model="r", prompts="f", output="o",
+                     vllm_engine_args={"enforce_eager": True})
+    with pytest.raises(ValueError, match="cannot set 'model'"):
+        RecipeConfig(recipe="iterative-dpo", policy="p", reward_model="r", prompts="f", output="o", backend="vllm",
+                     vllm_engine_args={"model": "x"})
     with pytest.raises(ValueError, match="--chunk-size must be a whole number"):
         RecipeConfig(recipe="iterative-dpo", policy="p", reward_model="r", prompts="f", output="o", chunk_size=0)
+
+
+@pytest.mark.parametrize("body,reason", [
+    ('raise ImportError("operator torchvision::nms does not exist")',
+     "vLLM is installed but cannot be imported (ImportError: operator torchvision::nms does not exist)"),
+    ('raise ModuleNotFoundError("No module named \'vllm\'", name="vllm")', "vLLM is not installed; install")])
+def test_a_missing_or_broken_vllm_is_reported_before_any_work(tiny, prompts_file, tmp_path, body, reason):  # noqa: F811
+    """A vllm package that fails to import, put first on the path, stands for a broken or absent install (the
+    torchvision mismatch of the CPU build is the one met here)."""
+    broken = tmp_path / "site" / "vllm"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(body + "\n")
+    out = tmp_path / "run"
+    res = _cli(_args(tiny, prompts_file, out, extra=("--backend", "vllm")),
+               {"PYTHONPATH": os.pathsep.join([str(broken.parent), str(ROOT)])})
+    assert res.returncode == 2 and reason in res.stderr and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert not (out / "run.json").exists()
 
 
 def _mount_tmpfs(path: Path, size: str):

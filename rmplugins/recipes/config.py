@@ -46,6 +46,7 @@ class RecipeConfig:
     gpu_memory_utilization: float = 0.5
     chunk_size: int = 64                  # prompts per generation/scoring chunk (the unit of saved progress)
     generation_batch_size: int = 8        # prompts per transformers generate call (hf backend)
+    vllm_engine_args: dict = field(default_factory=dict)  # extra keyword arguments of vllm.LLM (vllm backend)
     show_progress: bool = True
     report_to: str = "none"               # TRL/transformers trackers: "none", "wandb", "tensorboard", "all", ...
 
@@ -84,6 +85,16 @@ class RecipeConfig:
                                  "directory or a hub id such as 'RLHFlow/LLaMA3-SFT'")
         if self.backend not in ("hf", "vllm"):
             raise ValueError(f"--backend must be 'hf' or 'vllm', got {self.backend!r}")
+        if self.vllm_engine_args:
+            if self.backend != "vllm":
+                raise ValueError("--vllm-engine-args is an option of --backend vllm")
+            if not isinstance(self.vllm_engine_args, dict) or not all(isinstance(k, str)
+                                                                      for k in self.vllm_engine_args):
+                raise ValueError("--vllm-engine-args must be a JSON object of vllm.LLM keyword arguments, such as "
+                                 '\'{"enforce_eager": true, "max_model_len": 4096}\'')
+            if "model" in self.vllm_engine_args:
+                raise ValueError("--vllm-engine-args cannot set 'model': the policy is --policy, then each "
+                                 "iteration's trained model")
 
     @property
     def lr(self) -> float:

@@ -4,7 +4,7 @@ How the demo's models are made (once, cached next to the tiny checkpoints):
 
 - **Reward model**: the tiny FsfairX-LLaMA3-RM-layout Bradley-Terry checkpoint
   (``tiny_checkpoint("bt_llama3", tiny_dir)``),
-  trained for a few hundred steps with the Bradley-Terry loss on a synthetic preference: a response made of warm
+  trained for 400 steps with the Bradley-Terry loss on a synthetic preference: a response made of warm
   words (``good``, ``love``, ``thanks``, ...) beats one made of cold words (``hate``, ``cannot``, ``no``, ``not``),
   and the more warm words the better. It is saved as a normal ``LlamaForSequenceClassification`` checkpoint and
   loaded back through ``rmplugins.load_reward_model`` like any hub model.
@@ -31,7 +31,7 @@ from ..tiny import build_directory_atomically
 
 logger = logging.getLogger("rmplugins.demo")
 
-DEMO_VERSION = "2"
+DEMO_VERSION = "3"
 WARM = ("good", "love", "thanks", "lovely", "helpful", "honest")
 COLD = ("hate", "cannot", "no", "not")
 TOPICS = ("books", "the weather", "python code", "paris", "math", "a poem", "the city", "music", "your day",
@@ -66,7 +66,7 @@ def _build_atomic(path: Path, build) -> Path:
     return build_directory_atomically(path, build)
 
 
-def train_reward_model(out: Path, steps: int = 150, seed: int = 0, tiny_dir: str | None = None) -> None:
+def train_reward_model(out: Path, steps: int = 400, seed: int = 0, tiny_dir: str | None = None) -> None:
     """Bradley-Terry training of the tiny bt_llama3 checkpoint on warm-vs-cold pairs, encoded exactly as
     ``rmplugins`` scores them (the family's chat rendering, reward at the last token)."""
     import torch

