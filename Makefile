@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# codetiming and orjson)
 	$(PIP) install --no-deps openrlhf==0.11.2 verl==0.9.1
 	$(PIP) install -c constraints.txt ray tensordict omegaconf codetiming orjson
+	# The published vocabularies the tests build checkpoints from (files inside these packages, no network later):
+	# Meta's Llama-3 tiktoken ranks and Mistral-7B-Instruct-v0.2's SentencePiece model
+	$(PIP) install --no-deps llama-models==0.3.0 mistral-common==1.13.1
 	touch $@
 
 demo: setup

@@ -99,6 +99,11 @@ def tournament_plan(n: int) -> Plan:
         winners.append(n - 1)
         losers.append(n - 1)
     best, worst = yield from _knockouts([(winners, True), (losers, False)], wins)
+    if best == worst:
+        # Only the odd one out is in both brackets, and only an intransitive judge lets it win one and lose the
+        # other (seen with a real pair-PM); the worst is then played for among the other first-round losers
+        # ((n - 1) / 2 - 1 more comparisons at most: the total stays within 2n - 3).
+        (worst,) = yield from _knockouts([([x for x in losers if x != best], False)], wins)
     return Ranking(_mean_win(n, wins), best, worst, len(wins), "tournament", wins)
 
 

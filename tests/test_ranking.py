@@ -38,6 +38,28 @@ def test_tournament_finds_best_and_worst_within_2n_minus_3(n):
         assert len(calls) <= 1 + 2 * max(1, (n - 1).bit_length())
 
 
+@pytest.mark.parametrize("n", [3, 5, 7, 9, 11])
+def test_tournament_best_and_worst_differ_under_an_intransitive_judge(n):
+    """The odd one out plays in both brackets: an intransitive judge (a real pair-PM on the published Llama-3
+    vocabulary did this, with n = 5) can let it win the best's knockout and lose the worst's. Every random judge
+    here still gets a best distinct from its worst, the worst having lost each of its losers'-bracket matches,
+    within 2n - 3 comparisons."""
+    rng = random.Random(n)
+    hit = 0
+    for _ in range(400):
+        table = {}
+
+        def judge(pairs):
+            return [table.setdefault((i, j), rng.random()) for i, j in pairs]
+
+        r = tournament(n, judge)
+        assert r.best != r.worst
+        assert r.comparisons <= 2 * n - 3 and r.comparisons == len(r.wins)
+        odd = n - 1  # the case that used to return best == worst: the odd one best, having lost a match
+        hit += r.best == odd and any((a == odd) == (p < 0.5) for (a, b), p in r.wins.items() if odd in (a, b))
+    assert hit  # the case was exercised
+
+
 def test_round_robin_judges_every_pair_once_and_scores_mean_win():
     strengths = [0.0, 1.0, -1.0, 3.0]
     calls = []
