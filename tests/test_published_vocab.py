@@ -8,6 +8,7 @@ thousands of tokens) against one sequence per forward.
 import pytest
 import torch
 from reference_helpers import ATOL, assert_close
+from test_determinism import FAST_MODE_BOUND
 from test_parity_bt import CardPipeline
 
 from rmplugins import load_reward_model
@@ -103,9 +104,10 @@ def test_engine_on_prompts_of_thousands_of_tokens(real, tiny, kind):
     got = rm.score(ps, cs)
     alone = load_reward_model(tiny(kind), dtype="float32", device="cpu", deterministic=True)
     want = alone.score(ps, cs)  # each row alone: the engine's batching and prefix sharing taken out
-    assert_close(got, want, ATOL, f"{kind} long prompts")
+    # the README's stated bound for the default (batched) mode against a row scored alone
+    assert all(abs(g - w) <= FAST_MODE_BOUND * (1 + abs(w)) for g, w in zip(got, want)), (got, want)
     if kind == "bt_llama3_real_vocab":  # and the card's pipeline on one of them
         ref = CardPipeline(tiny(kind), system_role=True)
-        assert_close(got[:1], [ref.reward(list(to_conversation(ps[0], cs[0]).messages))], ATOL, "card, long")
+        assert_close(want[:1], [ref.reward(list(to_conversation(ps[0], cs[0]).messages))], ATOL, "card, long")
     assert len({round(x, 4) for x in got}) == len(got)
     assert torch.isfinite(torch.tensor(got)).all()

@@ -135,6 +135,10 @@ def test_sleep_mode_is_decided_from_the_platform(tiny, caplog):
     assert "no sleep mode, so the generation engine keeps its memory" in caplog.text
     with pytest.raises(ValueError, match="vLLM has no sleep mode on this platform"):
         VLLMGenerator(tiny("policy"), enable_sleep_mode=True)
+    # a user's tensor_parallel_size (through --vllm-engine-args) picks vLLM's multiprocess executor
+    tp2 = VLLMGenerator(tiny("policy"), engine_args={"tensor_parallel_size": 2, "enforce_eager": True})
+    assert tp2.engine_kwargs["tensor_parallel_size"] == 2 and "distributed_executor_backend" not in tp2.engine_kwargs
+    assert tp2.engine_kwargs["enforce_eager"] is True
 
 
 # ----------------------------------------------------------------------------- the recipes with --backend vllm

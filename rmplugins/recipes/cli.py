@@ -89,7 +89,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
     d.add_argument("--device", default=None, help="policy device for generation/training (default: cuda if any)")
     d.add_argument("--rm-device", default=None, help="reward model device (default: cuda if any)")
     d.add_argument("--gpu-memory-utilization", type=probability, default=0.5,
-                   help="vLLM's share of GPU memory (default 0.5, leaving room for the reward model)")
+                   help="vLLM's share of GPU memory (default 0.5, leaving room for the reward model); on vLLM's "
+                        "CPU build the KV cache gets 1 GiB instead (set kv_cache_memory_bytes in --vllm-engine-args)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--report-to", default="none", metavar="TRACKER",
                    help="where TRL logs training metrics: none, wandb, tensorboard, trackio, all, ... (passed to the "

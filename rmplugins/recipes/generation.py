@@ -178,12 +178,14 @@ class VLLMGenerator(Generator):
         if enable_sleep_mode and not can_sleep:
             raise ValueError(f"vLLM has no sleep mode on this platform ({current_platform.device_name}); "
                              "leave enable_sleep_mode unset to decide from the platform")
+        engine_args = dict(engine_args or {})
+        tensor_parallel_size = engine_args.pop("tensor_parallel_size", tensor_parallel_size)  # decides the executor
         self.engine_kwargs: dict[str, Any] = vllm_support.engine_args(
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_memory_bytes, dtype=dtype, seed=seed, enable_prefix_caching=True,
             enable_sleep_mode=can_sleep if enable_sleep_mode is None else bool(enable_sleep_mode),
             **({"max_model_len": max_model_len} if max_model_len else {}))
-        self.engine_kwargs.update(engine_args or {})  # the user's vllm.LLM arguments win
+        self.engine_kwargs.update(engine_args)  # the user's vllm.LLM arguments win
         if not self.engine_kwargs["enable_sleep_mode"]:
             logger.info("vLLM on %s: no sleep mode, so the generation engine keeps its memory while the reward "
                         "model scores and TRL trains", current_platform.device_name)
