@@ -108,6 +108,12 @@ def build_llama3_tokenizer(path: Path, vocab_size: int = 600) -> int:
                 "<|reserved_special_token_1|>", "<|reserved_special_token_2|>", "<|reserved_special_token_3|>",
                 "<|start_header_id|>", "<|end_header_id|>", "<|reserved_special_token_4|>", "<|eot_id|>"]
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return _finish_llama3_tokenizer(tok, path, specials, LLAMA3_CHAT_TEMPLATE)
+
+
+def _finish_llama3_tokenizer(tok: Tokenizer, path: Path, specials: list[str], chat_template: str) -> int:
+    """What every Llama-3 tokenizer.json / tokenizer_config.json carries: the BOS post-processor, the special
+    tokens' table, <|eot_id|> as EOS, the chat template."""
     bos = tok.token_to_id("<|begin_of_text|>")
     tok.post_processor = processors.Sequence([
         processors.ByteLevel(trim_offsets=False),
@@ -119,7 +125,7 @@ def build_llama3_tokenizer(path: Path, vocab_size: int = 600) -> int:
         "added_tokens_decoder": {str(tok.token_to_id(s)): {"content": s, "lstrip": False, "normalized": False,
                                                             "rstrip": False, "single_word": False, "special": True}
                                  for s in specials},
-        "bos_token": "<|begin_of_text|>", "chat_template": LLAMA3_CHAT_TEMPLATE, "clean_up_tokenization_spaces": True,
+        "bos_token": "<|begin_of_text|>", "chat_template": chat_template, "clean_up_tokenization_spaces": True,
         "eos_token": "<|eot_id|>", "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "PreTrainedTokenizerFast",
     }
@@ -243,25 +249,8 @@ def build_published_llama3_tokenizer(path: Path, version: str = "3") -> int:
     specials = LLAMA3_SPECIALS if version == "3" else LLAMA31_SPECIALS
     tok = TikTokenConverter(vocab_file=str(published_vocabulary("llama3")), pattern=LLAMA3_SPLIT,
                             extra_special_tokens=specials).converted()
-    bos = tok.token_to_id("<|begin_of_text|>")
-    tok.post_processor = processors.Sequence([
-        processors.ByteLevel(trim_offsets=False),
-        processors.TemplateProcessing(single="<|begin_of_text|> $A",
-                                      pair="<|begin_of_text|> $A <|begin_of_text|> $B:1",
-                                      special_tokens=[("<|begin_of_text|>", bos)]),
-    ])
-    config = {
-        "added_tokens_decoder": {str(tok.token_to_id(s)): {"content": s, "lstrip": False, "normalized": False,
-                                                            "rstrip": False, "single_word": False, "special": True}
-                                 for s in specials},
-        "bos_token": "<|begin_of_text|>",
-        "chat_template": LLAMA3_CHAT_TEMPLATE if version == "3" else LLAMA31_CHAT_TEMPLATE,
-        "clean_up_tokenization_spaces": True, "eos_token": "<|eot_id|>",
-        "model_input_names": ["input_ids", "attention_mask"],
-        "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "PreTrainedTokenizerFast",
-    }
-    _write_tokenizer(tok, path, config, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"})
-    return tok.get_vocab_size()
+    return _finish_llama3_tokenizer(tok, path, specials,
+                                    LLAMA3_CHAT_TEMPLATE if version == "3" else LLAMA31_CHAT_TEMPLATE)
 
 
 def build_published_mistral_tokenizer(path: Path) -> int:
