@@ -55,6 +55,19 @@ def engine_args(*, tensor_parallel_size: int = 1, gpu_memory_utilization: float 
     return args
 
 
+def unknown_engine_args(names) -> list[str]:
+    """The names that are neither a ``vllm.LLM`` parameter nor a field of ``vllm.EngineArgs`` (where ``LLM`` passes
+    the rest), so a misspelt option is refused before any work rather than at engine start."""
+    import dataclasses
+    import inspect
+
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = set(inspect.signature(LLM.__init__).parameters) | {f.name for f in dataclasses.fields(EngineArgs)}
+    return sorted(set(names) - known)
+
+
 def start_engine(model: str, **llm_args: Any):
     """``vllm.LLM(model, **llm_args)``; a single-process executor gets its engine core in this process too."""
     from vllm import LLM

@@ -49,6 +49,8 @@ def test_bad_options_are_refused_before_any_work_and_the_fix_runs(tiny, prompts_
     no_config.mkdir()
     cases = [
         ([], str(no_config), "without config.json"),
+        (["--backend", "vllm", "--vllm-engine-args", '{"enforce_eager": true, "no_such_arg": 1}'], None,
+         "--vllm-engine-args: no_such_arg: not an argument of vllm.LLM"),
         ([], tiny("policy"), "plain causal language model"),  # the policy given as reward model
         (["--reward-variant", "better"], None, "variant='better' is a PairRM option"),
     ]

@@ -152,6 +152,11 @@ class Recipe:
 
         if self.cfg.backend == "vllm":
             check_vllm_importable()
+            from ..vllm_support import unknown_engine_args
+
+            if unknown := unknown_engine_args(self.cfg.vllm_engine_args):
+                raise ValueError(f"--vllm-engine-args: {', '.join(unknown)}: not an argument of vllm.LLM or "
+                                 "vllm.EngineArgs (see `vllm serve --help` for the names, with - written as _)")
         policy = Path(os.path.expanduser(self.cfg.policy))
         if policy.is_dir() and not (policy / "config.json").exists():
             raise ValueError(f"--policy {self.cfg.policy}: a directory without config.json, not a model")
