@@ -176,18 +176,19 @@ def bench_pair_pm(rm, groups, repeat: int) -> tuple[list[tuple], dict]:
 
 
 # ----------------------------------------------------------------------------- vLLM, the peer
+VLLM_ARGS = dict(max_model_len=4096, seed=0)  # every vLLM engine of the benchmark, beside what it varies
+
+
 def vllm_engines(bt_path, pm_path):
     """vLLM on the same two checkpoints (in-process engines, prefix caching on, float32 on CPU), or the reason
     there is none."""
+    from rmplugins import vllm_support
+
     try:
-        from rmplugins import vllm_support
-    except ImportError as err:
-        return None, f"vLLM section skipped: {err}"
-    try:
-        common = dict(max_model_len=4096, seed=0, enable_prefix_caching=True)
-        bt = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(runner="pooling", **common))
+        bt = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(
+            runner="pooling", enable_prefix_caching=True, **VLLM_ARGS))
         pm = vllm_support.start_engine(str(pm_path), **vllm_support.engine_args(
-            logprobs_mode="processed_logprobs", max_logprobs=2, **common))
+            logprobs_mode="processed_logprobs", max_logprobs=2, enable_prefix_caching=True, **VLLM_ARGS))
     except ImportError as err:
         return None, f"vLLM section skipped: vLLM is not installed ({err})"
     return (bt, pm), None
@@ -202,8 +203,8 @@ def vllm_pointwise_variants(bt_path, sequences, repeat: int) -> list[tuple]:
     for label, extra in (("no prefix caching", {"enable_prefix_caching": False}),
                          ("prefix caching, eager (enforce_eager=True)", {"enable_prefix_caching": True,
                                                                         "enforce_eager": True})):
-        llm = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(
-            runner="pooling", max_model_len=4096, seed=0, **extra))
+        llm = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(runner="pooling", **VLLM_ARGS,
+                                                                                 **extra))
         vllm_classify(llm, sequences)  # warm-up
         times = []
         for _ in range(repeat):
@@ -306,7 +307,7 @@ def bench_vllm(engines, bt_rm, pm_rm, groups, pair_groups, repeat: int) -> tuple
         (f"pair-PM best-of-{n}: rmplugins rank_many tournament", f"{best['pm_ours']:.2f}", "1.00x"),
     ]
     info = dict(best, max_diff=max(abs(a - b) for a, b in zip(ours, theirs)), same_winners=same_winners,
-                vllm_sequences_all=n_all)
+                vllm_sequences_all=n_all, sequences=sequences)
     return rows, info
 
 
@@ -459,9 +460,8 @@ def main(argv=None) -> int:
             rows, v = bench_vllm(engines, bt, pm, groups, pair_groups, args.repeat)
             for engine in engines:
                 vllm_support.shutdown_engine(engine)
-            sequences = [bt.encode(to_conversation(p, c).messages) for p, cands in groups for c in cands]
-            for label, t in vllm_pointwise_variants(build_bench_checkpoint("bt", cache / "bench-bt"), sequences,
-                                                    args.repeat):
+            for label, t in vllm_pointwise_variants(build_bench_checkpoint("bt", cache / "bench-bt"),
+                                                    v["sequences"], args.repeat):
                 rows.insert(1, (f"pointwise {args.prompts}x{args.candidates}: vLLM classify, {label}", f"{t:.2f}",
                                 f"{t / v['ours']:.2f}x"))
             print(f"\n## vLLM {vllm.__version__} as the peer (same checkpoints, same token ids, one run)\n")

@@ -37,8 +37,6 @@ from tokenizers import (
 
 FORMAT_VERSION = "8"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
-REAL_VOCAB_KINDS = ("bt_real_vocab", "bt_llama3_real_vocab", "armorm_real_vocab", "pair_pm_real_vocab",
-                    "gpm_real_vocab")
 
 LLAMA3_CHAT_TEMPLATE = (
     "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
