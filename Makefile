@@ -24,6 +24,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# codetiming and orjson)
 	$(PIP) install --no-deps openrlhf==0.11.2 verl==0.9.1
 	$(PIP) install -c constraints.txt ray tensordict omegaconf codetiming orjson
+	# OpenRLHF's own reward server (openrlhf/cli/serve_rm.py), the peer in the tests and benchmarks, imports
+	# deepspeed, peft and pylatexenc. deepspeed is a source release: built here against the installed torch with
+	# no ops compiled, never in an isolated build that would pull a CUDA torch
+	$(PIP) install -c constraints.txt setuptools wheel hjson pylatexenc peft==0.21.2
+	$(PIP) install --no-deps --no-build-isolation deepspeed==0.19.6
 	# The published vocabularies the tests build checkpoints from (files inside these packages, no network later):
 	# Meta's Llama-3 tiktoken ranks and Mistral-7B-Instruct-v0.2's SentencePiece model
 	$(PIP) install --no-deps llama-models==0.3.0 mistral-common==1.13.1

@@ -1,0 +1,105 @@
+"""Reward servers run as separate processes, side by side: ``rmplugins serve`` through its CLI, and the server a
+user would run instead, OpenRLHF 0.11.2's own ``openrlhf/cli/serve_rm.py``, unmodified, from the installed package.
+
+OpenRLHF's server needs deepspeed and peft (installed by ``make setup``) and ``flash_attn`` at import time, which
+has no CPU build: this directory holds a stand-in (``flash_attn/``) that lets its modules import and refuses the
+packing functions its padded path never calls. The benchmark and the peer test put this directory first on that
+server's ``PYTHONPATH``; nothing of OpenRLHF is patched or re-implemented.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PEERS_DIR = Path(__file__).resolve().parent
+ROOT = PEERS_DIR.parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """A server started from a command line; its log goes to a file (an unread pipe would fill up and stall it).
+
+    ``ready_path`` is a GET that answers 200 once the server is up."""
+
+    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict | None = None):
+        self.name, self.port, self.ready_path = name, port, ready_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=self.log)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")[-chars:]
+
+    def wait(self, timeout: float = 300) -> "ServerProcess":
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not answer {self.ready_path} within {timeout:.0f} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        if os.path.exists(self.log.name):
+            os.unlink(self.log.name)
+
+    def __enter__(self):
+        return self.wait()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def rmplugins_serve(model: str, policy_tokenizer: str | None = None, *args: str) -> ServerProcess:
+    """``python -m rmplugins serve --model MODEL ...`` on a free port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "rmplugins", "serve", "--model", str(model), "--port", str(port), *args]
+    if policy_tokenizer:
+        cmd += ["--policy-tokenizer", str(policy_tokenizer)]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return ServerProcess("rmplugins-serve", cmd, port, "/health", env)
+
+
+def openrlhf_serve_rm(model: str, *, param_dtype: str = "bf16", attn_implementation: str = "sdpa",
+                      batch_size: int | None = None, max_len: int = 2048) -> ServerProcess:
+    """OpenRLHF 0.11.2's ``python -m openrlhf.cli.serve_rm`` on a free port, with its own options.
+
+    It loads ``model`` with ``get_llm_for_sequence_regression`` (bf16 or fp16 only, ``device_map="auto"``) and
+    scores each request's ``query`` strings as given: tokenized without special tokens, left-padded, the value head
+    read at the last token. It has no health route: FastAPI's ``/openapi.json`` answers once uvicorn is up."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "openrlhf.cli.serve_rm", "--reward.model_name_or_path", str(model),
+           "--port", str(port), "--host", "127.0.0.1", "--ds.param_dtype", param_dtype,
+           "--ds.attn_implementation", attn_implementation, "--data.max_len", str(max_len)]
+    if batch_size:
+        cmd += ["--batch_size", str(batch_size)]
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PEERS_DIR), os.environ.get("PYTHONPATH")]))}
+    return ServerProcess("openrlhf-serve_rm", cmd, port, "/openapi.json", env)
