@@ -1,20 +1,37 @@
-"""Load benchmark of ``rmplugins serve``: requests/s and p50/p99 latency at 1, 16 and 128 concurrent clients,
-dynamic batching vs the one-request-at-a-time path (``--max-batch-size 1 --max-wait-ms 0``), same run.
+"""Reward-server benchmark on RLHF rollout traffic, one run, same checkpoint and same samples for every path:
 
-Clients behave like OpenRLHF's rollout actors: aiohttp, a new session per request, one sample per request,
-policy-templated ``query``/``prompts``. Each server runs in its own process through the real CLI.
+  rmplugins batched     ``rmplugins serve`` (dynamic batching: a prompt's samples in one batch run it once)
+  rmplugins 1-at-a-time ``rmplugins serve --max-batch-size 1 --max-wait-ms 0``
+  OpenRLHF serve_rm     OpenRLHF 0.11.2's own ``openrlhf/cli/serve_rm.py``, unmodified (the server a user would run
+                        instead; it scores each request's queries in one padded forward, requests one after another)
+  in-process ceiling    ``rm.score`` over all of a level's samples in one call, no HTTP
 
-    python benchmarks/bench_server.py                          # tiny ArmoRM on CPU, ~1-2 minutes
-    python benchmarks/bench_server.py --model PATH --policy-tokenizer PATH --device cuda --requests 2000
+Workloads (``--workload``):
+  rollout (default)  P prompts x n samples, the way OpenRLHF and verl rollout actors send them: the n samples of a
+                     prompt are n one-sample requests sent together; prompts of about 200-2000 tokens of varied
+                     text (a third multi-turn), responses of about 20-600 tokens, the policy's chat template.
+  short              the old workload: 8-40-word prompts, each request a different prompt (HTTP-bound).
+Clients are aiohttp, a new session per request, as OpenRLHF's ``_fetch_rewards_via_http``. Each level's rewards
+from every server are checked against the in-process ones.
+
+The model is a benchmark-sized random Bradley-Terry Llama (``common.build_bench_checkpoint``: hidden 512, 4 layers,
+the tiny Llama-3 tokenizer, the layout of FsfairX-LLaMA3-RM), run by every path in ``--dtype`` (bf16 by default:
+OpenRLHF's server offers bf16 or fp16 only) with SDPA attention in OpenRLHF's.
+
+    python benchmarks/bench_server.py                                  # CPU: about 10 minutes on 2 cores
+    python benchmarks/bench_server.py --concurrency 1 16 --skip-openrlhf --workload short
+    python benchmarks/bench_server.py --model PATH --device cuda --concurrency 1 16 128 512
 """
+
+from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
+import math
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,153 +39,230 @@ from pathlib import Path
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parents[1]
-WORDS = ("the answer is good helpful python code list paris france weather today because example question "
-         "explain write story poem number result").split()
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import _words, build_bench_checkpoint, host_load  # noqa: E402
+from peers import openrlhf_serve_rm, rmplugins_serve  # noqa: E402
+
+SHORT_WORDS = ("the answer is good helpful python code list paris france weather today because example question "
+               "explain write story poem number result").split()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def default_models(args) -> None:
-    """Without --model / --policy-tokenizer: the tiny ArmoRM checkpoint and the tiny Llama-3 policy."""
-    if args.model is None or args.policy_tokenizer is None:
-        sys.path.insert(0, str(ROOT))
-        from rmplugins.tiny import tiny_checkpoint
-
-        args.model = args.model or tiny_checkpoint("armorm")
-        args.policy_tokenizer = args.policy_tokenizer or tiny_checkpoint("policy")
-
-
-def make_payloads(tokenizer, n: int, response_words: int, seed: int = 0) -> list[dict]:
+# ----------------------------------------------------------------------------- workloads
+def rollout_conversations(n_prompts: int, n_samples: int, seed: int) -> list[tuple[list[dict], str]]:
+    """(messages, response) for P prompts x n samples, a prompt's samples adjacent (sent together)."""
     rng = random.Random(seed)
     out = []
-    for _ in range(n):
-        conv = [{"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 40)))}]
-        prompt = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        response = " ".join(rng.choice(WORDS) for _ in range(rng.randint(response_words // 2, response_words)))
-        out.append({"query": [prompt + response + tokenizer.eos_token], "prompts": [prompt], "labels": [""]})
+    for p in range(n_prompts):
+        conv = []
+        if p % 5 == 0:
+            conv.append({"role": "system", "content": _words(rng, rng.randint(10, 40))})
+        turns = 1 if p % 3 else rng.randint(2, 3)  # a third multi-turn
+        budget = rng.randint(150, 1500)  # words of prompt text in all
+        for t in range(turns):
+            share = budget // turns
+            conv.append({"role": "user", "content": _words(rng, max(5, share - (share // 3 if t < turns - 1 else 0)))})
+            if t < turns - 1:
+                conv.append({"role": "assistant", "content": _words(rng, max(5, share // 3))})
+        for _ in range(n_samples):
+            out.append((conv, _words(rng, rng.randint(15, 450))))
     return out
 
 
-class Server:
-    def __init__(self, args, batched: bool):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "rmplugins", "serve", "--model", args.model, "--port", str(self.port),
-               "--policy-tokenizer", args.policy_tokenizer]
-        if args.device:
-            cmd += ["--device", args.device]
-        cmd += (["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)] if batched
-                else ["--max-batch-size", "1", "--max-wait-ms", "0"])
-        cmd += list(getattr(args, "server_args", []))
-        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        # The server logs every request: to a file, never an unread pipe that would fill up and stall it.
-        self.log = tempfile.NamedTemporaryFile(prefix="rmplugins-serve-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self.log)
-
-    async def wait(self) -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + Path(self.log.name).read_text()[-2000:])
-            try:
-                async with aiohttp.ClientSession() as s, s.get(self.url + "/health") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-        raise RuntimeError("server did not become healthy")
-
-    async def metrics(self) -> dict:
-        async with aiohttp.ClientSession() as s, s.get(self.url + "/metrics") as r:
-            return await r.json()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-        os.unlink(self.log.name)
+def short_conversations(n: int, seed: int) -> list[tuple[list[dict], str]]:
+    rng = random.Random(seed)
+    return [([{"role": "user", "content": " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(8, 40)))}],
+             " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(30, 60)))) for _ in range(n)]
 
 
+def payload(tok, messages: list[dict], response: str) -> dict:
+    """What an OpenRLHF rollout actor posts: the templated prompt, and prompt + response + EOS as the query."""
+    prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return {"query": [prompt + response + tok.eos_token], "prompts": [prompt], "labels": [""]}
+
+
+def token_accounting(tok, convs) -> dict:
+    """Requested tokens (one forward per sample) and the unique-token floor (each distinct prompt once, plus each
+    response), tokenized as the reward model reads them."""
+    requested, floor, seen = 0, 0, set()
+    for messages, response in convs:
+        prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+        n_all = len(tok(prompt + response + tok.eos_token, add_special_tokens=False)["input_ids"])
+        requested += n_all
+        floor += n_all - n_prompt + (0 if prompt in seen else n_prompt)
+        seen.add(prompt)
+    return {"requested": requested, "floor": floor}
+
+
+def level_conversations(args, clients: int) -> list[tuple[list[dict], str]]:
+    if args.workload == "short":
+        return short_conversations(max(args.min_samples, args.samples_per_client * clients), seed=clients)
+    prompts = max(math.ceil(args.min_samples / args.n), math.ceil(args.samples_per_client * clients / args.n))
+    return rollout_conversations(prompts, args.n, seed=clients)
+
+
+# ----------------------------------------------------------------------------- driving a server
 async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:
-    timeout = aiohttp.ClientTimeout(total=180)
-    latencies, failures = [], 0
-    it = iter(payloads)
+    """``concurrency`` clients take the payloads in order (a prompt's samples go out together), one per request."""
+    timeout = aiohttp.ClientTimeout(total=600)
+    latencies, rewards, failures = [], [None] * len(payloads), 0
+    it = iter(enumerate(payloads))
 
     async def client():
         nonlocal failures
-        for payload in it:  # the shared iterator hands each payload to exactly one client
+        for i, body in it:  # the shared iterator hands each payload to exactly one client
             t = time.perf_counter()
             async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.post(url + "/get_reward", json=payload) as r:
-                    await r.json()
-                    failures += r.status != 200
+                async with session.post(url + "/get_reward", json=body) as r:
+                    answer = await r.json()
+                    if r.status == 200:
+                        rewards[i] = answer["rewards"][0]
+                    else:
+                        failures += 1
             latencies.append(time.perf_counter() - t)
 
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(concurrency)))
     wall = time.perf_counter() - start
     latencies.sort()
-    pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    return {"requests": len(latencies), "failures": failures, "rps": len(latencies) / wall,
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+    def pct(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return {"samples": len(latencies), "failures": failures, "seconds": wall, "sps": len(latencies) / wall,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "rewards": rewards}
 
 
-async def main_async(args) -> list[dict]:
-    from transformers import AutoTokenizer
+def get_json(url: str) -> dict:
+    import urllib.request
 
-    tok = AutoTokenizer.from_pretrained(args.policy_tokenizer)
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def run_server(label: str, server, levels, warmup) -> list[dict]:
     rows = []
-    for batched in (False, True):
-        server = Server(args, batched)
-        try:
-            await server.wait()
-            await drive(server.url, make_payloads(tok, 8, args.response_words, seed=99), 4)  # warm-up
-            for c in args.concurrency:
-                n = max(args.requests, 2 * c) if c > 1 else max(8, args.requests // 4)
-                before = await server.metrics()
-                result = await drive(server.url, make_payloads(tok, n, args.response_words, seed=c), c)
-                after = await server.metrics()
+    with server:
+        asyncio.run(drive(server.url, warmup, 4))
+        for clients, convs, payloads in levels:
+            before = get_json(server.url + "/metrics") if label.startswith("rmplugins") else None
+            result = asyncio.run(drive(server.url, payloads, clients))
+            if before is not None:
+                after = get_json(server.url + "/metrics")
                 batches = after["batches"] - before["batches"]
-                result.update(path="batched" if batched else "one-at-a-time", clients=c,
-                              mean_batch=round((after["samples"] - before["samples"]) / max(1, batches), 2))
-                rows.append(result)
-                print(f"{result['path']:>14} c={c:<4} {result['rps']:8.1f} req/s  p50 {result['p50_ms']:8.1f} ms  "
-                      f"p99 {result['p99_ms']:8.1f} ms  failures {result['failures']}", flush=True)
-        finally:
-            server.stop()
+                result["mean_batch"] = round((after["samples"] - before["samples"]) / max(1, batches), 1)
+                result["processed"] = (after["engine"]["tokens_processed"] - before["engine"]["tokens_processed"])
+            result.update(path=label, clients=clients)
+            rows.append(result)
+            print(f"{label:>22} c={clients:<4} {result['sps']:8.2f} samples/s  p50 {result['p50_ms']:9.1f} ms  "
+                  f"p99 {result['p99_ms']:9.1f} ms  failures {result['failures']}", flush=True)
     return rows
 
 
-def main() -> None:
+def in_process(rm, levels) -> list[dict]:
+    rows = []
+    for clients, convs, _ in levels:
+        rm.engine.stats.reset()
+        start = time.perf_counter()
+        rewards = rm.score([m for m, _ in convs], [r for _, r in convs])
+        wall = time.perf_counter() - start
+        rows.append({"path": "in-process ceiling", "clients": clients, "samples": len(convs), "failures": 0,
+                     "seconds": wall, "sps": len(convs) / wall, "p50_ms": float("nan"), "p99_ms": float("nan"),
+                     "rewards": rewards, "processed": rm.engine.stats.tokens_processed})
+        print(f"{'in-process ceiling':>22} c={clients:<4} {len(convs) / wall:8.2f} samples/s", flush=True)
+    return rows
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="reward model (default: the tiny ArmoRM checkpoint)")
-    p.add_argument("--policy-tokenizer", default=None, help="policy tokenizer (default: the tiny Llama-3 policy)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 128])
-    p.add_argument("--requests", type=int, default=256, help="requests per concurrency level (1 client: a quarter)")
-    p.add_argument("--response-words", type=int, default=60, help="longest response, in words")
+    p.add_argument("--model", default=None, help="a Bradley-Terry checkpoint (default: the benchmark-sized Llama)")
+    p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
+                                                         str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
+    p.add_argument("--workload", choices=("rollout", "short"), default="rollout")
+    p.add_argument("--n", type=int, default=8, help="samples per prompt (rollout workload)")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 128, 512])
+    p.add_argument("--samples-per-client", type=int, default=2, help="samples per level = this x clients ...")
+    p.add_argument("--min-samples", type=int, default=32, help="... and at least this many")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"), help="every path's dtype")
+    p.add_argument("--device", default=None, help="rmplugins' device (OpenRLHF's server uses device_map='auto')")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    args = p.parse_args()
-    default_models(args)
-    rows = asyncio.run(main_async(args))
-    print("\n| path | clients | req/s | p50 ms | p99 ms | mean batch |\n|---|---|---|---|---|---|")
+    p.add_argument("--skip-openrlhf", action="store_true", help="leave out OpenRLHF's serve_rm.py")
+    p.add_argument("--skip-one-at-a-time", action="store_true")
+    p.add_argument("--json", default=None, help="also write every row (rewards left out) to this JSON file")
+    args = p.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from rmplugins import load_reward_model
+
+    model = args.model or str(build_bench_checkpoint("bt", Path(args.cache_dir) / "bench-bt"))
+    tok = AutoTokenizer.from_pretrained(model)
+    dtype = {"bf16": "bfloat16", "fp16": "float16"}[args.dtype]
+    threads = torch.get_num_threads()
+    print(f"# rmplugins server benchmark, {datetime.date.today()}, {args.workload} workload, {dtype}, "
+          f"{threads} torch threads, {host_load()}")
+    levels = []
+    for c in args.concurrency:
+        convs = level_conversations(args, c)
+        levels.append((c, convs, [payload(tok, m, r) for m, r in convs]))
+    for c, convs, _ in levels:
+        acc = token_accounting(tok, convs)
+        print(f"level c={c}: {len(convs)} samples, {acc['requested']} tokens requested, unique-token floor "
+              f"{acc['floor']} ({acc['requested'] / acc['floor']:.2f}x)")
+    warmup = [payload(tok, m, r) for m, r in rollout_conversations(1, 4, seed=999)]
+
+    rm = load_reward_model(model, device=args.device or "cpu", dtype=dtype)
+    rows = in_process(rm, levels)
+    ceiling = {r["clients"]: r for r in rows}
+    extra = ["--dtype", dtype, "--max-wait-ms", str(args.max_wait_ms)] + (["--device", args.device]
+                                                                            if args.device else [])
+    servers = [("rmplugins batched", lambda: rmplugins_serve(model, model, *extra, "--max-batch-size",
+                                                             str(args.max_batch_size)))]
+    if not args.skip_one_at_a_time:
+        servers.append(("rmplugins 1-at-a-time", lambda: rmplugins_serve(model, model, "--dtype", dtype,
+                                                                         "--max-batch-size", "1",
+                                                                         "--max-wait-ms", "0")))
+    if not args.skip_openrlhf:
+        servers.append(("OpenRLHF serve_rm", lambda: openrlhf_serve_rm(model, param_dtype=args.dtype,
+                                                                       attn_implementation="sdpa")))
+    for label, start in servers:
+        rows += run_server(label, start(), levels, warmup)
+
+    # every server's rewards against the in-process ones (bf16: batch composition moves the last bits)
     for r in rows:
-        print(f"| {r['path']} | {r['clients']} | {r['rps']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
-              f"{r['mean_batch']} |")
+        want = ceiling[r["clients"]]["rewards"]
+        r["max_abs_diff"] = max(abs(a - b) for a, b in zip(r["rewards"], want) if a is not None)
+    print("\n| path | clients | samples | samples/s | vs OpenRLHF | vs in-process | p50 ms | p99 ms | mean batch "
+          "| tokens processed | max abs diff |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    orl = {r["clients"]: r for r in rows if r["path"] == "OpenRLHF serve_rm"}
+    for r in rows:
+        vs_orl = f"{r['sps'] / orl[r['clients']]['sps']:.2f}x" if r["clients"] in orl else "-"
+        print(f"| {r['path']} | {r['clients']} | {r['samples']} | {r['sps']:.2f} | {vs_orl} | "
+              f"{r['sps'] / ceiling[r['clients']]['sps']:.2f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+              f"{r.get('mean_batch', '-')} | {r.get('processed', '-')} | {r['max_abs_diff']:.3g} |")
+    ours = {r["clients"]: r for r in rows if r["path"] == "rmplugins batched"}
+    print("\n| measure | result | target |\n|---|---|---|")
+    if 128 in ours and 128 in orl:
+        print(f"| samples/s at 128 clients, rmplugins / OpenRLHF | {ours[128]['sps'] / orl[128]['sps']:.2f}x | "
+              ">= 5x |")
+    if 128 in ours:
+        print(f"| samples/s at 128 clients, rmplugins / in-process | {ours[128]['sps'] / ceiling[128]['sps']:.2f} | "
+              ">= 0.85 |")
+    if 16 in ours:
+        print(f"| p99 / p50 at 16 clients | {ours[16]['p99_ms'] / ours[16]['p50_ms']:.2f} | <= 3 |")
+    print(f"after: {host_load()}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        Path(args.json).write_text(json.dumps([{k: v for k, v in r.items() if k != "rewards"} for r in rows],
+                                              indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -158,7 +158,15 @@ class RewardModel:
         """``forward(rows)`` (a family's batched model call over encoded rows), or, in deterministic mode,
         ``forward`` on each distinct row alone, concatenated in order. Returns what ``forward`` returns (a tensor,
         a tuple or a dict of tensors) with one leading row per input row."""
-        if not self.deterministic or len(rows) <= 1:
+        if not self.deterministic:
+            return forward(rows)
+        engine = getattr(self, "engine", None)
+        with engine.without_kept_prefixes() if engine is not None else nullcontext():
+            return self._each_alone(forward, rows)
+
+    @staticmethod
+    def _each_alone(forward, rows: list):
+        if len(rows) <= 1:
             return forward(rows)
         keys = [repr(row) for row in rows]
         first: dict[str, int] = {}

@@ -29,6 +29,7 @@ def _number(kind, name: str, test, what: str):
 
 
 positive_int = _number(int, "positive integer", lambda v: v >= 1, "a positive integer (1 or more)")
+non_negative_int = _number(int, "non-negative integer", lambda v: v >= 0, "0 or more")
 positive_float = _number(float, "positive number", lambda v: v > 0 and v != float("inf"), "a positive number")
 non_negative_float = _number(float, "non-negative number", lambda v: 0 <= v < float("inf"), "0 or more")
 probability = _number(float, "number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1]")

@@ -14,7 +14,9 @@ serves them all, and it aims at the floor of the work: each distinct token prefi
   where padding would cost more than another forward; results come back in the caller's order. Without an
   explicit budget it is derived from free device memory on CUDA.
 - ``keep_prefixes()``: within the block, prefix caches outlive their call (the rounds of a tournament share the
-  context), bounded and released on exit.
+  context), bounded and released on exit. ``prompt_cache_tokens``: the same for good, sequences run alone
+  included (a server's samples of one prompt, arriving in different batches, run the prompt once), bounded in
+  tokens, least recently used dropped first.
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 - Attention (:mod:`rmplugins.attention`, Llama/Mistral, CPU by default): no padding mask, suffixes attend to their
   prefix's cache in place, the last layer attends only from read positions. Elsewhere the model's own attention
@@ -48,6 +50,8 @@ MIN_TOKEN_BUDGET = 256
 MAX_TOKEN_BUDGET = 131072
 GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
 WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
+PROMPT_CACHE_MEMORY_FRACTION = 0.1  # the server's default prompt cache: a tenth of the memory free at start
+MAX_PROMPT_CACHE_TOKENS = 1 << 20
 KEEP_FACTOR = 8             # prefix caches kept across calls (keep_prefixes): at most KEEP_FACTOR x budget tokens
 CPU_FORWARD_OVERHEAD = 64   # one more forward, in padded-token equivalents, when choosing micro-batches
 GPU_FORWARD_OVERHEAD = 2048
@@ -61,7 +65,8 @@ class EngineStats:
     ``tokens_floor``: the unique-token floor (each distinct prefix once, see ``prefix.unique_token_floor``);
     ``tokens_processed``: real tokens that went through the backbone; ``tokens_padded``: rows x width summed over
     forwards, the compute actually spent (padding included); ``prefix_cache_hits``: prefixes taken from an earlier
-    call's cache (``keep_prefixes``) instead of being run again.
+    call's cache (``keep_prefixes`` or the prompt cache) instead of being run again, ``tokens_from_cache`` their
+    tokens.
     """
 
     calls: int = 0
@@ -75,6 +80,7 @@ class EngineStats:
     prefix_members: int = 0
     oom_splits: int = 0
     prefix_cache_hits: int = 0
+    tokens_from_cache: int = 0
 
     def reset(self) -> None:
         for name in asdict(self):
@@ -107,12 +113,24 @@ class CallState:
 
 
 class KeptPrefixes:
-    """Prefix caches kept across calls (``ScoringEngine.keep_prefixes``): least recently used first, bounded in
-    tokens, cleared when the outermost block exits. Iterating gives the kept token tuples."""
+    """Prefix caches kept across calls: within ``ScoringEngine.keep_prefixes`` blocks (cleared when the outermost
+    exits), or for good as the engine's prompt cache (``prompt_cache_tokens``). Least recently used dropped first,
+    bounded in tokens. A kept sequence serves any later one that starts with the same tokens for as long as they
+    agree (its keys/values sliced there), found through a hash chain over blocks of ``BLOCK`` tokens."""
+
+    BLOCK = 16
 
     def __init__(self):
-        self.depth = 0  # open keep_prefixes blocks
+        self.depth = 0           # open keep_prefixes blocks
+        self.limit = 0           # prompt cache: tokens kept for good (0: off)
+        self.suspended = 0       # deterministic calls: nothing kept or taken
+        self.tokens = 0          # tokens held
         self._store: OrderedDict[tuple[int, ...], KeptPrefix] = OrderedDict()
+        self._index: dict[int, tuple[int, ...]] = {}  # chain hash of a block-aligned prefix -> newest kept holder
+
+    @property
+    def active(self) -> bool:
+        return (self.depth > 0 or self.limit > 0) and not self.suspended
 
     def __iter__(self):
         return iter(self._store)
@@ -122,24 +140,55 @@ class KeptPrefixes:
 
     def clear(self) -> None:
         self._store.clear()
+        self._index.clear()
+        self.tokens = 0
+
+    def _chain(self, tokens) -> list[int]:
+        """Hashes of tokens[:BLOCK], tokens[:2*BLOCK], ... (each block chained on the hash before it)."""
+        out, h = [], 0
+        for start in range(0, len(tokens) - self.BLOCK + 1, self.BLOCK):
+            h = hash((h, tuple(tokens[start: start + self.BLOCK])))
+            out.append(h)
+        return out
 
     def keep(self, tokens: tuple[int, ...], kv, positions: list[int], hidden: torch.Tensor, limit: int) -> None:
         """Copy a prefix's cache out of its batch (so the batch can be freed); drop the oldest beyond ``limit``
         tokens (the newest is always kept)."""
+        if tokens in self._store:
+            self._drop(tokens)
         self._store[tokens] = KeptPrefix([(k.clone(), v.clone()) for k, v in kv],
                                          {q: hidden[i].clone() for i, q in enumerate(positions)})
-        self._store.move_to_end(tokens)
-        while sum(len(t) for t in self._store) > limit and len(self._store) > 1:
-            self._store.popitem(last=False)
+        self.tokens += len(tokens)
+        for h in self._chain(tokens):
+            self._index[h] = tokens
+        while self.tokens > limit and len(self._store) > 1:
+            self._drop(next(iter(self._store)))
 
-    def longest(self, seq: list[int], max_len: int) -> tuple[int, ...] | None:
-        """The longest kept prefix of ``seq`` no longer than ``max_len`` tokens."""
+    def _drop(self, tokens: tuple[int, ...]) -> None:
+        del self._store[tokens]
+        self.tokens -= len(tokens)
+        for h in self._chain(tokens):
+            if self._index.get(h) == tokens:
+                del self._index[h]
+
+    def longest(self, seq: Sequence[int], max_len: int) -> tuple[tuple[int, ...], int] | None:
+        """(kept tokens, n): the kept sequence agreeing with ``seq`` on the most leading tokens, n of them
+        (at least one block, at most ``max_len``); None when none agrees on a whole block."""
         best = None
-        for tokens in self._store:
-            n = len(tokens)
-            if n <= max_len and (best is None or n > len(best)) and tuple(seq[:n]) == tokens:
-                best = tokens
-        return best
+        for j, h in enumerate(self._chain(seq[:max_len]), start=1):
+            holder = self._index.get(h)
+            if holder is None:
+                break
+            best = (holder, j * self.BLOCK)
+        if best is None:
+            return None
+        holder, n = best
+        if tuple(seq[:n]) != holder[:n]:  # a hash collision: take nothing rather than risk other tokens
+            return None
+        limit = min(max_len, len(holder), len(seq))
+        while n < limit and seq[n] == holder[n]:
+            n += 1
+        return holder, n
 
     def get(self, tokens: tuple[int, ...]) -> KeptPrefix:
         return self._store[tokens]
@@ -159,6 +208,15 @@ def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
     kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
     itemsize = torch.empty(0, dtype=dtype).element_size()
     return itemsize * (6 * h + 3 * inter + 2 * layers * kv)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes one token's keys and values take in every layer."""
+    h = int(getattr(config, "hidden_size", 4096))
+    heads = int(getattr(config, "num_attention_heads", 32))
+    head_dim = int(getattr(config, "head_dim", None) or h // heads)
+    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
+    return 2 * int(getattr(config, "num_hidden_layers", 32)) * kv * torch.empty(0, dtype=dtype).element_size()
 
 
 class ScoringEngine:
@@ -253,8 +311,51 @@ class ScoringEngine:
         finally:
             with self._lock:
                 self._kept.depth -= 1
-                if not self._kept.depth:
+                if not self._kept.depth and not self._kept.limit:
                     self._kept.clear()
+
+    @property
+    def prompt_cache_tokens(self) -> int:
+        """The prompt cache: up to this many tokens of sequences run earlier stay cached (keys/values, least
+        recently used dropped first), so a later call whose sequences start with the same tokens runs only what
+        follows: a server's requests carrying the n samples of one prompt run that prompt once even when they land
+        in different batches. 0 (the default) turns it off and frees it. Exact in the token sense (only identical
+        leading tokens are reused); like any batching, it moves float results in the last bits."""
+        return self._kept.limit
+
+    @prompt_cache_tokens.setter
+    def prompt_cache_tokens(self, tokens: int) -> None:
+        with self._lock:
+            self._kept.limit = max(0, int(tokens))
+            if not self._kept.limit and not self._kept.depth:
+                self._kept.clear()
+
+    def auto_prompt_cache_tokens(self) -> int:
+        """Tokens whose keys/values fit in a tenth of the memory free now (the device's on CUDA, RAM elsewhere),
+        at most ``MAX_PROMPT_CACHE_TOKENS``."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+        per_token = kv_bytes_per_token(self.config, next(self.backbone.parameters()).dtype)
+        return int(min(MAX_PROMPT_CACHE_TOKENS, free * PROMPT_CACHE_MEMORY_FRACTION // per_token))
+
+    def prompt_cache_info(self) -> dict:
+        return {"limit_tokens": self._kept.limit, "held_tokens": self._kept.tokens, "entries": len(self._kept)}
+
+    @contextmanager
+    def without_kept_prefixes(self):
+        """Within the block nothing is taken from or added to kept prefixes (deterministic scoring: a row's
+        numbers must not depend on what ran before it)."""
+        with self._lock:
+            self._kept.suspended += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._kept.suspended -= 1
 
     def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
         if len(sequences) != len(positions):
@@ -294,6 +395,10 @@ class ScoringEngine:
         if reuse and not self._prefix_reuse_possible(uniq):
             reuse = False
         groups = plan_groups(uniq) if reuse else [PrefixGroup(0, [i]) for i in range(len(uniq))]
+        if reuse and self._kept.limit and not self._kept.suspended:
+            # Prompt cache: a sequence on its own runs as a "prefix" of its full length, so its keys/values are kept
+            # for later calls, or is served from what an earlier call kept.
+            groups = [g if g.prefix_len else PrefixGroup(len(uniq[g.members[0]]), g.members) for g in groups]
         call = CallState(uniq, wanted_sorted, [None] * len(uniq))
         self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], call)
         shared = [g for g in groups if g.prefix_len > 0]
@@ -432,7 +537,7 @@ class ScoringEngine:
         members' suffixes."""
         call.caches, call.prefix_hidden = {}, {}
         todo = [k for k in range(len(window))
-                if not (self._kept.depth and self._take_kept(window, k, call))]
+                if not (self._kept.active and self._take_kept(window, k, call))]
 
         def run_prefix(batch: list[int]) -> None:
             self._prefix_forward([window[k] for k in batch], batch, call)
@@ -444,6 +549,13 @@ class ScoringEngine:
 
         def suffix_len(row):
             return len(call.uniq[row[0]]) - window[row[1]].prefix_len
+
+        for m, k in rows:  # a sequence run whole as its own prefix (prompt cache): read inside it
+            if suffix_len((m, k)) == 0:
+                pos, h = call.prefix_hidden[k]
+                call.hidden[m] = h[torch.as_tensor([pos.index(q) for q in call.wanted[m]], dtype=torch.long,
+                                                   device=h.device)]
+        rows = [row for row in rows if suffix_len(row) > 0]
 
         def run_suffix(batch: list[tuple[int, int]]) -> None:
             self._suffix_forward(batch, window, call)
@@ -466,29 +578,32 @@ class ScoringEngine:
             call.caches[key] = [(k[row: row + 1, :, :p], v[row: row + 1, :, :p]) for k, v in layers]
         for key, pos, h in zip(keys, inside, self._gather(out.last_hidden_state, inside)):
             call.prefix_hidden[key] = (pos, h)
-        if self._kept.depth:
+        if self._kept.active:
+            limit = max(self._kept.limit, KEEP_FACTOR * self.budget() if self._kept.depth else 0)
             for key, prefix, pos in zip(keys, prefixes, inside):
-                self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1],
-                                KEEP_FACTOR * self.budget())
+                self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1], limit)
 
     # ---------------------------------------------------------------- prefixes kept across calls
     def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
-        """Serve group ``k`` from the longest kept prefix its shared tokens start with (the group's prefix is
-        shortened to it; what follows runs with the suffixes). False when none fits or a position read inside it
-        was not kept."""
+        """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (the group's prefix is
+        shortened to where they agree; what follows runs with the suffixes; at least one token of each member is
+        left to run). False when none agrees on a block, or a position read inside was not kept."""
         g = window[k]
-        best = self._kept.longest(call.uniq[g.members[0]], g.prefix_len)
-        if best is None:
+        seq = call.uniq[g.members[0]]
+        found = self._kept.longest(seq, min(g.prefix_len, min(len(call.uniq[m]) for m in g.members) - 1))
+        if found is None:
             return False
-        kept = self._kept.get(best)
-        inside = sorted({q for m in g.members for q in call.wanted[m] if q < len(best)})
+        holder, n = found
+        kept = self._kept.get(holder)
+        inside = sorted({q for m in g.members for q in call.wanted[m] if q < n})
         if any(q not in kept.hidden for q in inside):
             return False
-        self._kept.used(best)
-        window[k] = PrefixGroup(len(best), g.members)
-        call.caches[k] = kept.kv
+        self._kept.used(holder)
+        window[k] = PrefixGroup(n, g.members)
+        call.caches[k] = [(key[:, :, :n], value[:, :, :n]) for key, value in kept.kv]
         call.prefix_hidden[k] = (inside, torch.stack([kept.hidden[q] for q in inside]) if inside else None)
         self.stats.prefix_cache_hits += 1
+        self.stats.tokens_from_cache += n
         return True
 
     def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], call: CallState) -> None:

@@ -318,3 +318,78 @@ def test_kept_prefixes_are_bounded_and_released_by_the_outermost_block(models, m
         assert not engine._kept
     finally:
         engine.token_budget = None
+
+
+@pytest.mark.parametrize("engine_attention", [True, False])
+@pytest.mark.parametrize("kind", ["bt_llama3", "armorm", "gpm"])
+def test_prompt_cache_runs_each_prompt_once_across_calls(models, kind, engine_attention):
+    """A server's n samples of a prompt arrive one call at a time: with the prompt cache the first runs whole and
+    is kept, each later one runs only from where it stops agreeing with it (exact token accounting), and every
+    hidden state equals the one-call result."""
+    engine = models(kind).engine
+    _, seqs = _groups_of_ids(seed=11, prompts=3, per_prompt=4)
+    positions = [[-1, 5] for _ in seqs]  # a read position inside the prompt too (ArmoRM's gate, GPM's prompt end)
+    reference = engine.hidden_at(seqs, positions, prefix_reuse=False)
+    engine.engine_attention = engine_attention
+    engine.prompt_cache_tokens = 10_000
+    try:
+        engine.stats.reset()
+        got = [engine.hidden_at([s], [p])[0] for s, p in zip(seqs, positions)]
+        firsts = {tuple(s[:20]): s for s in reversed(seqs)}  # the first sample of each prompt
+        expected = 0
+        for s in seqs:
+            first = firsts[tuple(s[:20])]
+            expected += len(s) if first is s else len(s) - min(common_prefix_len(s, first), len(s) - 1)
+        assert engine.stats.tokens_processed == expected
+        assert engine.stats.prefix_cache_hits == len(seqs) - 3
+        assert engine.stats.tokens_processed < 0.6 * sum(len(s) for s in seqs)
+        assert engine.prompt_cache_info() == {"limit_tokens": 10_000, "entries": 3,
+                                              "held_tokens": sum(len(s) for s in firsts.values())}
+        # all of them again in one call: each prompt's group starts from the kept prompt, so less than the call's
+        # own floor (each prompt once) runs
+        engine.stats.reset()
+        again = engine.hidden_at(seqs, positions)
+        assert engine.stats.prefix_cache_hits == 3
+        assert engine.stats.tokens_processed < engine.stats.tokens_floor
+    finally:
+        engine.prompt_cache_tokens = 0
+        engine.engine_attention = True
+    assert not engine._kept  # turning it off frees it
+    assert _max_diff(reference, got) < TOL
+    assert _max_diff(reference, again) < TOL
+
+
+def test_prompt_cache_is_bounded_least_recently_used_first(models):
+    engine = models("bt_llama3").engine
+    heads, seqs = _groups_of_ids(seed=12, prompts=3, per_prompt=2)
+    a, b, c = seqs[0], seqs[2], seqs[4]
+    engine.prompt_cache_tokens = len(a) + max(len(b), len(c))  # room for a and one other
+    try:
+        for s in (a, b, a, c):  # a is used again after b: b is the least recently used when c arrives
+            engine.hidden_at([s], [[-1]])
+        assert set(engine._kept) == {tuple(a), tuple(c)}
+        assert engine._kept.tokens == len(a) + len(c) <= engine.prompt_cache_tokens
+        engine.stats.reset()
+        engine.hidden_at([seqs[1]], [[-1]])  # a's prompt: still kept
+        assert engine.stats.prefix_cache_hits == 1 and engine.stats.tokens_processed < len(seqs[1]) - 30
+        engine.stats.reset()
+        engine.hidden_at([seqs[3]], [[-1]])  # b's prompt: dropped, so it runs whole
+        assert engine.stats.prefix_cache_hits == 0 and engine.stats.tokens_processed == len(seqs[3])
+    finally:
+        engine.prompt_cache_tokens = 0
+
+
+def test_deterministic_scoring_never_uses_the_prompt_cache(tiny):
+    """A deterministic model's numbers depend on the row alone, never on what ran before it."""
+    from rmplugins import load_reward_model
+
+    rm = load_reward_model(tiny("armorm"), device="cpu", deterministic=True)
+    fresh = load_reward_model(tiny("armorm"), device="cpu", deterministic=True)
+    prompts = ["Explain the weather in Paris today, please, in some detail."] * 3
+    completions = ["It is sunny.", "It rains a lot in Paris today.", "Cloudy."]
+    rm.engine.prompt_cache_tokens = 10_000
+    for p, c in zip(prompts, completions):
+        rm.score([p], [c])
+    rm.engine.stats.reset()
+    assert rm.score(prompts, completions) == fresh.score(prompts, completions)
+    assert rm.engine.stats.prefix_cache_hits == 0 and not rm.engine._kept

@@ -28,12 +28,41 @@ PARSE_THREADS = 4
 UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
 
 
+def parse_and_cost(body: bytes, parse):
+    """(samples, their own cost, their prompts' costs by prompt) for the batcher's token budget, in which a prompt
+    several requests bring (a rollout's n samples) counts once."""
+    samples = parse_body(body, parse)
+    return samples, sum(s.cost() for s in samples), {s.prompt_key(): s.prompt_cost() for s in samples}
+
+
+def prompt_cache_engine(rm: Any, tokens: int | None):
+    """The engine whose prompt cache the server runs, or None: none for a deterministic model (a row's numbers
+    must not depend on what ran before it) or one without causal prefix reuse (PairRM's DeBERTa). Asking for one
+    there is an error rather than a silent no-op."""
+    engine = getattr(rm, "engine", None)
+    if tokens is not None and int(tokens) < 0:
+        raise ValueError(f"prompt_cache_tokens must be 0 (off) or more, got {tokens}")
+    reason = None
+    if engine is None or not getattr(engine, "prefix_reuse", False):
+        reason = f"a {getattr(rm, 'kind', '?')!r} model has no causal prefix reuse to cache"
+    elif getattr(rm, "deterministic", False):
+        reason = "the model is deterministic (each row alone: nothing may depend on earlier requests)"
+    if reason:
+        if tokens:
+            raise ValueError(f"--prompt-cache-tokens {tokens}: {reason}; leave it unset or 0")
+        return None
+    return engine
+
+
 def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
                max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
                max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
-               objective_logs: bool = False, max_sample_chars: int | None = None):
+               objective_logs: bool = False, max_sample_chars: int | None = None,
+               prompt_cache_tokens: int | None = None):
     """The FastAPI app around a loaded reward model. ``policy_tokenizer`` is a tokenizer, a path, or a
-    :class:`~rmplugins.policy_template.PolicyTemplate`; ``None`` selects the plain mode."""
+    :class:`~rmplugins.policy_template.PolicyTemplate`; ``None`` selects the plain mode. ``prompt_cache_tokens``:
+    the engine's prompt cache while the app runs (None: a tenth of free memory; 0: off; always off for a
+    deterministic model), so rollout samples of one prompt landing in different batches run the prompt once."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse
     from starlette.requests import ClientDisconnect
@@ -47,6 +76,7 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         template = PolicyTemplate(policy_tokenizer)
     if api_key is not None and not str(api_key).strip():
         raise ValueError("api_key is empty: pass a real key, or None for no authentication")
+    engine = prompt_cache_engine(rm, prompt_cache_tokens)
     metrics = Metrics()
     scorer = RewardScorer(rm, objective_logs)
     batcher = Batcher(scorer, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
@@ -61,10 +91,17 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
 
     @asynccontextmanager
     async def lifespan(app):
+        before = engine.prompt_cache_tokens if engine is not None else 0
+        if engine is not None:
+            engine.prompt_cache_tokens = (engine.auto_prompt_cache_tokens() if prompt_cache_tokens is None
+                                          else prompt_cache_tokens)
+            logger.info("prompt cache: up to %d tokens (--prompt-cache-tokens)", engine.prompt_cache_tokens)
         await batcher.start()
         yield
         await batcher.stop()
         parsing.shutdown(wait=False, cancel_futures=True)
+        if engine is not None:  # the model may outlive the app (tests, notebooks): leave it as it was
+            engine.prompt_cache_tokens = before
 
     # No /docs, /redoc or /openapi.json: they would be open to anyone who can reach a keyed server.
     app = FastAPI(title="rmplugins reward server", lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -115,10 +152,11 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
             body = await read_body(request)
             # JSON decoding, validation and the template split run in worker threads: a huge or deeply nested
             # body does not stall the event loop (health checks, other clients).
-            samples = await asyncio.get_running_loop().run_in_executor(parsing, parse_body, body, parse)
+            samples, cost, shared = await asyncio.get_running_loop().run_in_executor(parsing, parse_and_cost, body,
+                                                                                    parse)
             metrics.samples += len(samples)
             try:
-                results = await batcher.submit(samples, sum(s.cost() for s in samples), request_timeout)
+                results = await batcher.submit(samples, cost, request_timeout, shared=shared)
             except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
                 raise RequestError(422, f"the reward model rejected this sample: {err}") from None
             answer = JSONResponse(scorer.answer(results))  # refuses NaN/inf: reported below, not a bare 500
@@ -157,7 +195,11 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
     async def get_metrics(request: Request):
         if not authorized(request):
             return fail(request, time.perf_counter(), 401, UNAUTHORIZED)
-        return metrics.snapshot(batcher.queued)
+        snapshot = metrics.snapshot(batcher.queued)
+        if getattr(rm, "engine", None) is not None:  # tokens through the backbone, the floor of each batch
+            snapshot["engine"] = rm.engine.stats.as_dict()
+            snapshot["prompt_cache"] = rm.engine.prompt_cache_info()
+        return snapshot
 
     return app
 

@@ -3,7 +3,8 @@ in a worker thread. It knows nothing of what the items are (the server gives it 
 
 The first waiting request opens a batch; more are taken for up to ``max_wait_ms`` (only when the previous batch
 held several requests, so a lone client never waits) or until ``max_batch_size`` items or ``max_batch_tokens``
-(the requests' own cost estimates) are reached. One batch runs at a time, so requests that arrive meanwhile form
+(the requests' own cost estimates; a part several requests share, such as the prompt of a rollout's n samples,
+counted once) are reached. One batch runs at a time, so requests that arrive meanwhile form
 the next batch. ``max_batch_size=1`` gives the one-at-a-time path.
 """
 
@@ -12,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..inputs import split_sizes
@@ -24,11 +25,19 @@ logger = logging.getLogger("rmplugins.server")
 
 @dataclass
 class Pending:
-    """One request waiting: its items, the future its handler awaits, and its cost estimate."""
+    """One request waiting: its items, the future its handler awaits, and its cost estimate: its own ``cost``
+    plus ``shared`` parts (key -> cost) that count once in a batch however many requests bring them."""
 
     items: list
     future: asyncio.Future | None
     cost: int = 0
+    shared: dict = field(default_factory=dict)
+
+    def cost_beside(self, seen: dict) -> int:
+        """Its cost in a batch already holding the shared parts in ``seen`` (which it then adds to)."""
+        new = {k: c for k, c in self.shared.items() if k not in seen}
+        seen.update(new)
+        return self.cost + sum(new.values())
 
 
 class Batcher:
@@ -72,7 +81,7 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, items: list, cost: int, timeout: float | None) -> list:
+    async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None) -> list:
         if self._queue is None:
             raise RequestError(503, "the scoring queue is not running yet; retry in a moment")
         if self._queued + len(items) > self.max_queue_items:
@@ -80,7 +89,7 @@ class Batcher:
                                     f"(limit {self.max_queue_items}); retry later or add servers")
         future = asyncio.get_running_loop().create_future()
         self._queued += len(items)
-        await self._queue.put(Pending(items, future, cost))
+        await self._queue.put(Pending(items, future, cost, shared or {}))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
@@ -112,7 +121,8 @@ class Batcher:
 
     async def _collect(self, loop) -> list[Pending]:
         first, self._carry = (self._carry or await self._queue.get()), None
-        batch, size, tokens = [first], len(first.items), first.cost
+        seen: dict = {}
+        batch, size, tokens = [first], len(first.items), first.cost_beside(seen)
         # Wait for company only under load (the last batch held several requests): a lone client is served at
         # once; under load, requests that arrive while a batch runs form the next one anyway.
         deadline = loop.time() + (self.max_wait if self._last_batch_requests > 1 else 0.0)
@@ -132,7 +142,7 @@ class Batcher:
                 break
             batch.append(pending)
             size += len(pending.items)
-            tokens += pending.cost
+            tokens += pending.cost_beside(seen)
         self._queued -= size
         self._last_batch_requests = len(batch)
         return batch

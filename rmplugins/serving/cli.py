@@ -15,7 +15,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def register(subparsers) -> None:
-    from ..cli import HelpFormatter, non_negative_float, positive_float, positive_int
+    from ..cli import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
 
     p = subparsers.add_parser(
         "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
@@ -67,6 +67,11 @@ def register(subparsers) -> None:
                         "response); slower or idle connections are closed")
     p.add_argument("--max-connections", type=positive_int, default=1024,
                    help="open connections beyond this are closed at once (keep it below `ulimit -n`)")
+    p.add_argument("--prompt-cache-tokens", type=non_negative_int, default=None,
+                   help="keep the keys/values of up to this many tokens of recent samples, so the n samples of one "
+                        "prompt run the prompt once even when they land in different batches (exact: only identical "
+                        "leading tokens are reused; least recently used dropped first). Default: what fits in a "
+                        "tenth of the memory free at start; 0 turns it off; off with --deterministic")
     p.add_argument("--objective-logs", action="store_true",
                    help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
     p.set_defaults(func=_serve)
@@ -96,7 +101,7 @@ def _serve(args) -> int:
                          max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
                          max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
                          request_timeout=args.request_timeout, objective_logs=args.objective_logs,
-                         max_sample_chars=args.max_sample_chars)
+                         max_sample_chars=args.max_sample_chars, prompt_cache_tokens=args.prompt_cache_tokens)
     except (ValueError, OSError, TypeError) as err:
         print(f"rmplugins serve: {err}", file=sys.stderr)
         return 2

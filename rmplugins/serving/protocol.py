@@ -38,10 +38,20 @@ class Sample:
     recovered: float = 1.0  # 1 when the conversation was recovered with the policy template, else 0
 
     def cost(self) -> int:
-        """Rough token count (4 characters a token), for the batch token budget; counting exactly would cost a
-        tokenizer pass in the event loop."""
-        chars = sum(len(m.get("content") or "") for m in self.messages) + len(self.response)
-        return (2 * chars if self.reference is not None else chars) // 4 + 8
+        """Rough token count (4 characters a token) of what is this sample's own (the response, and the reference's
+        pass for pairwise kinds), for the batch token budget; counting exactly would cost a tokenizer pass in the
+        event loop. The prompt is :meth:`prompt_cost`, counted once per batch."""
+        response = len(self.response) + (len(self.reference) if self.reference is not None else 0)
+        return (response + (self.prompt_chars() if self.reference is not None else 0)) // 4 + 8
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.get("content") or "") for m in self.messages)
+
+    def prompt_key(self) -> int:
+        return hash(json.dumps(self.messages, sort_keys=True, ensure_ascii=False))
+
+    def prompt_cost(self) -> int:
+        return self.prompt_chars() // 4
 
 
 def default_sample_chars(max_length: int | None) -> int:
