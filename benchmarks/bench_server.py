@@ -1,7 +1,9 @@
 """Reward-server benchmark on RLHF rollout traffic, one run, same checkpoint and same samples for every path:
 
-  rmplugins batched     ``rmplugins serve`` (dynamic batching: a prompt's samples in one batch run it once)
-  rmplugins 1-at-a-time ``rmplugins serve --max-batch-size 1 --max-wait-ms 0``
+  rmplugins batched     ``rmplugins serve`` as configured by default: dynamic batching (a prompt's samples in one
+                        batch run it once) and the prompt cache (samples of a prompt in later batches reuse it)
+  ... no prompt cache   the same with ``--prompt-cache-tokens 0``
+  ... 1-at-a-time       ``--max-batch-size 1 --max-wait-ms 0 --prompt-cache-tokens 0``: each request alone
   OpenRLHF serve_rm     OpenRLHF 0.11.2's own ``openrlhf/cli/serve_rm.py``, unmodified (the server a user would run
                         instead; it scores each request's queries in one padded forward, requests one after another)
   in-process ceiling    ``rm.score`` over all of a level's samples in one call, no HTTP
@@ -18,7 +20,7 @@ The model is a benchmark-sized random Bradley-Terry Llama (``common.build_bench_
 the tiny Llama-3 tokenizer, the layout of FsfairX-LLaMA3-RM), run by every path in ``--dtype`` (bf16 by default:
 OpenRLHF's server offers bf16 or fp16 only) with SDPA attention in OpenRLHF's.
 
-    python benchmarks/bench_server.py                                  # CPU: about 10 minutes on 2 cores
+    python benchmarks/bench_server.py                                  # CPU: about 15 minutes on 2 cores
     python benchmarks/bench_server.py --concurrency 1 16 --skip-openrlhf --workload short
     python benchmarks/bench_server.py --model PATH --device cuda --concurrency 1 16 128 512
 """
@@ -161,13 +163,18 @@ def run_server(label: str, server, levels, warmup) -> list[dict]:
     return rows
 
 
-def in_process(rm, levels) -> list[dict]:
+def in_process(rm, levels, repeat: int = 2) -> list[dict]:
+    """``rm.score`` over each level's samples in one call: the best of ``repeat`` runs (a single run on a shared
+    host varies by up to 20%)."""
     rows = []
+    rm.score([m for m, _ in levels[0][1][:8]], [r for _, r in levels[0][1][:8]])  # warm-up
     for clients, convs, _ in levels:
-        rm.engine.stats.reset()
-        start = time.perf_counter()
-        rewards = rm.score([m for m, _ in convs], [r for _, r in convs])
-        wall = time.perf_counter() - start
+        wall = float("inf")
+        for _ in range(repeat):
+            rm.engine.stats.reset()
+            start = time.perf_counter()
+            rewards = rm.score([m for m, _ in convs], [r for _, r in convs])
+            wall = min(wall, time.perf_counter() - start)
         rows.append({"path": "in-process ceiling", "clients": clients, "samples": len(convs), "failures": 0,
                      "seconds": wall, "sps": len(convs) / wall, "p50_ms": float("nan"), "p99_ms": float("nan"),
                      "rewards": rewards, "processed": rm.engine.stats.tokens_processed})
@@ -184,14 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--workload", choices=("rollout", "short"), default="rollout")
     p.add_argument("--n", type=int, default=8, help="samples per prompt (rollout workload)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 128, 512])
-    p.add_argument("--samples-per-client", type=int, default=2, help="samples per level = this x clients ...")
-    p.add_argument("--min-samples", type=int, default=32, help="... and at least this many")
+    p.add_argument("--samples-per-client", type=int, default=1, help="samples per level = this x clients ...")
+    p.add_argument("--min-samples", type=int, default=64, help="... and at least this many")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16"), help="every path's dtype")
     p.add_argument("--device", default=None, help="rmplugins' device (OpenRLHF's server uses device_map='auto')")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--skip-openrlhf", action="store_true", help="leave out OpenRLHF's serve_rm.py")
     p.add_argument("--skip-one-at-a-time", action="store_true")
+    p.add_argument("--skip-no-cache", action="store_true", help="leave out the path without the prompt cache")
     p.add_argument("--json", default=None, help="also write every row (rewards left out) to this JSON file")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -223,12 +231,16 @@ def main(argv=None) -> int:
     ceiling = {r["clients"]: r for r in rows}
     extra = ["--dtype", dtype, "--max-wait-ms", str(args.max_wait_ms)] + (["--device", args.device]
                                                                             if args.device else [])
-    servers = [("rmplugins batched", lambda: rmplugins_serve(model, model, *extra, "--max-batch-size",
-                                                             str(args.max_batch_size)))]
+    batched = extra + ["--max-batch-size", str(args.max_batch_size)]
+    servers = [("rmplugins batched", lambda: rmplugins_serve(model, model, *batched))]
+    if not args.skip_no_cache:
+        servers.append(("rmplugins no prompt cache", lambda: rmplugins_serve(model, model, *batched,
+                                                                             "--prompt-cache-tokens", "0")))
     if not args.skip_one_at_a_time:
         servers.append(("rmplugins 1-at-a-time", lambda: rmplugins_serve(model, model, "--dtype", dtype,
                                                                          "--max-batch-size", "1",
-                                                                         "--max-wait-ms", "0")))
+                                                                         "--max-wait-ms", "0",
+                                                                         "--prompt-cache-tokens", "0")))
     if not args.skip_openrlhf:
         servers.append(("OpenRLHF serve_rm", lambda: openrlhf_serve_rm(model, param_dtype=args.dtype,
                                                                        attn_implementation="sdpa")))

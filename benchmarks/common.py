@@ -39,8 +39,9 @@ def _llama_config(vocab: int, tokenizer_dir: Path, shape: dict, **extra):
 
 
 def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed: int = 0) -> Path:
-    """A random ``bt`` (LlamaForSequenceClassification) or ``pair_pm`` (LlamaForCausalLM) checkpoint in ``path``
-    (reused when already there)."""
+    """A random ``bt`` (LlamaForSequenceClassification), ``pair_pm`` (LlamaForCausalLM) or ``gpm`` (the
+    GPM-Llama-3.1 layout: LlamaForCausalLM tensors plus ``value_head [d, h]`` and ``prompt_head [d/2, h]``)
+    checkpoint in ``path`` (reused when already there)."""
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
     path = Path(path)
@@ -54,7 +55,7 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
         cfg.pad_token_id = cfg.eos_token_id
         model = LlamaForSequenceClassification(cfg)
         arch = "LlamaForSequenceClassification"
-    elif kind == "pair_pm":
+    elif kind in ("pair_pm", "gpm"):
         cfg = _llama_config(vocab, path, BENCH_SIZES[size])
         cfg.pad_token_id = cfg.eos_token_id
         model = LlamaForCausalLM(cfg)
@@ -62,12 +63,20 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
     else:
         raise ValueError(f"no benchmark checkpoint for kind {kind!r}")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if kind == "gpm":
+        g = torch.Generator().manual_seed(seed + 1)
+        state["value_head.weight"] = torch.randn(4, cfg.hidden_size, generator=g) * cfg.hidden_size ** -0.5
+        state["prompt_head.weight"] = torch.randn(2, cfg.hidden_size, generator=g) * cfg.hidden_size ** -0.5
     save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
     cfg_dict = {k: v for k, v in cfg.to_dict().items() if not k.startswith("_")}
     cfg_dict.update(architectures=[arch], torch_dtype="float32")
     if kind == "bt":
         cfg_dict.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
     (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
+    if kind == "gpm":  # the GPM tokenizer pads on the left, as the published one
+        tcfg = json.loads((path / "tokenizer_config.json").read_text())
+        tcfg["padding_side"] = "left"
+        (path / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2))
     return path
 
 

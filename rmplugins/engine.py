@@ -49,6 +49,7 @@ DEFAULT_CPU_TOKEN_BUDGET = 4096
 MIN_TOKEN_BUDGET = 256
 MAX_TOKEN_BUDGET = 131072
 GPU_MEMORY_FRACTION = 0.6   # of the free memory given to one micro-batch's activations and caches
+CPU_MEMORY_FRACTION = 0.25  # of the free RAM, on CPU (shared with everything else the machine runs)
 WINDOW_FACTOR = 8           # prefix caches kept alive at once: WINDOW_FACTOR x budget tokens
 PROMPT_CACHE_MEMORY_FRACTION = 0.1  # the server's default prompt cache: a tenth of the memory free at start
 MAX_PROMPT_CACHE_TOKENS = 1 << 20
@@ -265,20 +266,28 @@ class ScoringEngine:
 
     # ---------------------------------------------------------------- budget and packing
     def budget(self) -> int:
-        """Padded tokens per forward: ``token_budget`` if given, else from free CUDA memory (4096 on CPU); never
-        above a budget that ran out of memory before."""
+        """Padded tokens per forward: ``token_budget`` if given, else from the memory free now; never above a
+        budget that ran out of memory before."""
         budget = self.token_budget or self._auto_budget()
         return min(budget, self._oom_cap) if self._oom_cap else budget
 
     def _auto_budget(self) -> int:
+        """What one forward's activations and prefix caches may take (``activation_bytes_per_token``): a share of
+        the device's free memory on CUDA; of the free RAM elsewhere, at most 4096 tokens there (larger forwards
+        are not faster on CPU and cost memory: ``benchmarks/bench_curves.py``, token budget)."""
         device = self.device
-        if device.type != "cuda":
-            return DEFAULT_CPU_TOKEN_BUDGET
-        free, _ = torch.cuda.mem_get_info(device)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            fraction, cap = GPU_MEMORY_FRACTION, MAX_TOKEN_BUDGET
+        else:
+            import psutil
+
+            free = psutil.virtual_memory().available
+            fraction, cap = CPU_MEMORY_FRACTION, DEFAULT_CPU_TOKEN_BUDGET
         dtype = next(self.backbone.parameters()).dtype
         per_token = activation_bytes_per_token(self.config, dtype)
-        budget = int(free * GPU_MEMORY_FRACTION / per_token) // 256 * 256
-        return max(MIN_TOKEN_BUDGET, min(MAX_TOKEN_BUDGET, budget))
+        budget = int(free * fraction / per_token) // 256 * 256
+        return max(MIN_TOKEN_BUDGET, min(cap, budget))
 
     def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
         """:func:`rmplugins.packing.pack` with this engine's budget and per-forward overhead."""

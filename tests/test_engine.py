@@ -157,9 +157,25 @@ def test_budget_batching_returns_callers_order(models):
     assert engine.stats.forwards == len(batches) + len(seqs)
 
 
-def test_auto_budget_on_cpu_is_the_default(models):
+def test_auto_budget_on_cpu_comes_from_free_memory(models, monkeypatch):
+    """4096 tokens when RAM is plentiful; with little free RAM, what a quarter of it holds at the model's
+    activation bytes per token (``psutil`` reports the memory; the model is real)."""
+    import psutil
+
+    from rmplugins.engine import activation_bytes_per_token
+
     engine = models("bt_llama3").engine
     assert engine.token_budget is None and engine.budget() == 4096
+    per_token = activation_bytes_per_token(engine.config, torch.float32)
+    real = psutil.virtual_memory
+
+    def scarce():
+        return real()._replace(available=per_token * 3000)  # a quarter holds 750 tokens
+
+    monkeypatch.setattr(psutil, "virtual_memory", scarce)
+    assert engine.budget() == 512  # 750 rounded down to a multiple of 256
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: real()._replace(available=1000))
+    assert engine.budget() == 256  # never below the minimum
 
 
 class OutOfMemoryAbove(torch.nn.Module):
