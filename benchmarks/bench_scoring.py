@@ -1,7 +1,9 @@
 """Scoring-engine benchmark: the library side by side with the reference ways of scoring, in one run, on the same
 model and data.
 
-Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates, prompts of 250-450 words, candidates of 5-200 words):
+Pointwise (a Bradley-Terry RM, 8 prompts x 8 candidates; ``--workload rollout``, the default: prompts of 150-1500
+words (about 200-2000 tokens) and candidates of 15-450 words (about 20-600 tokens), as RLHF rollouts; ``--workload
+short``: the earlier 250-450-word prompts and 5-200-word candidates):
   one-per-forward   one sequence per forward, as the reference pipelines (model cards) score;
   trl-padded        TRL 1.16 GRPO's model-reward path: chat-template texts tokenized with padding=True,
                     padding_side="right", add_special_tokens=False, and one forward over the whole batch;
@@ -399,6 +401,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
                                                               str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
+    parser.add_argument("--workload", choices=("rollout", "short"), default="rollout",
+                        help="pointwise lengths: rollout-like (default) or the earlier shorter ones")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--pair-prompts", type=int, default=2, help="prompts in the pair-PM best-of-8 section")
@@ -427,7 +431,9 @@ def main(argv=None) -> int:
           f"{matmul_params(cfg) / 1e6:.1f}M matmul params, float32, attention {cfg._attn_implementation}, "
           f"token budget {bt.engine.budget()}\n")
 
-    groups = synthetic_groups(args.prompts, args.candidates, seed=args.seed)
+    lengths = ({"prompt_words": (150, 1500), "candidate_words": (15, 450)} if args.workload == "rollout" else {})
+    groups = synthetic_groups(args.prompts, args.candidates, seed=args.seed, **lengths)
+    print(f"pointwise workload: {args.workload}")
     rows, info = bench_pointwise(bt, groups, f"pointwise {args.prompts}x{args.candidates}", args.repeat)
     pair_groups = synthetic_groups(args.pair_prompts, 8, seed=args.seed + 7)
     pair_rows, pair = bench_pair_pm(pm, pair_groups, args.repeat)

@@ -84,3 +84,12 @@ def test_batch_token_budget_counts_a_shared_prompt_once():
     batcher = Batcher(lambda items: items, max_batch_size=64, max_batch_tokens=6000, max_wait_ms=0)
     different = [Pending([i], None, cost=100, shared={f"prompt {i}": 4000}) for i in range(8)]
     assert len(asyncio.run(collect(different))) == 2
+
+
+def test_serve_cli_refuses_a_prompt_cache_it_cannot_keep(tiny):
+    from test_server_hardening import _serve
+
+    res = _serve("--model", tiny("armorm"), "--deterministic", "--prompt-cache-tokens", "1000", "--port", "0")
+    assert res.returncode == 2 and "deterministic" in res.stderr and "Traceback" not in res.stderr, res.stderr[-600:]
+    res = _serve("--model", tiny("armorm"), "--prompt-cache-tokens", "-3")
+    assert res.returncode == 2 and "--prompt-cache-tokens: -3 is not 0 or more" in res.stderr
