@@ -129,27 +129,21 @@ def all_ordered_pairs_one_per_forward(pm, prompt, candidates) -> float:
 
 
 # ----------------------------------------------------------------------------- sweeps
+def pointwise_point(rm, n: int, prompt_tokens: int, seed: int, naive_limit: int) -> dict:
+    """One pointwise measurement: ``rm.score`` of n candidates, and one sequence per forward when affordable."""
+    prompt, cands = group(rm, prompt_tokens, n, seed=seed)
+    row = measure(rm, lambda: rm.score([prompt] * n, cands))
+    row.update(n=n, prompt_tokens=prompt_tokens,
+               naive_s=one_per_forward(rm, prompt, cands) if row["requested"] <= naive_limit else None)
+    print(f"pointwise n={n:<3} L={prompt_tokens:<5}: {row['seconds']:.2f}s (one-per-forward {fmt(row['naive_s'])}s), "
+          f"processed {row['processed']} / floor {row['floor']} / requested {row['requested']}", flush=True)
+    return row
+
+
 def pointwise_sweep(rm, ns, prompt_tokens, lengths, n_fixed, naive_limit) -> tuple[list[dict], list[dict]]:
     rm.score(["Hello."], ["Hi."])  # warm-up
-    by_n, by_len = [], []
-    for n in ns:
-        prompt, cands = group(rm, prompt_tokens, n, seed=n)
-        row = measure(rm, lambda: rm.score([prompt] * n, cands))
-        row.update(n=n, prompt_tokens=prompt_tokens,
-                   naive_s=one_per_forward(rm, prompt, cands) if row["requested"] <= naive_limit else None)
-        by_n.append(row)
-        print(f"pointwise n={n:<3} L={prompt_tokens}: {row['seconds']:.2f}s (one-per-forward "
-              f"{fmt(row['naive_s'])}s), processed {row['processed']} / floor {row['floor']} / "
-              f"requested {row['requested']}", flush=True)
-    for length in lengths:
-        prompt, cands = group(rm, length, n_fixed, seed=length)
-        row = measure(rm, lambda: rm.score([prompt] * n_fixed, cands))
-        row.update(n=n_fixed, prompt_tokens=length,
-                   naive_s=one_per_forward(rm, prompt, cands) if row["requested"] <= naive_limit else None)
-        by_len.append(row)
-        print(f"pointwise n={n_fixed} L={length:<5}: {row['seconds']:.2f}s (one-per-forward "
-              f"{fmt(row['naive_s'])}s), processed {row['processed']} / floor {row['floor']} / "
-              f"requested {row['requested']}", flush=True)
+    by_n = [pointwise_point(rm, n, prompt_tokens, n, naive_limit) for n in ns]
+    by_len = [pointwise_point(rm, n_fixed, length, length, naive_limit) for length in lengths]
     return by_n, by_len
 
 
