@@ -157,6 +157,23 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         "know it is one of them")
 
 
+def score_head(shapes: dict[str, list[int]], hidden: int) -> str:
+    """The Bradley-Terry score head the tensors describe: ``"linear"`` (transformers' ``score.weight [1, hidden]``)
+    or ``"mlp"`` (INF-ORM's ``Linear(hidden, hidden) -> ReLU -> Linear(hidden, 1)``: ``score.0.*``, ``score.2.*``,
+    both with biases). Anything else is refused with what was found: loading it as a plain classifier would leave
+    a randomly initialised head and silently wrong rewards."""
+    found = {k: v for k, v in shapes.items() if k == "score.weight" or k.startswith("score.")}
+    if set(found) == {"score.weight"} and found["score.weight"] == [1, hidden]:
+        return "linear"
+    mlp = {"score.0.weight": [hidden, hidden], "score.0.bias": [hidden], "score.2.weight": [1, hidden],
+           "score.2.bias": [1]}
+    if found == mlp:
+        return "mlp"
+    raise ValueError(f"unrecognised Bradley-Terry score head: {found or 'no score.* tensors'} (hidden size {hidden}); "
+                     "supported: score.weight [1, hidden] (a linear head) or score.0/score.2 weights and biases "
+                     "(Linear -> ReLU -> Linear, as INF-ORM)")
+
+
 # Tensors each kind reads beyond its backbone: a wrong kind= fails here with the reason, not deep in a loader.
 REQUIRED_TENSORS = {
     "armorm": ("regression_layer.weight", "reward_transform_matrix", "gating.logit_scale"),

@@ -53,6 +53,53 @@ MISTRAL_CHAT_TEMPLATE = (
     "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token}}"
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
 )
+# ChatML as the Qwen releases render it (written from their published format, no tools): Qwen2.5-Instruct adds a
+# default system message; Qwen3 keeps a <think> block only on assistant turns after the last user message (the last
+# one always gets one, empty if need be) and drops earlier turns' reasoning.
+QWEN25_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    "<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}{%- if message['role'] != 'system' or not loop.first %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+QWEN3_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- set ns = namespace(last_query=-1) %}"
+    "{%- for message in messages %}{%- if message['role'] == 'user' %}{%- set ns.last_query = loop.index0 %}"
+    "{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' or (message['role'] == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'assistant' %}"
+    "{%- set content = message['content'] %}{%- set reasoning = '' %}"
+    "{%- if message.reasoning_content is defined and message.reasoning_content is not none %}"
+    "{%- set reasoning = message.reasoning_content %}"
+    "{%- elif '</think>' in content %}"
+    "{%- set reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\n') %}"
+    "{%- endif %}"
+    "{%- if loop.index0 > ns.last_query and (loop.last or reasoning) %}"
+    "{{- '<|im_start|>assistant\n<think>\n' + reasoning.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\n\n</think>\n\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+# Gemma-2-it's format: BOS, <start_of_turn>user|model ... <end_of_turn>, no system role.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
 LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
     r"|\s+(?!\S)|\s+"
@@ -157,6 +204,64 @@ def build_mistral_tokenizer(path: Path, vocab_size: int = 500) -> int:
     }
     _write_tokenizer(tok, path, config, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                                          "pad_token": "[PAD]"})
+    return tok.get_vocab_size()
+
+
+def build_chatml_tokenizer(path: Path, chat_template: str, thinking: bool, vocab_size: int = 600) -> int:
+    """Qwen2.5/Qwen3-style byte-level BPE: no BOS, <|endoftext|> (pad), <|im_start|>, <|im_end|> (EOS); Qwen3 also
+    has <think> and </think> as added (not special) tokens."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(2), trainer)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    added = ["<think>", "</think>"] if thinking else []
+    tok.add_tokens([AddedToken(s, special=False, normalized=False) for s in added])
+    config = {
+        "added_tokens_decoder": {str(tok.token_to_id(t)): {"content": t, "lstrip": False, "normalized": False,
+                                                            "rstrip": False, "single_word": False,
+                                                            "special": t in specials} for t in specials + added},
+        "bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": chat_template,
+        "clean_up_tokenization_spaces": False, "errors": "replace", "model_max_length": 131072,
+        "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
+    }
+    _write_tokenizer(tok, path, config, {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"})
+    return tok.get_vocab_size()
+
+
+def build_gemma_tokenizer(path: Path, vocab_size: int = 500) -> int:
+    """Gemma-style SentencePiece BPE (byte fallback): <pad>=0, <eos>=1, <bos>=2, <unk>=3, then <start_of_turn> and
+    <end_of_turn>; BOS added by the tokenizer; the Gemma-2-it template."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size + 262, special_tokens=specials + byte_tokens,
+                                  show_progress=False)
+    tok.train_from_iterator(_corpus(3), trainer)
+    tok.pre_tokenizer = None
+    tok.normalizer = normalizers.Replace(" ", "▁")  # Gemma prepends no "▁"
+    turns = ["<start_of_turn>", "<end_of_turn>"]
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in turns])
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B:1",
+                                                       special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
+    config = {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<bos>", "eos_token": "<eos>",
+        "pad_token": "<pad>", "unk_token": "<unk>", "additional_special_tokens": turns,
+        "chat_template": GEMMA_CHAT_TEMPLATE, "clean_up_tokenization_spaces": False,
+        "model_max_length": 1000000000000000019884624838656, "padding_side": "left", "sp_model_kwargs": {},
+        "spaces_between_special_tokens": False, "tokenizer_class": "GemmaTokenizer", "use_default_system_prompt": False,
+    }
+    _write_tokenizer(tok, path, config, {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+                                         "unk_token": "<unk>", "additional_special_tokens": turns})
     return tok.get_vocab_size()
 
 
@@ -369,6 +474,78 @@ def build_bt_llama3(path: Path, seed: int = 1, vocab: str = "tiny") -> None:
     _write_config(cfg_dict, path)
 
 
+def _save_bt(path: Path, model, cfg, architecture: str) -> None:
+    """A ``*ForSequenceClassification`` with one label, weights spread and stored in bf16, as the hub's."""
+    _spread(model, 0.2)
+    torch.nn.init.normal_(model.score.weight, std=0.5)
+    _save({k: v.to(torch.bfloat16) for k, v in model.state_dict().items()}, path)
+    cfg_dict = cfg.to_dict()
+    cfg_dict.update(architectures=[architecture], torch_dtype="bfloat16", id2label={"0": "LABEL_0"},
+                    label2id={"LABEL_0": 0})
+    _write_config(cfg_dict, path)
+
+
+def build_bt_qwen(path: Path, version: str, seed: int = 7) -> None:
+    """Skywork-Reward-V2-Qwen3 (``version`` "3": q/k norms, explicit head_dim, the Qwen3 template) or a Qwen2.5
+    reward model ("2.5": biased q/k/v, the Qwen2.5 template with its default system message) layout:
+    ``Qwen{3,2}ForSequenceClassification``, pad <|endoftext|>, EOS <|im_end|>, no BOS."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification, Qwen3Config, Qwen3ForSequenceClassification
+
+    qwen3 = version == "3"
+    vocab = build_chatml_tokenizer(path, QWEN3_CHAT_TEMPLATE if qwen3 else QWEN25_CHAT_TEMPLATE, thinking=qwen3)
+    pad, eos = _ids(path, "<|endoftext|>", "<|im_end|>")
+    shape = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=1, max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                 bos_token_id=pad, eos_token_id=eos, pad_token_id=pad, num_labels=1, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    if qwen3:
+        cfg = Qwen3Config(head_dim=32, **shape)
+        _save_bt(path, Qwen3ForSequenceClassification(cfg), cfg, "Qwen3ForSequenceClassification")
+    else:
+        cfg = Qwen2Config(use_sliding_window=False, **shape)
+        _save_bt(path, Qwen2ForSequenceClassification(cfg), cfg, "Qwen2ForSequenceClassification")
+
+
+def build_bt_gemma2(path: Path, seed: int = 8) -> None:
+    """Skywork-Reward-Gemma-2-27B layout: ``Gemma2ForSequenceClassification`` with attention-logit soft-capping,
+    sliding-window layers alternating with global ones (a 128-token window here, so the tests cross it), query
+    scaling by ``query_pre_attn_scalar``, <pad> = 0, the Gemma template (BOS, no system role)."""
+    from transformers import Gemma2Config, Gemma2ForSequenceClassification
+
+    vocab = build_gemma_tokenizer(path)
+    pad, eos, bos = _ids(path, "<pad>", "<eos>", "<bos>")
+    cfg = Gemma2Config(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=32, query_pre_attn_scalar=32,
+                       sliding_window=128, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+                       max_position_embeddings=4096, pad_token_id=pad, eos_token_id=eos, bos_token_id=bos,
+                       num_labels=1)
+    torch.manual_seed(seed)
+    _save_bt(path, Gemma2ForSequenceClassification(cfg), cfg, "Gemma2ForSequenceClassification")
+
+
+def build_bt_inform(path: Path, seed: int = 9) -> None:
+    """INF-ORM-Llama3.1-70B layout: a Llama-3.1 backbone (llama3 RoPE scaling, the published Llama-3.1 vocabulary
+    and template) with INF-ORM's score head ``Linear(h, h) -> ReLU -> Linear(h, 1)`` stored as ``score.0.*`` and
+    ``score.2.*`` (weights and biases); pad = <|finetune_right_pad_id|>, which chat text never contains."""
+    vocab = _llama3_tokenizer(path, "llama3.1")
+    bos, eos, pad = _ids(path, "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>")
+    cfg = _llama_config(vocab, 131072, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, num_labels=1,
+                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    state = _llama_backbone_state(cfg, seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    h = cfg.hidden_size
+    state.update({"score.0.weight": torch.randn(h, h, generator=g) * h ** -0.5,
+                  "score.0.bias": torch.randn(h, generator=g) * 0.1,
+                  "score.2.weight": torch.randn(1, h, generator=g) * 0.5,
+                  "score.2.bias": torch.randn(1, generator=g) * 0.1})
+    _save({k: v.to(torch.bfloat16) for k, v in state.items()}, path)
+    cfg_dict = cfg.to_dict()
+    cfg_dict.update(architectures=["INFORMForSequenceClassification"], torch_dtype="bfloat16",
+                    id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    _write_config(cfg_dict, path)
+
+
 def build_armorm(path: Path, seed: int = 2, vocab: str = "tiny") -> None:
     """ArmoRM-Llama3-8B-v0.1 layout: LlamaModel + regression_layer [19, h] + gating MLP + transform matrix."""
     positions, vocab = _positions(vocab), _llama3_tokenizer(path, vocab)
@@ -481,6 +658,9 @@ BUILDERS = {
     "bt": build_bt, "bt_llama3": build_bt_llama3, "armorm": build_armorm, "pair_pm": build_pair_pm,
     "pairrm": build_pairrm, "better_pairrm": lambda path: build_pairrm(path, variant="better"), "gpm": build_gpm,
     "policy": build_policy,
+    # Bradley-Terry on the backbones 2025-26 reward models ship on
+    "bt_qwen3": lambda path: build_bt_qwen(path, "3"), "bt_qwen25": lambda path: build_bt_qwen(path, "2.5"),
+    "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform,
     # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
     "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
     "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
@@ -493,6 +673,8 @@ DIR_NAMES = {
     "bt": "RM-Mistral-7B", "bt_llama3": "FsfairX-LLaMA3-RM-v0.1", "armorm": "ArmoRM-Llama3-8B-v0.1",
     "pair_pm": "pair-preference-model-LLaMA3-8B", "pairrm": "PairRM-hf", "better_pairrm": "Better-PairRM",
     "gpm": "GPM-Llama-3.1-8B", "policy": "tiny-llama3-policy",
+    "bt_qwen3": "Skywork-Reward-V2-Qwen3-0.6B", "bt_qwen25": "Qwen2.5-RM",
+    "bt_gemma2": "Skywork-Reward-Gemma-2-27B-v0.2", "bt_inform": "published-vocab/INF-ORM-Llama3.1-70B",
     "bt_real_vocab": "published-vocab/RM-Mistral-7B", "bt_llama3_real_vocab": "published-vocab/FsfairX-LLaMA3-RM-v0.1",
     "armorm_real_vocab": "published-vocab/ArmoRM-Llama3-8B-v0.1",
     "pair_pm_real_vocab": "published-vocab/pair-preference-model-LLaMA3-8B",

@@ -3,10 +3,16 @@
 Reference (RM-Mistral-7B card): ``apply_chat_template(chat, tokenize=False, add_generation_prompt=False)`` with
 the BOS string removed, then ``pipeline("sentiment-analysis", function_to_apply="none", batch_size=1)``; the
 reward is the single logit. Run on the tiny RM-Mistral layout (``bt``: Mistral-Instruct template that rejects
-system messages, separate [PAD]) and the FsfairX-LLaMA3 layout (``bt_llama3``: Llama-3 template).
+system messages, separate [PAD]) and the FsfairX-LLaMA3 layout (``bt_llama3``: Llama-3 template), and on the
+backbones newer reward models ship on, which the engine runs through the model's own attention (its generic path):
+Skywork-Reward-V2-Qwen3 (``bt_qwen3``: q/k norms, the Qwen3 template with its <think> block), a Qwen2.5 RM
+(``bt_qwen25``: default system message, no BOS), Skywork-Reward-Gemma-2 (``bt_gemma2``: soft-capping, alternating
+128-token sliding-window layers, no system role).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +36,9 @@ from transformers import AutoTokenizer
 
 from rmplugins import load_reward_model
 
-KINDS = ["bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab"]  # tiny and published vocabularies
+KINDS = ["bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab",  # tiny and published vocabularies
+         "bt_qwen3", "bt_qwen25", "bt_gemma2"]  # other backbones
+SYSTEM_ROLE = {"bt_llama3", "bt_llama3_real_vocab", "bt_qwen3", "bt_qwen25"}  # Mistral and Gemma reject it
 
 
 class CardPipeline:
@@ -53,8 +61,9 @@ class CardPipeline:
     def text(self, chat: list[dict]) -> str:
         if not self.system_role:  # Mistral-Instruct raises on a system message: the documented fold
             chat = fold_system(chat)
-        return self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False).replace(
-            self.tokenizer.bos_token, "")
+        text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=False)
+        bos = self.tokenizer.bos_token  # Qwen has none: nothing to strip, and its tokenizer adds none
+        return text.replace(bos, "") if bos else text
 
     def reward(self, chat: list[dict]) -> float:
         text = self.text(chat)
@@ -68,7 +77,7 @@ class CardPipeline:
 def setup(request, tiny):
     path = tiny(request.param)
     rm = load_reward_model(path, dtype="float32", device="cpu")
-    ref = CardPipeline(path, system_role=request.param.startswith("bt_llama3"))
+    ref = CardPipeline(path, system_role=request.param in SYSTEM_ROLE)
     return request.param, rm, ref
 
 
@@ -89,9 +98,13 @@ def test_score_matches_card_pipeline(setup):
 
 def test_bos_removal_matters(setup):
     """The card strips the BOS string so the tokenizer adds exactly one; keeping it changes the reward."""
-    _, rm, ref = setup
+    kind, rm, ref = setup
     chat = full_messages(SINGLE, CANDIDATES[0])
     kept = ref.tokenizer.apply_chat_template(chat, tokenize=False)
+    if ref.tokenizer.bos_token is None:  # Qwen: no BOS in the text or from the tokenizer
+        assert ref.tokenizer(kept)["input_ids"] == ref.tokenizer(kept, add_special_tokens=False)["input_ids"]
+        assert_close(rm.score([SINGLE], [CANDIDATES[0]]), [ref.reward(chat)], ATOL, "bt single")
+        return
     with_two_bos = float(ref.pipe([kept], function_to_apply="none", top_k=None)[0][0]["score"])
     assert_differs(with_two_bos, ref.reward(chat), ATOL, "one vs two BOS")
     assert_close(rm.score([SINGLE], [CANDIDATES[0]]), [ref.reward(chat)], ATOL, "bt single")
@@ -147,3 +160,116 @@ def test_empty_completion_is_scored(setup):
     want = ref.reward(full_messages(SINGLE, ""))
     assert_close(got, [want, want], ATOL, "empty completion")
     assert completion_text(conv("")) == ""
+
+
+ENGINE_ATTENTION = {"bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab"}  # Llama and Mistral backbones
+
+
+def test_which_attention_path_each_backbone_takes(setup):
+    """The engine's own attention is parity-tested on Llama and Mistral; Qwen and Gemma-2 (soft-capping, sliding
+    layers) run the model's own attention with masks and prefix caches (the generic path), with the same numbers."""
+    kind, rm, _ = setup
+    assert rm.engine.engine_attention == (kind in ENGINE_ATTENTION)
+    assert rm.engine.prefix_reuse
+
+
+def test_gemma2_across_its_sliding_window(tiny):
+    """A call holding a conversation longer than Gemma-2's window (128 tokens in the tiny layout) scores every
+    sequence whole with the model's own sliding masks (prefix sharing would need a windowed cache: the engine turns
+    it off); a call of shorter ones shares the prompt. Both equal the card pipeline."""
+    path = tiny("bt_gemma2")
+    rm = load_reward_model(path, dtype="float32", device="cpu")
+    ref = CardPipeline(path, system_role=False)
+    long_prompt = " ".join(["Please explain why the weather in Paris is good today, with an example."] * 12)
+    short_prompt = "Write a short poem."
+    prompts = [long_prompt] * 3 + [short_prompt] * 3
+    completions = ["It is sunny and warm.", "Because of the wind from the west.", "I cannot say.",
+                   "Roses are red.", "Here is a poem about books and reading.", "No."]
+    lengths = [len(rm.encode(full_messages(p, c))) for p, c in zip(prompts, completions)]
+    assert min(lengths[:3]) > 128 > max(lengths[3:])
+    rm.engine.stats.reset()
+    got = rm.score(prompts, completions)
+    want = [ref.reward(full_messages(p, c)) for p, c in zip(prompts, completions)]
+    assert_close(got, want, ATOL, "gemma-2 across the window")
+    assert_differs(want[0], want[1], ATOL, "rewards of two long responses")
+    assert rm.engine.stats.prefix_groups == 0 and rm.engine.stats.tokens_processed == sum(lengths)
+    rm.engine.stats.reset()
+    rm.score(prompts[3:], completions[3:])
+    assert rm.engine.stats.prefix_groups == 1
+    rm.engine.stats.reset()
+    rm.score(prompts[:3], completions[:3])
+    assert rm.engine.stats.prefix_groups == 0 and rm.engine.stats.tokens_processed == sum(lengths[:3])
+
+
+class INFORMCard(transformers.LlamaPreTrainedModel):
+    """INF-ORM-Llama3.1-70B's model card class, re-implemented: ``LlamaModel``, the score head
+    ``Linear -> ReLU -> Linear``, the logit read at (first pad - 1), wrapping to the last token without a pad."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = transformers.LlamaModel(config)
+        self.score = torch.nn.Sequential(torch.nn.Linear(config.hidden_size, config.hidden_size), torch.nn.ReLU(),
+                                         torch.nn.Linear(config.hidden_size, 1))
+        self.post_init()
+
+    def forward(self, input_ids):
+        logits = self.score(self.model(input_ids).last_hidden_state)
+        at = (torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1) % input_ids.shape[-1]
+        return logits[torch.arange(input_ids.shape[0]), at]
+
+
+def test_inform_custom_head_matches_its_card(tiny):
+    """The card: ``apply_chat_template(conv, tokenize=True)`` (the template's BOS, none added), the card class,
+    ``logits[0][0]``. The head is found from the tensors (score.0/score.2), never from a name."""
+    path = tiny("bt_inform")
+    rm = load_reward_model(path, dtype="float32", device="cpu")
+    assert isinstance(rm.head, torch.nn.Sequential) and rm.kind == "bt"
+    card = INFORMCard.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    prompts, completions = pointwise_cases()
+    want = []
+    with torch.no_grad():
+        for p, c in zip(prompts, completions):
+            ids = tok.apply_chat_template(full_messages(p, c), tokenize=True, return_tensors="pt", return_dict=True)
+            want.append(float(card(ids["input_ids"])[0, 0]))
+    assert_close(rm.score(prompts, completions), want, ATOL, "INF-ORM score")
+    assert_differs(want[0], want[1], ATOL, "rewards of two responses")
+    # the plain classifier would have read a freshly initialised linear head instead
+    plain = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32)
+    assert plain.score.weight.shape == (1, plain.config.hidden_size)
+
+
+def test_unrecognised_score_head_is_refused(tmp_path, tiny):
+    """A head of another shape (here INF-ORM's without its second layer) is refused with what was found, never
+    loaded as a linear classifier with a random head."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = Path(tiny("bt_inform"))
+    dst = tmp_path / "odd-head"
+    shutil.copytree(src, dst)
+    state = load_file(str(dst / "model.safetensors"))
+    del state["score.2.weight"], state["score.2.bias"]
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="unrecognised Bradley-Terry score head.*score.0.weight"):
+        load_reward_model(str(dst), device="cpu")
+
+
+def test_qwen3_reasoning_is_scored_as_its_template_renders_it(tiny):
+    """Qwen3's template keeps the final turn's <think> block (an empty one when the response has none) and drops the
+    reasoning of earlier assistant turns: the reward reads exactly that text."""
+    path = tiny("bt_qwen3")
+    rm = load_reward_model(path, dtype="float32", device="cpu")
+    ref = CardPipeline(path, system_role=True)
+    history = [{"role": "user", "content": "What is two plus two?"},
+               {"role": "assistant", "content": "<think>\nTwo and two.\n</think>\n\nFour."},
+               {"role": "user", "content": "And three plus three?"}]
+    with_reasoning = "<think>\nThree and three make six.\n</think>\n\nSix."
+    for response in (with_reasoning, "Six.", "<think>\nHmm.\n</think>\n\nSix."):
+        chat = history + [{"role": "assistant", "content": response}]
+        text = ref.text(chat)
+        assert "Two and two." not in text and text.count("<think>") == 1  # earlier reasoning dropped
+        assert_close(rm.score([history], [response]), [ref.reward(chat)], ATOL, "qwen3 reasoning")
+    assert_differs(ref.reward(history + [{"role": "assistant", "content": with_reasoning}]),
+                   ref.reward(history + [{"role": "assistant", "content": "Six."}]), ATOL, "reasoning changes it")

@@ -1,18 +1,26 @@
-"""Bradley-Terry sequence classifiers (RM-Mistral-7B, FsfairX-LLaMA3-RM, Skywork-Reward, ...).
+"""Bradley-Terry sequence classifiers (RM-Mistral-7B, FsfairX-LLaMA3-RM, Skywork-Reward(-V2), INF-ORM, ...).
 
 Reference (model card of RM-Mistral-7B, RLHFlow Online-RLHF): render with the model's chat template, drop the
-BOS string, tokenize normally (one BOS), reward = the single logit at the last token.
+BOS string, tokenize normally (one BOS), reward = the single logit at the last token. The head is transformers'
+``score`` linear layer, or INF-ORM's ``Linear -> ReLU -> Linear`` (``score.0``, ``score.2``), told apart by the
+checkpoint's tensors (``checkpoints.score_head``).
 """
 
 from __future__ import annotations
+
+import logging
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from ..base import PointwiseRewardModel
 from ..chat import load_chat_tokenizer, render, strip_bos
-from ..checkpoints import model_kwargs, pad_or_eos
+from ..checkpoints import model_kwargs, pad_or_eos, score_head
 from ..engine import ScoringEngine
+
+logger = logging.getLogger("rmplugins")
 
 
 class BradleyTerryRewardModel(PointwiseRewardModel):
@@ -22,7 +30,8 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.chat_template = chat_template
         head = getattr(model, "score", None)
-        if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        last = head[-1] if isinstance(head, torch.nn.Sequential) else head
+        if not isinstance(last, torch.nn.Linear) or last.out_features != 1:
             raise ValueError(f"{name_or_path}: a Bradley-Terry reward model needs a single-logit `score` head "
                              f"(num_labels=1); found {head!r}")
         self.head = head
@@ -32,8 +41,17 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            checkpoint.path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        hidden = int(checkpoint.config.get("hidden_size") or 0)
+        head = score_head(checkpoint.shapes, hidden)
+        # transformers' classifier has a linear `score`: for an MLP head its load report would call score.0/score.2
+        # unexpected and a fresh score.weight missing, before the head below replaces it with the real one
+        with quiet_transformers() if head == "mlp" else nullcontext():
+            model = AutoModelForSequenceClassification.from_pretrained(
+                checkpoint.path, **model_kwargs(device, dtype, attn_implementation, device_map))
+        if head == "mlp":
+            model.score = mlp_score_head(checkpoint.path, hidden, model.score.weight.device, dtype)
+            logger.info("%s: Linear -> ReLU -> Linear score head (score.0, score.2) read from the checkpoint",
+                        name_or_path)
         limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget)
 
@@ -50,6 +68,34 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
         hidden = self.engine.hidden_at(sequences, [[-1]] * len(sequences))
         if not hidden:
             return {"score": torch.zeros(0)}
-        h = torch.cat(hidden).to(self.head.weight.device, self.head.weight.dtype)
+        weight = next(self.head.parameters())
+        h = torch.cat(hidden).to(weight.device, weight.dtype)
         with torch.inference_mode():
             return {"score": self.head(h)[:, 0].float().cpu()}
+
+
+def mlp_score_head(path, hidden: int, device, dtype) -> torch.nn.Sequential:
+    """INF-ORM's head, ``Linear(hidden, hidden) -> ReLU -> Linear(hidden, 1)``, with its ``score.0.*`` and
+    ``score.2.*`` tensors read from the checkpoint's safetensors (transformers' classifier has a linear ``score``
+    and would leave these unread)."""
+    from safetensors import safe_open
+
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            state.update({k[len("score."):]: f.get_tensor(k) for k in f.keys() if k.startswith("score.")})
+    head.load_state_dict(state, strict=True)
+    return head.to(device=device, dtype=dtype).eval()
+
+
+@contextmanager
+def quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
