@@ -174,8 +174,9 @@ class RewardModel:
             first.setdefault(key, i)
         alone = {i: forward([rows[i]]) for i in first.values()}
         parts = [alone[first[key]] for key in keys]
-        if isinstance(parts[0], dict):
-            return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        if isinstance(parts[0], dict):  # tensors concatenated; per-row lists (PRM step rewards) joined
+            return {name: torch.cat([p[name] for p in parts]) if isinstance(parts[0][name], torch.Tensor)
+                    else [x for p in parts for x in p[name]] for name in parts[0]}
         if isinstance(parts[0], tuple):
             return tuple(torch.cat(column) for column in zip(*parts))
         return torch.cat(parts)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-KINDS = ("bt", "armorm", "pair_pm", "pairrm", "gpm")
+KINDS = ("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm")
 IDENTITY_FILE = "rmplugins.json"
 # What a checkpoint's files cannot say: a pair-preference model is a plain causal LM (like any policy), and
 # Better-PairRM has PairRM's exact layout but another input format. Known hub ids carry it here; a local copy
@@ -138,6 +138,8 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         return "pairrm"
     if "value_head.weight" in shapes:
         return "gpm"
+    if any(a.endswith("ForProcessRewardModel") for a in archs):
+        return "prm"
     if any(a.endswith("ForSequenceClassification") for a in archs):
         labels = config.get("num_labels") or len(config.get("id2label") or {0: 0})
         if labels != 1:
@@ -179,6 +181,7 @@ REQUIRED_TENSORS = {
     "armorm": ("regression_layer.weight", "reward_transform_matrix", "gating.logit_scale"),
     "gpm": ("value_head.weight",),
     "pairrm": ("head_layer.1.weight", "head_layer.4.weight"),
+    "prm": ("score.0.weight", "score.0.bias", "score.2.weight", "score.2.bias"),
 }
 
 

@@ -13,11 +13,12 @@ from .families.bt import BradleyTerryRewardModel
 from .families.gpm import GPMRewardModel
 from .families.pair_pm import PairPMRewardModel
 from .families.pairrm import PairRMRewardModel
+from .families.prm import ProcessRewardModel
 
 logger = logging.getLogger("rmplugins")
 
 FAMILIES = {"bt": BradleyTerryRewardModel, "armorm": ArmoRMRewardModel, "pair_pm": PairPMRewardModel,
-            "pairrm": PairRMRewardModel, "gpm": GPMRewardModel}
+            "pairrm": PairRMRewardModel, "gpm": GPMRewardModel, "prm": ProcessRewardModel}
 __all__ = ["FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
 
 
@@ -25,8 +26,8 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
                       dtype: Any = None, **options):
     """Load any supported reward or preference model from a local directory or a hub id.
 
-    ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm"``) is detected when omitted. ``device`` defaults to
-    CUDA when available, ``dtype`` to bfloat16 on GPU and float32 on CPU. Options: ``max_length``,
+    ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm" | "prm"``) is detected when omitted. ``device``
+    defaults to CUDA when available, ``dtype`` to bfloat16 on GPU and float32 on CPU. Options: ``max_length``,
     ``token_budget`` (tokens per micro-batch), ``attn_implementation``, ``device_map`` (e.g. "auto" for models
     larger than one GPU), ``chat_template``, ``deterministic`` (each row scored alone, so its numbers never
     depend on what it is batched with; see ``RewardModel.deterministic``); per family ``tau`` (GPM),

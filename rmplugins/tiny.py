@@ -546,6 +546,42 @@ def build_bt_inform(path: Path, seed: int = 9) -> None:
     _write_config(cfg_dict, path)
 
 
+def build_prm(path: Path, seed: int = 10) -> None:
+    """Qwen2.5-Math-PRM layout: ``Qwen2ForProcessRewardModel`` (a Qwen2 backbone, biased q/k/v) with the head
+    ``Linear(h, h) -> ReLU -> Linear(h, 2)`` as ``score.0.*`` / ``score.2.*``, the ChatML tokenizer with the
+    ``<extra_0>`` step marker as an added special token, and the Qwen2.5 template."""
+    from transformers import Qwen2Config, Qwen2Model
+
+    build_chatml_tokenizer(path, QWEN25_CHAT_TEMPLATE, thinking=False)
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken("<extra_0>", special=True, normalized=False)])
+    tok.save(str(path / "tokenizer.json"))
+    tcfg = json.loads((path / "tokenizer_config.json").read_text())
+    tcfg["added_tokens_decoder"][str(tok.token_to_id("<extra_0>"))] = {
+        "content": "<extra_0>", "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+        "special": True}
+    (path / "tokenizer_config.json").write_text(json.dumps(tcfg, indent=2))
+    pad, eos = _ids(path, "<|endoftext|>", "<|im_end|>")
+    cfg = Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+                      rope_theta=10000.0, rms_norm_eps=1e-6, use_sliding_window=False, bos_token_id=pad,
+                      eos_token_id=eos, pad_token_id=pad, num_labels=2, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    backbone = Qwen2Model(cfg)
+    _spread(backbone, 0.2)
+    state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+    g = torch.Generator().manual_seed(seed + 100)
+    h = cfg.hidden_size
+    state.update({"score.0.weight": torch.randn(h, h, generator=g) * h ** -0.5,
+                  "score.0.bias": torch.randn(h, generator=g) * 0.1,
+                  "score.2.weight": torch.randn(2, h, generator=g) * 0.5,
+                  "score.2.bias": torch.randn(2, generator=g) * 0.1})
+    _save({k: v.to(torch.bfloat16) for k, v in state.items()}, path)
+    cfg_dict = cfg.to_dict()
+    cfg_dict.update(architectures=["Qwen2ForProcessRewardModel"], torch_dtype="bfloat16")
+    _write_config(cfg_dict, path)
+
+
 def build_armorm(path: Path, seed: int = 2, vocab: str = "tiny") -> None:
     """ArmoRM-Llama3-8B-v0.1 layout: LlamaModel + regression_layer [19, h] + gating MLP + transform matrix."""
     positions, vocab = _positions(vocab), _llama3_tokenizer(path, vocab)
@@ -660,7 +696,7 @@ BUILDERS = {
     "policy": build_policy,
     # Bradley-Terry on the backbones 2025-26 reward models ship on
     "bt_qwen3": lambda path: build_bt_qwen(path, "3"), "bt_qwen25": lambda path: build_bt_qwen(path, "2.5"),
-    "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform,
+    "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform, "prm": build_prm,
     # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
     "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
     "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
@@ -675,6 +711,7 @@ DIR_NAMES = {
     "gpm": "GPM-Llama-3.1-8B", "policy": "tiny-llama3-policy",
     "bt_qwen3": "Skywork-Reward-V2-Qwen3-0.6B", "bt_qwen25": "Qwen2.5-RM",
     "bt_gemma2": "Skywork-Reward-Gemma-2-27B-v0.2", "bt_inform": "published-vocab/INF-ORM-Llama3.1-70B",
+    "prm": "Qwen2.5-Math-PRM-7B",
     "bt_real_vocab": "published-vocab/RM-Mistral-7B", "bt_llama3_real_vocab": "published-vocab/FsfairX-LLaMA3-RM-v0.1",
     "armorm_real_vocab": "published-vocab/ArmoRM-Llama3-8B-v0.1",
     "pair_pm_real_vocab": "published-vocab/pair-preference-model-LLaMA3-8B",

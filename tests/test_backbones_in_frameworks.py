@@ -1,4 +1,5 @@
-"""The reward models on newer backbones (Skywork-Reward-V2-Qwen3, Skywork-Reward-Gemma-2, INF-ORM's custom head)
+"""The reward models on newer backbones (Skywork-Reward-V2-Qwen3, Skywork-Reward-Gemma-2, INF-ORM's custom head,
+Qwen2.5-Math-PRM)
 in the places users put them: a real TRL GRPO step with them as ``reward_funcs``, and ``rmplugins serve`` driven
 like OpenRLHF's rollout actors with a Llama-3 policy, the conversation re-rendered in each model's own format."""
 
@@ -13,7 +14,7 @@ import rmplugins
 from rmplugins import RewardFunction
 from rmplugins.serving import BackgroundServer, create_app
 
-KINDS = ["bt_qwen3", "bt_gemma2", "bt_inform"]
+KINDS = ["bt_qwen3", "bt_gemma2", "bt_inform", "prm"]  # prm: Qwen2.5-Math-PRM, the steps' minimum
 
 
 @pytest.mark.slow

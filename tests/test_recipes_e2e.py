@@ -125,7 +125,8 @@ def test_rejection_sampling_with_a_pairwise_model(tiny, tmp_path):
 
 @pytest.mark.parametrize("kind, rule, method", [("pair_pm", "tournament", "tournament"),
                                                 ("pairrm", "round-robin", "round_robin"),
-                                                ("gpm", "gpo", "gpo"), ("armorm", "margin", "score")])
+                                                ("gpm", "gpo", "gpo"), ("armorm", "margin", "score"),
+                                                ("prm", "max-min", "score")])
 def test_pair_rules_per_kind(tiny, prompts_file, tmp_path, kind, rule, method):
     """Generate -> score -> select for each kind and rule (training is covered above)."""
     cfg = RecipeConfig(recipe="iterative-dpo", policy=tiny("policy"), reward_model=tiny(kind), prompts=prompts_file,

@@ -74,13 +74,13 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
             return {"score": self.head(h)[:, 0].float().cpu()}
 
 
-def mlp_score_head(path, hidden: int, device, dtype) -> torch.nn.Sequential:
-    """INF-ORM's head, ``Linear(hidden, hidden) -> ReLU -> Linear(hidden, 1)``, with its ``score.0.*`` and
-    ``score.2.*`` tensors read from the checkpoint's safetensors (transformers' classifier has a linear ``score``
-    and would leave these unread)."""
+def mlp_score_head(path, hidden: int, device, dtype, labels: int = 1) -> torch.nn.Sequential:
+    """INF-ORM's head (and Qwen2.5-Math-PRM's, ``labels=2``), ``Linear(hidden, hidden) -> ReLU -> Linear(hidden,
+    labels)``, with its ``score.0.*`` and ``score.2.*`` tensors read from the checkpoint's safetensors
+    (transformers' classifier has a linear ``score`` and would leave these unread)."""
     from safetensors import safe_open
 
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
     state = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:

@@ -35,7 +35,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
                      help="JSON lines with a 'prompt' field: a string or a list of chat messages")
     req.add_argument("--output", required=True, metavar="DIR", help="run directory (created; re-use to resume)")
     r = p.add_argument_group("reward model")
-    r.add_argument("--reward-kind", choices=("bt", "armorm", "pair_pm", "pairrm", "gpm"), default=None,
+    r.add_argument("--reward-kind", choices=("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"), default=None,
                    help="the reward model's family; default: detected from the checkpoint (needed for an RLHFlow "
                         "pair-preference model saved locally without rmplugins.json: its files look like any LM)")
     r.add_argument("--reward-variant", choices=("pairrm", "better"), default=None,

@@ -4,7 +4,7 @@ Every rule reads a :class:`~rmplugins.ranking.Ranking`-like triple (``scores``, 
 the chosen/rejected indices (DPO) or the kept index (rejection sampling), counting what it dropped and why in a
 :class:`SelectionStats`:
 
-- ``max-min`` (pointwise kinds ``bt``/``armorm``; RLHFlow's rule): chosen = argmax reward, rejected = argmin;
+- ``max-min`` (pointwise kinds ``bt``/``armorm``/``prm``; RLHFlow's rule): chosen = argmax reward, rejected = argmin;
   a group whose rewards are all equal has no preference and is dropped (``ties``); ``margin`` = the difference.
 - ``margin``: ``max-min`` that also drops pairs whose margin is below ``min_margin`` (``below_margin``).
 - ``tournament`` / ``round-robin`` (pairwise kinds ``pair_pm``/``pairrm``): chosen/rejected are the ranking's best
@@ -25,7 +25,7 @@ PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "gpo")
 # The ``rm.rank`` method each rule uses, and the model kinds it applies to.
 RANK_METHOD = {"max-min": "score", "margin": "score", "tournament": "tournament", "round-robin": "round_robin",
                "gpo": None, "best-of-n": None}
-RULE_KINDS = {"max-min": ("bt", "armorm"), "margin": ("bt", "armorm", "pair_pm", "pairrm", "gpm"),
+RULE_KINDS = {"max-min": ("bt", "armorm", "prm"), "margin": ("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"),
               "tournament": ("pair_pm", "pairrm"), "round-robin": ("pair_pm", "pairrm"), "gpo": ("gpm",)}
 
 

@@ -26,7 +26,7 @@ def register(subparsers) -> None:
                     "integrations/openrlhf/reward_func.py).",
         formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="reward model path or hub id (any supported family)")
-    p.add_argument("--kind", default=None, choices=("bt", "armorm", "pair_pm", "pairrm", "gpm"),
+    p.add_argument("--kind", default=None, choices=("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"),
                    help="family; default: detected from the checkpoint (an RLHFlow pair-preference model saved "
                         "locally without rmplugins.json needs --kind pair_pm: its files look like any LM)")
     p.add_argument("--variant", default=None, choices=("pairrm", "better"),

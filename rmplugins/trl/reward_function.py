@@ -207,6 +207,11 @@ class RewardFunction(_BaseRewardFunction):
         scored = [j for j, score in enumerate(rows.scores) if score is not None]
         for j in scored:
             raw[idx[j]] = rows.scores[j]
+        if "step_rewards" in rows.extras and scored:  # a process reward model: how the steps went
+            steps = [rows.extras["step_rewards"][j].tolist() for j in scored]
+            metrics["steps/mean"] = sum(map(len, steps)) / len(steps)
+            metrics["step_reward/mean"] = sum(map(sum, steps)) / sum(map(len, steps))
+            metrics["step_reward/min_mean"] = sum(min(s) for s in steps) / len(steps)
         if "coefficients" not in rows.extras or not scored:
             return raw
         names = self._objective_names()
