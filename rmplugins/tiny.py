@@ -546,6 +546,21 @@ def build_bt_inform(path: Path, seed: int = 9) -> None:
     _write_config(cfg_dict, path)
 
 
+def build_bt_llama32(path: Path, seed: int = 11) -> None:
+    """Skywork-Reward-V2-Llama-3.2 layout: ``LlamaForSequenceClassification`` on a Llama-3.2 backbone (llama3 RoPE
+    scaling with factor 32, 131,072 positions), the published Llama-3.1/3.2 vocabulary and template (the date
+    block), pad = <|finetune_right_pad_id|>."""
+    vocab = _llama3_tokenizer(path, "llama3.1")
+    bos, eos, pad = _ids(path, "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>")
+    cfg = _llama_config(vocab, 131072, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad, num_labels=1,
+                        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    _save_bt(path, LlamaForSequenceClassification(cfg), cfg, "LlamaForSequenceClassification")
+
+
 def build_prm(path: Path, seed: int = 10) -> None:
     """Qwen2.5-Math-PRM layout: ``Qwen2ForProcessRewardModel`` (a Qwen2 backbone, biased q/k/v) with the head
     ``Linear(h, h) -> ReLU -> Linear(h, 2)`` as ``score.0.*`` / ``score.2.*``, the ChatML tokenizer with the
@@ -696,7 +711,7 @@ BUILDERS = {
     "policy": build_policy,
     # Bradley-Terry on the backbones 2025-26 reward models ship on
     "bt_qwen3": lambda path: build_bt_qwen(path, "3"), "bt_qwen25": lambda path: build_bt_qwen(path, "2.5"),
-    "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform, "prm": build_prm,
+    "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform, "bt_llama32": build_bt_llama32, "prm": build_prm,
     # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
     "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
     "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
@@ -711,7 +726,7 @@ DIR_NAMES = {
     "gpm": "GPM-Llama-3.1-8B", "policy": "tiny-llama3-policy",
     "bt_qwen3": "Skywork-Reward-V2-Qwen3-0.6B", "bt_qwen25": "Qwen2.5-RM",
     "bt_gemma2": "Skywork-Reward-Gemma-2-27B-v0.2", "bt_inform": "published-vocab/INF-ORM-Llama3.1-70B",
-    "prm": "Qwen2.5-Math-PRM-7B",
+    "prm": "Qwen2.5-Math-PRM-7B", "bt_llama32": "published-vocab/Skywork-Reward-V2-Llama-3.2-1B",
     "bt_real_vocab": "published-vocab/RM-Mistral-7B", "bt_llama3_real_vocab": "published-vocab/FsfairX-LLaMA3-RM-v0.1",
     "armorm_real_vocab": "published-vocab/ArmoRM-Llama3-8B-v0.1",
     "pair_pm_real_vocab": "published-vocab/pair-preference-model-LLaMA3-8B",

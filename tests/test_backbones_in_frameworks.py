@@ -14,7 +14,7 @@ import rmplugins
 from rmplugins import RewardFunction
 from rmplugins.serving import BackgroundServer, create_app
 
-KINDS = ["bt_qwen3", "bt_gemma2", "bt_inform", "prm"]  # prm: Qwen2.5-Math-PRM, the steps' minimum
+KINDS = ["bt_qwen3", "bt_qwen25", "bt_gemma2", "bt_inform", "bt_llama32", "prm"]  # prm: the steps' minimum
 
 
 @pytest.mark.slow

@@ -7,7 +7,8 @@ system messages, separate [PAD]) and the FsfairX-LLaMA3 layout (``bt_llama3``: L
 backbones newer reward models ship on, which the engine runs through the model's own attention (its generic path):
 Skywork-Reward-V2-Qwen3 (``bt_qwen3``: q/k norms, the Qwen3 template with its <think> block), a Qwen2.5 RM
 (``bt_qwen25``: default system message, no BOS), Skywork-Reward-Gemma-2 (``bt_gemma2``: soft-capping, alternating
-128-token sliding-window layers, no system role).
+128-token sliding-window layers, no system role) and Skywork-Reward-V2-Llama-3.2 (``bt_llama32``: llama3 RoPE
+scaling, the Llama-3.1/3.2 vocabulary and date-block template).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from transformers import AutoTokenizer
 from rmplugins import load_reward_model
 
 KINDS = ["bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab",  # tiny and published vocabularies
-         "bt_qwen3", "bt_qwen25", "bt_gemma2"]  # other backbones
-SYSTEM_ROLE = {"bt_llama3", "bt_llama3_real_vocab", "bt_qwen3", "bt_qwen25"}  # Mistral and Gemma reject it
+         "bt_qwen3", "bt_qwen25", "bt_gemma2", "bt_llama32"]  # other backbones
+SYSTEM_ROLE = {"bt_llama3", "bt_llama3_real_vocab", "bt_qwen3", "bt_qwen25", "bt_llama32"}  # not Mistral, Gemma
 
 
 class CardPipeline:
@@ -115,7 +116,7 @@ def test_pad_equals_eos_pooling_would_differ(setup):
     FsfairX's layout pads with <|eot_id|> (the collision); RM-Mistral's has its own [PAD]: rmplugins reads the last
     token in both."""
     kind, rm, ref = setup
-    assert ref.pad_collides == kind.startswith("bt_llama3")
+    assert ref.pad_collides == (kind in ("bt_llama3", "bt_llama3_real_vocab"))
     chat = full_messages(SINGLE, CANDIDATES[0])
     ids = ref.tokenizer(ref.text(chat), return_tensors="pt")["input_ids"]
     model = ref.pipe.model
@@ -162,7 +163,7 @@ def test_empty_completion_is_scored(setup):
     assert completion_text(conv("")) == ""
 
 
-ENGINE_ATTENTION = {"bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab"}  # Llama and Mistral backbones
+ENGINE_ATTENTION = {"bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab", "bt_llama32"}  # Llama, Mistral
 
 
 def test_which_attention_path_each_backbone_takes(setup):
