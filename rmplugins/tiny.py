@@ -523,6 +523,15 @@ def build_bt_gemma2(path: Path, seed: int = 8) -> None:
     _save_bt(path, Gemma2ForSequenceClassification(cfg), cfg, "Gemma2ForSequenceClassification")
 
 
+def _mlp_head_state(hidden: int, labels: int, seed: int) -> dict[str, torch.Tensor]:
+    """``score.0`` (Linear(hidden, hidden)) and ``score.2`` (Linear(hidden, labels)) of a Linear-ReLU-Linear head."""
+    g = torch.Generator().manual_seed(seed)
+    return {"score.0.weight": torch.randn(hidden, hidden, generator=g) * hidden ** -0.5,
+            "score.0.bias": torch.randn(hidden, generator=g) * 0.1,
+            "score.2.weight": torch.randn(labels, hidden, generator=g) * 0.5,
+            "score.2.bias": torch.randn(labels, generator=g) * 0.1}
+
+
 def build_bt_inform(path: Path, seed: int = 9) -> None:
     """INF-ORM-Llama3.1-70B layout: a Llama-3.1 backbone (llama3 RoPE scaling, the published Llama-3.1 vocabulary
     and template) with INF-ORM's score head ``Linear(h, h) -> ReLU -> Linear(h, 1)`` stored as ``score.0.*`` and
@@ -533,12 +542,7 @@ def build_bt_inform(path: Path, seed: int = 9) -> None:
                         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                       "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
     state = _llama_backbone_state(cfg, seed)
-    g = torch.Generator().manual_seed(seed + 100)
-    h = cfg.hidden_size
-    state.update({"score.0.weight": torch.randn(h, h, generator=g) * h ** -0.5,
-                  "score.0.bias": torch.randn(h, generator=g) * 0.1,
-                  "score.2.weight": torch.randn(1, h, generator=g) * 0.5,
-                  "score.2.bias": torch.randn(1, generator=g) * 0.1})
+    state.update(_mlp_head_state(cfg.hidden_size, 1, seed + 100))
     _save({k: v.to(torch.bfloat16) for k, v in state.items()}, path)
     cfg_dict = cfg.to_dict()
     cfg_dict.update(architectures=["INFORMForSequenceClassification"], torch_dtype="bfloat16",
@@ -585,12 +589,7 @@ def build_prm(path: Path, seed: int = 10) -> None:
     backbone = Qwen2Model(cfg)
     _spread(backbone, 0.2)
     state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
-    g = torch.Generator().manual_seed(seed + 100)
-    h = cfg.hidden_size
-    state.update({"score.0.weight": torch.randn(h, h, generator=g) * h ** -0.5,
-                  "score.0.bias": torch.randn(h, generator=g) * 0.1,
-                  "score.2.weight": torch.randn(2, h, generator=g) * 0.5,
-                  "score.2.bias": torch.randn(2, generator=g) * 0.1})
+    state.update(_mlp_head_state(cfg.hidden_size, 2, seed + 100))
     _save({k: v.to(torch.bfloat16) for k, v in state.items()}, path)
     cfg_dict = cfg.to_dict()
     cfg_dict.update(architectures=["Qwen2ForProcessRewardModel"], torch_dtype="bfloat16")
