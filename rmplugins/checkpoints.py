@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,21 +160,49 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         "know it is one of them")
 
 
-def score_head(shapes: dict[str, list[int]], hidden: int) -> str:
-    """The Bradley-Terry score head the tensors describe: ``"linear"`` (transformers' ``score.weight [1, hidden]``)
-    or ``"mlp"`` (INF-ORM's ``Linear(hidden, hidden) -> ReLU -> Linear(hidden, 1)``: ``score.0.*``, ``score.2.*``,
-    both with biases). Anything else is refused with what was found: loading it as a plain classifier would leave
-    a randomly initialised head and silently wrong rewards."""
+def score_head(shapes: dict[str, list[int]], hidden: int, labels: int = 1) -> str:
+    """The score head the tensors describe: ``"linear"`` (transformers' ``score.weight [labels, hidden]``) or
+    ``"mlp"`` (``Linear(hidden, hidden) -> ReLU -> Linear(hidden, labels)``: ``score.0.*``, ``score.2.*``, both
+    with biases; INF-ORM with one label, Qwen2.5-Math-PRM with two). Anything else is refused with what was found:
+    loading it as a plain classifier would leave a randomly initialised head and silently wrong rewards."""
     found = {k: v for k, v in shapes.items() if k == "score.weight" or k.startswith("score.")}
-    if set(found) == {"score.weight"} and found["score.weight"] == [1, hidden]:
+    if set(found) == {"score.weight"} and found["score.weight"] == [labels, hidden]:
         return "linear"
-    mlp = {"score.0.weight": [hidden, hidden], "score.0.bias": [hidden], "score.2.weight": [1, hidden],
-           "score.2.bias": [1]}
+    mlp = {"score.0.weight": [hidden, hidden], "score.0.bias": [hidden], "score.2.weight": [labels, hidden],
+           "score.2.bias": [labels]}
     if found == mlp:
         return "mlp"
-    raise ValueError(f"unrecognised Bradley-Terry score head: {found or 'no score.* tensors'} (hidden size {hidden}); "
-                     "supported: score.weight [1, hidden] (a linear head) or score.0/score.2 weights and biases "
-                     "(Linear -> ReLU -> Linear, as INF-ORM)")
+    what = "Bradley-Terry" if labels == 1 else "process-reward"
+    raise ValueError(f"unrecognised {what} score head: {found or 'no score.* tensors'} (hidden size {hidden}); "
+                     f"supported: score.weight [{labels}, hidden] (a linear head) or score.0/score.2 weights and "
+                     "biases (Linear -> ReLU -> Linear, as INF-ORM)")
+def mlp_score_head(path, hidden: int, device, dtype, labels: int = 1) -> torch.nn.Sequential:
+    """INF-ORM's head (and Qwen2.5-Math-PRM's, ``labels=2``), ``Linear(hidden, hidden) -> ReLU -> Linear(hidden,
+    labels)``, with its ``score.0.*`` and ``score.2.*`` tensors read from the checkpoint's safetensors
+    (transformers' classifier has a linear ``score`` and would leave these unread)."""
+    from safetensors import safe_open
+
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
+    state = {}
+    for file in sorted(Path(path).glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            state.update({k[len("score."):]: f.get_tensor(k) for k in f.keys() if k.startswith("score.")})
+    head.load_state_dict(state, strict=True)
+    return head.to(device=device, dtype=dtype).eval()
+
+
+@contextmanager
+def quiet_transformers():
+    """transformers' warnings silenced for a load whose head this library reads itself (its load report would call
+    the head's tensors unexpected and a fresh ``score.weight`` missing)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
 
 
 # Tensors each kind reads beyond its backbone: a wrong kind= fails here with the reason, not deep in a loader.

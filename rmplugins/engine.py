@@ -198,19 +198,6 @@ class KeptPrefixes:
         self._store.move_to_end(tokens)
 
 
-def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """Rough peak bytes one token costs in a forward: the transient activations of one layer (residual, q/k/v,
-    attention output, the MLP's gate/up/act) plus its keys/values in every layer (the prefix cache)."""
-    h = int(getattr(config, "hidden_size", 4096))
-    inter = int(getattr(config, "intermediate_size", None) or 4 * h)
-    layers = int(getattr(config, "num_hidden_layers", 32))
-    heads = int(getattr(config, "num_attention_heads", 32))
-    head_dim = int(getattr(config, "head_dim", None) or h // heads)
-    kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
-    itemsize = torch.empty(0, dtype=dtype).element_size()
-    return itemsize * (6 * h + 3 * inter + 2 * layers * kv)
-
-
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     """Bytes one token's keys and values take in every layer."""
     h = int(getattr(config, "hidden_size", 4096))
@@ -218,6 +205,15 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     head_dim = int(getattr(config, "head_dim", None) or h // heads)
     kv = int(getattr(config, "num_key_value_heads", None) or heads) * head_dim
     return 2 * int(getattr(config, "num_hidden_layers", 32)) * kv * torch.empty(0, dtype=dtype).element_size()
+
+
+def activation_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Rough peak bytes one token costs in a forward: the transient activations of one layer (residual, q/k/v,
+    attention output, the MLP's gate/up/act) plus its keys/values in every layer (the prefix cache)."""
+    h = int(getattr(config, "hidden_size", 4096))
+    inter = int(getattr(config, "intermediate_size", None) or 4 * h)
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    return itemsize * (6 * h + 3 * inter) + kv_bytes_per_token(config, dtype)
 
 
 class ScoringEngine:
@@ -271,22 +267,23 @@ class ScoringEngine:
         budget = self.token_budget or self._auto_budget()
         return min(budget, self._oom_cap) if self._oom_cap else budget
 
+    def _free_memory(self) -> int:
+        """Bytes free now where the model runs: the device's on CUDA, RAM elsewhere."""
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0]
+        import psutil
+
+        return psutil.virtual_memory().available
+
     def _auto_budget(self) -> int:
         """What one forward's activations and prefix caches may take (``activation_bytes_per_token``): a share of
         the device's free memory on CUDA; of the free RAM elsewhere, at most 4096 tokens there (larger forwards
         are not faster on CPU and cost memory: ``benchmarks/bench_curves.py``, token budget)."""
-        device = self.device
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            fraction, cap = GPU_MEMORY_FRACTION, MAX_TOKEN_BUDGET
-        else:
-            import psutil
-
-            free = psutil.virtual_memory().available
-            fraction, cap = CPU_MEMORY_FRACTION, DEFAULT_CPU_TOKEN_BUDGET
-        dtype = next(self.backbone.parameters()).dtype
-        per_token = activation_bytes_per_token(self.config, dtype)
-        budget = int(free * fraction / per_token) // 256 * 256
+        cuda = self.device.type == "cuda"
+        fraction, cap = (GPU_MEMORY_FRACTION, MAX_TOKEN_BUDGET) if cuda else (CPU_MEMORY_FRACTION,
+                                                                              DEFAULT_CPU_TOKEN_BUDGET)
+        per_token = activation_bytes_per_token(self.config, next(self.backbone.parameters()).dtype)
+        budget = int(self._free_memory() * fraction / per_token) // 256 * 256
         return max(MIN_TOKEN_BUDGET, min(cap, budget))
 
     def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
@@ -342,14 +339,8 @@ class ScoringEngine:
     def auto_prompt_cache_tokens(self) -> int:
         """Tokens whose keys/values fit in a tenth of the memory free now (the device's on CUDA, RAM elsewhere),
         at most ``MAX_PROMPT_CACHE_TOKENS``."""
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-        else:
-            import psutil
-
-            free = psutil.virtual_memory().available
         per_token = kv_bytes_per_token(self.config, next(self.backbone.parameters()).dtype)
-        return int(min(MAX_PROMPT_CACHE_TOKENS, free * PROMPT_CACHE_MEMORY_FRACTION // per_token))
+        return int(min(MAX_PROMPT_CACHE_TOKENS, self._free_memory() * PROMPT_CACHE_MEMORY_FRACTION // per_token))
 
     def prompt_cache_info(self) -> dict:
         return {"limit_tokens": self._kept.limit, "held_tokens": self._kept.tokens, "entries": len(self._kept)}

@@ -9,15 +9,14 @@ checkpoint's tensors (``checkpoints.score_head``).
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import nullcontext
 
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from ..base import PointwiseRewardModel
 from ..chat import load_chat_tokenizer, render, strip_bos
-from ..checkpoints import model_kwargs, pad_or_eos, score_head
+from ..checkpoints import mlp_score_head, model_kwargs, pad_or_eos, quiet_transformers, score_head
 from ..engine import ScoringEngine
 
 logger = logging.getLogger("rmplugins")
@@ -42,7 +41,7 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
                         device_map=None, max_length=None, token_budget=None, chat_template=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         hidden = int(checkpoint.config.get("hidden_size") or 0)
-        head = score_head(checkpoint.shapes, hidden)
+        head = score_head(checkpoint.shapes, hidden, labels=1)
         # transformers' classifier has a linear `score`: for an MLP head its load report would call score.0/score.2
         # unexpected and a fresh score.weight missing, before the head below replaces it with the real one
         with quiet_transformers() if head == "mlp" else nullcontext():
@@ -73,29 +72,3 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
         with torch.inference_mode():
             return {"score": self.head(h)[:, 0].float().cpu()}
 
-
-def mlp_score_head(path, hidden: int, device, dtype, labels: int = 1) -> torch.nn.Sequential:
-    """INF-ORM's head (and Qwen2.5-Math-PRM's, ``labels=2``), ``Linear(hidden, hidden) -> ReLU -> Linear(hidden,
-    labels)``, with its ``score.0.*`` and ``score.2.*`` tensors read from the checkpoint's safetensors
-    (transformers' classifier has a linear ``score`` and would leave these unread)."""
-    from safetensors import safe_open
-
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
-    state = {}
-    for file in sorted(Path(path).glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            state.update({k[len("score."):]: f.get_tensor(k) for k in f.keys() if k.startswith("score.")})
-    head.load_state_dict(state, strict=True)
-    return head.to(device=device, dtype=dtype).eval()
-
-
-@contextmanager
-def quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)

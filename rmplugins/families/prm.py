@@ -17,10 +17,9 @@ from transformers import AutoModel
 
 from ..base import PointwiseRewardModel
 from ..chat import load_chat_tokenizer, render
-from ..checkpoints import model_kwargs, pad_or_eos
+from ..checkpoints import mlp_score_head, model_kwargs, pad_or_eos, quiet_transformers, score_head
 from ..engine import ScoringEngine
 from ..inputs import to_conversations
-from .bt import mlp_score_head, quiet_transformers
 
 STEP_TOKEN = "<extra_0>"
 CARD_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -60,6 +59,9 @@ class ProcessRewardModel(PointwiseRewardModel):
                         step_separator="\n\n", aggregate="min", system_prompt=CARD_SYSTEM):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         hidden = int(checkpoint.config.get("hidden_size") or 0)
+        if score_head(checkpoint.shapes, hidden, labels=2) != "mlp":
+            raise ValueError(f"{name_or_path}: a process reward model needs the Linear -> ReLU -> Linear(h, 2) head "
+                             "(score.0, score.2); this checkpoint has a linear score.weight")
         with quiet_transformers():  # the checkpoint's score.* tensors are the head, read below, not the backbone's
             backbone = AutoModel.from_pretrained(checkpoint.path,
                                                  **model_kwargs(device, dtype, attn_implementation, device_map))
