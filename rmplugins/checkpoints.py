@@ -249,10 +249,25 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     return dtype
 
 
-def default_attention(device: str) -> str:
+def default_attention(device: str, config: dict[str, Any] | None = None) -> str:
+    """flash-attention 2 on CUDA when installed, else SDPA; eager on CPU for a model whose attention logits are
+    soft-capped (Gemma-2), which transformers' SDPA path ignores."""
     if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
-    return "sdpa"
+    return "eager" if soft_capped(config) else "sdpa"
+
+
+def soft_capped(config: dict[str, Any] | None) -> bool:
+    return bool((config or {}).get("attn_logit_softcapping"))
+
+
+def check_attention(attn_implementation: str | None, config: dict[str, Any], name: Any) -> None:
+    """Refuse an attention kernel that would compute a different model: transformers' SDPA path drops Gemma-2's
+    attention soft-capping (tanh(logits / c) * c) without a word, which moves rewards by a few percent."""
+    if attn_implementation == "sdpa" and soft_capped(config):
+        raise ValueError(f"{name}: attn_implementation='sdpa' ignores this model's attention soft-capping "
+                         f"(attn_logit_softcapping={config['attn_logit_softcapping']}), so its rewards would be "
+                         "wrong; use 'eager' (the default here) or 'flash_attention_2' on a GPU")
 
 
 def model_kwargs(device: str, dtype: torch.dtype, attn_implementation: str | None, device_map: Any) -> dict:

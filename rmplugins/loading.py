@@ -7,7 +7,7 @@ import logging
 import os
 from typing import Any
 
-from .checkpoints import KINDS, default_attention, default_device, detect_kind, identify, resolve_dtype
+from .checkpoints import KINDS, check_attention, default_attention, default_device, detect_kind, identify, resolve_dtype
 from .families.armorm import ArmoRMRewardModel
 from .families.bt import BradleyTerryRewardModel
 from .families.gpm import GPMRewardModel
@@ -37,7 +37,8 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     device = str(device or default_device())
     dtype = resolve_dtype(dtype, device)
-    options.setdefault("attn_implementation", default_attention(device))
+    options.setdefault("attn_implementation", default_attention(device, checkpoint.config))
+    check_attention(options["attn_implementation"], checkpoint.config, name_or_path)
     variant = f", variant {checkpoint.variant!r}" if checkpoint.variant else ""
     logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, checkpoint.kind, variant,
                 checkpoint.source, device, str(dtype).replace("torch.", ""))

@@ -13,6 +13,7 @@ scaling, the Llama-3.1/3.2 vocabulary and date-block template).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -47,8 +48,12 @@ class CardPipeline:
 
     def __init__(self, path: str, system_role: bool):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
+        # Skywork-Reward-Gemma-2's card loads with flash_attention_2, which soft-caps the attention logits; on CPU
+        # eager does the same, while transformers' default SDPA path silently drops the cap
+        config = json.loads((Path(path) / "config.json").read_text())
+        attention = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
         self.pipe = transformers.pipeline("text-classification", model=path, tokenizer=self.tokenizer,
-                                          device="cpu", dtype=torch.float32)
+                                          device="cpu", dtype=torch.float32, model_kwargs=attention)
         self.system_role = system_role
         self._cache: dict[str, float] = {}
         # Batch size 1 never pads. The tiny FsfairX layout sets pad_token_id = eos = <|eot_id|>, which ends every
@@ -274,3 +279,21 @@ def test_qwen3_reasoning_is_scored_as_its_template_renders_it(tiny):
         assert_close(rm.score([history], [response]), [ref.reward(chat)], ATOL, "qwen3 reasoning")
     assert_differs(ref.reward(history + [{"role": "assistant", "content": with_reasoning}]),
                    ref.reward(history + [{"role": "assistant", "content": "Six."}]), ATOL, "reasoning changes it")
+
+
+def test_gemma2_soft_capping_is_never_dropped(tiny):
+    """transformers' SDPA attention ignores Gemma-2's attn_logit_softcapping without a word: the default on CPU is
+    eager (the card's flash_attention_2 caps too), and asking for SDPA is refused rather than scored wrongly."""
+    path = tiny("bt_gemma2")
+    rm = load_reward_model(path, dtype="float32", device="cpu")
+    assert rm.model.config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match="soft-capping"):
+        load_reward_model(path, dtype="float32", device="cpu", attn_implementation="sdpa")
+    # what the refusal protects from: the same weights through SDPA give other rewards
+    sdpa = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
+                                                                           attn_implementation="sdpa")
+    ids = rm.encode(full_messages("Write a poem.", "Roses are red, and books are good friends."))
+    with torch.inference_mode():
+        dropped = float(sdpa(torch.tensor([ids])).logits[0, 0])
+    capped = rm.score(["Write a poem."], ["Roses are red, and books are good friends."])[0]
+    assert abs(dropped - capped) > 1e-3, (dropped, capped)
