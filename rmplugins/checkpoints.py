@@ -180,15 +180,21 @@ def mlp_score_head(path, hidden: int, device, dtype, labels: int = 1) -> torch.n
     """INF-ORM's head (and Qwen2.5-Math-PRM's, ``labels=2``), ``Linear(hidden, hidden) -> ReLU -> Linear(hidden,
     labels)``, with its ``score.0.*`` and ``score.2.*`` tensors read from the checkpoint's safetensors
     (transformers' classifier has a linear ``score`` and would leave these unread)."""
+    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
+    head.load_state_dict(read_tensors(path, "score."), strict=True)
+    return head.to(device=device, dtype=dtype).eval()
+
+
+def read_tensors(path, prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors named ``prefix...``, keyed by the rest of their names (small heads only: each is
+    read whole)."""
     from safetensors import safe_open
 
-    head = torch.nn.Sequential(torch.nn.Linear(hidden, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, labels))
     state = {}
     for file in sorted(Path(path).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as f:
-            state.update({k[len("score."):]: f.get_tensor(k) for k in f.keys() if k.startswith("score.")})
-    head.load_state_dict(state, strict=True)
-    return head.to(device=device, dtype=dtype).eval()
+            state.update({k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)})
+    return state
 
 
 @contextmanager

@@ -22,8 +22,11 @@ FAMILIES = {"bt": BradleyTerryRewardModel, "armorm": ArmoRMRewardModel, "pair_pm
 __all__ = ["FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
 
 
+ENGINES = ("transformers", "vllm")
+
+
 def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = None, device: str | None = None,
-                      dtype: Any = None, **options):
+                      dtype: Any = None, engine: str = "transformers", vllm_args: dict | None = None, **options):
     """Load any supported reward or preference model from a local directory or a hub id.
 
     ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm" | "prm"``) is detected when omitted. ``device``
@@ -32,9 +35,32 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     larger than one GPU), ``chat_template``, ``deterministic`` (each row scored alone, so its numbers never
     depend on what it is batched with; see ``RewardModel.deterministic``); per family ``tau`` (GPM),
     ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
+
+    ``engine``: ``"transformers"`` (default: rmplugins' own engine, prefix sharing, any family) or ``"vllm"``
+    (the model call runs on a vLLM engine, :mod:`rmplugins.vllm_scoring`; every family but PairRM).
+    ``vllm_args``: ``vllm.LLM`` arguments for that engine (``tensor_parallel_size``, ``gpu_memory_utilization``,
+    ``max_model_len``, ...); with it, ``device`` is vLLM's to choose and ``dtype`` is passed to vLLM.
     """
+    if engine not in ENGINES:
+        raise ValueError(f"engine={engine!r}: choose one of {ENGINES}")
+    if vllm_args is not None and engine != "vllm":
+        raise ValueError("vllm_args is for engine='vllm'; add engine='vllm' or drop vllm_args")
     deterministic = bool(options.pop("deterministic", False))
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
+    if engine == "vllm":
+        from .vllm_scoring import load_on_vllm
+
+        if device is not None:
+            raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "
+                             "and set vLLM's placement in vllm_args (e.g. tensor_parallel_size)")
+        asynchronous = bool(options.pop("asynchronous", False))
+        dtype = resolve_dtype(dtype, "cpu" if _vllm_on_cpu() else "cuda")
+        logger.info("loading %s as kind %r (from %s) on vLLM (%s)", name_or_path, checkpoint.kind, checkpoint.source,
+                    str(dtype).replace("torch.", ""))
+        rm = load_on_vllm(checkpoint, name_or_path=str(name_or_path), dtype=dtype, vllm_args=vllm_args,
+                          asynchronous=asynchronous, **options)
+        rm.deterministic = deterministic
+        return rm
     device = str(device or default_device())
     dtype = resolve_dtype(dtype, device)
     options.setdefault("attn_implementation", default_attention(device, checkpoint.config))
@@ -51,3 +77,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         raise
     rm.deterministic = deterministic
     return rm
+
+
+def _vllm_on_cpu() -> bool:
+    from .vllm_support import on_cpu
+
+    return on_cpu()

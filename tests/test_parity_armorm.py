@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import engines
 import pytest
 import torch
 import torch.nn.functional as F
+from engines import both
 from reference_helpers import (
     ATOL,
     CANDIDATES,
@@ -36,8 +38,6 @@ from reference_helpers import (
 )
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaModel
-
-from rmplugins import load_reward_model
 
 ATTRIBUTES = ['helpsteer-helpfulness', 'helpsteer-correctness', 'helpsteer-coherence',
               'helpsteer-complexity', 'helpsteer-verbosity', 'ultrafeedback-overall_score',
@@ -110,10 +110,13 @@ class ReferenceArmoRM:
                 "hidden": hidden[0]}
 
 
-@pytest.fixture(scope="module", params=["armorm", "armorm_real_vocab"])  # tiny and published vocabularies
+@pytest.fixture(scope="module", params=both(["armorm", "armorm_real_vocab"]))  # tiny and published vocabularies
 def setup(request, tiny):
-    path = tiny(request.param)
-    return load_reward_model(path, dtype="float32", device="cpu"), ReferenceArmoRM(path)
+    kind, engine = request.param
+    path = tiny(kind)
+    rm = engines.load(path, engine)
+    yield rm, ReferenceArmoRM(path)
+    engines.close(rm)
 
 
 def test_kind_detected(setup):

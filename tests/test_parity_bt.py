@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import engines
 import pytest
 import torch
 import transformers
+from engines import both
 from reference_helpers import (
     ATOL,
     CANDIDATES,
@@ -79,12 +81,13 @@ class CardPipeline:
         return self._cache[text]
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=both(KINDS))
 def setup(request, tiny):
-    path = tiny(request.param)
-    rm = load_reward_model(path, dtype="float32", device="cpu")
-    ref = CardPipeline(path, system_role=request.param in SYSTEM_ROLE)
-    return request.param, rm, ref
+    kind, engine = request.param
+    path = tiny(kind)
+    rm = engines.load(path, engine)
+    yield kind, rm, CardPipeline(path, system_role=kind in SYSTEM_ROLE)
+    engines.close(rm)
 
 
 def test_kind_detected(setup):
@@ -171,10 +174,11 @@ def test_empty_completion_is_scored(setup):
 ENGINE_ATTENTION = {"bt", "bt_llama3", "bt_real_vocab", "bt_llama3_real_vocab", "bt_llama32"}  # Llama, Mistral
 
 
-def test_which_attention_path_each_backbone_takes(setup):
+@pytest.mark.parametrize("kind", KINDS)
+def test_which_attention_path_each_backbone_takes(kind, tiny):
     """The engine's own attention is parity-tested on Llama and Mistral; Qwen and Gemma-2 (soft-capping, sliding
     layers) run the model's own attention with masks and prefix caches (the generic path), with the same numbers."""
-    kind, rm, _ = setup
+    rm = load_reward_model(tiny(kind), dtype="float32", device="cpu")
     assert rm.engine.engine_attention == (kind in ENGINE_ATTENTION)
     assert rm.engine.prefix_reuse
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional
 
+import engines
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from engines import both
 from reference_helpers import (
     ATOL_GPM,
     CANDIDATES,
@@ -32,8 +34,6 @@ from reference_helpers import (
     pairwise_cases,
 )
 from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlamaModel
-
-from rmplugins import load_reward_model
 
 VALUE_HEAD_DIM = 6
 TAU = 0.1
@@ -154,10 +154,13 @@ class GPMPipeline:
         return [sum(table[i][j] - table[j][i] for j in range(n)) / n for i in range(n)]
 
 
-@pytest.fixture(scope="module", params=["gpm", "gpm_real_vocab"])  # tiny and published vocabularies
+@pytest.fixture(scope="module", params=both(["gpm", "gpm_real_vocab"]))  # tiny and published vocabularies
 def setup(request, tiny):
-    path = tiny(request.param)
-    return load_reward_model(path, dtype="float32", device="cpu"), GPMPipeline(path)
+    kind, engine = request.param
+    path = tiny(kind)
+    rm = engines.load(path, engine)
+    yield rm, GPMPipeline(path)
+    engines.close(rm)
 
 
 def test_kind_detected(setup):

@@ -9,9 +9,11 @@ averaged. The library's P(a beats b) must equal that average.
 
 from __future__ import annotations
 
+import engines
 import numpy as np
 import pytest
 import torch
+from engines import both
 from reference_helpers import (
     ATOL,
     CANDIDATES,
@@ -31,8 +33,6 @@ from reference_helpers import (
     prompt_messages,
 )
 from transformers import AutoModelForCausalLM, AutoTokenizer
-
-from rmplugins import load_reward_model
 
 PLAIN = ("\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
          "{% else %}\n\n<turn> assistant\n {{ message['content'] }}{% endif %}{% endfor %}\n\n\n")
@@ -82,10 +82,13 @@ class CardPairPM:
         return float(np.mean(self.probs_chosen(prompt_messages(prompt), completion_text(a), completion_text(b))))
 
 
-@pytest.fixture(scope="module", params=["pair_pm", "pair_pm_real_vocab"])  # tiny and published vocabularies
+@pytest.fixture(scope="module", params=both(["pair_pm", "pair_pm_real_vocab"]))  # tiny and published vocabularies
 def setup(request, tiny):
-    path = tiny(request.param)
-    return load_reward_model(path, dtype="float32", device="cpu"), CardPairPM(path)
+    kind, engine = request.param
+    path = tiny(kind)
+    rm = engines.load(path, engine)
+    yield rm, CardPairPM(path)
+    engines.close(rm)
 
 
 def test_kind_detected(setup):

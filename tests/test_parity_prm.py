@@ -2,10 +2,12 @@
 card's model class (a Qwen2 backbone, ``Linear -> ReLU -> Linear(h, 2)`` on every token) and its
 ``make_step_rewards`` (softmax, the positive class at each ``<extra_0>``), one conversation at a time."""
 
+import engines
 import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from engines import ENGINES
 from reference_helpers import ATOL, assert_close, assert_differs
 from transformers import AutoTokenizer
 
@@ -63,9 +65,11 @@ def card(tiny):
     return step_rewards
 
 
-@pytest.fixture(scope="module")
-def prm(tiny):
-    return load_reward_model(tiny("prm"), dtype="float32", device="cpu")
+@pytest.fixture(scope="module", params=ENGINES)
+def prm(request, tiny):
+    rm = engines.load(tiny("prm"), request.param)
+    yield rm
+    engines.close(rm)
 
 
 def cases():

@@ -71,10 +71,49 @@ class ArmoRMModel(LlamaPreTrainedModel):
 
     def heads(self, h_last: torch.Tensor, h_gate: torch.Tensor):
         """(rewards [N, n], gating_output [N, n], score [N]) from the two hidden states, in float32."""
-        rewards = self.regression_layer(h_last.float())
-        gate = self.gating(h_gate.float())
-        score = torch.sum(gate * (rewards @ self.reward_transform_matrix), dim=1)
-        return rewards, gate, score
+        return armorm_heads(self.regression_layer, self.gating, self.reward_transform_matrix, h_last, h_gate)
+
+
+def armorm_heads(regression_layer: nn.Linear, gating: GatingNetwork, transform: torch.Tensor, h_last: torch.Tensor,
+                 h_gate: torch.Tensor):
+    """The card's head arithmetic, shared by this module and the vLLM plugin (:mod:`rmplugins.vllm_plugin`)."""
+    rewards = regression_layer(h_last.float())
+    gate = gating(h_gate.float())
+    score = torch.sum(gate * (rewards @ transform), dim=1)
+    return rewards, gate, score
+
+
+def gating_pattern(tokenizer) -> list[int]:
+    """Token ids of ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n`` (Llama-3: 128009, 128006,
+    78191, 128007, 271), derived by rendering a probe conversation with the model's own template."""
+    probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+    with_header = tokenizer(render(tokenizer, probe[:1], name="ArmoRM", add_generation_prompt=True),
+                            add_special_tokens=False)["input_ids"]
+    user_only = tokenizer(render(tokenizer, probe[:1], name="ArmoRM"), add_special_tokens=False)["input_ids"]
+    eot = user_only[-1]
+    if with_header[: len(user_only)] != user_only or len(with_header) <= len(user_only):
+        raise ValueError("ArmoRM: the tokenizer's chat template does not add an assistant header after the user "
+                         "turn, so the gating token cannot be located; use ArmoRM's own Llama-3 tokenizer")
+    pattern = [eot] + with_header[len(user_only):]
+    if tokenizer.convert_ids_to_tokens(eot) != "<|eot_id|>":
+        raise ValueError(f"ArmoRM: expected the user turn to close with <|eot_id|>, got "
+                         f"{tokenizer.convert_ids_to_tokens(eot)!r}; this is not a Llama-3 chat tokenizer")
+    return pattern
+
+
+def reward_position(ids: list[int], pad_token_id: int | None) -> int:
+    """Reference: (index of the first pad token - 1) mod L, i.e. the last token when there is no pad."""
+    if pad_token_id is not None and pad_token_id in ids:
+        return (ids.index(pad_token_id) - 1) % len(ids)
+    return len(ids) - 1
+
+
+def find_gating_position(ids: list[int], pattern: list[int]) -> int | None:
+    """Start of the last occurrence of the gating pattern (the <|eot_id|> closing the last user turn), or None."""
+    for j in range(len(ids) - len(pattern), -1, -1):
+        if ids[j: j + len(pattern)] == pattern:
+            return j
+    return None
 
 
 @dataclass
@@ -103,29 +142,11 @@ class ArmoRMRewardModel(PointwiseRewardModel):
     def __init__(self, model: ArmoRMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.pad_token_id = model.config.pad_token_id
-        self.gating_pattern = self._gating_pattern(tokenizer)
+        self.gating_pattern = gating_pattern(tokenizer)
         n = model.regression_layer.out_features
         self.objective_names = OBJECTIVE_NAMES if n == len(OBJECTIVE_NAMES) else [f"objective_{i}" for i in range(n)]
         pad = self.pad_token_id if self.pad_token_id is not None else pad_or_eos(tokenizer)
         self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
-
-    @staticmethod
-    def _gating_pattern(tokenizer) -> list[int]:
-        """Token ids of ``<|eot_id|><|start_header_id|>assistant<|end_header_id|>\\n\\n`` (Llama-3: 128009, 128006,
-        78191, 128007, 271), derived by rendering a probe conversation with the model's own template."""
-        probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
-        with_header = tokenizer(render(tokenizer, probe[:1], name="ArmoRM", add_generation_prompt=True),
-                                add_special_tokens=False)["input_ids"]
-        user_only = tokenizer(render(tokenizer, probe[:1], name="ArmoRM"), add_special_tokens=False)["input_ids"]
-        eot = user_only[-1]
-        if with_header[: len(user_only)] != user_only or len(with_header) <= len(user_only):
-            raise ValueError("ArmoRM: the tokenizer's chat template does not add an assistant header after the user "
-                             "turn, so the gating token cannot be located; use ArmoRM's own Llama-3 tokenizer")
-        pattern = [eot] + with_header[len(user_only):]
-        if tokenizer.convert_ids_to_tokens(eot) != "<|eot_id|>":
-            raise ValueError(f"ArmoRM: expected the user turn to close with <|eot_id|>, got "
-                             f"{tokenizer.convert_ids_to_tokens(eot)!r}; this is not a Llama-3 chat tokenizer")
-        return pattern
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
@@ -143,17 +164,13 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         return self._truncate(ids, side="right")  # card pipeline: truncation=True, max_length=4096
 
     def reward_position(self, ids: list[int]) -> int:
-        """Reference: (index of the first pad token - 1) mod L, i.e. the last token when there is no pad."""
-        if self.pad_token_id is not None and self.pad_token_id in ids:
-            return (ids.index(self.pad_token_id) - 1) % len(ids)
-        return len(ids) - 1
+        return reward_position(ids, self.pad_token_id)
 
     def gating_position(self, ids: list[int]) -> int:
         """Start of the last occurrence of the gating pattern: the <|eot_id|> that closes the last user turn."""
-        p = self.gating_pattern
-        for j in range(len(ids) - len(p), -1, -1):
-            if ids[j: j + len(p)] == p:
-                return j
+        found = find_gating_position(ids, self.gating_pattern)
+        if found is not None:
+            return found
         if len(ids) >= self.max_length:
             raise ValueError(
                 f"ArmoRM: the conversation is too long: it has more than max_length={self.max_length} tokens, and "

@@ -40,18 +40,33 @@ class GPMModel(LlamaPreTrainedModel):
         self.post_init()
 
     def embed(self, h_last: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.value_head(h_last).float(), p=2, dim=-1)
+        return preference_embedding(self.value_head, h_last)
 
     def skew_matrix(self, h_prompt: torch.Tensor) -> torch.Tensor:
-        d = self.value_head.out_features
         if self.prompt_head is None:
             raise ValueError("this GPM checkpoint has no prompt_head, so preferences cannot be computed")
-        b = torch.softmax(self.prompt_head(h_prompt).float(), dim=-1)
-        R = torch.zeros(b.shape[0], d, d, dtype=b.dtype, device=b.device)
-        for k in range(d // 2):
-            R[:, 2 * k, 2 * k + 1] = -b[:, k]
-            R[:, 2 * k + 1, 2 * k] = b[:, k]
-        return R
+        return skew_operator(skew_weights(self.prompt_head, h_prompt))
+
+
+# The card's head arithmetic, shared with the vLLM plugin (rmplugins.vllm_plugin.gpm) and the vLLM engine.
+def preference_embedding(value_head: nn.Linear, h_last: torch.Tensor) -> torch.Tensor:
+    """v = L2-normalize(value_head(h)), float32 [N, d]."""
+    return F.normalize(value_head(h_last).float(), p=2, dim=-1)
+
+
+def skew_weights(prompt_head: nn.Linear, h_prompt: torch.Tensor) -> torch.Tensor:
+    """b = softmax(prompt_head(prompt state)), float32 [N, d/2]."""
+    return torch.softmax(prompt_head(h_prompt).float(), dim=-1)
+
+
+def skew_operator(b: torch.Tensor) -> torch.Tensor:
+    """R [N, d, d]: block-diagonal, R[2k, 2k+1] = -b_k, R[2k+1, 2k] = b_k."""
+    d = 2 * b.shape[1]
+    R = torch.zeros(b.shape[0], d, d, dtype=b.dtype, device=b.device)
+    for k in range(d // 2):
+        R[:, 2 * k, 2 * k + 1] = -b[:, k]
+        R[:, 2 * k + 1, 2 * k] = b[:, k]
+    return R
 
 
 class GPMRewardModel(RewardModel):

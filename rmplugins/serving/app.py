@@ -3,7 +3,8 @@ parser (:mod:`.protocol`), the batcher (:mod:`.batcher`) and the reward logic (:
 
 A reward goes one way down: ``POST /get_reward`` -> ``handle`` -> ``RequestParser.openrlhf_samples`` (a worker
 thread) -> ``Batcher.submit`` -> ``RewardScorer`` (the scoring thread, batched with other requests) ->
-``rm.score`` / ``rm.compare`` -> the engine.
+``rm.score`` / ``rm.compare`` -> the engine. A model on vLLM (``engine="vllm"``) takes ``PassThrough.submit``
+instead: each request in its own thread, batched by vLLM's scheduler.
 """
 
 # No `from __future__ import annotations`: FastAPI must resolve the handlers' `Request` annotation, which is
@@ -19,6 +20,7 @@ from typing import Any
 
 from .batcher import Batcher
 from .metrics import Metrics
+from .passthrough import PassThrough
 from .protocol import PAIRWISE_HELP, RequestError, RequestParser, parse_body
 from .scorer import RewardScorer
 
@@ -43,7 +45,9 @@ def prompt_cache_engine(rm: Any, tokens: int | None):
     if tokens is not None and int(tokens) < 0:
         raise ValueError(f"prompt_cache_tokens must be 0 (off) or more, got {tokens}")
     reason = None
-    if engine is None or not getattr(engine, "prefix_reuse", False):
+    if getattr(rm, "backend", None) == "vllm":
+        reason = "the model runs on vLLM, whose own prefix caching keeps prompts (vLLM's enable_prefix_caching)"
+    elif engine is None or not getattr(engine, "prefix_reuse", False):
         reason = f"a {getattr(rm, 'kind', '?')!r} model has no causal prefix reuse to cache"
     elif getattr(rm, "deterministic", False):
         reason = "the model is deterministic (each row alone: nothing may depend on earlier requests)"
@@ -79,8 +83,16 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
     engine = prompt_cache_engine(rm, prompt_cache_tokens)
     metrics = Metrics()
     scorer = RewardScorer(rm, objective_logs)
-    batcher = Batcher(scorer, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-                      max_wait_ms=max_wait_ms, max_queue_items=max_queue_samples, metrics=metrics)
+    if getattr(rm, "backend", None) == "vllm":  # vLLM's scheduler batches; an offline LLM takes one call at a time
+        concurrent = getattr(rm.vllm, "concurrent", False)
+        batcher = PassThrough(scorer, max_concurrent=256 if concurrent else 1, max_queue_items=max_queue_samples,
+                              metrics=metrics)
+        logger.info("scoring on vLLM: %s", "requests go to its scheduler as they come" if concurrent else
+                    "an offline vLLM engine takes one request at a time (load with asynchronous=True, as "
+                    "`rmplugins serve --engine vllm` does, to let vLLM batch across requests)")
+    else:
+        batcher = Batcher(scorer, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                          max_wait_ms=max_wait_ms, max_queue_items=max_queue_samples, metrics=metrics)
     requests = RequestParser(kind=scorer.kind, needs_reference=scorer.needs_reference,
                              max_length=getattr(rm, "max_length", None), metrics=metrics, policy_template=template,
                              max_samples=max_request_samples, max_sample_chars=max_sample_chars)

@@ -10,6 +10,24 @@ from .transport import bind, uvicorn_config
 logger = logging.getLogger("rmplugins.server")
 API_KEY_ENV = "RMPLUGINS_API_KEY"
 
+
+def parse_vllm_args(items: list[str]) -> dict:
+    """``["tensor_parallel_size=2", "enforce_eager=true"]`` -> ``{"tensor_parallel_size": 2, "enforce_eager": True}``
+    (a value that is not JSON stays a string)."""
+    import json
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--vllm-arg {item!r}: expected NAME=VALUE, e.g. tensor_parallel_size=2")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out
+
+
 def _is_loopback(host: str) -> bool:
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
@@ -32,6 +50,14 @@ def register(subparsers) -> None:
     p.add_argument("--variant", default=None, choices=("pairrm", "better"),
                    help="PairRM only: 'pairrm' or 'better' (Better-PairRM); default: from the checkpoint's "
                         "rmplugins.json or its hub id")
+    p.add_argument("--engine", default="transformers", choices=("transformers", "vllm"),
+                   help="'transformers': rmplugins' engine, batched here with prefix sharing and a prompt cache; "
+                        "'vllm': the model runs on a vLLM engine (every kind but pairrm), whose scheduler batches "
+                        "the requests and whose prefix caching keeps prompts (the --max-batch-*, --max-wait-ms and "
+                        "--prompt-cache-tokens options do not apply)")
+    p.add_argument("--vllm-arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="with --engine vllm, a vLLM engine argument (repeatable; VALUE is read as JSON when it "
+                        "parses, e.g. tensor_parallel_size=2, gpu_memory_utilization=0.5, enable_prefix_caching=true)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="bfloat16, float16 or float32 (default: the family's)")
     p.add_argument("--deterministic", action="store_true",
@@ -93,6 +119,10 @@ def _serve(args) -> int:
     try:
         sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
         options = {"variant": args.variant} if args.variant else {}
+        if args.engine == "vllm":
+            options.update(engine="vllm", asynchronous=True, vllm_args=parse_vllm_args(args.vllm_arg))
+        elif args.vllm_arg:
+            raise ValueError("--vllm-arg is for --engine vllm")
         rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
                                deterministic=args.deterministic, **options)
         logger.info("loaded %r", rm)

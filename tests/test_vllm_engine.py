@@ -1,0 +1,221 @@
+"""``engine="vllm"`` and rmplugins' vLLM plugin, beyond the family parity tests (which run on both engines):
+
+- the plugin used without rmplugins' API, as a vLLM user would (``vllm.LLM(path, runner="pooling")``, text in):
+  ArmoRM's ``classify`` gives the reference score, GPM's ``embed`` the reference embedding; a conversation the model
+  cannot read, or a prompt vLLM ran only in part, gets NaN, never a guess, and the engine keeps serving;
+- what vLLM cannot run is refused before any engine starts, with the reason;
+- a real TRL GRPO step with ``RewardFunction(..., engine="vllm")``;
+- the reward server on an ``AsyncLLM`` (``rmplugins serve --engine vllm``), driven by OpenRLHF's own HTTP client.
+"""
+
+import asyncio
+import math
+from importlib.metadata import entry_points
+
+import pytest
+import torch
+from engines import VLLM_TEST_ARGS
+from reference_helpers import ATOL
+from test_openrlhf_client import openrlhf_agent
+from test_server import _conversations, _openrlhf_payload
+from transformers import AutoTokenizer
+
+from rmplugins import RewardFunction, load_reward_model, vllm_support
+from rmplugins.inputs import to_conversation
+from rmplugins.serving import BackgroundServer, create_app
+
+pytestmark = pytest.mark.vllm
+PROMPTS = ["Tell me something nice.",
+           [{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "The Seine."},
+            {"role": "user", "content": "And a longer one, with the countries it crosses?"}],
+           "Write a poem about books.", "What is the weather like in Paris?"]
+RESPONSES = ["You are great, and today will be a lovely day.", "The Danube: Germany, Austria, Hungary, Romania.",
+             "Books are windows, pages are doors.", "Rain all day, sorry."]
+
+
+def _llm(path, **extra):
+    """A plain vLLM engine, as a vLLM user starts one: no rmplugins call (vLLM loads the plugin's entry point)."""
+    return vllm_support.start_engine(path, **vllm_support.engine_args(runner="pooling", dtype="float32",
+                                                                      **VLLM_TEST_ARGS, **extra))
+
+
+def test_the_plugin_is_an_installed_vllm_entry_point():
+    plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
+    assert plugins.get("rmplugins") == "rmplugins.vllm_plugin:register"
+
+
+def test_armorm_in_plain_vllm_gives_the_reference_score(tiny, models, caplog):
+    """``LLM(ArmoRM path, runner="pooling").classify`` on the templated text (BOS string dropped, as verl sends it):
+    the score of rmplugins' transformers engine, which the ArmoRM parity tests hold to the card's code. vLLM turned
+    prefix caching and chunked prefill off for it (it reads the gate inside the prompt)."""
+    from vllm.pooling_params import PoolingParams
+
+    path = tiny("armorm")
+    ref = models("armorm", dtype=torch.float32)
+    llm = _llm(path)
+    try:
+        config = llm.llm_engine.vllm_config
+        assert not config.cache_config.enable_prefix_caching and not config.scheduler_config.enable_chunked_prefill
+        texts = [ref.tokenizer.decode(ref.encode_row(to_conversation(p, r))[0][1:]) for p, r in zip(PROMPTS,
+                                                                                                   RESPONSES)]
+        raw = [o.outputs.probs[0] for o in llm.classify(texts, pooling_params=PoolingParams(use_activation=False),
+                                                         use_tqdm=False)]
+        want = ref.score(PROMPTS, RESPONSES)
+        assert max(abs(a - b) for a, b in zip(raw, want)) < ATOL, (raw, want)
+        assert max(want) - min(want) > 0.5  # distinct rewards: a mix-up would show
+        sigmoid = [o.outputs.probs[0] for o in llm.classify(texts, use_tqdm=False)]  # vLLM's default activation
+        assert max(abs(p - 1 / (1 + math.exp(-r))) for p, r in zip(sigmoid, want)) < ATOL
+        # no assistant turn after a user turn: the gate has nowhere to read, so NaN (logged), not a number
+        with caplog.at_level("ERROR", logger="rmplugins.vllm_plugin"):
+            bad = llm.classify(["just some text with no chat template"], use_tqdm=False)[0].outputs.probs[0]
+        assert math.isnan(bad) and "NaN" in caplog.text
+        again = llm.classify(texts[:1], pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        assert abs(again[0].outputs.probs[0] - want[0]) < ATOL  # the engine still serves
+    finally:
+        vllm_support.shutdown_engine(llm)
+
+
+def test_armorm_objectives_and_forced_prefix_caching(tiny, models):
+    """The ``embed`` task returns [score, 19 objective rewards, 19 gating weights]. With prefix caching forced on,
+    a second request sharing a cached prompt runs only in part: its gate was never computed, so it gets NaN rather
+    than a reward read from the wrong place."""
+    from vllm.config import PoolerConfig
+    from vllm.inputs import TokensPrompt
+
+    ref = models("armorm", dtype=torch.float32)
+    details = ref.score_details(PROMPTS, RESPONSES)
+    sequences = [ref.encode_row(to_conversation(p, r))[0] for p, r in zip(PROMPTS, RESPONSES)]
+    llm = _llm(tiny("armorm"), pooler_config=PoolerConfig(task="embed"), enable_prefix_caching=True)
+    try:
+        out = torch.tensor([o.outputs.embedding for o in llm.embed([TokensPrompt(prompt_token_ids=s)
+                                                                     for s in sequences], use_tqdm=False)])
+        assert (out[:, 0] - torch.tensor(details.score)).abs().max() < ATOL
+        assert (out[:, 1:20] - details.rewards).abs().max() < ATOL
+        assert (out[:, 20:] - details.gating_output).abs().max() < ATOL
+        # a long prompt (several KV blocks), then the same prompt with another response: the second request's
+        # prompt blocks come from the cache
+        long_prompt = " ".join(["Tell me about rivers, books and the weather in Paris."] * 60)
+        first, second = (ref.encode_row(to_conversation(long_prompt, r))[0] for r in RESPONSES[:2])
+        assert len(first) > 512
+        outs = [llm.embed([TokensPrompt(prompt_token_ids=s)], use_tqdm=False)[0].outputs.embedding
+                for s in (first, second)]
+        assert abs(outs[0][0] - ref.score([long_prompt], RESPONSES[:1])[0]) < ATOL
+        assert all(math.isnan(x) for x in outs[1])
+    finally:
+        vllm_support.shutdown_engine(llm)
+
+
+def test_gpm_in_plain_vllm_with_its_architecture_named(tiny, models):
+    """GPM's checkpoint says LlamaForCausalLM: named GPMLlamaForPreference with hf_overrides, vLLM gives the card's
+    embedding and skew weights for the templated text; a conversation opening with a system message needs the
+    prompt state's index (rmplugins passes it): without it, NaN."""
+    from vllm.inputs import TokensPrompt
+    from vllm.pooling_params import PoolingParams
+
+    ref = models("gpm", dtype=torch.float32)
+    convs = [to_conversation(p, r) for p, r in zip(PROMPTS, RESPONSES)]
+    v, R = ref.embeddings(convs)
+    d = v.shape[1]
+    llm = _llm(tiny("gpm"), hf_overrides={"architectures": ["GPMLlamaForPreference"]})
+    try:
+        texts = [ref.tokenizer.apply_chat_template(c.messages, tokenize=False) for c in convs]
+        out = torch.tensor([o.outputs.embedding for o in llm.embed(texts, use_tqdm=False)])
+        assert (out[:, :d] - v).abs().max() < ATOL
+        assert (out[:, d:] - R[:, 1::2, 0::2].diagonal(dim1=1, dim2=2)).abs().max() < ATOL  # b_k = R[2k+1, 2k]
+        system_first = to_conversation([{"role": "system", "content": "Be brief."},
+                                        {"role": "user", "content": "Name a river."}], "The Nile.")
+        text = ref.tokenizer.apply_chat_template(system_first.messages, tokenize=False)
+        assert all(math.isnan(x) for x in llm.embed([text], use_tqdm=False)[0].outputs.embedding)
+        ids, at = ref.encode(system_first.messages)
+        given = llm.embed([TokensPrompt(prompt_token_ids=ids)], use_tqdm=False,
+                          pooling_params=PoolingParams(extra_kwargs={"prompt_state_index": at}))
+        v1, R1 = ref.embeddings([system_first])
+        assert (torch.tensor(given[0].outputs.embedding[:d]) - v1[0]).abs().max() < ATOL
+    finally:
+        vllm_support.shutdown_engine(llm)
+
+
+def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
+    with pytest.raises(ValueError, match="DeBERTa"):
+        load_reward_model(tiny("pairrm"), engine="vllm")
+    with pytest.raises(ValueError, match="Linear -> ReLU -> Linear"):
+        load_reward_model(tiny("bt_inform"), engine="vllm")
+    with pytest.raises(ValueError, match="places the model itself"):
+        load_reward_model(tiny("bt_llama3"), engine="vllm", device="cpu")
+    with pytest.raises(ValueError, match="transformers engine"):
+        load_reward_model(tiny("bt_llama3"), engine="vllm", token_budget=1024)
+    with pytest.raises(ValueError, match="not vLLM engine arguments"):
+        load_reward_model(tiny("bt_llama3"), engine="vllm", vllm_args={"tensor_paralel_size": 2})
+    with pytest.raises(ValueError, match="engine='vllm'"):
+        load_reward_model(tiny("bt_llama3"), vllm_args={"tensor_parallel_size": 1})
+    with pytest.raises(ValueError, match="choose one of"):
+        load_reward_model(tiny("bt_llama3"), engine="sglang")
+
+
+@pytest.mark.slow
+def test_grpo_with_reward_functions_on_vllm(tiny, tmp_path, models):
+    """A real TRL GRPO step with ArmoRM (pointwise) and the RLHFlow pair-PM (a round robin per group) scoring on
+    vLLM: TRL's rewards are the transformers engine's for the same completions."""
+    from test_trl_trainers import _common, _dataset, _metrics, _policy
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _policy(tiny)
+    funcs = [RewardFunction(tiny(kind), engine="vllm", dtype="float32", vllm_args=dict(VLLM_TEST_ARGS))
+             for kind in ("armorm", "pair_pm")]
+    try:
+        with pytest.raises(ValueError, match="runs on vLLM"):
+            funcs[0].model.to("cpu")
+        args = GRPOConfig(**_common(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                          max_completion_length=8, beta=0.0)
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=_dataset(4),
+                              processing_class=tok)
+        trainer.train()
+        logs = _metrics(trainer)
+        for rf in funcs:
+            call = rf.last_call
+            assert call is not None and len(call["completions"]) == 4
+            assert f"rewards/{rf.__name__}/mean" in logs
+        armorm, pair_pm = funcs[0].last_call, funcs[1].last_call
+        want = models("armorm", dtype=torch.float32).score(armorm["prompts"], armorm["completions"])
+        assert armorm["rewards"] == pytest.approx(want, abs=ATOL)
+        ref = RewardFunction(models("pair_pm", dtype=torch.float32), num_generations=2)
+        assert pair_pm["rewards"] == pytest.approx(ref(pair_pm["prompts"], pair_pm["completions"]), abs=ATOL)
+    finally:
+        for rf in funcs:
+            rf.model.shutdown()
+
+
+def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
+    """``rmplugins serve --engine vllm``'s model (an AsyncLLM; vLLM's scheduler batches the requests, no batcher in
+    front) behind the same app: OpenRLHF's ``_fetch_rewards_via_http``, 48 one-sample calls at once, with a Llama-3
+    policy's templated text: each reward is the transformers engine's for the recovered conversation."""
+    agent = openrlhf_agent()
+    policy = AutoTokenizer.from_pretrained(tiny("policy"))
+    convs = _conversations(48, seed=61)
+    payloads = [_openrlhf_payload(policy, c, r) for c, r in convs]
+    rm = load_reward_model(tiny("armorm"), engine="vllm", asynchronous=True, dtype="float32",
+                           vllm_args=dict(VLLM_TEST_ARGS))
+    try:
+        assert rm.vllm.concurrent
+        app = create_app(rm, policy_tokenizer=policy)
+        assert type(app.state.batcher).__name__ == "PassThrough"
+        with pytest.raises(ValueError, match="vLLM"):
+            create_app(rm, prompt_cache_tokens=1024)
+        with BackgroundServer(app) as server:
+            executor = agent.SingleTurnAgentExecutor(remote_rm_url=server.url + "/get_reward")
+
+            async def rollouts():
+                return await asyncio.gather(*(executor._fetch_rewards_via_http(p["query"], p["prompts"],
+                                                                               p["labels"]) for p in payloads))
+
+            answers = asyncio.run(rollouts())
+            health = app.state.metrics.snapshot(0)
+    finally:
+        rm.shutdown()
+    want = models("armorm", dtype=torch.float32).score([c for c, _ in convs], [r for _, r in convs])
+    got = [a["rewards"][0] for (a,) in answers]
+    # vLLM's scheduler batches the requests as they come: batching moves the last bits only (README: determinism)
+    assert all(abs(g - w) <= 5e-5 * (1 + abs(w)) for g, w in zip(got, want)), (got, want)
+    assert max(want) - min(want) > 0.5
+    assert all(a["extra_logs"]["template_recovered"] == [1.0] for (a,) in answers)
+    assert health["samples"] == 48
