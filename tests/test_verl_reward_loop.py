@@ -15,8 +15,6 @@ import numpy as np
 import pytest
 import torch
 from test_server import _conversations
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from transformers import AutoTokenizer
 
 import rmplugins
@@ -24,6 +22,7 @@ from rmplugins.serving import BackgroundServer, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE = str(ROOT / "integrations/verl/reward_server.py")
+sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/peers: vLLM's own server, started as a process
 try:
     import verl.trainer.ppo.reward as verl_reward
 except ImportError as err:  # a failure, not a skip: `make setup` installs it
