@@ -246,9 +246,9 @@ def vllm_engine_args(checkpoint, dtype: torch.dtype, user_args: dict | None) -> 
         "pair_pm": {"runner": "generate", "logprobs_mode": "processed_logprobs", "max_logprobs": 2},
         "prm": {"runner": "pooling"},
     }[kind]
-    args = vllm_support.engine_args(dtype=str(dtype).replace("torch.", ""), **family)
-    args.update(user_args)
-    return args
+    args = {**family, **user_args}
+    args.setdefault("dtype", str(dtype).replace("torch.", ""))
+    return vllm_support.engine_args(**args)  # tensor_parallel_size decides the executor there
 
 
 def check_vllm_can_run(checkpoint, name_or_path: str, options: dict) -> None:

@@ -9,8 +9,12 @@
 """
 
 import asyncio
+import json
 import math
+import subprocess
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,6 +29,7 @@ from rmplugins.inputs import to_conversation
 from rmplugins.serving import BackgroundServer, create_app
 
 pytestmark = pytest.mark.vllm
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks/peers: servers as processes
 PROMPTS = ["Tell me something nice.",
            [{"role": "user", "content": "Name a river."}, {"role": "assistant", "content": "The Seine."},
             {"role": "user", "content": "And a longer one, with the countries it crosses?"}],
@@ -152,6 +157,24 @@ def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
         load_reward_model(tiny("bt_llama3"), engine="sglang")
 
 
+def test_parallel_options_reach_vllm(tiny):
+    """Tensor and data parallel sizes (and any other vLLM engine argument) pass through; more than one device
+    takes vLLM's multiprocess executor, one device its in-process one."""
+    from rmplugins.checkpoints import identify
+    from rmplugins.vllm_scoring import vllm_engine_args
+
+    armorm = identify(tiny("armorm"))
+    args = vllm_engine_args(armorm, torch.bfloat16, {"tensor_parallel_size": 2, "data_parallel_size": 2,
+                                                     "max_num_seqs": 64})
+    assert (args["tensor_parallel_size"], args["data_parallel_size"], args["max_num_seqs"]) == (2, 2, 64)
+    assert "distributed_executor_backend" not in args and args["runner"] == "pooling"
+    one = vllm_engine_args(armorm, torch.float32, {})
+    assert one["distributed_executor_backend"] == "uni" and one["dtype"] == "float32"
+    assert vllm_engine_args(armorm, torch.float32, {"dtype": "bfloat16"})["dtype"] == "bfloat16"  # theirs wins
+    assert vllm_engine_args(identify(tiny("gpm")), torch.float32, {})["hf_overrides"] == {
+        "architectures": ["GPMLlamaForPreference"]}
+
+
 @pytest.mark.slow
 def test_grpo_with_reward_functions_on_vllm(tiny, tmp_path, models):
     """A real TRL GRPO step with ArmoRM (pointwise) and the RLHFlow pair-PM (a round robin per group) scoring on
@@ -219,3 +242,23 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
     assert max(want) - min(want) > 0.5
     assert all(a["extra_logs"]["template_recovered"] == [1.0] for (a,) in answers)
     assert health["samples"] == 48
+
+
+def test_rmplugins_serve_engine_vllm_command(tiny, models):
+    """``rmplugins serve --engine vllm --vllm-arg ...`` as a user types it: the GPM preference of each response
+    over its reference (the pairwise protocol) equals the transformers engine's; a vLLM option without
+    ``--engine vllm`` is refused at once."""
+    import httpx
+    from peers import rmplugins_serve
+
+    bad = subprocess.run([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("gpm"), "--vllm-arg",
+                          "enforce_eager=true"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--vllm-arg is for --engine vllm" in bad.stderr
+    args = ["--engine", "vllm", "--dtype", "float32"] + [f"--vllm-arg={k}={json.dumps(v)}"
+                                                          for k, v in VLLM_TEST_ARGS.items()]
+    with rmplugins_serve(tiny("gpm"), None, *args) as server:
+        answer = httpx.post(server.url + "/score", json={"prompts": PROMPTS, "completions": RESPONSES,
+                                                           "references": RESPONSES[::-1]}, timeout=60).json()
+    want = models("gpm", dtype=torch.float32).compare(PROMPTS, RESPONSES, RESPONSES[::-1])
+    assert answer["rewards"] == pytest.approx(want, abs=ATOL)
+    assert answer["rewards"][1] != pytest.approx(0.5, abs=0.01)
