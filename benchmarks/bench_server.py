@@ -4,6 +4,8 @@
                         batch run it once) and the prompt cache (samples of a prompt in later batches reuse it)
   ... no prompt cache   the same with ``--prompt-cache-tokens 0``
   ... 1-at-a-time       ``--max-batch-size 1 --max-wait-ms 0 --prompt-cache-tokens 0``: each request alone
+  rmplugins on vLLM     ``rmplugins serve --engine vllm``: the same protocol, each request straight to an AsyncLLM
+                        (vLLM's scheduler batches, its prefix caching keeps prompts)
   OpenRLHF serve_rm     OpenRLHF 0.11.2's own ``openrlhf/cli/serve_rm.py``, unmodified (the server a user would run
                         instead; it scores each request's queries in one padded forward, requests one after another)
   in-process ceiling    ``rm.score`` over all of a level's samples in one call, no HTTP
@@ -153,9 +155,11 @@ def run_server(label: str, server, levels, warmup) -> list[dict]:
             result = asyncio.run(drive(server.url, payloads, clients))
             if before is not None:
                 after = get_json(server.url + "/metrics")
-                batches = after["batches"] - before["batches"]
-                result["mean_batch"] = round((after["samples"] - before["samples"]) / max(1, batches), 1)
-                result["processed"] = (after["engine"]["tokens_processed"] - before["engine"]["tokens_processed"])
+                if "engine" in after:  # rmplugins' batches and engine (on vLLM, both are vLLM's own)
+                    batches = after["batches"] - before["batches"]
+                    result["mean_batch"] = round((after["samples"] - before["samples"]) / max(1, batches), 1)
+                    result["processed"] = (after["engine"]["tokens_processed"]
+                                           - before["engine"]["tokens_processed"])
             result.update(path=label, clients=clients)
             rows.append(result)
             print(f"{label:>22} c={clients:<4} {result['sps']:8.2f} samples/s  p50 {result['p50_ms']:9.1f} ms  "
@@ -200,6 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--skip-openrlhf", action="store_true", help="leave out OpenRLHF's serve_rm.py")
     p.add_argument("--skip-one-at-a-time", action="store_true")
     p.add_argument("--skip-no-cache", action="store_true", help="leave out the path without the prompt cache")
+    p.add_argument("--skip-vllm", action="store_true", help="leave out `rmplugins serve --engine vllm`")
     p.add_argument("--json", default=None, help="also write every row (rewards left out) to this JSON file")
     args = p.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -241,6 +246,9 @@ def main(argv=None) -> int:
                                                                          "--max-batch-size", "1",
                                                                          "--max-wait-ms", "0",
                                                                          "--prompt-cache-tokens", "0")))
+    if not args.skip_vllm:  # vLLM's scheduler and prefix caching instead of rmplugins' batcher and engine
+        servers.append(("rmplugins on vLLM", lambda: rmplugins_serve(
+            model, model, "--engine", "vllm", "--dtype", dtype, "--vllm-arg", f"kv_cache_memory_bytes={1 << 30}")))
     if not args.skip_openrlhf:
         servers.append(("OpenRLHF serve_rm", lambda: openrlhf_serve_rm(model, param_dtype=args.dtype,
                                                                        attn_implementation="sdpa")))

@@ -39,10 +39,11 @@ def _llama_config(vocab: int, tokenizer_dir: Path, shape: dict, **extra):
 
 
 def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed: int = 0) -> Path:
-    """A random ``bt`` (LlamaForSequenceClassification), ``pair_pm`` (LlamaForCausalLM) or ``gpm`` (the
-    GPM-Llama-3.1 layout: LlamaForCausalLM tensors plus ``value_head [d, h]`` and ``prompt_head [d/2, h]``)
-    checkpoint in ``path`` (reused when already there)."""
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
+    """A random ``bt`` (LlamaForSequenceClassification), ``pair_pm`` (LlamaForCausalLM), ``gpm`` (the
+    GPM-Llama-3.1 layout: LlamaForCausalLM tensors plus ``value_head [d, h]`` and ``prompt_head [d/2, h]``) or
+    ``armorm`` (ArmoRM's: LlamaModel, 19 objectives, a 1024-wide gating MLP, the transform matrix) checkpoint in
+    ``path`` (reused when already there)."""
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 
     path = Path(path)
     if (path / "config.json").exists():
@@ -55,6 +56,10 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
         cfg.pad_token_id = cfg.eos_token_id
         model = LlamaForSequenceClassification(cfg)
         arch = "LlamaForSequenceClassification"
+    elif kind == "armorm":
+        cfg = _llama_config(vocab, path, BENCH_SIZES[size])
+        model = LlamaModel(cfg)
+        arch = "LlamaForRewardModelWithGating"
     elif kind in ("pair_pm", "gpm"):
         cfg = _llama_config(vocab, path, BENCH_SIZES[size])
         cfg.pad_token_id = cfg.eos_token_id
@@ -63,6 +68,16 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
     else:
         raise ValueError(f"no benchmark checkpoint for kind {kind!r}")
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if kind == "armorm":
+        state = {f"model.{k}": v for k, v in state.items()}
+        g = torch.Generator().manual_seed(seed + 1)
+        h, dims = cfg.hidden_size, [cfg.hidden_size, 1024, 1024, 1024, 19]
+        state["regression_layer.weight"] = torch.randn(19, h, generator=g) * h ** -0.5
+        for i in range(4):
+            state[f"gating.layers.{i}.weight"] = torch.randn(dims[i + 1], dims[i], generator=g) * dims[i] ** -0.5
+            state[f"gating.layers.{i}.bias"] = torch.zeros(dims[i + 1])
+        state["gating.logit_scale"] = torch.tensor([1.0])
+        state["reward_transform_matrix"] = torch.eye(19) + torch.randn(19, 19, generator=g) * 0.1
     if kind == "gpm":
         g = torch.Generator().manual_seed(seed + 1)
         state["value_head.weight"] = torch.randn(4, cfg.hidden_size, generator=g) * cfg.hidden_size ** -0.5
@@ -72,6 +87,8 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
     cfg_dict.update(architectures=[arch], torch_dtype="float32")
     if kind == "bt":
         cfg_dict.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    if kind == "armorm":
+        cfg_dict.update(num_objectives=19, gating_temperature=10, gating_hidden_dim=1024, gating_n_hidden=3)
     (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
     if kind == "gpm":  # the GPM tokenizer pads on the left, as the published one
         tcfg = json.loads((path / "tokenizer_config.json").read_text())

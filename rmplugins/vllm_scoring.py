@@ -163,7 +163,6 @@ class OnVLLM:
     """What every family on vLLM shares: no rmplugins engine, no weights here, outputs on the CPU."""
 
     backend = "vllm"
-    engine = None
     vllm: VLLMRunner
 
     @property
@@ -282,6 +281,7 @@ def load_on_vllm(checkpoint, *, name_or_path: str, dtype: torch.dtype, vllm_args
     cls = ON_VLLM[checkpoint.kind]
     rm = cls.from_pretrained(checkpoint, name_or_path=name_or_path, device="meta", dtype=dtype, **options)
     rm.vllm_dtype = dtype
+    rm.engine = None  # the family made one over the meta weights: never to run
     if checkpoint.kind == "armorm":
         rm.transform = read_tensors(checkpoint.path, "reward_transform_matrix")[""].float()
     logger.info("%s: scoring on vLLM (%s)", name_or_path, ", ".join(f"{k}={v}" for k, v in sorted(args.items())))
