@@ -46,6 +46,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_curves.py
+	$(PY) benchmarks/bench_engines.py
 
 bench-server: setup
 	$(PY) benchmarks/bench_server.py
