@@ -65,6 +65,9 @@ class VLLMRunner:
         vllm_support.shutdown_engine(self.llm)
         self.llm = None
 
+    def max_model_len(self) -> int:
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
     # what the families call
     def classify(self, sequences: list[list[int]]) -> list[float]:
         """The classifier's logit (no activation) per sequence."""
@@ -118,6 +121,9 @@ class AsyncVLLMRunner(VLLMRunner):
         from vllm.v1.engine.async_llm import AsyncLLM
 
         return AsyncLLM.from_engine_args(AsyncEngineArgs(model=model, **engine_args))
+
+    def max_model_len(self) -> int:
+        return int(self.llm.model_config.max_model_len)
 
     def _call(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -287,4 +293,8 @@ def load_on_vllm(checkpoint, *, name_or_path: str, dtype: torch.dtype, vllm_args
     logger.info("%s: scoring on vLLM (%s)", name_or_path, ", ".join(f"{k}={v}" for k, v in sorted(args.items())))
     path = str(checkpoint.path)
     rm.vllm = AsyncVLLMRunner(path, args) if asynchronous else VLLMRunner(vllm_support.start_engine(path, **args))
+    limit = rm.vllm.max_model_len()
+    if rm.max_length > limit:  # truncate where vLLM would refuse (warned on first use, as any truncation)
+        logger.info("%s: max_length %d -> %d, vLLM's max_model_len", name_or_path, rm.max_length, limit)
+        rm.max_length = limit
     return rm

@@ -157,6 +157,21 @@ def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
         load_reward_model(tiny("bt_llama3"), engine="sglang")
 
 
+def test_max_length_follows_vllms_max_model_len(tiny, models):
+    """A vLLM engine started with a shorter ``max_model_len`` than the family's limit: the family truncates there
+    (on its side, as its reference does, with the one warning) instead of vLLM refusing the request."""
+    rm = load_reward_model(tiny("bt_llama3"), engine="vllm", dtype="float32",
+                           vllm_args={**VLLM_TEST_ARGS, "max_model_len": 64})
+    try:
+        assert rm.max_length == 64
+        long_prompt = " ".join(["Tell me about rivers and books."] * 40)
+        got = rm.score([long_prompt], ["Sure."])
+        ref = load_reward_model(tiny("bt_llama3"), dtype="float32", device="cpu", max_length=64)
+        assert got == pytest.approx(ref.score([long_prompt], ["Sure."]), abs=ATOL)
+    finally:
+        rm.shutdown()
+
+
 def test_parallel_options_reach_vllm(tiny):
     """Tensor and data parallel sizes (and any other vLLM engine argument) pass through; more than one device
     takes vLLM's multiprocess executor, one device its in-process one."""
