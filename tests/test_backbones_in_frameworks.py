@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 from test_server import _conversations, _openrlhf_payload, _post_all
-from test_trl_trainers import _common, _dataset, _metrics, _policy
+from test_trl_trainers import _grpo_one_step
 from transformers import AutoTokenizer
 
 import rmplugins
@@ -19,20 +19,10 @@ KINDS = ["bt_qwen3", "bt_qwen25", "bt_gemma2", "bt_inform", "bt_llama32", "prm"]
 
 @pytest.mark.slow
 def test_grpo_with_the_newer_backbones(tiny, tmp_path):
-    from trl import GRPOConfig, GRPOTrainer
-
-    model, tok = _policy(tiny)
     funcs = [RewardFunction(tiny(kind), device="cpu") for kind in KINDS]
-    args = GRPOConfig(**_common(tmp_path), per_device_train_batch_size=4, num_generations=2,
-                      max_completion_length=8, beta=0.0)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=_dataset(4),
-                          processing_class=tok)
-    trainer.train()
-    logs = _metrics(trainer)
+    _grpo_one_step(tiny, tmp_path, funcs)
     for rf in funcs:
         call = rf.last_call
-        assert call is not None and len(call["completions"]) == 4
-        assert f"rewards/{rf.__name__}/mean" in logs
         assert call["rewards"] == pytest.approx(rf.model.score(call["prompts"], call["completions"]), abs=1e-4)
 
 

@@ -45,6 +45,24 @@ def _metrics(trainer):
     return merged
 
 
+def _grpo_one_step(tiny, tmp_path, funcs):
+    """One real GRPO step (4 completions, groups of 2) with ``funcs`` as reward_funcs; each is checked to have been
+    called on the 4 completions and logged by TRL. Returns TRL's merged logs."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = _policy(tiny)
+    args = GRPOConfig(**_common(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                      max_completion_length=8, beta=0.0)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=_dataset(4),
+                          processing_class=tok)
+    trainer.train()
+    logs = _metrics(trainer)
+    for rf in funcs:
+        assert rf.last_call is not None and len(rf.last_call["completions"]) == 4
+        assert f"rewards/{rf.__name__}/mean" in logs
+    return logs
+
+
 def test_grpo_several_families_at_once(tiny, tmp_path):
     from trl import GRPOConfig, GRPOTrainer
 

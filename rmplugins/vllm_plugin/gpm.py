@@ -13,20 +13,14 @@ and when the last token is not the eos the card forces there, the output is NaN 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
-
 import torch
 from torch import nn
 from vllm.config import VllmConfig
-from vllm.model_executor.layers.pooler import Pooler, PoolingParamsUpdate
-from vllm.model_executor.models.interfaces_base import default_pooling_type
-from vllm.model_executor.models.llama import LlamaModel
-from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 
 from ..chat import load_chat_tokenizer
 from ..checkpoints import identify
 from ..families.gpm import preference_embedding, skew_weights
-from .common import nan_where, report, whole_prompts
+from .common import LlamaPoolingModel, PositionPooler, nan_where, report, whole_prompts
 
 
 class FirstUserTurn:
@@ -53,17 +47,7 @@ class FirstUserTurn:
         return None
 
 
-class GPMPooler(Pooler):
-    def __init__(self, model: "GPMForVLLM"):
-        super().__init__()
-        self.owner = [model]
-
-    def get_supported_tasks(self) -> Set[str]:
-        return {"embed"}
-
-    def get_pooling_updates(self, task) -> PoolingParamsUpdate:
-        return PoolingParamsUpdate(requires_token_ids=True)
-
+class GPMPooler(PositionPooler):
     def forward(self, hidden_states: torch.Tensor, pooling_metadata) -> list[torch.Tensor]:
         model = self.owner[0]
         parts, ids, reasons = whole_prompts(hidden_states, pooling_metadata)
@@ -86,15 +70,10 @@ class GPMPooler(Pooler):
         return nan_where(torch.cat([v, b], dim=1), reasons)
 
 
-@default_pooling_type(tok_pooling_type="STEP")  # the prompt state lies inside the prompt: no prefix caching
-class GPMForVLLM(nn.Module):
-    is_pooling_model = True
-    packed_modules_mapping = {"qkv_proj": ["q_proj", "k_proj", "v_proj"], "gate_up_proj": ["gate_proj", "up_proj"]}
-
+class GPMForVLLM(LlamaPoolingModel):
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
-        super().__init__()
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
         model_config = vllm_config.model_config
-        config = model_config.hf_config
         shapes = identify(model_config.model, kind="gpm").shapes  # refuses a checkpoint without GPM's heads
         if "prompt_head.weight" not in shapes:
             raise ValueError(f"{model_config.model}: this GPM checkpoint has no prompt_head, so preferences cannot "
@@ -103,20 +82,9 @@ class GPMForVLLM(nn.Module):
         if d % 2:
             raise ValueError(f"{model_config.model}: GPM value_head has {d} rows; the skew operator needs an even "
                              "dimension")
-        self.config = config
-        self.model = LlamaModel(vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"))
-        self.value_head = nn.Linear(config.hidden_size, d, bias=False)
-        self.prompt_head = nn.Linear(config.hidden_size, d // 2, bias=False)
+        self.value_head = nn.Linear(self.config.hidden_size, d, bias=False)
+        self.prompt_head = nn.Linear(self.config.hidden_size, d // 2, bias=False)
         tokenizer = load_chat_tokenizer(model_config.tokenizer, "GPM")
         self.eos_token_id = tokenizer.eos_token_id
         self.first_user_turn = FirstUserTurn(tokenizer)
-        self.pooler = GPMPooler(self)
-
-    def embed_input_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.embed_input_ids(input_ids)
-
-    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None):
-        return self.model(input_ids, positions, intermediate_tensors, inputs_embeds)
-
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
-        return AutoWeightsLoader(self, ignore_unexpected_prefixes=["lm_head."]).load_weights(weights)
+        self.pooler = GPMPooler(self, "embed")
