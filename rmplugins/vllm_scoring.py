@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 from typing import Any
 
@@ -109,6 +110,9 @@ class AsyncVLLMRunner(VLLMRunner):
     concurrent = True
 
     def __init__(self, model: str, engine_args: dict):
+        from .vllm_plugin import WATCH_PARENT_ENV
+
+        os.environ[WATCH_PARENT_ENV] = "1"  # the engine-core process exits if this one is killed (kill -9)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="rmplugins-vllm", daemon=True)
         self._thread.start()

@@ -13,6 +13,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -36,6 +37,14 @@ PROMPTS = ["Tell me something nice.",
            "Write a poem about books.", "What is the weather like in Paris?"]
 RESPONSES = ["You are great, and today will be a lovely day.", "The Danube: Germany, Austria, Hungary, Romania.",
              "Books are windows, pages are doors.", "Rain all day, sorry."]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def _llm(path, **extra):
@@ -259,7 +268,7 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
 def test_rmplugins_serve_engine_vllm_command(tiny, models):
     """``rmplugins serve --engine vllm --vllm-arg ...`` as a user types it: the GPM preference of each response
     over its reference (the pairwise protocol) equals the transformers engine's; a vLLM option without
-    ``--engine vllm`` is refused at once."""
+    ``--engine vllm`` is refused at once; ``kill -9`` of the server takes vLLM's engine process with it."""
     import httpx
     from peers import rmplugins_serve
 
@@ -271,6 +280,16 @@ def test_rmplugins_serve_engine_vllm_command(tiny, models):
     with rmplugins_serve(tiny("gpm"), None, *args) as server:
         answer = httpx.post(server.url + "/score", json={"prompts": PROMPTS, "completions": RESPONSES,
                                                            "references": RESPONSES[::-1]}, timeout=60).json()
+        # kill -9 of the server: vLLM's engine-core process (a child) must not live on holding the model
+        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        assert children
+        server.proc.kill()
+        server.proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(int(c)) for c in children):
+            time.sleep(0.5)
+        assert not any(_alive(int(c)) for c in children), "vLLM's engine outlived its killed server"
     want = models("gpm", dtype=torch.float32).compare(PROMPTS, RESPONSES, RESPONSES[::-1])
     assert answer["rewards"] == pytest.approx(want, abs=ATOL)
     assert answer["rewards"][1] != pytest.approx(0.5, abs=0.01)

@@ -15,6 +15,11 @@ Both read hidden states inside the prompt (ArmoRM's gate, GPM's prompt state), w
 chunked prefill would skip: they declare a token-position pooling type, so vLLM turns both off for them.
 """
 
+import os
+import threading
+import time
+
+WATCH_PARENT_ENV = "RMPLUGINS_VLLM_EXIT_WITH_PARENT"
 ARCHITECTURES = {
     "LlamaForRewardModelWithGating": "rmplugins.vllm_plugin.armorm:ArmoRMForVLLM",
     "GPMLlamaForPreference": "rmplugins.vllm_plugin.gpm:GPMForVLLM",
@@ -28,3 +33,29 @@ def register() -> None:
     for architecture, target in ARCHITECTURES.items():
         if architecture not in ModelRegistry.get_supported_archs():
             ModelRegistry.register_model(architecture, target)
+    if os.environ.get(WATCH_PARENT_ENV) == "1":
+        exit_with_parent()
+
+
+_watching = False
+
+
+def exit_with_parent() -> None:
+    """In a process vLLM started for rmplugins (its engine core, its workers): exit when the process that started
+    it is gone. vLLM's engine core does not notice a parent killed with ``kill -9`` and would keep its memory (and a
+    GPU's) for good. Only where rmplugins asked for it (:class:`rmplugins.vllm_scoring.AsyncVLLMRunner` sets
+    ``RMPLUGINS_VLLM_EXIT_WITH_PARENT=1`` for its engine), never in the process that started vLLM."""
+    global _watching
+    import multiprocessing
+
+    if _watching or multiprocessing.parent_process() is None:
+        return
+    _watching = True
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # re-parented: the parent died without shutting the engine down
+
+    threading.Thread(target=watch, name="rmplugins-exit-with-parent", daemon=True).start()
