@@ -19,10 +19,8 @@ logger = logging.getLogger("rmplugins")
 
 FAMILIES = {"bt": BradleyTerryRewardModel, "armorm": ArmoRMRewardModel, "pair_pm": PairPMRewardModel,
             "pairrm": PairRMRewardModel, "gpm": GPMRewardModel, "prm": ProcessRewardModel}
-__all__ = ["FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
-
-
 ENGINES = ("transformers", "vllm")
+__all__ = ["ENGINES", "FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
 
 
 def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = None, device: str | None = None,
@@ -40,6 +38,8 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     (the model call runs on a vLLM engine, :mod:`rmplugins.vllm_scoring`; every family but PairRM).
     ``vllm_args``: ``vllm.LLM`` arguments for that engine (``tensor_parallel_size``, ``gpu_memory_utilization``,
     ``max_model_len``, ...); with it, ``device`` is vLLM's to choose and ``dtype`` is passed to vLLM.
+    ``asynchronous=True`` (engine "vllm"): an ``AsyncLLM`` that several threads call at once, batched by vLLM's
+    scheduler (the reward server uses it); the default is an offline ``vllm.LLM``, one call at a time.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r}: choose one of {ENGINES}")
@@ -51,7 +51,6 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         from .vllm_scoring import load_on_vllm, require_vllm
 
         require_vllm()
-
         if device is not None:
             raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "
                              "and set vLLM's placement in vllm_args (e.g. tensor_parallel_size)")
