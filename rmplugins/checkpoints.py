@@ -176,6 +176,8 @@ def score_head(shapes: dict[str, list[int]], hidden: int, labels: int = 1) -> st
     raise ValueError(f"unrecognised {what} score head: {found or 'no score.* tensors'} (hidden size {hidden}); "
                      f"supported: score.weight [{labels}, hidden] (a linear head) or score.0/score.2 weights and "
                      "biases (Linear -> ReLU -> Linear, as INF-ORM)")
+
+
 def mlp_score_head(path, hidden: int, device, dtype, labels: int = 1) -> torch.nn.Sequential:
     """INF-ORM's head (and Qwen2.5-Math-PRM's, ``labels=2``), ``Linear(hidden, hidden) -> ReLU -> Linear(hidden,
     labels)``, with its ``score.0.*`` and ``score.2.*`` tensors read from the checkpoint's safetensors

@@ -49,13 +49,14 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     if engine == "vllm":
         from .vllm_scoring import load_on_vllm, require_vllm
+        from .vllm_support import on_cpu
 
         require_vllm()
         if device is not None:
             raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "
                              "and set vLLM's placement in vllm_args (e.g. tensor_parallel_size)")
         asynchronous = bool(options.pop("asynchronous", False))
-        dtype = resolve_dtype(dtype, "cpu" if _vllm_on_cpu() else "cuda")
+        dtype = resolve_dtype(dtype, "cpu" if on_cpu() else "cuda")
         logger.info("loading %s as kind %r (from %s) on vLLM (%s)", name_or_path, checkpoint.kind, checkpoint.source,
                     str(dtype).replace("torch.", ""))
         rm = load_on_vllm(checkpoint, name_or_path=str(name_or_path), dtype=dtype, vllm_args=vllm_args,
@@ -78,9 +79,3 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         raise
     rm.deterministic = deterministic
     return rm
-
-
-def _vllm_on_cpu() -> bool:
-    from .vllm_support import on_cpu
-
-    return on_cpu()

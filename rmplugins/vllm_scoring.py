@@ -38,7 +38,7 @@ from .families.armorm import ArmoRMRewardModel
 from .families.bt import BradleyTerryRewardModel
 from .families.gpm import GPMRewardModel, skew_operator
 from .families.pair_pm import PairPMRewardModel
-from .families.prm import AGGREGATES, ProcessRewardModel
+from .families.prm import ProcessRewardModel
 
 logger = logging.getLogger("rmplugins")
 
@@ -230,8 +230,7 @@ class ProcessRewardOnVLLM(OnVLLM, ProcessRewardModel):
         for p, (_, positions) in zip(probs, encoded):
             if len(p) != len(positions):
                 raise RuntimeError(f"vLLM returned {len(p)} step rewards for {len(positions)} steps")
-        reduce = AGGREGATES[self.aggregate]
-        return {"score": torch.tensor([float(reduce(p.tolist())) for p in probs]), "step_rewards": probs}
+        return self.step_output(probs)
 
 
 ON_VLLM = {"bt": BradleyTerryOnVLLM, "armorm": ArmoRMOnVLLM, "gpm": GPMOnVLLM, "pair_pm": PairPMOnVLLM,

@@ -71,4 +71,3 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
         h = torch.cat(hidden).to(weight.device, weight.dtype)
         with torch.inference_mode():
             return {"score": self.head(h)[:, 0].float().cpu()}
-

@@ -105,6 +105,10 @@ class ProcessRewardModel(PointwiseRewardModel):
         with torch.inference_mode():
             probs = [torch.softmax(self.head(h.to(weight.device, weight.dtype)).float(), -1)[:, 1].cpu()
                      for h in hidden]
+        return self.step_output(probs)
+
+    def step_output(self, probs: list[torch.Tensor]) -> dict:
+        """``forward_rows``' answer from each row's step rewards: the steps aggregated, and the steps."""
         reduce = AGGREGATES[self.aggregate]
         return {"score": torch.tensor([float(reduce(p.tolist())) for p in probs]), "step_rewards": probs}
 
