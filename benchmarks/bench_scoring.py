@@ -184,7 +184,7 @@ VLLM_ARGS = dict(max_model_len=4096, seed=0)  # every vLLM engine of the benchma
 def vllm_engines(bt_path, pm_path):
     """vLLM on the same two checkpoints (in-process engines, prefix caching on, float32 on CPU), or the reason
     there is none."""
-    from rmplugins import vllm_support
+    from rmplugins.vllm import settings as vllm_support
 
     try:
         bt = vllm_support.start_engine(str(bt_path), **vllm_support.engine_args(
@@ -199,7 +199,7 @@ def vllm_engines(bt_path, pm_path):
 def vllm_pointwise_variants(bt_path, sequences, repeat: int) -> list[tuple]:
     """What bounds vLLM's pointwise figure: the same classify without prefix caching (every token of every
     sequence), and with prefix caching but eager PyTorch (no torch.compile), each its own engine."""
-    from rmplugins import vllm_support
+    from rmplugins.vllm import settings as vllm_support
 
     rows = []
     for label, extra in (("no prefix caching", {"enable_prefix_caching": False}),
@@ -327,7 +327,7 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
 
     tok_dir = Path(args.cache_dir) / "bench-8b-tokenizer"
     if not (tok_dir / "tokenizer.json").exists():
-        from rmplugins.tiny import build_llama3_tokenizer
+        from rmplugins.testing import build_llama3_tokenizer
 
         tok_dir.mkdir(parents=True, exist_ok=True)
         build_llama3_tokenizer(tok_dir)
@@ -355,7 +355,7 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
             pairs += sum(s * prefix_len + s * (s + 1) // 2 for s in suffix_lens)
         return 2 * params * total_tokens + attention_flops(cfg, pairs), total_tokens
 
-    from rmplugins.prefix import common_prefix_len
+    from rmplugins.engine.prefix import common_prefix_len
 
     def structure(groups):
         out = []
@@ -461,7 +461,7 @@ def main(argv=None) -> int:
         else:
             import vllm
 
-            from rmplugins import vllm_support
+            from rmplugins.vllm import settings as vllm_support
 
             rows, v = bench_vllm(engines, bt, pm, groups, pair_groups, args.repeat)
             for engine in engines:

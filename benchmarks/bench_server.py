@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import _words, build_bench_checkpoint, host_load  # noqa: E402
 from peers import openrlhf_serve_rm, rmplugins_serve  # noqa: E402
 
-SHORT_WORDS = ("the answer is good helpful python code list paris france weather today because example question "
+SHORTWORDS = ("the answer is good helpful python code list paris france weather today because example question "
                "explain write story poem number result").split()
 
 
@@ -76,8 +76,8 @@ def rollout_conversations(n_prompts: int, n_samples: int, seed: int) -> list[tup
 
 def short_conversations(n: int, seed: int) -> list[tuple[list[dict], str]]:
     rng = random.Random(seed)
-    return [([{"role": "user", "content": " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(8, 40)))}],
-             " ".join(rng.choice(SHORT_WORDS) for _ in range(rng.randint(30, 60)))) for _ in range(n)]
+    return [([{"role": "user", "content": " ".join(rng.choice(SHORTWORDS) for _ in range(rng.randint(8, 40)))}],
+             " ".join(rng.choice(SHORTWORDS) for _ in range(rng.randint(30, 60)))) for _ in range(n)]
 
 
 def payload(tok, messages: list[dict], response: str) -> dict:

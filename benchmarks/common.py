@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rmplugins.tiny import _WORDS, build_llama3_tokenizer
+from rmplugins.testing import WORDS, build_llama3_tokenizer
 
 BENCH_SIZES = {  # name -> Llama shape
     "cpu": {"hidden_size": 512, "intermediate_size": 1024, "num_hidden_layers": 4, "num_attention_heads": 8,
@@ -101,7 +101,7 @@ def build_bench_checkpoint(kind: str, path: str | Path, size: str = "cpu", seed:
 def _words(rng: random.Random, n: int) -> str:
     out = []
     for k in range(n):
-        w = rng.choice(_WORDS)
+        w = rng.choice(WORDS)
         if k == 0 or out[-1].endswith("."):
             w = w.capitalize()
         if rng.random() < 0.08:

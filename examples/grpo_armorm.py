@@ -5,13 +5,12 @@
     python examples/grpo_armorm.py --steer         # weight helpfulness and safety instead of ArmoRM's gate
 """
 
-import argparse
-
-from datasets import Dataset, load_dataset
-from trl import GRPOConfig, GRPOTrainer
+import argparse  # noqa: I001  (rmplugins before trl: it quiets TRL's warning on vLLM 0.32)
 
 from rmplugins import RewardFunction
 from rmplugins.trl import RewardBreakdownCallback
+from datasets import Dataset, load_dataset
+from trl import GRPOConfig, GRPOTrainer
 
 
 def main() -> None:
@@ -25,7 +24,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.tiny import tiny_checkpoint
+        from rmplugins.testing import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("armorm")
         data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in

@@ -5,12 +5,11 @@ completions of its prompt, (1/n) sum_j (s_ij - s_ji) / tau, from one forward pas
     python examples/grpo_gpm_gpo.py --tiny         # tiny built-in models, CPU
 """
 
-import argparse
-
-from datasets import Dataset, load_dataset
-from trl import GRPOConfig, GRPOTrainer
+import argparse  # noqa: I001  (rmplugins before trl: it quiets TRL's warning on vLLM 0.32)
 
 from rmplugins import RewardFunction
+from datasets import Dataset, load_dataset
+from trl import GRPOConfig, GRPOTrainer
 
 
 def main() -> None:
@@ -24,7 +23,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.tiny import tiny_checkpoint
+        from rmplugins.testing import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("gpm")
         data = Dataset.from_dict({"prompt": [[{"role": "user", "content": q}] for q in

@@ -6,14 +6,13 @@ against the initial policy's greedy answers.
     python examples/online_dpo_pairpm.py --tiny    # tiny built-in models, CPU
 """
 
-import argparse
-
-from datasets import Dataset, load_dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+import argparse  # noqa: I001  (rmplugins before trl: it quiets TRL's warning on vLLM 0.32)
 
 from rmplugins import RewardFunction
 from rmplugins.trl import RewardBreakdownCallback, WinRateCallback
+from datasets import Dataset, load_dataset
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
 
 def main() -> None:
@@ -26,7 +25,7 @@ def main() -> None:
     a = ap.parse_args()
 
     if a.tiny:
-        from rmplugins.tiny import tiny_checkpoint
+        from rmplugins.testing import tiny_checkpoint
 
         a.policy, a.reward_model = tiny_checkpoint("policy"), tiny_checkpoint("pair_pm")
         questions = ["What is a cat?", "Name a color.", "Say hello.", "Count to three."]

@@ -1,13 +1,34 @@
-"""rmplugins: open reward and preference models (Bradley-Terry, ArmoRM, RLHFlow pair-PM, PairRM, GPM) for RLHF
-loops. ``load_reward_model`` is the entry point; ``RewardFunction`` plugs a model into TRL's ``reward_funcs``."""
+"""rmplugins: the strongest open reward, preference and process reward models (Bradley-Terry classifiers on every
+backbone, ArmoRM, RLHFlow pair-PM, PairRM, GPM, Qwen2.5-Math-PRM) as rewards for RLHF loops.
 
-from .base import PairwiseRewardModel, PointwiseRewardModel, RewardModel
-from .inputs import Conversation
-from .loading import KINDS, detect_kind, load_reward_model
-from .ranking import Ranking
-from .trl import AsyncRemoteRewardFunction, RewardFunction  # noqa: F401  (TRL reward_funcs; imports no TRL)
+- ``load_reward_model(path_or_hub_id)``: a model of any family, loaded from its real checkpoint with its authors'
+  numbers; ``rm.score``, ``rm.compare``, ``rm.rank`` / ``rank_many``.
+- ``RewardFunction(model)``: a model as an item of TRL's ``reward_funcs=`` (GRPO, RLOO, online DPO);
+  ``AsyncRemoteRewardFunction(url)``: the same through ``rmplugins serve``.
+- ``rmplugins serve`` / ``iterative-dpo`` / ``rejection-sampling`` / ``demo``: the command line (``--help``).
+
+Names are imported on first use, so ``import rmplugins`` is instant and imports neither torch nor TRL.
+"""
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = ["KINDS", "Conversation", "PairwiseRewardModel", "PointwiseRewardModel", "Ranking", "RewardModel",
-           "detect_kind", "load_reward_model", "__version__"]
+_EXPORTS = {
+    "load_reward_model": ".loading",
+    "ENGINES": ".loading",
+    "KINDS": ".registry",
+    "FAMILIES": ".registry",
+    "FamilySpec": ".registry",
+    "detect_kind": ".checkpoints",
+    "RewardModel": ".base",
+    "PointwiseRewardModel": ".base",
+    "PairwiseRewardModel": ".base",
+    "RowScores": ".base",
+    "Conversation": ".inputs",
+    "Ranking": ".ranking",
+    "RewardFunction": ".trl.reward_function",
+    "AsyncRemoteRewardFunction": ".trl.remote",
+}
+__all__ = sorted(_EXPORTS) + ["__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,7 +1,8 @@
 """The public face shared by every family: ``score``, ``compare``, ``rank`` (contract.md).
 
 A family subclasses one of three bases and implements a per-row encoding (which may raise with the row's reason)
-and one batched model call over encoded rows:
+and one batched model call over encoded rows, made on its backend (``self.backend``: rmplugins' engine,
+:class:`rmplugins.engine.ScoringEngine`, or vLLM, :class:`rmplugins.vllm.backend.VLLMBackend`):
 - :class:`PointwiseRewardModel` -> ``encode_row(conversation)`` and ``forward_rows(encoded)`` (a reward per row,
   plus named extras such as ArmoRM's objectives);
 - :class:`PairwiseRewardModel` -> ``encode_pair(a, b)`` and ``pair_probs(encoded)`` (P(a beats b) per pair);
@@ -16,12 +17,14 @@ deterministic mode each encoded row runs alone (``_batched``).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from .engine import ScoringEngine
 from .inputs import Conversation, check_lists, split_sizes, to_conversation, to_conversations
 from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
 
@@ -50,12 +53,27 @@ class RowScores:
         return cls(scores, dict(reasons), extras)
 
 
+Backend = Any  # ScoringEngine or VLLMBackend: name, device, dtype, keep_prefixes, without_kept_prefixes, to, ...
+BackendFactory = Callable[..., Backend]  # (backbone, pad_token_id, causal) -> the backend the family calls
+
+
+def engine_backend(token_budget: int | None = None) -> BackendFactory:
+    """The default backend: rmplugins' engine over the family's backbone (``token_budget``: padded tokens per
+    forward, None for the memory-derived default)."""
+    def make(backbone: torch.nn.Module, pad_token_id: int, causal: bool = True) -> ScoringEngine:
+        return ScoringEngine(backbone, pad_token_id, causal=causal, token_budget=token_budget)
+    return make
+
+
 class RewardModel:
     kind: str = ""
     pointwise: bool = False
     rank_methods: tuple[str, ...] = ("score",)
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name_or_path: str, max_length: int):
+        """The family's ``__init__`` ends with ``self.backend = backend(backbone, pad_token_id, causal)`` (the
+        backend factory given to ``from_pretrained``, :func:`engine_backend` by default): a vLLM engine starts only
+        once every check of the family has passed."""
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name_or_path = str(name_or_path)
@@ -71,19 +89,31 @@ class RewardModel:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(kind={self.kind!r}, path={self.name_or_path!r}, device={self.device})"
 
-    # ---------------------------------------------------------------- device
+    # ---------------------------------------------------------------- device and backend
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where the model's results come from (CPU for a model on vLLM, whose weights live in its workers)."""
+        return self.backend.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
+        return self.backend.dtype
+
+    @property
+    def engine(self) -> ScoringEngine | None:
+        """rmplugins' engine when the model runs on it (its stats, budget, prompt cache); None on vLLM."""
+        return self.backend if isinstance(self.backend, ScoringEngine) else None
 
     def to(self, device: str | torch.device) -> "RewardModel":
-        """Move the model (co-location: park it on CPU while the policy trains, bring it back to score)."""
+        """Move the model (co-location: park it on CPU while the policy trains, bring it back to score); refused
+        on vLLM, which places its weights itself."""
+        self.backend.to(device)
         self.model.to(device)
         return self
+
+    def shutdown(self) -> None:
+        """End the backend's engine now (a vLLM engine's memory and processes); nothing to do on rmplugins'."""
+        self.backend.shutdown()
 
     # ---------------------------------------------------------------- public API
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
@@ -160,8 +190,7 @@ class RewardModel:
         a tuple or a dict of tensors) with one leading row per input row."""
         if not self.deterministic:
             return forward(rows)
-        engine = getattr(self, "engine", None)
-        with engine.without_kept_prefixes() if engine is not None else nullcontext():
+        with self.backend.without_kept_prefixes():
             return self._each_alone(forward, rows)
 
     @staticmethod
@@ -319,9 +348,7 @@ class PairwiseRewardModel(RewardModel):
             return dict(zip(pending, split_sizes(probs, [len(pairs) for pairs in pending.values()])))
 
         plans = [PLANS[method](len(g)) for g in groups]
-        engine = getattr(self, "engine", None)
         # Kept prefixes change where a sequence is split into cached prefix and suffix: not in deterministic mode.
-        keep = engine is not None and not self.deterministic
-        with engine.keep_prefixes() if keep else nullcontext():
+        with self.backend.keep_prefixes() if not self.deterministic else nullcontext():
             rankings = play_together(plans, judge_many)
         return [expand_duplicates(r, back) for r, back in zip(rankings, backs)]

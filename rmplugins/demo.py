@@ -10,9 +10,7 @@ samples (iteration 0 = the initial policy). See rmplugins/recipes/demo_loop.py f
 from __future__ import annotations
 
 import argparse
-
-from .loading import load_reward_model
-from .tiny import tiny_checkpoint
+import sys
 
 PROMPT = [{"role": "user", "content": "What are some synonyms for the word beautiful?"}]
 CANDIDATES = [
@@ -25,6 +23,9 @@ FAMILIES = ["bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "
 
 
 def family_table(tiny_dir: str | None = None) -> list[dict]:
+    from .loading import load_reward_model
+    from .testing import tiny_checkpoint
+
     rows = []
     for name in FAMILIES:
         rm = load_reward_model(tiny_checkpoint(name, tiny_dir), device="cpu")
@@ -50,22 +51,31 @@ def print_family_table(rows: list[dict]) -> None:
         print(f"{r['family']:<14}{r['kind']:<9}{r['method']:<13}{scores}{r['best']:>6}{r['worst']:>7}"
               f"{r['comparisons']:>8}")
     print("\nscore: reward (bt, armorm), mean win probability (pair_pm, pairrm tournament), GPO score (gpm); "
-          "judged = candidate pairs the model compared")
+          "judged = candidate pairs the model compared.\nThese tiny checkpoints have random weights: the table shows "
+          "that every family loads and runs its reference arithmetic, not which answer is better (an untrained "
+          "model may well rank the empty answer first). The loop below trains its own tiny reward model.")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .recipes.demo_loop import quiet, run_demo_loop
+    from .recipes.demo_loop import check_output, quiet, run_demo_loop
 
-    quiet()
-    if not args.no_families:
-        print_family_table(family_table(args.tiny_dir))
-        print()
-    run_demo_loop(args.output, show_progress=False, tiny_dir=args.tiny_dir,
-                  iterations=args.iterations)
+    try:
+        if args.output is not None:
+            check_output(args.output)  # before anything slow, and before anything is written there
+        quiet()
+        if not args.no_families:
+            print_family_table(family_table(args.tiny_dir))
+            print()
+        run_demo_loop(args.output, show_progress=False, tiny_dir=args.tiny_dir, iterations=args.iterations)
+    except ValueError as err:
+        print(f"rmplugins demo: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def register(subparsers) -> None:
+    from .options import positive_int
+
     p = subparsers.add_parser("demo", help="run every family on built-in tiny models (CPU, offline)",
                               description=__doc__.replace("``", ""),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +83,7 @@ def register(subparsers) -> None:
                    "$RMPLUGINS_TINY_DIR or ~/.cache/rmplugins/tiny)")
     p.add_argument("--output", default=None, metavar="DIR",
                    help="run directory of the loop (default: a new temporary directory); re-use it to resume")
-    p.add_argument("--iterations", type=int, default=2, help="DPO iterations (default 2)")
+    p.add_argument("--iterations", type=positive_int, default=2, help="DPO iterations (default 2)")
     p.add_argument("--no-families", action="store_true", help="skip the table of every family")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted_hint="re-run with the same --output DIR to resume (without --output the "
+                   "run's temporary directory is removed)")

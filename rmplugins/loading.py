@@ -1,5 +1,5 @@
-"""``load_reward_model``: identify the checkpoint (:mod:`rmplugins.checkpoints`), then load it with its family's
-native implementation (one module per family in :mod:`rmplugins.families`)."""
+"""``load_reward_model``: identify the checkpoint (:mod:`rmplugins.checkpoints`), look its family up in the
+registry (:mod:`rmplugins.registry`), and load it with its native implementation on the chosen backend."""
 
 from __future__ import annotations
 
@@ -7,20 +7,14 @@ import logging
 import os
 from typing import Any
 
-from .checkpoints import KINDS, check_attention, default_attention, default_device, detect_kind, identify, resolve_dtype
-from .families.armorm import ArmoRMRewardModel
-from .families.bt import BradleyTerryRewardModel
-from .families.gpm import GPMRewardModel
-from .families.pair_pm import PairPMRewardModel
-from .families.pairrm import PairRMRewardModel
-from .families.prm import ProcessRewardModel
+from .checkpoints import identify
+from .placement import check_attention, check_device, default_attention, default_device, resolve_dtype
+from .registry import family
 
 logger = logging.getLogger("rmplugins")
 
-FAMILIES = {"bt": BradleyTerryRewardModel, "armorm": ArmoRMRewardModel, "pair_pm": PairPMRewardModel,
-            "pairrm": PairRMRewardModel, "gpm": GPMRewardModel, "prm": ProcessRewardModel}
 ENGINES = ("transformers", "vllm")
-__all__ = ["ENGINES", "FAMILIES", "KINDS", "detect_kind", "load_reward_model"]
+__all__ = ["ENGINES", "load_reward_model"]
 
 
 def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = None, device: str | None = None,
@@ -35,7 +29,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     ``temperature`` (pair-PM), ``variant`` (PairRM: "pairrm" or "better").
 
     ``engine``: ``"transformers"`` (default: rmplugins' own engine, prefix sharing, any family) or ``"vllm"``
-    (the model call runs on a vLLM engine, :mod:`rmplugins.vllm_scoring`; every family but PairRM).
+    (the model call runs on a vLLM engine, :mod:`rmplugins.vllm.backend`; every family but PairRM).
     ``vllm_args``: ``vllm.LLM`` arguments for that engine (``tensor_parallel_size``, ``gpu_memory_utilization``,
     ``max_model_len``, ...); with it, ``device`` is vLLM's to choose and ``dtype`` is passed to vLLM.
     ``asynchronous=True`` (engine "vllm"): an ``AsyncLLM`` that several threads call at once, batched by vLLM's
@@ -45,37 +39,70 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         raise ValueError(f"engine={engine!r}: choose one of {ENGINES}")
     if vllm_args is not None and engine != "vllm":
         raise ValueError("vllm_args is for engine='vllm'; add engine='vllm' or drop vllm_args")
+    if device is not None and engine != "vllm":
+        device = check_device(device, "device=")
     deterministic = bool(options.pop("deterministic", False))
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
+    spec = family(checkpoint.kind)
+    cls = spec.model_class()
+    name = str(name_or_path)
     if engine == "vllm":
-        from .vllm_scoring import load_on_vllm, require_vllm
-        from .vllm_support import on_cpu
+        rm = _load_on_vllm(cls, spec, checkpoint, name, device, dtype, vllm_args, options)
+    else:
+        device = str(device or default_device())
+        dtype = resolve_dtype(dtype, device)
+        options.setdefault("attn_implementation", default_attention(device, checkpoint.config))
+        check_attention(options["attn_implementation"], checkpoint.config, name_or_path)
+        variant = f", variant {checkpoint.variant!r}" if checkpoint.variant else ""
+        logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, checkpoint.kind, variant,
+                    checkpoint.source, device, str(dtype).replace("torch.", ""))
+        rm = _construct(cls, checkpoint, name, device=device, dtype=dtype, **options)
+    rm.deterministic = deterministic
+    return rm
 
-        require_vllm()
-        if device is not None:
-            raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "
-                             "and set vLLM's placement in vllm_args (e.g. tensor_parallel_size)")
-        asynchronous = bool(options.pop("asynchronous", False))
-        dtype = resolve_dtype(dtype, "cpu" if on_cpu() else "cuda")
-        logger.info("loading %s as kind %r (from %s) on vLLM (%s)", name_or_path, checkpoint.kind, checkpoint.source,
-                    str(dtype).replace("torch.", ""))
-        rm = load_on_vllm(checkpoint, name_or_path=str(name_or_path), dtype=dtype, vllm_args=vllm_args,
-                          asynchronous=asynchronous, **options)
-        rm.deterministic = deterministic
-        return rm
-    device = str(device or default_device())
-    dtype = resolve_dtype(dtype, device)
-    options.setdefault("attn_implementation", default_attention(device, checkpoint.config))
-    check_attention(options["attn_implementation"], checkpoint.config, name_or_path)
-    variant = f", variant {checkpoint.variant!r}" if checkpoint.variant else ""
-    logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, checkpoint.kind, variant,
-                checkpoint.source, device, str(dtype).replace("torch.", ""))
+
+def _construct(cls, checkpoint, name: str, **options):
+    """``cls.from_pretrained`` with an unknown option reported as the family's, not as a TypeError deep inside."""
     try:
-        rm = FAMILIES[checkpoint.kind].from_pretrained(checkpoint, name_or_path=str(name_or_path), device=device,
-                                                       dtype=dtype, **options)
+        return cls.from_pretrained(checkpoint, name_or_path=name, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             raise TypeError(f"load_reward_model: option not supported for kind {checkpoint.kind!r}: {err}") from err
         raise
-    rm.deterministic = deterministic
+
+
+def _load_on_vllm(cls, spec, checkpoint, name: str, device, dtype, vllm_args, options: dict):
+    """The family built with its weights on the ``meta`` device, its model call on a new vLLM engine that starts
+    only after the family's own checks (tokenizer, template, heads) have passed."""
+    from .vllm import require_vllm
+    from .vllm.backend import TRANSFORMERS_ONLY_OPTIONS, start_backend
+    from .vllm.settings import on_cpu
+
+    if not spec.vllm:
+        raise ValueError(f"{name}: {spec.vllm_refusal}; load it with engine='transformers' (the default)")
+    given = [option for option in TRANSFORMERS_ONLY_OPTIONS if options.get(option) is not None]
+    if given:
+        raise ValueError(f"{given} are options of the transformers engine; with engine='vllm' pass vLLM's own in "
+                         "vllm_args={...} (e.g. max_num_batched_tokens, tensor_parallel_size)")
+    if device is not None:
+        raise ValueError(f"device={device!r}: with engine='vllm', vLLM places the model itself; drop device, "
+                         "and set vLLM's placement in vllm_args (e.g. tensor_parallel_size)")
+    require_vllm()
+    for option in TRANSFORMERS_ONLY_OPTIONS:
+        options.pop(option, None)
+    asynchronous = bool(options.pop("asynchronous", False))
+    dtype = resolve_dtype(dtype, "cpu" if on_cpu() else "cuda")
+    logger.info("loading %s as kind %r (from %s) on vLLM (%s)", name, checkpoint.kind, checkpoint.source,
+                str(dtype).replace("torch.", ""))
+    family_args = cls.vllm_engine_args(checkpoint, name)
+
+    def start(backbone, pad_token_id, causal=True):
+        return start_backend(checkpoint, family_args, name_or_path=name, dtype=dtype, vllm_args=vllm_args,
+                             asynchronous=asynchronous)
+
+    rm = _construct(cls, checkpoint, name, device="meta", dtype=dtype, backend=start, **options)
+    limit = rm.backend.max_model_len()
+    if rm.max_length > limit:  # truncate where vLLM would refuse (warned on first use, as any truncation)
+        logger.info("%s: max_length %d -> %d, vLLM's max_model_len", name, rm.max_length, limit)
+        rm.max_length = limit
     return rm

@@ -200,10 +200,28 @@ class PolicyTemplate:
         return self.parse_prompt(prompt), self.clean_response(rest)
 
 
-def load_policy_template(path: str) -> PolicyTemplate:
-    from transformers import AutoTokenizer
+def load_policy_template(path: str, option: str = "policy_tokenizer") -> PolicyTemplate:
+    """The policy's tokenizer from a local directory or a hub id; a clear error naming ``option`` and the path when
+    there is none (a missing directory is never sent to the hub as a repository name)."""
+    from pathlib import Path
 
-    return PolicyTemplate(AutoTokenizer.from_pretrained(path), name=str(path))
+    from .chat import load_tokenizer
+
+    text = str(path)
+    local = Path(text).expanduser()
+    if (text.startswith(("/", "./", "../", "~")) or local.exists()) and not local.is_dir():
+        what = "not a directory" if local.exists() else "no such directory"
+        raise ValueError(f"{option} {text}: {what}; give the policy's tokenizer directory (its tokenizer.json / "
+                         "tokenizer_config.json) or a hub id")
+    try:
+        tokenizer = load_tokenizer(str(local) if local.is_dir() else text, f"{option} {text}")
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a hub id that cannot be fetched fails in many ways
+        raise ValueError(f"{option} {text}: cannot load a tokenizer ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); give the policy's tokenizer directory or a hub id "
+                         "in the local cache") from None
+    return PolicyTemplate(tokenizer, name=text)
 
 
 # ---------------------------------------------------------------------------------------------- without a tokenizer

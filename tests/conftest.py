@@ -1,6 +1,9 @@
-"""Shared fixtures: the tiny real-layout checkpoints, built once per test session into a temp dir.
+"""Shared fixtures: the tiny real-layout checkpoints, built once per test session into a temp dir that every
+pytest-xdist worker shares (each checkpoint is built by whichever worker needs it first, under a file lock).
 
 The directory is exported as RMPLUGINS_TINY_DIR so subprocesses (CLI, accelerate launch) find the same files.
+Each test process computes with one torch thread: `make test` runs two processes side by side (pytest-xdist), and
+two threads per process lose most of their time to barrier waits as soon as anything else shares the cores.
 """
 
 import os
@@ -9,14 +12,20 @@ import pytest
 import torch
 
 from rmplugins.loading import load_reward_model
-from rmplugins.tiny import tiny_checkpoint
+from rmplugins.testing import tiny_checkpoint
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)
+# ...and so does every process a test starts (the CLI, servers, trainers, vLLM's CPU kernels): OpenMP reads these
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
 
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory):
-    root = os.environ.get("RMPLUGINS_TINY_DIR") or str(tmp_path_factory.mktemp("tiny"))
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is inside the session's: share the session's
+        shared = shared.parent
+    root = os.environ.get("RMPLUGINS_TINY_DIR") or str(shared / "tiny")
     os.environ["RMPLUGINS_TINY_DIR"] = root
     return root
 

@@ -19,8 +19,7 @@ def load(path, engine: str, **options):
 
 def close(rm) -> None:
     """End a vLLM engine at the end of its module (its memory); nothing to do for the transformers engine."""
-    if getattr(rm, "backend", None) == "vllm":
-        rm.shutdown()
+    rm.shutdown()
 
 
 def both(kinds):

@@ -1,4 +1,4 @@
-"""The engine attention (rmplugins.attention): its pieces against softmax attention written out, and the engine's
+"""The engine attention (rmplugins.engine.attention): its pieces against softmax attention written out, and the engine's
 hidden states with it against the backbone run on each sequence alone, for every causal family's layout."""
 
 import random
@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from rmplugins.attention import attention_with_lse, merge, supports_engine_attention
 from rmplugins.engine import ScoringEngine
+from rmplugins.engine.attention import attention_with_lse, merge, supports_engine_attention
 
 TOL = 2e-5
 CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm"]  # Mistral and Llama backbones
@@ -95,7 +95,7 @@ def test_generic_path_and_portable_math_agree(models, kind, monkeypatch):
     assert max_diff(truth, generic.hidden_at(seqs, positions)) < TOL
     assert generic.stats.prefix_groups >= 3
 
-    import rmplugins.attention as attention
+    import rmplugins.engine.attention as attention
 
     original = attention.attention_with_lse
     monkeypatch.setattr(attention, "attention_with_lse", lambda *a, **kw: original(*a, **{**kw, "fused": False}))
@@ -142,7 +142,7 @@ def test_sliding_window_shorter_than_a_sequence_uses_the_model_attention(models)
         seqs, positions = awkward_batch(seed=3)
         truth = alone(engine.backbone, seqs, positions)
         out = engine.hidden_at(seqs, positions)
-        assert not engine._attend_in_engine and engine.stats.prefix_groups >= 0
+        assert not engine.worker.attend_in_engine and engine.stats.prefix_groups >= 0
     finally:
         engine.config.sliding_window = window
     assert max_diff(truth, out) < TOL

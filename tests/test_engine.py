@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rmplugins.engine import ScoringEngine
-from rmplugins.prefix import common_prefix_len, plan_groups, unique_token_floor
+from rmplugins.engine.prefix import common_prefix_len, plan_groups, unique_token_floor
 
 TOL = 2e-5
 CAUSAL_KINDS = ["bt_llama3", "armorm", "pair_pm", "gpm"]
@@ -196,7 +196,7 @@ class OutOfMemoryAbove(torch.nn.Module):
 
 @pytest.mark.parametrize("reuse", [False, True])
 def test_out_of_memory_splits_and_retries(models, caplog, monkeypatch, reuse):
-    monkeypatch.setattr("rmplugins.engine.CPU_FORWARD_OVERHEAD", 10**6)  # fill micro-batches up to the budget
+    monkeypatch.setattr("rmplugins.engine.budget.CPU_FORWARD_OVERHEAD", 10**6)  # fill micro-batches up to the budget
     rm = models("bt_llama3")
     _, seqs = _groups_of_ids(seed=2)
     positions = [[-1]] * len(seqs)
@@ -264,7 +264,7 @@ def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
     """The last layer's query/output projections and MLP run only at the read positions; the hidden states
     there are those of the full computation, on both the plain and the prefix-reuse paths."""
     engine = models(kind).engine
-    modules = engine._read_modules
+    modules = engine.worker.read_modules
     assert modules is not None
     heads, seqs = _groups_of_ids(seed=3)
     positions = [[-1, 5] for _ in seqs]
@@ -281,11 +281,11 @@ def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
     # with prefix reuse, position 5 lies in each group's shared prefix: computed once per group
     assert sum(shape[0] for shape in seen[n_plain:]) == len(heads) + len(seqs)
     assert all("forward" not in m.__dict__ for m in modules)  # restored
-    engine._read_modules = None
+    engine.worker.read_modules = None
     try:
         full = engine.hidden_at(seqs, positions, prefix_reuse=False)
     finally:
-        engine._read_modules = modules
+        engine.worker.read_modules = modules
     assert _max_diff(full, fast_plain) < TOL
     assert _max_diff(full, fast_shared) < TOL
 
@@ -321,7 +321,7 @@ def test_kept_prefixes_serve_later_calls_exactly(models, engine_attention):
 
 
 def test_kept_prefixes_are_bounded_and_released_by_the_outermost_block(models, monkeypatch):
-    monkeypatch.setattr("rmplugins.engine.KEEP_FACTOR", 1)
+    monkeypatch.setattr("rmplugins.engine.budget.KEEP_FACTOR", 1)
     engine = models("bt_llama3").engine
     _, seqs = _groups_of_ids(seed=6, prompts=4)
     engine.token_budget = 128

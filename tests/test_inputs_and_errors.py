@@ -94,7 +94,7 @@ def test_tokenizer_without_chat_template_is_a_clear_error(tiny, tmp_path):
     with pytest.raises(ValueError, match="no chat_template"):
         rmplugins.load_reward_model(str(path), device="cpu")
     # ...and the documented way out works
-    from rmplugins.tiny import LLAMA3_CHAT_TEMPLATE
+    from rmplugins.testing import LLAMA3_CHAT_TEMPLATE
 
     rm = rmplugins.load_reward_model(str(path), device="cpu", chat_template=LLAMA3_CHAT_TEMPLATE)
     assert rm.score(["hi"], ["hello"]) == pytest.approx(

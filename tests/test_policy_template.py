@@ -4,7 +4,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from rmplugins.policy_template import PolicyTemplate, TemplateMismatch, plain_split, strip_prefix_loose
-from rmplugins.tiny import MISTRAL_CHAT_TEMPLATE
+from rmplugins.testing import MISTRAL_CHAT_TEMPLATE
 
 CHATML_DEFAULT_SYSTEM = (
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"

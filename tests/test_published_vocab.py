@@ -1,6 +1,6 @@
 """The published vocabularies: Meta's Llama-3 tiktoken ranks (``llama-models``) and Mistral-7B-Instruct-v0.2's
 SentencePiece model (``mistral-common``), converted by transformers into the tiny checkpoints'
-``*_real_vocab`` layouts (``rmplugins.tiny``). The parity modules run every family on them too; here: the ids the
+``*_real_vocab`` layouts (``rmplugins.testing``). The parity modules run every family on them too; here: the ids the
 reference code hard-codes, and the engine on real text (BPE merges across the prompt/response boundary, prompts of
 thousands of tokens) against one sequence per forward.
 """

@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_recipes_e2e import TRAIN, _cli, _tree_hashes
 
-from rmplugins import vllm_support
 from rmplugins.recipes.files import read_jsonl
 from rmplugins.recipes.generation import VLLMGenerator
+from rmplugins.vllm import settings as vllm_support
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 # No torch.compile warm-up (about 15 s of each engine start on CPU); the numbers are checked against transformers.

@@ -227,7 +227,8 @@ def test_model_failures_are_isolated_per_request(armorm, policy_tok):
     same batch are scored in that batch (the model reports failing rows; nothing is re-scored)."""
 
     class Flaky:
-        kind, pointwise, name_or_path = "bt", True, "flaky"
+        kind, pointwise, name_or_path, deterministic = "bt", True, "flaky", False
+        backend, max_length = armorm.backend, armorm.max_length
 
         def score_rows(self, prompts, completions):
             rows = armorm.score_rows(prompts, completions)
@@ -242,7 +243,8 @@ def test_model_failures_are_isolated_per_request(armorm, policy_tok):
     payloads = [_openrlhf_payload(policy_tok, c, r) for c, r in convs]
     payloads[2] = _openrlhf_payload(policy_tok, convs[2][0], "BOOM")
     payloads[4] = _openrlhf_payload(policy_tok, convs[4][0], "NAN")
-    with BackgroundServer(create_app(Flaky(), policy_tokenizer=policy_tok, max_wait_ms=50)) as server:
+    with BackgroundServer(create_app(Flaky(), policy_tokenizer=policy_tok, max_wait_ms=50,
+                                     prompt_cache_tokens=0)) as server:
         answers = asyncio.run(_post_all(server.url + "/get_reward", payloads, 6))
         want = armorm.score([c for c, _ in convs], [r for _, r in convs])
         for i, (status, body) in enumerate(answers):
@@ -311,14 +313,6 @@ def test_verl_compute_score_against_live_server(armorm, armorm_server, monkeypat
     assert [m["score"] for m in many] == want
     with pytest.raises(ValueError, match="prompt is missing"):
         module.compute_score("ds", "x", "", {})
-
-
-def test_the_old_module_path_still_serves():
-    import rmplugins.server
-    import rmplugins.serving
-
-    assert rmplugins.server.create_app is rmplugins.serving.create_app
-    assert rmplugins.server.BackgroundServer is rmplugins.serving.BackgroundServer
 
 
 def test_cli_registers_serve():

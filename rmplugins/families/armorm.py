@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-from ..base import PointwiseRewardModel
+from ..base import PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
-from ..checkpoints import model_kwargs, pad_or_eos
-from ..engine import ScoringEngine
 from ..inputs import to_conversations
+from ..placement import model_kwargs
+from .common import pad_or_eos, read_tensors
 
 OBJECTIVE_NAMES = [
     "helpsteer-helpfulness", "helpsteer-correctness", "helpsteer-coherence", "helpsteer-complexity",
@@ -139,23 +139,35 @@ class ArmoRMDetails:
 class ArmoRMRewardModel(PointwiseRewardModel):
     kind = "armorm"
 
-    def __init__(self, model: ArmoRMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None):
+    def __init__(self, model: ArmoRMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None,
+                 backend=None, transform: torch.Tensor | None = None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.pad_token_id = model.config.pad_token_id
         self.gating_pattern = gating_pattern(tokenizer)
         n = model.regression_layer.out_features
         self.objective_names = OBJECTIVE_NAMES if n == len(OBJECTIVE_NAMES) else [f"objective_{i}" for i in range(n)]
+        # reward_transform_matrix: the model's own, or (weights on the meta device, the model on vLLM) read from files
+        self.transform = (transform if transform is not None else model.reward_transform_matrix.detach()).float()
         pad = self.pad_token_id if self.pad_token_id is not None else pad_or_eos(tokenizer)
-        self.engine = ScoringEngine(model.model, pad, causal=True, token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model.model, pad, True)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = ArmoRMModel.from_pretrained(checkpoint.path,
                                             **model_kwargs(device, dtype, attn_implementation, device_map))
+        transform = read_tensors(checkpoint.path, "reward_transform_matrix")[""] if device == "meta" else None
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
-                   token_budget=token_budget)
+                   token_budget=token_budget, backend=backend, transform=transform)
+
+    @staticmethod
+    def vllm_engine_args(checkpoint, name_or_path) -> dict:
+        """rmplugins' vLLM plugin model (:mod:`rmplugins.vllm.plugin.armorm`), its ``embed`` task: the score, the
+        19 objective rewards and the 19 gating weights."""
+        from vllm.config import PoolerConfig
+
+        return {"runner": "pooling", "pooler_config": PoolerConfig(task="embed")}
 
     # ---------------------------------------------------------------- positions (reference-exact)
     def encode(self, messages: list[dict]) -> list[int]:
@@ -189,16 +201,20 @@ class ArmoRMRewardModel(PointwiseRewardModel):
     def forward_rows(self, encoded):
         """``score`` [N], and per row the 19 objective ``rewards``, the ``gating_output`` and the
         ``coefficients`` (= gating_output @ transform.T)."""
-        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
-        if not hidden:
-            empty = torch.zeros(0, len(self.objective_names))
+        n = len(self.objective_names)
+        if not encoded:
+            empty = torch.zeros(0, n)
             return {"score": torch.zeros(0), "rewards": empty, "gating_output": empty, "coefficients": empty}
-        h = torch.stack(hidden)  # [N, 2, H]
-        with torch.inference_mode():
-            rewards, gate, score = self.model.heads(h[:, 0].to(self.device), h[:, 1].to(self.device))
-            coefficients = gate.float() @ self.model.reward_transform_matrix.float().T
+        if self.backend.name == "vllm":  # the plugin finds the same two positions and runs the same heads
+            out = self.backend.embed([ids for ids, _ in encoded])
+            score, rewards, gate = out[:, 0], out[:, 1: 1 + n], out[:, 1 + n:]
+        else:
+            h = torch.stack(self.backend.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded]))
+            with torch.inference_mode():  # h: [N, 2, H]
+                rewards, gate, score = self.model.heads(h[:, 0].to(self.device), h[:, 1].to(self.device))
+        coefficients = gate.float().cpu() @ self.transform.cpu().T
         return {"score": score.float().cpu(), "rewards": rewards.float().cpu(), "gating_output": gate.float().cpu(),
-                "coefficients": coefficients.cpu()}
+                "coefficients": coefficients}
 
     def score_details(self, prompts, completions) -> ArmoRMDetails:
         (convs,) = to_conversations(prompts, completions)

@@ -14,10 +14,10 @@ from contextlib import nullcontext
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from ..base import PointwiseRewardModel
+from ..base import PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render, strip_bos
-from ..checkpoints import mlp_score_head, model_kwargs, pad_or_eos, quiet_transformers, score_head
-from ..engine import ScoringEngine
+from ..placement import model_kwargs
+from .common import mlp_score_head, pad_or_eos, quiet_transformers, score_head
 
 logger = logging.getLogger("rmplugins")
 
@@ -25,7 +25,8 @@ logger = logging.getLogger("rmplugins")
 class BradleyTerryRewardModel(PointwiseRewardModel):
     kind = "bt"
 
-    def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, chat_template=None):
+    def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, chat_template=None,
+                 backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.chat_template = chat_template
         head = getattr(model, "score", None)
@@ -34,11 +35,11 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
             raise ValueError(f"{name_or_path}: a Bradley-Terry reward model needs a single-logit `score` head "
                              f"(num_labels=1); found {head!r}")
         self.head = head
-        self.engine = ScoringEngine(model.base_model, pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model.base_model, pad_or_eos(tokenizer), True)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         hidden = int(checkpoint.config.get("hidden_size") or 0)
         head = score_head(checkpoint.shapes, hidden, labels=1)
@@ -52,7 +53,19 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
             logger.info("%s: Linear -> ReLU -> Linear score head (score.0, score.2) read from the checkpoint",
                         name_or_path)
         limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
-        return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget)
+        return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget,
+                   backend=backend)
+
+    @staticmethod
+    def vllm_engine_args(checkpoint, name_or_path) -> dict:
+        """vLLM's own sequence classifier; INF-ORM's MLP head is refused (vLLM's classifier would read a linear
+        head)."""
+        hidden = int(checkpoint.config.get("hidden_size") or 0)
+        if score_head(checkpoint.shapes, hidden, labels=1) == "mlp":
+            raise ValueError(f"{name_or_path}: this classifier's head is Linear -> ReLU -> Linear (INF-ORM), which "
+                             "vLLM's sequence classifier does not load (it would read a linear score head); use "
+                             "engine='transformers'")
+        return {"runner": "pooling"}
 
     def encode(self, messages: list[dict]) -> list[int]:
         text = strip_bos(self.tokenizer, render(self.tokenizer, messages, name=self.name_or_path))
@@ -64,7 +77,9 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
 
     def forward_rows(self, sequences):
         """The logit at each sequence's last token."""
-        hidden = self.engine.hidden_at(sequences, [[-1]] * len(sequences))
+        if self.backend.name == "vllm":
+            return {"score": torch.tensor(self.backend.classify(sequences), dtype=torch.float32)}
+        hidden = self.backend.hidden_at(sequences, [[-1]] * len(sequences))
         if not hidden:
             return {"score": torch.zeros(0)}
         weight = next(self.head.parameters())

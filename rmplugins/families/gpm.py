@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-from ..base import RewardModel
+from ..base import RewardModel, engine_backend
 from ..chat import load_chat_tokenizer
-from ..checkpoints import model_kwargs, pad_or_eos
-from ..engine import ScoringEngine
+from ..placement import model_kwargs
 from ..ranking import Ranking, from_scores
+from .common import pad_or_eos
+
+ARCHITECTURE = "GPMLlamaForPreference"  # GPM's checkpoints say LlamaForCausalLM; vLLM runs this name as the plugin
 
 
 class GPMModel(LlamaPreTrainedModel):
@@ -48,7 +50,7 @@ class GPMModel(LlamaPreTrainedModel):
         return skew_operator(skew_weights(self.prompt_head, h_prompt))
 
 
-# The card's head arithmetic, shared with the vLLM plugin (rmplugins.vllm_plugin.gpm) and the vLLM engine.
+# The card's head arithmetic, shared with the vLLM plugin (rmplugins.vllm.plugin.gpm).
 def preference_embedding(value_head: nn.Linear, h_last: torch.Tensor) -> torch.Tensor:
     """v = L2-normalize(value_head(h)), float32 [N, d]."""
     return F.normalize(value_head(h_last).float(), p=2, dim=-1)
@@ -73,16 +75,18 @@ class GPMRewardModel(RewardModel):
     kind = "gpm"
     rank_methods = ("gpo",)
 
-    def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1):
+    def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1,
+                 backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.tau = float(tau)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{name_or_path}: GPM needs an eos token (the last position is forced to eos)")
-        self.engine = ScoringEngine(model.model, pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model.model, pad_or_eos(tokenizer), True)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1):
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1,
+                        backend=None):
         shapes = checkpoint.shapes
         llama_config = LlamaConfig.from_pretrained(checkpoint.path)
         llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
@@ -94,23 +98,38 @@ class GPMRewardModel(RewardModel):
         model = GPMModel.from_pretrained(checkpoint.path, config=llama_config,
                                          **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
-                   token_budget=token_budget, tau=tau)
+                   token_budget=token_budget, tau=tau, backend=backend)
+
+    @staticmethod
+    def vllm_engine_args(checkpoint, name_or_path) -> dict:
+        """rmplugins' vLLM plugin model (:mod:`rmplugins.vllm.plugin.gpm`), named over the checkpoint's
+        ``LlamaForCausalLM``: its ``embed`` task gives the unit embedding and the skew operator's weights."""
+        return {"runner": "pooling", "hf_overrides": {"architectures": [ARCHITECTURE]}}
 
     @property
     def value_head_dim(self) -> int:
         return self.model.value_head.out_features
 
     # ---------------------------------------------------------------- encoding (reference-exact)
-    def _tokenize(self, messages: list[dict]) -> list[int]:
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False)
-        ids = self.tokenizer(text)["input_ids"]
-        return self._truncate(ids, side="right")
+    def _tokens(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer(self.tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]
 
     def encode(self, messages: list[dict]) -> tuple[list[int], int]:
-        """(token ids with the last forced to eos, index of the prompt state)."""
-        ids = self._tokenize(messages)
+        """(token ids with the last forced to eos, index of the prompt state). Longer than ``max_length``: cut on
+        the right, as the card's pipeline does; refused when that cut would leave none of the response (every
+        response would then be read at the same token, and every comparison would be a silent tie)."""
+        full = self._tokens(messages)
+        if len(full) > self.max_length:
+            context = len(self._tokens(messages[:-1]))
+            if context >= self.max_length - 1:  # the last kept token is overwritten with eos
+                raise ValueError(
+                    f"GPM: the conversation before the response has {context} tokens, and max_length is "
+                    f"{self.max_length}: cutting it on the right, as the reference pipeline does, would leave none of "
+                    "the response, and every response would tie. Shorten the prompt, or load with a larger "
+                    "max_length=... (the model was trained on 4096)")
+        ids = self._truncate(full, side="right")
         ids[-1] = self.tokenizer.eos_token_id
-        prompt_len = len(self._tokenize(messages[:1]))
+        prompt_len = len(self._truncate(self._tokens(messages[:1]), side="right"))
         return ids, min(max(prompt_len - 1, 0), len(ids) - 1)
 
     def embeddings(self, conversations) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,7 +138,11 @@ class GPMRewardModel(RewardModel):
 
     def embed_rows(self, encoded) -> tuple[torch.Tensor, torch.Tensor]:
         """One batched model call over encoded conversations: (v [N, d], R [N, d, d])."""
-        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [[-1, pos] for _, pos in encoded])
+        if self.backend.name == "vllm":  # the plugin reads the same two positions (the prompt state's index given)
+            out = self.backend.embed([ids for ids, _ in encoded], [{"prompt_state_index": pos} for _, pos in encoded])
+            d = self.value_head_dim
+            return out[:, :d], skew_operator(out[:, d:])
+        hidden = self.backend.hidden_at([ids for ids, _ in encoded], [[-1, pos] for _, pos in encoded])
         h = torch.stack(hidden).to(self.device)
         with torch.inference_mode():
             v = self.model.embed(h[:, 0])

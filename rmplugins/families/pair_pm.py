@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM
 
-from ..base import PairwiseRewardModel
+from ..base import PairwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, merge_system, render, strip_bos
-from ..checkpoints import model_kwargs, pad_or_eos
-from ..engine import ScoringEngine
+from ..placement import model_kwargs
+from .common import pad_or_eos
 
 PLAIN_TEMPLATE = (
     "\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
@@ -34,7 +34,8 @@ def single_token_id(tokenizer, text: str, name: str) -> int:
 class PairPMRewardModel(PairwiseRewardModel):
     kind = "pair_pm"
 
-    def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, temperature=1.0):
+    def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, temperature=1.0,
+                 backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.temperature = float(temperature)
         self.token_a = single_token_id(tokenizer, "A", name_or_path)
@@ -44,17 +45,23 @@ class PairPMRewardModel(PairwiseRewardModel):
         self.answer_rows = lm_head.weight.detach()[[self.token_a, self.token_b]].float()
         self.answer_bias = (lm_head.bias.detach()[[self.token_a, self.token_b]].float()
                             if getattr(lm_head, "bias", None) is not None else None)
-        self.engine = ScoringEngine(model.get_decoder(), pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model.get_decoder(), pad_or_eos(tokenizer), True)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None, temperature=1.0):
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, temperature=1.0,
+                        backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype,
                                                                                      attn_implementation, device_map))
         limit = max_length or checkpoint.config.get("max_position_embeddings") or 8192
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget,
-                   temperature=temperature)
+                   temperature=temperature, backend=backend)
+
+    @staticmethod
+    def vllm_engine_args(checkpoint, name_or_path) -> dict:
+        """A generating engine whose next-token log-probabilities are read, restricted to "A" and "B"."""
+        return {"runner": "generate", "logprobs_mode": "processed_logprobs", "max_logprobs": 2}
 
     def to(self, device):
         super().to(device)
@@ -76,8 +83,11 @@ class PairPMRewardModel(PairwiseRewardModel):
         return self._truncate(ids, side="left")  # keep the answer slot; the reference never truncates
 
     def answer_logits(self, sequences: list[list[int]]) -> torch.Tensor:
-        """[N, 2] logits of "A" and "B" at the last position of each sequence."""
-        hidden = self.engine.hidden_at(sequences, [[-1]] * len(sequences))
+        """[N, 2] logits of "A" and "B" at the last position of each sequence (on vLLM: their log-probabilities
+        restricted to the two, which differ from the logits by one constant per row: the softmax is the same)."""
+        if self.backend.name == "vllm":
+            return self.backend.answer_logprobs(sequences, [self.token_a, self.token_b])
+        hidden = self.backend.hidden_at(sequences, [[-1]] * len(sequences))
         h = torch.cat(hidden).float().to(self.answer_rows.device)
         logits = h @ self.answer_rows.T
         if self.answer_bias is not None:

@@ -16,10 +16,9 @@ import torch
 from torch import nn
 from transformers import DebertaV2Config, DebertaV2Model, DebertaV2PreTrainedModel
 
-from ..base import PairwiseRewardModel
+from ..base import PairwiseRewardModel, engine_backend
 from ..chat import load_tokenizer, merge_system
-from ..checkpoints import model_kwargs
-from ..engine import ScoringEngine
+from ..placement import model_kwargs
 
 # The conversation template of the Better-PairRM model card.
 BETTER_PAIRRM_TEMPLATE = "\n".join([
@@ -78,7 +77,8 @@ class PairRMModel(DebertaV2PreTrainedModel):
 class PairRMRewardModel(PairwiseRewardModel):
     kind = "pairrm"
 
-    def __init__(self, model: PairRMModel, tokenizer, *, name_or_path, variant="pairrm", token_budget=None):
+    def __init__(self, model: PairRMModel, tokenizer, *, name_or_path, variant="pairrm", token_budget=None,
+                 backend=None):
         if variant not in VARIANTS:
             raise ValueError(f"PairRM variant must be one of {list(VARIANTS)}, got {variant!r}")
         self.variant = variant
@@ -92,13 +92,13 @@ class PairRMRewardModel(PairwiseRewardModel):
             if token_id is None or token_id == tokenizer.unk_token_id or token_id != getattr(cfg, field, token_id):
                 raise ValueError(f"{name_or_path}: the tokenizer's {token} id ({token_id}) does not match config "
                                  f"{field}={getattr(cfg, field, None)}; use the checkpoint's own tokenizer")
-        self.engine = ScoringEngine(model.pretrained_model, tokenizer.pad_token_id or 0, causal=False,
-                                    token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model.pretrained_model, tokenizer.pad_token_id or 0,
+                                                                 False)
         self._template = jinja2.Environment().from_string(BETTER_PAIRRM_TEMPLATE)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
-                        device_map=None, max_length=None, token_budget=None, chat_template=None):
+                        device_map=None, max_length=None, token_budget=None, chat_template=None, backend=None):
         """The variant comes from the checkpoint (its rmplugins.json, its hub id, or the variant option given to
         ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is not used)."""
         variant = checkpoint.variant
@@ -111,7 +111,8 @@ class PairRMRewardModel(PairwiseRewardModel):
                 "(mightbe/Better-PairRM), or write {\"kind\": \"pairrm\", \"variant\": \"...\"} to rmplugins.json "
                 "in the checkpoint directory")
         model = PairRMModel.from_pretrained(checkpoint.path, **model_kwargs(device, dtype, None, device_map))
-        return cls(model, tokenizer, name_or_path=name_or_path, variant=variant, token_budget=token_budget)
+        return cls(model, tokenizer, name_or_path=name_or_path, variant=variant, token_budget=token_budget,
+                   backend=backend)
 
     # ---------------------------------------------------------------- texts (reference-exact)
     def _truncate_text(self, text: str, max_length: int, side: str) -> str:
@@ -163,7 +164,7 @@ class PairRMRewardModel(PairwiseRewardModel):
         return self.pair_logits_encoded([self.encode(*t) for t in triples])
 
     def pair_logits_encoded(self, encoded: list[tuple[list[int], list[int]]]) -> torch.Tensor:
-        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
+        hidden = self.backend.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
         h = torch.stack(hidden).to(self.device)  # [N, 3, H]
         with torch.inference_mode():
             return self.model.logit(h[:, 0], h[:, 1], h[:, 2]).float().cpu()

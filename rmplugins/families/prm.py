@@ -15,11 +15,11 @@ import math
 import torch
 from transformers import AutoModel
 
-from ..base import PointwiseRewardModel
+from ..base import PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
-from ..checkpoints import mlp_score_head, model_kwargs, pad_or_eos, quiet_transformers, score_head
-from ..engine import ScoringEngine
 from ..inputs import to_conversations
+from ..placement import model_kwargs
+from .common import mlp_score_head, pad_or_eos, quiet_transformers, score_head
 
 STEP_TOKEN = "<extra_0>"
 CARD_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -35,7 +35,8 @@ class ProcessRewardModel(PointwiseRewardModel):
     kind = "prm"
 
     def __init__(self, model, head, tokenizer, *, name_or_path, max_length, token_budget=None,
-                 step_separator: str = "\n\n", aggregate: str = "min", system_prompt: str | None = CARD_SYSTEM):
+                 step_separator: str = "\n\n", aggregate: str = "min", system_prompt: str | None = CARD_SYSTEM,
+                 backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         if aggregate not in AGGREGATES:
             raise ValueError(f"aggregate={aggregate!r}: choose one of {sorted(AGGREGATES)}")
@@ -51,12 +52,12 @@ class ProcessRewardModel(PointwiseRewardModel):
         self.step_separator = step_separator
         self.aggregate = aggregate
         self.system_prompt = system_prompt
-        self.engine = ScoringEngine(model, pad_or_eos(tokenizer), causal=True, token_budget=token_budget)
+        self.backend = (backend or engine_backend(token_budget))(model, pad_or_eos(tokenizer), True)
 
     @classmethod
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None,
-                        step_separator="\n\n", aggregate="min", system_prompt=CARD_SYSTEM):
+                        step_separator="\n\n", aggregate="min", system_prompt=CARD_SYSTEM, backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         hidden = int(checkpoint.config.get("hidden_size") or 0)
         if score_head(checkpoint.shapes, hidden, labels=2) != "mlp":
@@ -69,7 +70,12 @@ class ProcessRewardModel(PointwiseRewardModel):
         limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
         return cls(backbone, head, tokenizer, name_or_path=name_or_path, max_length=limit,
                    token_budget=token_budget, step_separator=step_separator, aggregate=aggregate,
-                   system_prompt=system_prompt)
+                   system_prompt=system_prompt, backend=backend)
+
+    @staticmethod
+    def vllm_engine_args(checkpoint, name_or_path) -> dict:
+        """vLLM's own ``Qwen2ForProcessRewardModel`` (step pooling at ``<extra_0>``)."""
+        return {"runner": "pooling"}
 
     # ---------------------------------------------------------------- steps
     def steps(self, response: str) -> list[str]:
@@ -98,9 +104,15 @@ class ProcessRewardModel(PointwiseRewardModel):
 
     def forward_rows(self, encoded):
         """``score`` [N] (the steps aggregated) and ``step_rewards``: per row, a tensor of its steps' P(good)."""
-        hidden = self.engine.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
-        if not hidden:
+        if not encoded:
             return {"score": torch.zeros(0), "step_rewards": []}
+        if self.backend.name == "vllm":
+            probs = [p[:, 1] for p in self.backend.step_probs([ids for ids, _ in encoded], self.step_id)]
+            for p, (_, positions) in zip(probs, encoded):
+                if len(p) != len(positions):
+                    raise RuntimeError(f"vLLM returned {len(p)} step rewards for {len(positions)} steps")
+            return self.step_output(probs)
+        hidden = self.backend.hidden_at([ids for ids, _ in encoded], [pos for _, pos in encoded])
         weight = next(self.head.parameters())
         with torch.inference_mode():
             probs = [torch.softmax(self.head(h.to(weight.device, weight.dtype)).float(), -1)[:, 1].cpu()
@@ -108,7 +120,8 @@ class ProcessRewardModel(PointwiseRewardModel):
         return self.step_output(probs)
 
     def step_output(self, probs: list[torch.Tensor]) -> dict:
-        """``forward_rows``' answer from each row's step rewards: the steps aggregated, and the steps."""
+        """``forward_rows``' answer from each row's step rewards (on either backend): the steps aggregated, and the
+        steps."""
         reduce = AGGREGATES[self.aggregate]
         return {"score": torch.tensor([float(reduce(p.tolist())) for p in probs]), "step_rewards": probs}
 

@@ -8,22 +8,20 @@ The command line (``rmplugins iterative-dpo`` / ``rmplugins rejection-sampling``
 :func:`run_recipe`; see ``rmplugins/recipes/loop.py`` for the on-disk layout and the resume rules.
 """
 
-from .config import RecipeConfig
-from .generation import Generator, HFGenerator, VLLMGenerator, make_generator
-from .loop import run_recipe
-from .prompts import PromptFileError, read_prompts
-from .selection import SelectionStats, best_of_n, select_pair
+from ..lazy import lazy_exports
 
-__all__ = [
-    "Generator",
-    "HFGenerator",
-    "PromptFileError",
-    "RecipeConfig",
-    "SelectionStats",
-    "VLLMGenerator",
-    "best_of_n",
-    "make_generator",
-    "read_prompts",
-    "run_recipe",
-    "select_pair",
-]
+_EXPORTS = {
+    "RecipeConfig": ".config",
+    "Generator": ".generation",
+    "HFGenerator": ".generation",
+    "VLLMGenerator": ".generation",
+    "make_generator": ".generation",
+    "run_recipe": ".loop",
+    "PromptFileError": ".prompts",
+    "read_prompts": ".prompts",
+    "SelectionStats": ".selection",
+    "best_of_n": ".selection",
+    "select_pair": ".selection",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

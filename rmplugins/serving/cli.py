@@ -4,8 +4,7 @@ import logging
 import os
 import sys
 
-from .app import create_app
-from .transport import bind, uvicorn_config
+from ..registry import KINDS, variants
 
 logger = logging.getLogger("rmplugins.server")
 API_KEY_ENV = "RMPLUGINS_API_KEY"
@@ -33,7 +32,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def register(subparsers) -> None:
-    from ..cli import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
+    from ..options import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
 
     p = subparsers.add_parser(
         "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
@@ -44,10 +43,10 @@ def register(subparsers) -> None:
                     "integrations/openrlhf/reward_func.py).",
         formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="reward model path or hub id (any supported family)")
-    p.add_argument("--kind", default=None, choices=("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"),
+    p.add_argument("--kind", default=None, choices=KINDS,
                    help="family; default: detected from the checkpoint (an RLHFlow pair-preference model saved "
                         "locally without rmplugins.json needs --kind pair_pm: its files look like any LM)")
-    p.add_argument("--variant", default=None, choices=("pairrm", "better"),
+    p.add_argument("--variant", default=None, choices=variants(),
                    help="PairRM only: 'pairrm' or 'better' (Better-PairRM); default: from the checkpoint's "
                         "rmplugins.json or its hub id")
     p.add_argument("--engine", default="transformers", choices=("transformers", "vllm"),
@@ -66,7 +65,8 @@ def register(subparsers) -> None:
                         "within 5e-5 x (1 + |reward|) in float32: README, Scoring determinism)")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind; 127.0.0.1 keeps it local. Use 0.0.0.0 only with --api-key")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000,
+                   help="TCP port to listen on (0: any free port, printed in the log)")
     p.add_argument("--api-key", default=None,  # not the env value: --help would print the secret
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set). OpenRLHF's "
                         "built-in HTTP client sends no header: use integrations/openrlhf/reward_func.py with a key")
@@ -100,44 +100,60 @@ def register(subparsers) -> None:
                         "tenth of the memory free at start; 0 turns it off; off with --deterministic")
     p.add_argument("--objective-logs", action="store_true",
                    help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars while the model loads")
     p.set_defaults(func=_serve)
 
 
 def _serve(args) -> int:
-    import uvicorn
-
-    from .. import load_reward_model
-
-    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
-    if api_key is not None and not api_key.strip():
-        print("rmplugins serve: the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real "
-              "key, or leave both unset to serve without authentication", file=sys.stderr)
-        return 2
-    if not _is_loopback(args.host) and not api_key:
-        logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
-                       args.host)
     try:
-        sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
-        options = {"variant": args.variant} if args.variant else {}
-        if args.engine == "vllm":
-            options.update(engine="vllm", asynchronous=True, vllm_args=parse_vllm_args(args.vllm_arg))
-        elif args.vllm_arg:
-            raise ValueError("--vllm-arg is for --engine vllm")
-        rm = load_reward_model(args.model, kind=args.kind, device=args.device, dtype=args.dtype,
-                               deterministic=args.deterministic, **options)
-        logger.info("loaded %r", rm)
-        app = create_app(rm, policy_tokenizer=args.policy_tokenizer, api_key=api_key,
-                         max_batch_size=args.max_batch_size, max_batch_tokens=args.max_batch_tokens,
-                         max_wait_ms=args.max_wait_ms, max_request_samples=args.max_request_samples,
-                         max_body_bytes=args.max_body_bytes, max_queue_samples=args.max_queue_samples,
-                         request_timeout=args.request_timeout, objective_logs=args.objective_logs,
-                         max_sample_chars=args.max_sample_chars, prompt_cache_tokens=args.prompt_cache_tokens)
+        return _serve_checked(args)
     except (ValueError, OSError, TypeError) as err:
         print(f"rmplugins serve: {err}", file=sys.stderr)
         return 2
-    logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host, args.port,
-                args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "
-                "refused", "bearer key" if api_key else "none")
+
+
+def _serve_checked(args) -> int:
+    """Every option checked before the model loads (minutes for a large one): the key, the vLLM arguments, the
+    device, the policy tokenizer, the port; then the model, then the app."""
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real key, or "
+                         "leave both unset to serve without authentication")
+    options = {"variant": args.variant} if args.variant else {}
+    if args.engine == "vllm":
+        options.update(engine="vllm", asynchronous=True, vllm_args=parse_vllm_args(args.vllm_arg))
+    elif args.vllm_arg:
+        raise ValueError("--vllm-arg is for --engine vllm")
+    if args.no_progress:
+        from ..progress import silence_progress_bars
+
+        silence_progress_bars()
+    from ..loading import load_reward_model
+    from ..placement import check_device
+    from ..policy_template import load_policy_template
+    from .app import create_app
+    from .transport import bind, uvicorn_config
+
+    device = check_device(args.device, "--device") if args.device is not None else None
+    template = load_policy_template(args.policy_tokenizer, "--policy-tokenizer") if args.policy_tokenizer else None
+    if not _is_loopback(args.host) and not api_key:
+        logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
+                       args.host)
+    sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
+    rm = load_reward_model(args.model, kind=args.kind, device=device, dtype=args.dtype,
+                           deterministic=args.deterministic, **options)
+    logger.info("loaded %r", rm)
+    app = create_app(rm, policy_tokenizer=template, api_key=api_key, max_batch_size=args.max_batch_size,
+                     max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+                     max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
+                     max_queue_samples=args.max_queue_samples, request_timeout=args.request_timeout,
+                     objective_logs=args.objective_logs, max_sample_chars=args.max_sample_chars,
+                     prompt_cache_tokens=args.prompt_cache_tokens)
+    logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host,
+                sock.getsockname()[1], args.policy_tokenizer or "none; chat-templated text is recovered with the "
+                "built-in templates or refused", "bearer key" if api_key else "none")
+    import uvicorn
+
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,
                                   max_connections=args.max_connections, log_level="warning")).run(sockets=[sock])
     return 0

@@ -12,8 +12,8 @@ class RewardScorer:
 
     def __init__(self, rm: Any, objective_logs: bool = False):
         self.rm = rm
-        self.kind = getattr(rm, "kind", "?")
-        self.needs_reference = not getattr(rm, "pointwise", False)
+        self.kind = rm.kind
+        self.needs_reference = not rm.pointwise
         self.objective_names: list[str] = []
         if objective_logs and self.kind == "armorm":
             self.objective_names = list(rm.objective_names)

@@ -1,26 +1,25 @@
 """TRL integration: reward models as ``reward_funcs`` and the callbacks TRL lacks.
 
 ``RewardFunction`` and ``AsyncRemoteRewardFunction`` import without TRL or transformers' Trainer; the callbacks
-(``WinRateCallback``, ``CoLocationCallback``, ``RewardBreakdownCallback``) load on first access.
+(``WinRateCallback``, ``CoLocationCallback``, ``RewardBreakdownCallback``) load TRL's pieces on first access.
+
+TRL 1.16 warns, on every import of its vLLM-aware modules, that it was tested with vLLM 0.22-0.31; rmplugins
+installs vLLM 0.32 (its CPU build) on purpose and the paths it uses are tested with it, so that one message is not
+the user's to act on and is filtered here (nothing else is).
 """
 
-from .remote import AsyncRemoteRewardFunction
-from .reward_function import RewardFunction
+import warnings
 
-_CALLBACKS = ("WinRateCallback", "CoLocationCallback", "RewardBreakdownCallback")
+from ..lazy import lazy_exports
 
-__all__ = [
-    "AsyncRemoteRewardFunction",
-    "CoLocationCallback",
-    "RewardBreakdownCallback",
-    "RewardFunction",
-    "WinRateCallback",
-]
+warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions from", category=UserWarning)
 
-
-def __getattr__(name):
-    if name in _CALLBACKS:
-        from . import callbacks
-
-        return getattr(callbacks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+_EXPORTS = {
+    "RewardFunction": ".reward_function",
+    "AsyncRemoteRewardFunction": ".remote",
+    "WinRateCallback": ".callbacks",
+    "CoLocationCallback": ".callbacks",
+    "RewardBreakdownCallback": ".callbacks",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from ..loading import load_reward_model
 from .reward_function import RewardFunction
 from .shaping import _BaseRewardFunction
 
@@ -132,8 +133,6 @@ class WinRateCallback(TrainerCallback):
         if isinstance(judge, RewardFunction):
             judge = judge.model
         elif isinstance(judge, (str, os.PathLike)):
-            from .. import load_reward_model
-
             judge = load_reward_model(str(judge))
         if not hasattr(judge, "compare"):
             raise TypeError(f"judge must be an rmplugins reward model, RewardFunction or path, got {type(judge)!r}")

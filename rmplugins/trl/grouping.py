@@ -35,7 +35,13 @@ def group_indices(keys: Sequence[Any], num_generations: int | None = None) -> li
     """
     n = len(keys)
     if num_generations:
-        groups = [list(range(s, min(s + num_generations, n))) for s in range(0, n, num_generations)]
+        if n % num_generations:
+            raise ValueError(
+                f"num_generations={num_generations} does not match the batch: {n} rows are not whole groups of "
+                f"{num_generations} (the last would be scored within {n % num_generations} completions, silently "
+                "unlike the others). Pass the trainer's num_generations (GRPOConfig/RLOOConfig), or leave "
+                "num_generations=None to group runs of identical prompts")
+        groups = [list(range(s, s + num_generations)) for s in range(0, n, num_generations)]
         for g in groups:
             if any(keys[i] != keys[g[0]] for i in g):
                 raise ValueError(

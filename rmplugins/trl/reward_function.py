@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from ..inputs import to_conversation
+from ..loading import load_reward_model
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
-from .remote import AsyncRemoteRewardFunction  # noqa: F401  (its first home; rmplugins.trl exports it)
 from .shaping import _BaseRewardFunction, _sanitize, _unique_name
 
 logger = logging.getLogger("rmplugins.trl")
@@ -70,8 +70,6 @@ class RewardFunction(_BaseRewardFunction):
                  **load_options: Any):
         super().__init__(normalize=normalize, clip=clip, length_penalty=length_penalty)
         if isinstance(model, (str, os.PathLike)):
-            from .. import load_reward_model
-
             model = load_reward_model(str(model), kind=kind, device=device, dtype=dtype, **load_options)
         elif load_options or kind or dtype:
             raise ValueError("kind/dtype/load options apply only when `model` is a path or hub id; got a loaded "
@@ -93,7 +91,7 @@ class RewardFunction(_BaseRewardFunction):
         self.kind = model.kind
         self.pointwise = bool(model.pointwise)
         self.num_generations = int(num_generations) if num_generations else None
-        methods = tuple(getattr(model, "rank_methods", ()))
+        methods = tuple(model.rank_methods)
         if method is not None and self.pointwise:
             raise ValueError(f"method={method!r} applies to pairwise kinds; {self.kind!r} is pointwise")
         if method is None and "round_robin" in methods:
@@ -303,7 +301,7 @@ class RewardFunction(_BaseRewardFunction):
         for (_, valid), ranking in zip(ready, rankings):
             for i, s in zip(valid, ranking.scores):
                 out[i] = float(s)
-            comparisons += int(getattr(ranking, "comparisons", 0) or 0)
+            comparisons += ranking.comparisons
             sizes.append(len(valid))
         if sizes:
             metrics["comparisons"] = float(comparisons)

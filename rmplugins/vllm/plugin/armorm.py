@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 
-from ..chat import load_chat_tokenizer
-from ..families.armorm import GatingNetwork, armorm_heads, find_gating_position, gating_pattern, reward_position
+from ...chat import load_chat_tokenizer
+from ...families.armorm import GatingNetwork, armorm_heads, find_gating_position, gating_pattern, reward_position
 from .common import LlamaPoolingModel, PositionPooler, nan_where, report, whole_prompts
 
 

@@ -13,10 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-# A group shares a prefix only when it saves at least this many tokens; below that an extra forward costs more.
-MIN_SAVED_TOKENS = 32
-# The "one more forward" of a group, in token-equivalents, in the cost model that chooses between groupings.
-GROUP_OVERHEAD_TOKENS = 16
+from .budget import GROUP_OVERHEAD_TOKENS, MIN_SAVED_TOKENS
+
 _MAX_DEPTH = 64
 
 

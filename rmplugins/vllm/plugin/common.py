@@ -19,7 +19,7 @@ from vllm.model_executor.models.interfaces_base import default_pooling_type
 from vllm.model_executor.models.llama import LlamaModel
 from vllm.model_executor.models.utils import AutoWeightsLoader, maybe_prefix
 
-logger = logging.getLogger("rmplugins.vllm_plugin")
+logger = logging.getLogger("rmplugins.vllm.plugin")
 
 
 def whole_prompts(hidden_states: torch.Tensor, pooling_metadata) -> tuple[list[torch.Tensor], list[list[int]],

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-CACHE_FACTOR = 4  # a suffix batch's expanded prefix cache is bounded by CACHE_FACTOR x budget tokens
-MAX_ROWS = 512    # rows per micro-batch
+from .budget import CACHE_FACTOR, MAX_ROWS
 
 
 def pack(items: list, width: Callable, budget: int, overhead: int, extra: Callable | None = None,

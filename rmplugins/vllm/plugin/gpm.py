@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from vllm.config import VllmConfig
 
-from ..chat import load_chat_tokenizer
-from ..checkpoints import identify
-from ..families.gpm import preference_embedding, skew_weights
+from ...chat import load_chat_tokenizer
+from ...checkpoints import identify
+from ...families.gpm import preference_embedding, skew_weights
 from .common import LlamaPoolingModel, PositionPooler, nan_where, report, whole_prompts
 
 

@@ -21,8 +21,8 @@ import time
 
 WATCH_PARENT_ENV = "RMPLUGINS_VLLM_EXIT_WITH_PARENT"
 ARCHITECTURES = {
-    "LlamaForRewardModelWithGating": "rmplugins.vllm_plugin.armorm:ArmoRMForVLLM",
-    "GPMLlamaForPreference": "rmplugins.vllm_plugin.gpm:GPMForVLLM",
+    "LlamaForRewardModelWithGating": "rmplugins.vllm.plugin.armorm:ArmoRMForVLLM",
+    "GPMLlamaForPreference": "rmplugins.vllm.plugin.gpm:GPMForVLLM",  # rmplugins.families.gpm.ARCHITECTURE
 }
 
 
@@ -43,7 +43,7 @@ _watching = False
 def exit_with_parent() -> None:
     """In a process vLLM started for rmplugins (its engine core, its workers): exit when the process that started
     it is gone. vLLM's engine core does not notice a parent killed with ``kill -9`` and would keep its memory (and a
-    GPU's) for good. Only where rmplugins asked for it (:class:`rmplugins.vllm_scoring.AsyncVLLMRunner` sets
+    GPU's) for good. Only where rmplugins asked for it (:class:`rmplugins.vllm.backend.AsyncVLLMBackend` sets
     ``RMPLUGINS_VLLM_EXIT_WITH_PARENT=1`` for its engine), never in the process that started vLLM."""
     global _watching
     import multiprocessing

@@ -1,0 +1,392 @@
+"""The scoring engine's scheduler: runs a backbone over many token sequences and returns the final hidden states at the
+positions each family's head reads, aiming at the floor of the work: each distinct token prefix processed once.
+
+- Identical sequences run once. Causal backbones: sequences sharing a token prefix (the n samples of one prompt,
+  every pair-PM comparison behind its ``[CONTEXT]``) are grouped (:mod:`.prefix`); the prefix runs once and each
+  continuation runs against its keys/values. Grouping is on token ids: a template or BPE merge that breaks the text
+  prefix only shortens the shared part, so no sequence ever sees other tokens than in a plain forward.
+- Micro-batches (:mod:`.packing`) are length-sorted, capped by a token budget (:mod:`.budget`) rather than a batch
+  size, and cut where padding would cost more than another forward; results come back in the caller's order.
+- ``keep_prefixes()`` keeps prefix caches across the calls of a block (a tournament's rounds); the prompt cache
+  (``prompt_cache_tokens``) for good (:mod:`.caches`).
+- Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
+- The forwards themselves are the worker's (:mod:`.worker`), with the engine's own attention (:mod:`.attention`)
+  where the backbone was checked, else the model's own attention with masks and per-row cache copies.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from . import budget as sizes
+from .attention import supports_engine_attention
+from .caches import KeptPrefixes
+from .packing import pack
+from .prefix import PrefixGroup, plan_groups, unique_token_floor
+from .state import CallState, EngineStats
+from .worker import BackboneWorker
+
+logger = logging.getLogger("rmplugins")
+
+
+class ScoringEngine:
+    """``hidden_at(sequences, positions)`` -> one ``[len(positions[i]), hidden]`` tensor per sequence.
+
+    ``backbone`` is a transformers base model (``LlamaModel``, ``MistralModel``, ``DebertaV2Model``...) whose
+    output ``last_hidden_state`` already includes the final norm. Positions may be negative (``-1`` = last).
+    ``causal=False`` (DeBERTa) disables prefix reuse: every token sees the whole sequence there.
+
+    ``engine_attention``: True runs the backbone's attention through :mod:`.attention` (no padding mask,
+    suffixes attending to their prefix's keys/values in place, the last layer attending only from read
+    positions); False uses the model's own attention with masks and gives each suffix row its own copy of its
+    prefix's cache (a plain ``DynamicCache``: works with any backbone that takes one). None (default): True on CPU
+    for the architectures it was checked on (Llama, Mistral), False elsewhere (not yet measured on GPU).
+
+    It is the transformers backend of every family (``name = "transformers"``): the families call ``hidden_at``
+    and apply their heads; :class:`rmplugins.vllm.backend.VLLMBackend` is the other backend.
+    """
+
+    name = "transformers"
+
+    def __init__(self, backbone: torch.nn.Module, pad_token_id: int, *, causal: bool = True,
+                 token_budget: int | None = None, prefix_reuse: bool = True,
+                 engine_attention: bool | None = None):
+        self.backbone = backbone
+        self.causal = causal
+        self.token_budget = token_budget
+        self.prefix_reuse = prefix_reuse and causal
+        supported = causal and supports_engine_attention(backbone)
+        if engine_attention and not supported:
+            raise ValueError(f"engine_attention=True is not available for {type(backbone).__name__} (checked on "
+                             "causal Llama and Mistral backbones); leave it unset")
+        self.stats = EngineStats()
+        self.worker = BackboneWorker(backbone, pad_token_id, causal, self.stats)
+        if engine_attention is None:
+            engine_attention = supported and self.device.type == "cpu"
+        self.engine_attention = bool(engine_attention)
+        self._oom_cap: int | None = None  # lowered after an out-of-memory error
+        self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
+        self._kept = KeptPrefixes()
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.worker.pad_token_id
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.backbone.parameters()).dtype
+
+    @property
+    def config(self):
+        return getattr(self.backbone, "config", None)
+
+    # ---------------------------------------------------------------- what every backend offers
+    @property
+    def supports_prompt_cache(self) -> bool:
+        """A causal backbone's prompts can be kept across calls (:attr:`prompt_cache_tokens`)."""
+        return self.prefix_reuse
+
+    def to(self, device) -> None:
+        """Nothing to move: the family moves its model (the backbone included)."""
+
+    def shutdown(self) -> None:
+        """Nothing to end: the model is freed with the family."""
+
+    def metrics(self) -> dict:
+        """Token accounting and the prompt cache, for the server's ``/metrics``."""
+        return {"engine": self.stats.as_dict(), "prompt_cache": self.prompt_cache_info()}
+
+    # ---------------------------------------------------------------- budget and packing
+    def budget(self) -> int:
+        """Padded tokens per forward: ``token_budget`` if given, else from the memory free now; never above a
+        budget that ran out of memory before."""
+        budget = self.token_budget or sizes.auto_budget(self.device, self.config, self.dtype)
+        return min(budget, self._oom_cap) if self._oom_cap else budget
+
+    def _pack(self, items: list, width: Callable, extra: Callable | None = None) -> list[list]:
+        """:func:`.packing.pack` with this engine's budget and per-forward overhead."""
+        return pack(items, width, self.budget(), sizes.forward_overhead(self.device), extra)
+
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""
+        return self._pack(list(range(len(lengths))), lambda i: lengths[i])
+
+    # ---------------------------------------------------------------- public entry point
+    @torch.inference_mode()
+    def hidden_at(self, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]], *,
+                  prefix_reuse: bool | None = None) -> list[torch.Tensor]:
+        """Hidden states at ``positions[i]`` of ``sequences[i]``, in the caller's order. ``prefix_reuse=False``
+        forces plain micro-batches (each sequence run whole) for this call."""
+        with self._lock:
+            return self._hidden_at(sequences, positions, prefix_reuse)
+
+    @contextmanager
+    def keep_prefixes(self):
+        """Within the block, the keys/values of shared prefixes outlive the call that computed them, so later calls
+        starting with the same tokens (the rounds of a pair-PM tournament, all behind one ``[CONTEXT]``) run only
+        what follows. Bounded to ``KEEP_FACTOR x budget`` tokens (least recently used dropped first); released
+        when the outermost block exits. Results are unchanged: a kept prefix is exactly what a new run computes."""
+        with self._lock:
+            self._kept.depth += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._kept.depth -= 1
+                if not self._kept.depth and not self._kept.limit:
+                    self._kept.clear()
+
+    @property
+    def prompt_cache_tokens(self) -> int:
+        """The prompt cache: up to this many tokens of sequences run earlier stay cached (keys/values, least
+        recently used dropped first), so a later call whose sequences start with the same tokens runs only what
+        follows: a server's requests carrying the n samples of one prompt run that prompt once even when they land
+        in different batches. 0 (the default) turns it off and frees it. Exact in the token sense (only identical
+        leading tokens are reused); like any batching, it moves float results in the last bits."""
+        return self._kept.limit
+
+    @prompt_cache_tokens.setter
+    def prompt_cache_tokens(self, tokens: int) -> None:
+        with self._lock:
+            self._kept.limit = max(0, int(tokens))
+            if not self._kept.limit and not self._kept.depth:
+                self._kept.clear()
+
+    def auto_prompt_cache_tokens(self) -> int:
+        """Tokens whose keys/values fit in a tenth of the memory free now (the device's on CUDA, RAM elsewhere),
+        at most ``MAX_PROMPT_CACHE_TOKENS``."""
+        return sizes.auto_prompt_cache_tokens(self.device, self.config, self.dtype)
+
+    def prompt_cache_info(self) -> dict:
+        return {"limit_tokens": self._kept.limit, "held_tokens": self._kept.tokens, "entries": len(self._kept)}
+
+    @contextmanager
+    def without_kept_prefixes(self):
+        """Within the block nothing is taken from or added to kept prefixes (deterministic scoring: a row's
+        numbers must not depend on what ran before it)."""
+        with self._lock:
+            self._kept.suspended += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._kept.suspended -= 1
+
+    def _hidden_at(self, sequences, positions, prefix_reuse) -> list[torch.Tensor]:
+        if len(sequences) != len(positions):
+            raise ValueError("one list of positions per sequence is needed")
+        if not sequences:
+            return []
+        uniq: list[list[int]] = []
+        wanted: list[set[int]] = []
+        owner: list[int] = []
+        index: dict[tuple[int, ...], int] = {}
+        normalised = []
+        for seq, pos in zip(sequences, positions):
+            seq = [int(t) for t in seq]
+            if not seq:
+                raise ValueError("cannot score an empty token sequence")
+            if any(not -len(seq) <= p < len(seq) for p in pos):
+                raise IndexError(f"positions {list(pos)} out of range for a sequence of {len(seq)} tokens")
+            pos = [p % len(seq) for p in pos]
+            u = index.setdefault(tuple(seq), len(uniq))
+            if u == len(uniq):
+                uniq.append(seq)
+                wanted.append(set())
+            wanted[u].update(pos)
+            owner.append(u)
+            normalised.append(pos)
+        wanted_sorted = [sorted(w) for w in wanted]
+
+        st = self.stats
+        st.calls += 1
+        st.sequences += len(sequences)
+        st.tokens_requested += sum(len(s) for s in sequences)
+        st.tokens_floor += unique_token_floor(uniq) if self.causal else sum(len(s) for s in uniq)
+
+        # The engine attention ignores a sliding window: only used when the window covers every sequence.
+        self.worker.attend_in_engine = self.engine_attention and self._window_covers(uniq)
+        reuse = self.prefix_reuse if prefix_reuse is None else (prefix_reuse and self.causal)
+        if reuse and not self._prefix_reuse_possible(uniq):
+            reuse = False
+        groups = plan_groups(uniq) if reuse else [PrefixGroup(0, [i]) for i in range(len(uniq))]
+        if reuse and self._kept.limit and not self._kept.suspended:
+            # Prompt cache: a sequence on its own runs as a "prefix" of its full length, so its keys/values are kept
+            # for later calls, or is served from what an earlier call kept.
+            groups = [g if g.prefix_len else PrefixGroup(len(uniq[g.members[0]]), g.members) for g in groups]
+        call = CallState(uniq, wanted_sorted, [None] * len(uniq))
+        self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], call)
+        shared = [g for g in groups if g.prefix_len > 0]
+        if shared:
+            st.prefix_groups += len(shared)
+            st.prefix_members += sum(len(g.members) for g in shared)
+            self._run_shared(shared, call)
+        hidden = call.hidden
+
+        out = []
+        for u, pos in zip(owner, normalised):
+            rows = [wanted_sorted[u].index(p) for p in pos]
+            out.append(hidden[u][torch.as_tensor(rows, dtype=torch.long, device=hidden[u].device)])
+        return out
+
+    def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
+        """The backbone must take a cache and explicit positions; a sliding window (Mistral) must cover every
+        sequence, since the cache built here is a plain full-attention one."""
+        params = inspect.signature(self.backbone.forward).parameters
+        takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if not takes_kwargs and not {"past_key_values", "position_ids"} <= set(params):
+            return False
+        if not self._window_covers(seqs):
+            logger.debug("prefix reuse off: a sequence is longer than the sliding window (%s)",
+                         self.config.sliding_window)
+            return False
+        return True
+
+    def _window_covers(self, seqs: list[list[int]]) -> bool:
+        window = getattr(self.config, "sliding_window", None)
+        return not window or max(len(s) for s in seqs) <= int(window) - 1
+
+    # ---------------------------------------------------------------- out-of-memory recovery
+    def _guarded(self, rows: list, run: Callable[[list], None], tokens: Callable[[list], int]) -> None:
+        """``run(rows)``; on out-of-memory, free the cache, halve the rows and retry each half (logged). One row
+        that does not fit raises a clear error."""
+        try:
+            run(rows)
+            return
+        except torch.OutOfMemoryError as err:
+            if len(rows) == 1:
+                raise torch.OutOfMemoryError(
+                    f"rmplugins: out of memory scoring a single sequence of {tokens(rows)} tokens (token_budget="
+                    f"{self.budget()}); load the model with a smaller max_length=..., a device_map spreading it "
+                    "over more GPUs, or free device memory") from err
+        # outside the except block, so the failed attempt's tensors (held by the traceback) are released
+        self.worker.release_memory()
+        size = tokens(rows)
+        self._oom_cap = max(sizes.MIN_TOKEN_BUDGET, min(self.budget(), size // 2))
+        self.stats.oom_splits += 1
+        logger.warning("rmplugins: out of memory on a micro-batch of %d sequences (%d padded tokens); split in two "
+                       "and retried, token budget lowered to %d", len(rows), size, self._oom_cap)
+        half = len(rows) // 2
+        self._guarded(rows[:half], run, tokens)
+        self._guarded(rows[half:], run, tokens)
+
+    # ---------------------------------------------------------------- plain micro-batches
+    def _run_plain(self, items: list[int], call: CallState) -> None:
+        def run(rows: list[int]) -> None:
+            outputs = self.worker.forward_whole([call.uniq[i] for i in rows], [call.wanted[i] for i in rows])
+            for i, h in zip(rows, outputs):
+                call.hidden[i] = h
+
+        def tokens(rows: list[int]) -> int:
+            return len(rows) * max(len(call.uniq[i]) for i in rows)
+
+        for batch in self._pack(items, lambda i: len(call.uniq[i])):
+            self._guarded(batch, run, tokens)
+
+    # ---------------------------------------------------------------- shared prefixes
+    def _run_shared(self, groups: list[PrefixGroup], call: CallState) -> None:
+        """Per window of groups: one pass over the prefixes (batched, keeping their keys/values), then the
+        suffixes of all members, length-sorted across groups, each row attending to its group's cache."""
+        windows, current, size = [], [], 0
+        for g in sorted(groups, key=lambda g: g.prefix_len, reverse=True):
+            if current and size + g.prefix_len > sizes.WINDOW_FACTOR * self.budget():
+                windows.append(current)
+                current, size = [], 0
+            current.append(g)
+            size += g.prefix_len
+        if current:
+            windows.append(current)
+
+        for window in windows:
+            self._run_window(window, call)
+
+    def _run_window(self, window: list[PrefixGroup], call: CallState) -> None:
+        """The prefixes of ``window`` (batched, their keys/values kept; or taken from ``keep_prefixes``), then all its
+        members' suffixes."""
+        call.caches, call.prefix_hidden = {}, {}
+        todo = [k for k in range(len(window))
+                if not (self._kept.active and self._take_kept(window, k, call))]
+
+        def run_prefix(batch: list[int]) -> None:
+            self._prefix_forward([window[k] for k in batch], batch, call)
+
+        for batch in self._pack(todo, lambda k: window[k].prefix_len):
+            self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
+
+        rows = [(m, k) for k, g in enumerate(window) for m in g.members]
+
+        def suffix_len(row):
+            return len(call.uniq[row[0]]) - window[row[1]].prefix_len
+
+        for m, k in rows:  # a sequence run whole as its own prefix (prompt cache): read inside it
+            if suffix_len((m, k)) == 0:
+                pos, h = call.prefix_hidden[k]
+                call.hidden[m] = h[torch.as_tensor([pos.index(q) for q in call.wanted[m]], dtype=torch.long,
+                                                   device=h.device)]
+        rows = [row for row in rows if suffix_len(row) > 0]
+
+        def run_suffix(batch: list[tuple[int, int]]) -> None:
+            self._suffix_forward(batch, window, call)
+
+        # The per-row cache path copies each row's prefix: its attended tokens are bounded too.
+        extra = None if self.worker.attend_in_engine else (lambda row: window[row[1]].prefix_len)
+        for batch in self._pack(rows, suffix_len, extra):
+            self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
+        call.caches.clear()
+
+    def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], call: CallState) -> None:
+        prefixes = [call.uniq[g.members[0]][: g.prefix_len] for g in groups]
+        inside = [sorted({q for m in g.members for q in call.wanted[m] if q < g.prefix_len}) for g in groups]
+        kv, hidden = self.worker.forward_prefixes(prefixes, inside)
+        for key, kv_row, pos, h in zip(keys, kv, inside, hidden):
+            call.caches[key] = kv_row
+            call.prefix_hidden[key] = (pos, h)
+        if self._kept.active:
+            limit = max(self._kept.limit, sizes.KEEP_FACTOR * self.budget() if self._kept.depth else 0)
+            for key, prefix, pos in zip(keys, prefixes, inside):
+                self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1], limit)
+
+    # ---------------------------------------------------------------- prefixes kept across calls
+    def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
+        """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (the group's prefix is
+        shortened to where they agree; what follows runs with the suffixes; at least one token of each member is
+        left to run). False when none agrees on a block, or a position read inside was not kept."""
+        g = window[k]
+        wanted = {q for m in g.members for q in call.wanted[m]}
+        taken = self._kept.take(call.uniq[g.members[0]], min(g.prefix_len, min(len(call.uniq[m]) for m in g.members)
+                                                            - 1), wanted)
+        if taken is None:
+            return False
+        n, call.caches[k], inside, hidden = taken
+        window[k] = PrefixGroup(n, g.members)
+        call.prefix_hidden[k] = (inside, hidden)
+        self.stats.prefix_cache_hits += 1
+        self.stats.tokens_from_cache += n
+        return True
+
+    def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], call: CallState) -> None:
+        """The suffixes of ``rows`` (member, group) in one forward; each member's hidden states are those read
+        inside its prefix followed by those after it."""
+        prefix_lens = [window[k].prefix_len for _, k in rows]
+        suffixes = [call.uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
+        after = [[q - p for q in call.wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
+        hidden_after = self.worker.forward_suffixes(suffixes, [k for _, k in rows], prefix_lens, call.caches, after)
+        for (m, k), p, h_after in zip(rows, prefix_lens, hidden_after):
+            before_pos, before_h = call.prefix_hidden[k]
+            n_before = sum(1 for q in call.wanted[m] if q < p)
+            if n_before == 0:
+                call.hidden[m] = h_after
+                continue
+            rows_before = [before_pos.index(q) for q in call.wanted[m] if q < p]
+            h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
+            call.hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix first

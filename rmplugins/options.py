@@ -1,0 +1,61 @@
+"""What every ``rmplugins`` command shares on its command line: argument types that say what was wrong, a help
+formatter that shows defaults, and a parser whose errors are two lines (argparse prints the whole usage first:
+25 lines for a recipe, with the one that matters last)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser with short errors: the problem, and where the help is."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+
+def _number(kind, name: str, test, what: str):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not test(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {what}")
+        return value
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, "positive integer", lambda v: v >= 1, "a positive integer (1 or more)")
+non_negative_int = _number(int, "non-negative integer", lambda v: v >= 0, "0 or more")
+positive_float = _number(float, "positive number", lambda v: v > 0 and v != float("inf"), "a positive number")
+non_negative_float = _number(float, "non-negative number", lambda v: 0 <= v < float("inf"), "0 or more")
+probability = _number(float, "number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def json_object(text: str) -> dict:
+    """A JSON object on the command line (keyword arguments passed through to another library)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object such as '{{\"enforce_eager\": true}}'")
+    return value
+
+
+json_object.__name__ = "JSON object"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to an option's help unless the text already says its default, or there is nothing to
+    say (no value, a flag that is off)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"

@@ -1,0 +1,83 @@
+"""Where and how a model runs: the device (checked before any slow work: a CUDA device on a machine without one
+is refused with what to do), the dtype, the attention kernel, and the keyword arguments a family's
+``from_pretrained`` takes for them."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import torch
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: Any, option: str = "device") -> str:
+    """``device`` as a string, when it names a device this machine has; otherwise a ValueError that names the
+    option, the value and what to use instead (asked before anything slow starts: a CUDA device on a CPU-only
+    machine would otherwise fail deep inside torch after the model has loaded)."""
+    text = str(device).strip()
+    try:
+        parsed = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{option} {text!r} is not a device name; use 'cpu', 'cuda' or 'cuda:N'") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is the CPU build" if torch.version.cuda is None else
+                   "no CUDA GPU is visible (check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+            raise ValueError(f"{option} {text}: this machine has no CUDA GPU that torch can use ({why}); use "
+                             f"{option} cpu, or leave it unset to use a GPU when there is one")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"{option} {text}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif parsed.type not in ("cpu", "meta"):
+        backend = getattr(torch, parsed.type, None)
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            raise ValueError(f"{option} {text}: torch cannot use a {parsed.type!r} device on this machine; use "
+                             f"{option} cpu or cuda")
+    return text
+
+
+def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if isinstance(dtype, str):
+        value = getattr(torch, dtype.replace("torch.", ""), None)
+        if not isinstance(value, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
+        return value
+    return dtype
+
+
+def default_attention(device: str, config: dict[str, Any] | None = None) -> str:
+    """flash-attention 2 on CUDA when installed, else SDPA; eager on CPU for a model whose attention logits are
+    soft-capped (Gemma-2), which transformers' SDPA path ignores."""
+    if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "eager" if soft_capped(config) else "sdpa"
+
+
+def soft_capped(config: dict[str, Any] | None) -> bool:
+    return bool((config or {}).get("attn_logit_softcapping"))
+
+
+def check_attention(attn_implementation: str | None, config: dict[str, Any], name: Any) -> None:
+    """Refuse an attention kernel that would compute a different model: transformers' SDPA path drops Gemma-2's
+    attention soft-capping (tanh(logits / c) * c) without a word, which moves rewards by a few percent."""
+    if attn_implementation == "sdpa" and soft_capped(config):
+        raise ValueError(f"{name}: attn_implementation='sdpa' ignores this model's attention soft-capping "
+                         f"(attn_logit_softcapping={config['attn_logit_softcapping']}), so its rewards would be "
+                         "wrong; use 'eager' (the default here) or 'flash_attention_2' on a GPU")
+
+
+def model_kwargs(device: str, dtype: torch.dtype, attn_implementation: str | None, device_map: Any) -> dict:
+    """Keyword arguments for a family's ``from_pretrained``: dtype, attention kernel, and placement."""
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    kwargs["device_map"] = device_map if device_map is not None else device
+    return kwargs

@@ -1,0 +1,61 @@
+"""The recipes' summary: per iteration, what each finished stage recorded in its marker (``<stage>.done.json``),
+gathered into ``DIR/summary.json`` and one log line per iteration."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import RecipeConfig
+
+logger = logging.getLogger("rmplugins.recipes")
+
+STAGES = ("generate", "score", "select", "train")
+
+
+def stats_of(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "max": None, "min": None}
+    return {"mean": sum(values) / len(values), "max": max(values), "min": min(values)}
+
+
+def iteration_summary(d: Path, done_stages: Callable[[Path], dict]) -> dict:
+    """One iteration's (or the final evaluation's) summary from its stages' markers."""
+    stages = done_stages(d)
+    out: dict = {"iteration": d.name}
+    if stages["generate"]:
+        out["policy"] = stages["generate"]["policy"]
+    if stages["score"]:
+        out["reward_mean"] = stages["score"]["reward"]["mean"]
+        out["reward_max"] = stages["score"]["reward"]["max"]
+        out["best_of_n_mean"] = stages["score"]["best_of_n_mean"]
+    if stages["select"]:
+        sel = stages["select"]
+        out["selection"] = {k: sel[k] for k in ("rule", "groups", "kept", "ties", "below_margin",
+                                                "degenerate", "comparisons") if k in sel}
+        if "mean_margin" in sel:
+            out["selection"]["mean_margin"] = sel["mean_margin"]
+    if stages["train"]:
+        out["train"] = {k: v for k, v in stages["train"].items() if k != "seconds"}
+    out["seconds"] = {s: (v or {}).get("seconds") for s, v in stages.items() if v is not None}
+    return out
+
+
+def run_summary(cfg: RecipeConfig, prompts: int, out: Path, done_stages: Callable[[Path], dict]) -> dict:
+    iters = [iteration_summary(out / f"iter-{k}", done_stages) for k in range(1, cfg.iterations + 1)
+             if (out / f"iter-{k}").exists()]
+    summary: dict = {"recipe": cfg.recipe, "prompts": prompts, "num_candidates": cfg.num_candidates,
+                     "iterations": iters}
+    ev = out / f"eval-{cfg.iterations}"
+    if ev.exists():
+        summary["final_eval"] = iteration_summary(ev, done_stages)
+    return summary
+
+
+def log_iteration(k: int, s: dict, select_file: str) -> None:
+    sel = s.get("selection", {})
+    secs = ", ".join(f"{n} {v:.1f}s" if v is not None else f"{n} (resumed)" for n, v in s["seconds"].items())
+    logger.info("iteration %d: candidate reward mean %.4f max %.4f; %s kept %d/%d (ties %d, below margin %d, "
+                "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], select_file, sel.get("kept", 0),
+                sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0), secs)
