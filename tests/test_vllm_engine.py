@@ -10,6 +10,7 @@
 
 import asyncio
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -235,13 +236,14 @@ def test_grpo_with_reward_functions_on_vllm(tiny, tmp_path, models):
 
 def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
     """``rmplugins serve --engine vllm``'s model (an AsyncLLM; vLLM's scheduler batches the requests, no batcher in
-    front) behind the same app: OpenRLHF's ``_fetch_rewards_via_http``, 48 one-sample calls at once, with a Llama-3
-    policy's templated text: each reward is the transformers engine's for the recovered conversation."""
+    front) behind the same app: OpenRLHF's ``_fetch_rewards_via_http``, 256 one-sample calls at once, with a Llama-3
+    policy's templated text: each reward is the transformers engine's for the recovered conversation, and no call
+    needed one of the client's retries (which would hide a failed request)."""
     import httpx
 
     agent = openrlhf_agent()
     policy = AutoTokenizer.from_pretrained(tiny("policy"))
-    convs = _conversations(48, seed=61)
+    convs = _conversations(256, seed=61)
     payloads = [_openrlhf_payload(policy, c, r) for c, r in convs]
     rm = load_reward_model(tiny("armorm"), engine="vllm", asynchronous=True, dtype="float32",
                            vllm_args=dict(VLLM_TEST_ARGS))
@@ -258,17 +260,26 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
                 return await asyncio.gather(*(executor._fetch_rewards_via_http(p["query"], p["prompts"],
                                                                                p["labels"]) for p in payloads))
 
-            answers = asyncio.run(rollouts())
+            retries = []  # the client logs a failed try (its own logger, which does not propagate) and tries again
+            handler = logging.Handler(logging.INFO)
+            handler.emit = lambda record: retries.append(record.getMessage())
+            agent.logger.addHandler(handler)
+            try:
+                answers = asyncio.run(rollouts())
+            finally:
+                agent.logger.removeHandler(handler)
             metrics = httpx.get(server.url + "/metrics").json()
     finally:
         rm.shutdown()
+    assert not [m for m in retries if "error" in m.lower()], retries[:3]
     want = models("armorm", dtype=torch.float32).score([c for c, _ in convs], [r for _, r in convs])
     got = [a["rewards"][0] for (a,) in answers]
     # vLLM's scheduler batches the requests as they come: batching moves the last bits only (README: determinism)
     assert all(abs(g - w) <= 5e-5 * (1 + abs(w)) for g, w in zip(got, want)), (got, want)
     assert max(want) - min(want) > 0.5
     assert all(a["extra_logs"]["template_recovered"] == [1.0] for (a,) in answers)
-    assert metrics["samples"] == 48 and "engine" not in metrics  # no rmplugins engine to report: vLLM's own
+    assert metrics["samples"] == 256 and metrics["errors"] == {}
+    assert "engine" not in metrics  # no rmplugins engine to report: vLLM's own
 
 
 def test_rmplugins_serve_engine_vllm_command(tiny, models):
