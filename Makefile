@@ -53,6 +53,7 @@ bench: setup
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_curves.py
 	$(PY) benchmarks/bench_engines.py
+	$(PY) benchmarks/bench_judges.py
 
 bench-server: setup
 	$(PY) benchmarks/bench_server.py

@@ -29,6 +29,8 @@ _EXPORTS = {
     "Ranking": ".ranking",
     "RewardFunction": ".trl.reward_function",
     "AsyncRemoteRewardFunction": ".trl.remote",
+    "JudgeSpec": ".judges.spec",
+    "PRESETS": ".judges.presets",
 }
 __all__ = sorted(_EXPORTS) + ["__version__"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

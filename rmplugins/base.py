@@ -43,14 +43,20 @@ class RowScores:
 
     @classmethod
     def place(cls, n: int, ok: list[int], out: dict[str, torch.Tensor], reasons: dict[int, str]) -> "RowScores":
-        """Spread a batched call's outputs over the rows ``ok`` of ``n``."""
+        """Spread a batched call's outputs over the rows ``ok`` of ``n``; a NaN score (a generating judge gave no
+        verdict) becomes None with that reason."""
         scores: list[float | None] = [None] * n
+        reasons = dict(reasons)
         extras: dict[str, list] = {name: [None] * n for name in out if name != "score"}
         for j, i in enumerate(ok):
-            scores[i] = float(out["score"][j])
+            value = float(out["score"][j])
+            if value != value:
+                reasons[i] = "the judge gave no verdict (its answer did not hold one; the log has the answer's end)"
+                continue
+            scores[i] = value
             for name in extras:
                 extras[name][i] = out[name][j]
-        return cls(scores, dict(reasons), extras)
+        return cls(scores, reasons, extras)
 
 
 Backend = Any  # ScoringEngine or VLLMBackend: name, device, dtype, keep_prefixes, without_kept_prefixes, to, ...
@@ -115,6 +121,10 @@ class RewardModel:
         """End the backend's engine now (a vLLM engine's memory and processes); nothing to do on rmplugins'."""
         self.backend.shutdown()
 
+    def metrics(self) -> dict:
+        """What the model itself counts, for the server's ``/metrics`` (a judge: verdicts given and missing)."""
+        return {}
+
     # ---------------------------------------------------------------- public API
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> list[float]:
         raise TypeError(
@@ -127,9 +137,10 @@ class RewardModel:
         raise TypeError(f"score_details is only available for kind 'armorm', not {self.kind!r}")
 
     def compare(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
-                ) -> list[float]:
+                ) -> list[float | None]:
+        """P(a beats b) per row (None where a generating judge gave no verdict)."""
         convs_a, convs_b = to_conversations(prompts, completions_a, completions_b)
-        return self.win_probs(convs_a, convs_b).tolist()
+        return _none_for_nan(self.win_probs(convs_a, convs_b).tolist())
 
     def compare_rows(self, prompts: Sequence[Any], completions_a: Sequence[Any], completions_b: Sequence[Any]
                      ) -> RowScores:
@@ -182,6 +193,23 @@ class RewardModel:
         """``[rank(p, c, method) for p, c in zip(prompts, candidate_lists)]``, with the model calls of all groups
         batched together (for a tournament: one call per round for all prompts). Each family implements it."""
         raise NotImplementedError
+
+    def rank_rows(self, prompts: Sequence[Any], candidate_lists: Sequence[Sequence[Any]],
+                  method: str | None = None) -> list[Ranking | ValueError]:
+        """``rank_many``, and where a group cannot be ranked (a generating judge that gave no verdict for any pair,
+        an undecided tournament match), that group's ValueError in its place: the groups are then ranked one by
+        one, so one group never fails the others (the TRL reward function and the recipes use it)."""
+        try:
+            return self.rank_many(prompts, candidate_lists, method)
+        except ValueError:
+            pass
+        out: list[Ranking | ValueError] = []
+        for prompt, candidates in zip(prompts, candidate_lists):
+            try:
+                out.append(self.rank(prompt, candidates, method))
+            except ValueError as err:
+                out.append(err)
+        return out
 
     # ---------------------------------------------------------------- helpers for families
     def _batched(self, forward, rows: list):
@@ -288,8 +316,9 @@ class PointwiseRewardModel(RewardModel):
         return self._batched(self.forward_rows, encoded)
 
     def score(self, prompts, completions):
+        """A reward per row (None where a generating judge gave no verdict)."""
         (convs,) = to_conversations(prompts, completions)
-        return self.rewards(convs).tolist()
+        return _none_for_nan(self.rewards(convs).tolist())
 
     def score_rows(self, prompts: Sequence[Any], completions: Sequence[Any]) -> RowScores:
         """``score``, row by row: a row that cannot be scored gets None and its reason; the others are scored in
@@ -352,3 +381,7 @@ class PairwiseRewardModel(RewardModel):
         with self.backend.keep_prefixes() if not self.deterministic else nullcontext():
             rankings = play_together(plans, judge_many)
         return [expand_duplicates(r, back) for r, back in zip(rankings, backs)]
+
+
+def _none_for_nan(values: list[float]) -> list[float | None]:
+    return [None if v != v else v for v in values]

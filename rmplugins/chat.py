@@ -62,12 +62,13 @@ def merge_system(messages: list[dict]) -> list[dict]:
 
 
 def render(tokenizer: Any, messages: list[dict], *, name: str = "model", add_generation_prompt: bool = False,
-           chat_template: str | None = None) -> str:
+           chat_template: str | None = None, **template_kwargs) -> str:
     """``apply_chat_template(..., tokenize=False)``; a template that rejects the system role (Mistral-Instruct)
-    is retried once with the system message folded into the first user turn, and that is logged once."""
+    is retried once with the system message folded into the first user turn, and that is logged once.
+    ``template_kwargs`` reach the template (``enable_thinking`` for Qwen3's)."""
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                             chat_template=chat_template)
+                                             chat_template=chat_template, **template_kwargs)
     except Exception as err:  # jinja2 TemplateError from raise_exception, or a template bug
         if messages and messages[0]["role"] == "system":
             if name not in _warned_system_merge:
@@ -75,7 +76,7 @@ def render(tokenizer: Any, messages: list[dict], *, name: str = "model", add_gen
                                "user turn", name, err)
                 _warned_system_merge.add(name)
             return render(tokenizer, merge_system(messages), name=name,
-                          add_generation_prompt=add_generation_prompt, chat_template=chat_template)
+                          add_generation_prompt=add_generation_prompt, chat_template=chat_template, **template_kwargs)
         roles = [m["role"] for m in messages]
         raise ValueError(f"{name}: its chat template cannot render a conversation with roles {roles}: {err}") from err
 

@@ -21,7 +21,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
                       dtype: Any = None, engine: str = "transformers", vllm_args: dict | None = None, **options):
     """Load any supported reward or preference model from a local directory or a hub id.
 
-    ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm" | "prm"``) is detected when omitted. ``device``
+    ``kind`` (``"bt" | "armorm" | "pair_pm" | "pairrm" | "gpm" | "prm" | "genrm"``) is detected when omitted, but
+    for a generative judge: ``kind="genrm"`` with ``judge=`` (a :class:`~rmplugins.judges.JudgeSpec`, a preset name or
+    a JSON file) turns any causal LM into a judge. ``device``
     defaults to CUDA when available, ``dtype`` to bfloat16 on GPU and float32 on CPU. Options: ``max_length``,
     ``token_budget`` (tokens per micro-batch), ``attn_implementation``, ``device_map`` (e.g. "auto" for models
     larger than one GPU), ``chat_template``, ``deterministic`` (each row scored alone, so its numbers never
@@ -43,6 +45,9 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         device = check_device(device, "device=")
     deterministic = bool(options.pop("deterministic", False))
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
+    if options.get("judge") is not None and checkpoint.kind != "genrm":
+        raise ValueError(f"judge= is an option of generative judges (kind='genrm'); {name_or_path} is kind "
+                         f"{checkpoint.kind!r}: add kind='genrm' to load it as a judge, or drop judge=")
     spec = family(checkpoint.kind)
     cls = spec.model_class()
     name = str(name_or_path)

@@ -1,6 +1,9 @@
 """Ranking n candidates with a pairwise judge: a knockout tournament (best and worst in at most 2n - 3
-comparisons) or a full round robin. The judge is any function that takes a batch of index pairs and
-returns P(first beats second) for each, so every round of the tournament is one batched model call.
+comparisons), a full round robin, or a circle (each against the next, n comparisons: NeMo-Gym's genrm_compare). The
+judge is any function that takes a batch of index pairs and returns P(first beats second) for each, so every round
+of the tournament is one batched model call. A judge that can fail to give a verdict (a generating judge) answers
+NaN for that pair: the round robin and the circle leave it out (a candidate left with no decided pair has the score
+None), a tournament refuses it (each match must be decided).
 
 Each method is written as a *plan*: a generator that yields the pairs it needs judged next and receives their
 probabilities, returning the :class:`Ranking`. :func:`play` runs one plan against a judge; :func:`play_together`
@@ -22,7 +25,7 @@ class Ranking:
     """Result of ``rm.rank``: one score per candidate (higher is better), the best and worst indices, and how
     many distinct candidate pairs the model judged (0 for pointwise kinds)."""
 
-    scores: list[float]
+    scores: list[float | None]
     best: int
     worst: int
     comparisons: int = 0
@@ -33,29 +36,43 @@ class Ranking:
         """Candidate indices from best to worst by score (the tournament's best/worst first and last)."""
         rest = sorted(
             (i for i in range(len(self.scores)) if i not in (self.best, self.worst)),
-            key=lambda i: -self.scores[i],
+            key=lambda i: -self.scores[i] if self.scores[i] is not None else float("inf"),
         )
         if self.best == self.worst:
             return [self.best, *rest]
         return [self.best, *rest, self.worst]
 
 
-def from_scores(scores: Sequence[float], method: str = "score", comparisons: int = 0) -> Ranking:
-    scores = [float(s) for s in scores]
-    best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+def from_scores(scores: Sequence[float | None], method: str = "score", comparisons: int = 0) -> Ranking:
+    """Best and worst by score (ties to the earlier candidate); a None score (no verdict) is never best or worst."""
+    scores = [None if s is None else float(s) for s in scores]
+    scored = [i for i, s in enumerate(scores) if s is not None]
+    if not scored:
+        raise ValueError("the judge gave no verdict for any pair of these candidates")
+    best = max(scored, key=lambda i: (scores[i], -i))
+    worst = min(scored, key=lambda i: (scores[i], i))
     return Ranking(scores, best, worst, comparisons, method)
 
 
-def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float]:
+def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float | None]:
+    """Each candidate's mean win probability over its decided comparisons (None when it has none)."""
     total = [0.0] * n
     count = [0] * n
     for (i, j), p in wins.items():
+        if p != p:  # NaN: the judge gave no verdict for this pair
+            continue
         total[i] += p
         total[j] += 1.0 - p
         count[i] += 1
         count[j] += 1
-    return [t / c if c else 0.5 for t, c in zip(total, count)]
+    return [t / c if c else None for t, c in zip(total, count)]
+
+
+def _decided(p: float, a: int, b: int) -> float:
+    if p != p:
+        raise ValueError(f"the judge gave no verdict for candidates {a} and {b}, and a tournament needs every match "
+                         "decided; rank with method='round_robin' or 'circular', which leave undecided pairs out")
+    return p
 
 
 def _knockouts(brackets: list[tuple[list[int], bool]], wins: dict) -> Generator[Pairs, Sequence[float], list[int]]:
@@ -69,7 +86,7 @@ def _knockouts(brackets: list[tuple[list[int], bool]], wins: dict) -> Generator[
         for b, ((_, want_winner), pairs) in enumerate(zip(brackets, rounds)):
             nxt = []
             for a, c in pairs:
-                p = float(next(probs))
+                p = _decided(float(next(probs)), a, c)
                 wins[(a, c)] = p
                 nxt.append(a if (p >= 0.5) == want_winner else c)
             if len(players[b]) % 2:
@@ -92,7 +109,8 @@ def tournament_plan(n: int) -> Plan:
     probs = yield firsts
     winners, losers = [], []
     for (a, b), p in zip(firsts, probs):
-        wins[(a, b)] = float(p)
+        p = _decided(float(p), a, b)
+        wins[(a, b)] = p
         winners.append(a if p >= 0.5 else b)
         losers.append(b if p >= 0.5 else a)
     if n % 2:  # the odd one out enters both brackets
@@ -120,7 +138,20 @@ def round_robin_plan(n: int) -> Plan:
     return ranking
 
 
-PLANS = {"tournament": tournament_plan, "round_robin": round_robin_plan}
+def circular_plan(n: int) -> Plan:
+    """Each candidate against the next, the last against the first (n pairs; one for n = 2), as NeMo-Gym's
+    genrm_compare does; score = mean win probability over its two comparisons."""
+    if n == 1:
+        return Ranking([0.5], 0, 0, 0, "circular")
+    pairs = [(i, (i + 1) % n) for i in range(n)] if n > 2 else [(0, 1)]
+    probs = yield pairs
+    wins = {pair: float(p) for pair, p in zip(pairs, probs)}
+    ranking = from_scores(_mean_win(n, wins), "circular", len(wins))
+    ranking.wins = wins
+    return ranking
+
+
+PLANS = {"tournament": tournament_plan, "round_robin": round_robin_plan, "circular": circular_plan}
 
 
 def play_together(plans: Sequence[Plan], judge_many: Callable[[dict[int, Pairs]], dict[int, Sequence[float]]]

@@ -44,6 +44,9 @@ class FamilySpec:
     - ``variants``: input-format variants a checkpoint of this layout can be (PairRM / Better-PairRM).
     - ``vllm``: the family can run on vLLM (``engine="vllm"``); otherwise ``vllm_refusal`` says why not.
     - ``tiny``: the test checkpoints of this family (built by :mod:`rmplugins.testing`), the first the default.
+    - ``mode``: how it ranks a prompt's candidates, which decides the recipes' pair rules: ``"pointwise"`` (a reward
+      each), ``"pairwise"`` (judged in pairs), ``"gpo"`` (GPM's GPO scores) or ``"judge"`` (pointwise or pairwise
+      by the judge spec it is loaded with).
     """
 
     kind: str
@@ -58,6 +61,7 @@ class FamilySpec:
     vllm: bool = True
     vllm_refusal: str = ""
     tiny: tuple[str, ...] = ()
+    mode: str = "pointwise"
 
     def model_class(self):
         """The family's class (its module imported now)."""
@@ -103,12 +107,12 @@ FAMILIES: dict[str, FamilySpec] = {spec.kind: spec for spec in (
                    "maywell/better-pairrm": {"variant": "better"}},  # the id the card's own table links
         variants=("pairrm", "better"),
         vllm=False, vllm_refusal="PairRM is a DeBERTa-v2 model, which vLLM does not implement",
-        tiny=("pairrm", "better_pairrm")),
+        tiny=("pairrm", "better_pairrm"), mode="pairwise"),
     FamilySpec(
         kind="gpm", title="General Preference representation Model",
         model="rmplugins.families.gpm:GPMRewardModel", examples=("general-preference/GPM-Llama-3.1-8B",),
         detect=lambda c, s: "value_head.weight" in s, required_tensors=("value_head.weight",),
-        tiny=("gpm", "gpm_real_vocab")),
+        tiny=("gpm", "gpm_real_vocab"), mode="gpo"),
     FamilySpec(
         kind="prm", title="process reward models (a reward per reasoning step)",
         model="rmplugins.families.prm:ProcessRewardModel", examples=("Qwen/Qwen2.5-Math-PRM-7B",),
@@ -125,10 +129,17 @@ FAMILIES: dict[str, FamilySpec] = {spec.kind: spec for spec in (
         kind="pair_pm", title="RLHFlow pairwise preference model",
         model="rmplugins.families.pair_pm:PairPMRewardModel", examples=("RLHFlow/pair-preference-model-LLaMA3-8B",),
         architecture_suffix="ForCausalLM", known_ids={"rlhflow/pair-preference-model-llama3-8b": {}},
-        tiny=("pair_pm", "pair_pm_real_vocab")),
+        tiny=("pair_pm", "pair_pm_real_vocab"), mode="pairwise"),
+    FamilySpec(
+        kind="genrm", title="generative judges (any causal LM, with a JudgeSpec)",
+        model="rmplugins.families.genrm:GenerativeJudge",
+        examples=("Qwen/Qwen3-Reranker-4B", "gaotang/RM-R1-DeepSeek-Distilled-Qwen-7B",
+                  "nvidia/Qwen3-Nemotron-32B-GenRM-Principle"),
+        architecture_suffix="ForCausalLM", tiny=("genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral"),
+        mode="judge"),
 )}
 
-KINDS: tuple[str, ...] = ("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm")  # the order users read them in
+KINDS: tuple[str, ...] = ("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm", "genrm")  # the order users read them in
 assert set(KINDS) == set(FAMILIES), "every registered family is listed in KINDS"
 
 

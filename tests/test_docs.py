@@ -23,6 +23,7 @@ HUB_IDS = {
     "RLHFlow/pair-preference-model-LLaMA3-8B": "pair_pm",
     "Qwen/Qwen2.5-0.5B-Instruct": "policy",
     "meta-llama/Meta-Llama-3-8B-Instruct": "policy",
+    "Qwen/Qwen3-Reranker-4B": "genrm_qwen3",
 }
 
 

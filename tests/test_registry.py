@@ -36,19 +36,21 @@ def test_every_kind_is_accepted_by_every_cli_loader_and_recipe(kind, tiny, model
     spec = FAMILIES[kind]
     parser = build_parser()
     assert parser.parse_args(["serve", "--model", "m", "--kind", kind]).kind == kind
+    assert parser.parse_args(["serve", "--model", "m", "--kind", kind, "--judge", "j1-pairwise"]).judge
     for recipe in ("iterative-dpo", "rejection-sampling"):
         args = parser.parse_args([recipe, "--policy", "p", "--reward-model", "r", "--prompts", "f", "--output", "o",
-                                  "--reward-kind", kind])
-        assert args.reward_kind == kind
+                                  "--reward-kind", kind, "--judge", "mt-bench"])
+        assert args.reward_kind == kind and args.judge == "mt-bench"
     path = tiny(spec.tiny[0])
-    rm = models(spec.tiny[0])
+    judge = "qwen3-reranker" if spec.mode == "judge" else None  # a judge is never guessed: its spec is given
+    rm = rmplugins.load_reward_model(path, kind=kind, judge=judge, device="cpu") if judge else models(spec.tiny[0])
     assert rm.kind == kind
     config, shapes = read_config(Path(path)), tensor_shapes(path)
     if spec.detect is not None:
         assert detect_kind(config, shapes) == kind
     assert spec.missing(config, shapes) == []
-    check_rule(default_rule(kind), kind)  # the recipes' default pair rule applies to the kind
-    check_rule("best-of-n", kind)
+    check_rule(default_rule(kind, judge), kind, judge)  # the recipes' default pair rule applies to the kind
+    check_rule("best-of-n", kind, judge)
     from rmplugins import RewardFunction
 
     assert RewardFunction(rm).kind == kind

@@ -7,7 +7,9 @@ import json
 import logging
 import sys
 
+from ..judges import PRESETS
 from ..registry import KINDS, variants
+from .selection import PAIR_RULES
 
 logger = logging.getLogger("rmplugins.recipes")
 
@@ -40,6 +42,9 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
     r.add_argument("--reward-kind", choices=KINDS, default=None,
                    help="the reward model's family; default: detected from the checkpoint (needed for an RLHFlow "
                         "pair-preference model saved locally without rmplugins.json: its files look like any LM)")
+    r.add_argument("--judge", default=None, metavar="PRESET|FILE.json",
+                   help=f"with --reward-kind genrm: the judge's prompt and verdicts, a preset ({', '.join(PRESETS)}) "
+                        "or a JSON file of JudgeSpec fields (docs/judges.md)")
     r.add_argument("--reward-variant", choices=variants(), default=None,
                    help="PairRM only: 'pairrm' (llm-blender/PairRM) or 'better' (Better-PairRM); default: from the "
                         "checkpoint's rmplugins.json or its hub id")
@@ -69,9 +74,10 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
                    help="prompts per transformers generate call with --backend hf (default 8)")
     if recipe == "iterative-dpo":
         s = p.add_argument_group("pairs")
-        s.add_argument("--pair-rule", choices=("max-min", "margin", "tournament", "round-robin", "gpo"),
-                       help="how chosen/rejected are picked; default by kind: max-min for bt/armorm, tournament for "
-                            "pair_pm/pairrm, gpo for gpm")
+        s.add_argument("--pair-rule", choices=PAIR_RULES,
+                       help="how chosen/rejected are picked; default by kind: max-min for pointwise models (bt, "
+                            "armorm, prm, pointwise judges), tournament for pair_pm/pairrm, round-robin for pairwise "
+                            "judges, gpo for gpm")
         s.add_argument("--min-margin", type=non_negative_float, default=0.0,
                        help="drop pairs whose score margin is below this (the 'margin' rule; default 0)")
         s.add_argument("--reference", choices=("initial", "previous"), default="initial",
@@ -116,7 +122,8 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
         vllm_engine_args=args.vllm_engine_args,
         show_progress=not args.no_progress, report_to=args.report_to,
-        reward_kwargs={k: v for k, v in (("kind", args.reward_kind), ("variant", args.reward_variant)) if v})
+        reward_kwargs={k: v for k, v in (("kind", args.reward_kind), ("variant", args.reward_variant),
+                                         ("judge", args.judge)) if v})
 
 
 def _runner(recipe: str):

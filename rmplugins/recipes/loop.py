@@ -44,7 +44,7 @@ from .preflight import check_run
 from .prompts import as_messages, is_conversational, read_prompts
 from .selection import SelectionStats, best_of_n, default_rule, dpo_rows, rank_method, select_pair, sft_rows
 from .signals import signal_hook
-from .summary import STAGES, iteration_summary, log_iteration, run_summary, stats_of
+from .summary import STAGES, iteration_summary, log_iteration, run_summary, score_row, stats_of
 from .training import _cuda, train
 
 logger = logging.getLogger("rmplugins.recipes")
@@ -283,16 +283,14 @@ class Recipe:
 
             def produce(lo, hi):
                 rows = cands[lo:hi]
-                rankings = rm.rank_many([r["prompt"] for r in rows], [r["candidates"] for r in rows], method)
-                return [{"index": r["index"], "scores": [float(s) for s in g.scores], "best": g.best,
-                         "worst": g.worst, "comparisons": g.comparisons, "method": g.method}
-                        for r, g in zip(rows, rankings)]
+                rankings = rm.rank_rows([r["prompt"] for r in rows], [r["candidates"] for r in rows], method)
+                return [score_row(r, g, method) for r, g in zip(rows, rankings)]
             return produce
 
         seconds = self.chunked_stage(d, "score", "scoring", "scores.jsonl", start_work)
         rows = read_jsonl(d / "scores.jsonl")
-        values = [s for r in rows for s in r["scores"]]
-        best = [max(r["scores"]) for r in rows]
+        values = [s for r in rows for s in r["scores"] if s is not None]  # None: a judge gave no verdict
+        best = [max(s for s in r["scores"] if s is not None) for r in rows if any(s is not None for s in r["scores"])]
         return self.mark(d, "score", {"seconds": seconds, "reward_kind": self.rm_kind,
                                       "reward": stats_of(values), "best_of_n_mean": stats_of(best)["mean"],
                                       "comparisons": sum(r["comparisons"] for r in rows)})
@@ -331,7 +329,7 @@ class Recipe:
     def rule_for_kind(self, kind: str) -> str:
         if self.cfg.recipe == "rejection-sampling":
             return "best-of-n"
-        return self.cfg.pair_rule or default_rule(kind)
+        return self.cfg.pair_rule or default_rule(kind, self.cfg.reward_kwargs.get("judge"))
 
     def _templated(self, prompt: Any) -> str:
         """The prompt in the policy's chat template, as OpenRLHF's batch_inference wrote it."""

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from ..checkpoints import check_policy, identify
+from ..judges import judge_spec
 from ..placement import check_device
 from ..vllm import require_vllm
 from .config import RecipeConfig
@@ -60,12 +61,24 @@ def check_run(cfg: RecipeConfig, rule_for_kind) -> str:
     if policy.is_dir() and not (policy / "config.json").exists():
         raise ValueError(f"--policy {cfg.policy}: a directory without config.json, not a model")
     check_policy(cfg.policy, "--policy")
+    judge = cfg.reward_kwargs.get("judge")
     try:
-        checkpoint = identify(cfg.reward_model, **cfg.reward_kwargs)
+        checkpoint = identify(cfg.reward_model, kind=cfg.reward_kwargs.get("kind"),
+                              variant=cfg.reward_kwargs.get("variant"))
     except ValueError as err:
         raise ValueError(f"--reward-model: {err}") from None
     if checkpoint.kind == "pairrm" and checkpoint.variant is None:
         raise ValueError(f"--reward-model {cfg.reward_model}: PairRM and Better-PairRM share this layout "
                          "but not their input format; pass --reward-variant pairrm or --reward-variant better")
-    check_rule(rule_for_kind(checkpoint.kind), checkpoint.kind)
+    if (judge is not None) != (checkpoint.kind == "genrm"):
+        raise ValueError("--judge is the prompt and verdicts of a generative judge: give it with --reward-kind genrm "
+                         f"(the reward model is kind {checkpoint.kind!r})" if judge is not None else
+                         "--reward-kind genrm needs --judge PRESET|FILE.json: a judge's prompt and verdicts are never "
+                         "guessed from its checkpoint")
+    if judge is not None:
+        try:
+            judge_spec(judge)
+        except ValueError as err:
+            raise ValueError(f"--judge: {err}") from None
+    check_rule(rule_for_kind(checkpoint.kind), checkpoint.kind, judge)
     return checkpoint.kind

@@ -13,6 +13,8 @@ the chosen/rejected indices (DPO) or the kept index (rejection sampling), counti
 - ``best-of-n`` (rejection sampling): the best candidate; an all-tied group is kept (any candidate is as good as
   another) but counted in ``ties``.
 
+A candidate a generating judge gave no verdict for (score None) is never chosen nor rejected.
+
 A group with fewer than two distinct candidate texts cannot form a pair and is counted in ``degenerate``.
 """
 
@@ -21,37 +23,51 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from ..judges import judge_spec
+from ..registry import family
 from .prompts import as_messages
 
-PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "gpo")
-# The ``rm.rank`` method each rule uses, and the model kinds it applies to.
-RANK_METHOD = {"max-min": "score", "margin": "score", "tournament": "tournament", "round-robin": "round_robin",
-               "gpo": None, "best-of-n": None}
-RULE_KINDS = {"max-min": ("bt", "armorm", "prm"), "margin": ("bt", "armorm", "pair_pm", "pairrm", "gpm", "prm"),
-              "tournament": ("pair_pm", "pairrm"), "round-robin": ("pair_pm", "pairrm"), "gpo": ("gpm",)}
+PAIR_RULES = ("max-min", "margin", "tournament", "round-robin", "circular", "gpo")
+# The ``rm.rank`` method each rule uses, and the ranking modes (rmplugins.registry.FamilySpec.mode) it applies to.
+RANK_METHOD = {"max-min": "score", "margin": None, "tournament": "tournament", "round-robin": "round_robin",
+               "circular": "circular", "gpo": "gpo", "best-of-n": None}
+RULE_MODES = {"max-min": ("pointwise",), "margin": ("pointwise", "pairwise", "gpo"),
+              "tournament": ("pairwise",), "round-robin": ("pairwise",), "circular": ("pairwise",), "gpo": ("gpo",)}
+DEFAULT_RULE = {"pointwise": "max-min", "pairwise": "tournament", "gpo": "gpo"}
 
 
-def default_rule(kind: str) -> str:
-    """The rule a model kind uses unless told otherwise."""
-    return {"bt": "max-min", "armorm": "max-min", "pair_pm": "tournament", "pairrm": "tournament",
-            "gpm": "gpo"}.get(kind, "max-min")
+def ranking_mode(kind: str, judge=None) -> str:
+    """How a model of ``kind`` ranks candidates (the registry's mode; a judge's from its spec)."""
+    mode = family(kind).mode
+    if mode == "judge":
+        if judge is None:
+            raise ValueError("a generative judge (kind 'genrm') needs its judge spec: --judge PRESET|FILE.json")
+        return "pairwise" if judge_spec(judge).pairwise else "pointwise"
+    return mode
+
+
+def default_rule(kind: str, judge=None) -> str:
+    """The rule a model uses unless told otherwise (round robin for pairwise judges: a generating judge may leave a
+    pair undecided, which a tournament cannot take)."""
+    mode = ranking_mode(kind, judge)
+    return "round-robin" if mode == "pairwise" and kind == "genrm" else DEFAULT_RULE[mode]
 
 
 def rank_method(rule: str, kind: str) -> str | None:
-    """``method`` to pass to ``rm.rank`` for ``rule`` on a model of ``kind`` (None: the kind's default)."""
-    if rule == "margin" or rule == "best-of-n":
-        return None
+    """``method`` to pass to ``rm.rank`` for ``rule`` (None: the model's default)."""
     return RANK_METHOD[rule]
 
 
-def check_rule(rule: str, kind: str) -> None:
+def check_rule(rule: str, kind: str, judge=None) -> None:
     if rule == "best-of-n":
         return
     if rule not in PAIR_RULES:
         raise ValueError(f"unknown pair rule {rule!r}; choose one of {list(PAIR_RULES)}")
-    if kind not in RULE_KINDS[rule]:
-        raise ValueError(f"pair rule {rule!r} does not apply to a {kind!r} reward model (it is for kinds "
-                         f"{list(RULE_KINDS[rule])}); use --pair-rule {default_rule(kind)} or leave it out")
+    mode = ranking_mode(kind, judge)
+    if mode not in RULE_MODES[rule]:
+        raise ValueError(f"pair rule {rule!r} does not apply to a {kind!r} reward model ({mode}; the rule is for "
+                         f"{' or '.join(RULE_MODES[rule])} models); use --pair-rule {default_rule(kind, judge)} or "
+                         "leave it out")
 
 
 @dataclass
@@ -97,15 +113,16 @@ def select_pair(candidates: Sequence[str], scores: Sequence[float], best: int, w
     stats.groups += 1
     if len(candidates) != len(scores):
         raise ValueError(f"{len(candidates)} candidates but {len(scores)} scores")
-    if len(candidates) < 2 or _count_distinct(candidates) < 2:
+    scored = [i for i, s in enumerate(scores) if s is not None]  # a generating judge may give no verdict
+    if len(scored) < 2 or _count_distinct([candidates[i] for i in scored]) < 2:
         stats.degenerate += 1
         return None
-    if max(scores) == min(scores):  # exact tie: every candidate scored the same, no preference
+    if max(scores[i] for i in scored) == min(scores[i] for i in scored):  # exact tie: no preference
         stats.ties += 1
         return None
     if rule in ("max-min", "margin", "gpo"):
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-        worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+        best = max(scored, key=lambda i: (scores[i], -i))
+        worst = min(scored, key=lambda i: (scores[i], i))
     if best == worst or candidates[best] == candidates[worst]:
         stats.degenerate += 1
         return None
@@ -126,12 +143,13 @@ def best_of_n(candidates: Sequence[str], scores: Sequence[float], best: int | No
     """Index of the candidate to keep for rejection sampling (None only for an empty group)."""
     stats = stats if stats is not None else SelectionStats()
     stats.groups += 1
-    if not candidates:
+    scored = [i for i, s in enumerate(scores) if s is not None]  # a generating judge may give no verdict
+    if not candidates or not scored:
         stats.degenerate += 1
         return None
-    if best is None:
-        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
-    if len(candidates) > 1 and max(scores) == min(scores):
+    if best is None or scores[best] is None:
+        best = max(scored, key=lambda i: (scores[i], -i))
+    if len(scored) > 1 and max(scores[i] for i in scored) == min(scores[i] for i in scored):
         stats.ties += 1
     stats.kept += 1
     return best

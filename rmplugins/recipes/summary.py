@@ -59,3 +59,14 @@ def log_iteration(k: int, s: dict, select_file: str) -> None:
     logger.info("iteration %d: candidate reward mean %.4f max %.4f; %s kept %d/%d (ties %d, below margin %d, "
                 "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], select_file, sel.get("kept", 0),
                 sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0), secs)
+
+
+def score_row(row: dict, ranking, method) -> dict:
+    """A line of ``scores.jsonl``; a group the model could not rank (a judge that gave no verdict) has no scores and
+    the reason."""
+    if isinstance(ranking, ValueError):
+        return {"index": row["index"], "scores": [None] * len(row["candidates"]), "best": None, "worst": None,
+                "comparisons": 0, "method": method, "reason": str(ranking)}
+    return {"index": row["index"], "scores": [None if s is None else float(s) for s in ranking.scores],
+            "best": ranking.best, "worst": ranking.worst, "comparisons": ranking.comparisons,
+            "method": ranking.method}

@@ -218,8 +218,8 @@ async def metrics(request: Request):
     service: RewardService = request.app.state.service
     if not service.authorized(request):
         return service.fail(request, time.perf_counter(), 401, UNAUTHORIZED)
-    # tokens through the backbone, the floor of each batch, the prompt cache (rmplugins' engine)
-    return {**service.metrics.snapshot(service.batcher.queued), **service.rm.backend.metrics()}
+    # tokens through the backbone, the floor of each batch, the prompt cache (rmplugins' engine); a judge's verdicts
+    return {**service.metrics.snapshot(service.batcher.queued), **service.rm.backend.metrics(), **service.rm.metrics()}
 
 
 def create_app(rm: Any, **options):

@@ -4,6 +4,7 @@ import logging
 import os
 import sys
 
+from ..judges import PRESETS
 from ..registry import KINDS, variants
 
 logger = logging.getLogger("rmplugins.server")
@@ -46,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--kind", default=None, choices=KINDS,
                    help="family; default: detected from the checkpoint (an RLHFlow pair-preference model saved "
                         "locally without rmplugins.json needs --kind pair_pm: its files look like any LM)")
+    p.add_argument("--judge", default=None, metavar="PRESET|FILE.json",
+                   help=f"with --kind genrm: the judge's prompt and verdicts, a preset ({', '.join(PRESETS)}) or a "
+                        "JSON file of JudgeSpec fields (docs/judges.md)")
     p.add_argument("--variant", default=None, choices=variants(),
                    help="PairRM only: 'pairrm' or 'better' (Better-PairRM); default: from the checkpoint's "
                         "rmplugins.json or its hub id")
@@ -120,6 +124,10 @@ def _serve_checked(args) -> int:
         raise ValueError("the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real key, or "
                          "leave both unset to serve without authentication")
     options = {"variant": args.variant} if args.variant else {}
+    if args.judge is not None:
+        from ..judges import judge_spec
+
+        options["judge"] = judge_spec(args.judge)  # a bad preset or file: refused before anything loads
     if args.engine == "vllm":
         options.update(engine="vllm", asynchronous=True, vllm_args=parse_vllm_args(args.vllm_arg))
     elif args.vllm_arg:

@@ -33,6 +33,13 @@ from .builders import (
     build_policy,
     build_prm,
 )
+from .judges import (
+    build_genrm_gemma2,
+    build_genrm_mistral,
+    build_genrm_nemotron,
+    build_genrm_qwen3,
+    build_genrm_trained,
+)
 
 FORMAT_VERSION = "8"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
@@ -51,6 +58,9 @@ BUILDERS = {
     "armorm_real_vocab": lambda path: build_armorm(path, vocab="llama3"),
     "pair_pm_real_vocab": lambda path: build_pair_pm(path, vocab="llama3"),
     "gpm_real_vocab": lambda path: build_gpm(path, vocab="llama3.1"),
+    # generative judges: causal chat LMs (the Llama-3 one is the policy's layout)
+    "genrm_qwen3": build_genrm_qwen3, "genrm_nemotron": build_genrm_nemotron, "genrm_gemma2": build_genrm_gemma2,
+    "genrm_mistral": build_genrm_mistral, "genrm_trained": build_genrm_trained,
 }
 # Directory names mimic the hub repositories (for readable paths; nothing is decided by a name).
 DIR_NAMES = {
@@ -64,6 +74,9 @@ DIR_NAMES = {
     "armorm_real_vocab": "published-vocab/ArmoRM-Llama3-8B-v0.1",
     "pair_pm_real_vocab": "published-vocab/pair-preference-model-LLaMA3-8B",
     "gpm_real_vocab": "published-vocab/GPM-Llama-3.1-8B",
+    "genrm_qwen3": "judges/Qwen3-judge", "genrm_nemotron": "judges/Qwen3-Nemotron-GenRM-style",
+    "genrm_gemma2": "judges/Gemma-2-judge", "genrm_mistral": "judges/Mistral-judge",
+    "genrm_trained": "judges/Qwen3-judge-trained",
 }
 
 

@@ -296,11 +296,18 @@ class RewardFunction(_BaseRewardFunction):
                 continue
             ready.append((group, valid))
         # all groups together: one model call per tournament round for the whole batch
-        rankings = self.model.rank_many([prompts[v[0]] for _, v in ready],
+        rankings = self.model.rank_rows([prompts[v[0]] for _, v in ready],
                                         [[completions[i] for i in v] for _, v in ready], method=self.method)
-        for (_, valid), ranking in zip(ready, rankings):
+        for (group, valid), ranking in zip(ready, rankings):
+            if isinstance(ranking, ValueError):  # this group only (a judge without any verdict)
+                for i in group:
+                    reasons.setdefault(i, str(ranking))
+                continue
             for i, s in zip(valid, ranking.scores):
-                out[i] = float(s)
+                if s is None:
+                    reasons.setdefault(i, "the judge gave no verdict in any comparison of this completion")
+                else:
+                    out[i] = float(s)
             comparisons += ranking.comparisons
             sizes.append(len(valid))
         if sizes:

@@ -10,7 +10,8 @@ arguments, ``vllm_engine_args``):
   skew-operator weights, the prompt state's index passed per request);
 - ``step_probs``: the label softmax at each step token (Qwen2.5-Math-PRM, vLLM's own model);
 - ``answer_logprobs``: next-token log-probabilities restricted to a few tokens (pair-PM's "A"/"B"): they differ from
-  the logits by one constant, so a softmax over them is unchanged.
+  the logits by one constant, so a softmax over them is unchanged;
+- ``prompt_logprobs`` and ``generate_texts``: a generative judge's verdict tokens after its prompt, or its answers.
 
 The family object is built with its weights on the ``meta`` device (configuration, tokenizer, checks; no memory):
 vLLM holds the only copy. :class:`VLLMBackend` drives an offline ``vllm.LLM``; :class:`AsyncVLLMBackend` an
@@ -114,6 +115,26 @@ class VLLMBackend:
         outs = self._generate(_prompts(sequences), params)
         return torch.tensor([[o.outputs[0].logprobs[0][t].logprob for t in token_ids] for o in outs])
 
+    def prompt_logprobs(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """Per sequence, the raw log-probability of each of its tokens from ``starts[i]`` on, given the tokens
+        before it (a generative judge's verdict tokens after its prompt)."""
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self._generate(_prompts(sequences), params)
+        return [[o.prompt_logprobs[j][seq[j]].logprob for j in range(start, len(seq))]
+                for o, seq, start in zip(outs, sequences, starts)]
+
+    def generate_texts(self, sequences: list[list[int]], max_tokens: list[int], *, samples: int, temperature: float,
+                       seed: int) -> list[list[str]]:
+        """``samples`` answers per sequence (greedy at temperature 0, else seeded sampling), special tokens kept
+        in the text (a judge's think block), the stop token left out."""
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=samples, temperature=temperature, seed=seed, max_tokens=limit,
+                                 skip_special_tokens=False) for limit in max_tokens]
+        return [[c.text for c in o.outputs] for o in self._generate(_prompts(sequences), params)]
+
 
 class AsyncVLLMBackend(VLLMBackend):
     """The same calls on a ``vllm.AsyncLLM`` running in its own event-loop thread: callers in any number of threads
@@ -157,9 +178,11 @@ class AsyncVLLMBackend(VLLMBackend):
         return self._call(run())
 
     def _generate(self, prompts, params):
+        per_prompt = params if isinstance(params, list) else [params] * len(prompts)
+
         async def run():
-            return await asyncio.gather(*(self._last(self.llm.generate(p, params, f"rmplugins-{next(self._ids)}"))
-                                          for p in prompts))
+            return await asyncio.gather(*(self._last(self.llm.generate(p, q, f"rmplugins-{next(self._ids)}"))
+                                          for p, q in zip(prompts, per_prompt)))
         return self._call(run())
 
     def shutdown(self) -> None:

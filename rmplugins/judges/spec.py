@@ -1,0 +1,231 @@
+"""Generative judges: what a judge is asked and how its answer is read (:class:`JudgeSpec`), the published formats
+(:data:`rmplugins.judges.presets.PRESETS`), and the parse of a generated verdict.
+
+A judge is any causal LM asked, in its own chat template, about one response (pointwise: ``{prompt}`` and
+``{response}`` in the template) or two (pairwise: ``{prompt}``, ``{response_a}``, ``{response_b}``). Its verdict is
+read in one of two ways:
+
+- ``readout="logits"``: each verdict's log-probability is the sum over its own tokens (the verdict text tokenized
+  alone, appended after the prompt and ``answer_prefix``); the probabilities are renormalised over the verdicts and
+  the judgement is the expected value of ``verdicts``;
+- ``readout="generate"``: the judge writes (greedy unless ``temperature`` > 0), and the verdict is the first group of
+  ``extract`` in what it wrote after its thinking (after the last ``</think>``), mapped through ``verdicts`` or read
+  as a number; or the ``json_field`` of the last JSON object it wrote. **No verdict found: None**, with the reason.
+
+A pairwise judgement is the preference for the response shown first, in [0, 1]: the verdict values say it
+(``{"[[A]]": 1, "[[B]]": 0}``), or ``scale`` maps a number onto it (Nemotron GenRM's ranking 1..6: ``scale=(1, 6)``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+
+PAIRWISE_FIELDS = ("{prompt}", "{response_a}", "{response_b}")
+POINTWISE_FIELDS = ("{prompt}", "{response}")
+READOUTS = ("logits", "generate")
+
+
+@dataclass(frozen=True)
+class JudgeSpec:
+    """How to ask a judge and read its verdict (see the module doc). ``template`` is the user turn, rendered after
+    ``system`` (when non-empty) with the checkpoint's own chat template and its generation prompt, then
+    ``answer_prefix``; pairwise judges whose chat template takes the two responses as their own roles (Nemotron
+    GenRM: ``response_1``, ``response_2``) set ``response_roles`` instead of a template. ``thinking``: the chat
+    template's ``enable_thinking`` switch (Qwen3), None to leave the template's default. ``render_prompt``: how a
+    multi-turn prompt becomes the ``{prompt}`` text (default :func:`transcript`). ``samples`` > 1 (with
+    ``temperature`` > 0, seeded by ``seed``) averages the verdicts of that many generations."""
+
+    template: str = ""
+    verdicts: Mapping[str, float] | None = None
+    system: str = ""
+    answer_prefix: str = ""
+    readout: str = "logits"
+    extract: str | None = None
+    json_field: str | None = None
+    scale: tuple[float, float] | None = None
+    response_roles: tuple[str, str] | None = None
+    max_new_tokens: int = 1024
+    samples: int = 1
+    temperature: float = 0.0
+    seed: int = 0
+    thinking: bool | None = None
+    render_prompt: Callable[[list[dict]], str] | None = field(default=None, compare=False)
+    name: str = "custom"
+
+    def __post_init__(self):
+        if self.readout not in READOUTS:
+            raise ValueError(f"JudgeSpec readout={self.readout!r}: choose one of {READOUTS}")
+        fields = {f for f in PAIRWISE_FIELDS + POINTWISE_FIELDS if f in self.template}
+        if self.response_roles is not None:
+            if len(self.response_roles) != 2 or fields - {"{prompt}"}:
+                raise ValueError("JudgeSpec response_roles: two role names, and no {response...} fields in the "
+                                 "template (the responses are their own messages)")
+        elif fields == set(PAIRWISE_FIELDS):
+            pass
+        elif fields != set(POINTWISE_FIELDS):
+            raise ValueError("JudgeSpec template must hold {prompt} and {response} (a pointwise judge) or {prompt}, "
+                             f"{{response_a}} and {{response_b}} (a pairwise one); it holds {sorted(fields)}")
+        if self.readout == "logits":
+            if not self.verdicts or len(self.verdicts) < 2:
+                raise ValueError("JudgeSpec readout='logits' needs verdicts={text: value, ...} with at least two "
+                                 "verdicts to renormalise over")
+            if self.extract or self.json_field:
+                raise ValueError("extract and json_field read generated text: they apply to readout='generate'")
+        else:
+            if bool(self.extract) == bool(self.json_field):
+                raise ValueError("JudgeSpec readout='generate' needs extract (a regex whose first group is the "
+                                 "verdict) or json_field (a field of the last JSON object written), one of them")
+            if self.extract:
+                try:
+                    groups = re.compile(self.extract).groups
+                except re.error as err:
+                    raise ValueError(f"JudgeSpec extract={self.extract!r} is not a regular expression: {err}") from None
+                if groups < 1:
+                    raise ValueError(f"JudgeSpec extract={self.extract!r} has no group: put the verdict in (...)")
+        if self.verdicts is not None:
+            for text, value in self.verdicts.items():
+                if not isinstance(text, str) or not text or not isinstance(value, (int, float)) or \
+                        not math.isfinite(value):
+                    raise ValueError(f"JudgeSpec verdicts: {text!r} -> {value!r}; each verdict is non-empty text "
+                                     "with a finite number")
+        if self.pairwise and self.scale is None and self.verdicts is not None and \
+                any(not 0 <= v <= 1 for v in self.verdicts.values()):
+            raise ValueError("a pairwise judge's verdict values are the preference for the first response, in [0, 1] "
+                             "(e.g. {'[[A]]': 1, '[[B]]': 0}); give scale=(first much better, second much better) "
+                             "to map other numbers")
+        if self.pairwise and self.readout == "generate" and self.verdicts is None and self.scale is None:
+            raise ValueError("a pairwise judge reading a number needs scale=(value: first much better, value: second "
+                             "much better) to turn it into a preference")
+        if self.scale is not None and (len(self.scale) != 2 or self.scale[0] == self.scale[1]):
+            raise ValueError(f"JudgeSpec scale={self.scale!r}: two different numbers")
+        if int(self.max_new_tokens) < 1 or int(self.samples) < 1:
+            raise ValueError("JudgeSpec max_new_tokens and samples must be at least 1")
+        if not 0 <= float(self.temperature) < float("inf"):
+            raise ValueError(f"JudgeSpec temperature={self.temperature!r}: 0 (greedy) or more")
+        if int(self.samples) > 1 and float(self.temperature) == 0:
+            raise ValueError("JudgeSpec samples > 1 with temperature 0 would repeat one greedy answer: set "
+                             "temperature > 0 (seeded by seed)")
+
+    def __hash__(self) -> int:
+        return hash(tuple((k, tuple(v.items()) if isinstance(v, Mapping) else v) for k, v in vars(self).items()
+                          if k != "render_prompt"))
+
+    @property
+    def pairwise(self) -> bool:
+        return self.response_roles is not None or "{response_a}" in self.template
+
+    @property
+    def pointwise(self) -> bool:
+        return not self.pairwise
+
+    def prompt_text(self, context: list[dict]) -> str:
+        """The ``{prompt}`` text of a conversation before the judged answer."""
+        return (self.render_prompt or transcript)(context)
+
+    def messages(self, context: list[dict], *responses: str) -> list[dict]:
+        """The chat the judge reads: ``system``, then the filled template as the user turn; or, with
+        ``response_roles``, the conversation itself followed by the two responses in their roles."""
+        if self.response_roles is not None:
+            return [dict(m) for m in context] + [{"role": role, "content": text}
+                                                 for role, text in zip(self.response_roles, responses)]
+        text = self.template.replace("{prompt}", self.prompt_text(context))
+        names = ("{response_a}", "{response_b}") if self.pairwise else ("{response}",)
+        for name, response in zip(names, responses):
+            text = text.replace(name, response)
+        return ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": text}]
+
+    def verdict(self, generated: str) -> tuple[float | None, str | None]:
+        """(the judgement, None) from a generated answer, or (None, why) when it holds no verdict."""
+        text, thinking_open = after_thinking(generated)
+        if thinking_open:
+            return None, "the judge's thinking did not end (no </think>) within max_new_tokens"
+        if self.json_field:
+            found = last_json_field(text, self.json_field)
+            if found is None:
+                return None, f"no JSON object with a numeric {self.json_field!r} in the answer"
+            return self._value(found)
+        match = re.search(self.extract, text, flags=re.S)
+        if match is None:
+            return None, f"no match for {self.extract!r} in the answer"
+        raw = match.group(1)
+        if self.verdicts is not None:
+            if raw not in self.verdicts:
+                return None, f"the verdict {raw!r} is not one of {sorted(self.verdicts)}"
+            return float(self.verdicts[raw]), None
+        try:
+            return self._value(float(raw))
+        except ValueError:
+            return None, f"the verdict {raw!r} is not a number"
+
+    def _value(self, number: float) -> tuple[float | None, str | None]:
+        if not math.isfinite(number):
+            return None, f"the verdict {number} is not a finite number"
+        if self.pairwise:  # a number on the spec's scale -> the preference for the first response
+            best, worst = self.scale
+            return min(1.0, max(0.0, (worst - number) / (worst - best))), None
+        return number, None
+
+    def with_options(self, **overrides) -> "JudgeSpec":
+        """A copy with fields replaced (checked again)."""
+        return replace(self, **overrides)
+
+    def as_json(self) -> dict:
+        """The spec as a JSON object (``render_prompt`` cannot be written; a spec that has one is refused)."""
+        if self.render_prompt is not None:
+            raise ValueError("a JudgeSpec with render_prompt (a function) has no JSON form")
+        data = asdict(self)
+        data.pop("render_prompt")
+        return data
+
+
+def transcript(context: list[dict]) -> str:
+    """The default ``{prompt}`` text: a lone user turn as it is; otherwise one line block per message, ``System:``,
+    ``User:``, ``Assistant:`` (or the role's name) then its text, separated by blank lines."""
+    if len(context) == 1 and context[0]["role"] == "user":
+        return context[0]["content"]
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
+
+
+def after_thinking(text: str) -> tuple[str, bool]:
+    """(the answer after the judge's thinking, whether a think block was opened and never closed)."""
+    if "</think>" in text:
+        return text.rsplit("</think>", 1)[1], False
+    return text, "<think>" in text
+
+
+def last_json_field(text: str, name: str) -> float | None:
+    """The number under ``name`` in the last JSON object of ``text`` that has it (a fenced ```json block first),
+    as NeMo-Gym's GenRM parser reads Nemotron GenRM's answer; None when there is none."""
+    fenced = re.findall(r"```json\s*(.*?)```", text, flags=re.S | re.I)
+    for chunk in fenced + [text]:
+        found = None
+        for obj in _json_objects(chunk):
+            value = obj.get(name) if isinstance(obj, dict) else None
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                found = float(value)
+            elif isinstance(value, str):
+                try:
+                    found = float(value)
+                except ValueError:
+                    pass
+        if found is not None:
+            return found
+    return None
+
+
+def _json_objects(text: str) -> list:
+    decoder = json.JSONDecoder()
+    out, at = [], text.find("{")
+    while at != -1:
+        try:
+            obj, end = decoder.raw_decode(text, at)
+            out.append(obj)
+            at = text.find("{", end)
+        except json.JSONDecodeError:
+            at = text.find("{", at + 1)
+    return out

@@ -1,0 +1,339 @@
+"""Generative judges (kind "genrm") against plain transformers written here: each judge prompt built from the
+documented format and run alone (the verdicts' log-probabilities from one full forward each; greedy ``generate``
+and the spec's parse), on Qwen3 (think block), Llama-3, Gemma-2 (soft-capped logits) and Mistral judges, on both
+engines. Then the pairwise rules (round robin, circle, tournament) from those compares, the None-on-no-verdict
+path, and the judges inside TRL's GRPO, the server and a recipe."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import engines
+import pytest
+import torch
+from reference_helpers import ATOL, CANDIDATES, MULTI_SYS, SINGLE, SYSTEM
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import rmplugins
+from rmplugins import PRESETS, JudgeSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYOUTS = ["genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral"]  # Qwen3, Llama-3, Gemma-2, Mistral judges
+POINTWISE = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs the answer helpful? Yes or No.",
+                      verdicts={"Yes": 1.0, "No": 0.0}, system=SYSTEM, answer_prefix="Verdict:", name="yes-no")
+PAIRWISE = PRESETS["mt-bench-logits"]  # multi-token verdicts "[[A]]" / "[[B]]"
+THREE = ["Gorgeous, lovely, stunning.", "Sorry, I cannot answer this.", "Pretty and elegant, thanks!"]
+
+
+class Reference:
+    """A judge run the plain way: the judge prompt rendered from the documented format, one forward per verdict
+    (``logp(v) = sum_t log_softmax(logits)[v_t]``), one ``generate`` per prompt."""
+
+    def __init__(self, path: str, spec: JudgeSpec):
+        self.spec = spec
+        self.tok = AutoTokenizer.from_pretrained(path)
+        config = json.loads((Path(path) / "config.json").read_text())
+        attention = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **attention).eval()
+
+    def messages(self, context: list[dict], *responses: str) -> list[dict]:
+        prompt = context[0]["content"] if len(context) == 1 else "\n\n".join(
+            f"{m['role'].capitalize()}: {m['content']}" for m in context)
+        text = self.spec.template.replace("{prompt}", prompt)
+        for name, response in zip(("{response_a}", "{response_b}") if len(responses) == 2 else ("{response}",),
+                                  responses):
+            text = text.replace(name, response)
+        return ([{"role": "system", "content": self.spec.system}] if self.spec.system else []) + \
+            [{"role": "user", "content": text}]
+
+    def ids(self, context, *responses) -> list[int]:
+        messages = self.messages(context, *responses)
+        kwargs = {} if self.spec.thinking is None else {"enable_thinking": self.spec.thinking}
+        try:
+            text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
+        except Exception:  # a template without a system role (Mistral): the system text opens the user turn
+            folded = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
+            text = self.tok.apply_chat_template(folded, tokenize=False, add_generation_prompt=True, **kwargs)
+        return self.tok(text + self.spec.answer_prefix, add_special_tokens=False)["input_ids"]
+
+    @torch.no_grad()
+    def judgement(self, ids: list[int]) -> float:
+        if self.spec.readout == "generate":
+            return self.spec.verdict(self.generate(ids))[0]
+        logps = []
+        for verdict in self.spec.verdicts:
+            v = self.tok.encode(verdict, add_special_tokens=False)
+            logits = self.model(torch.tensor([ids + v])).logits[0].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            logps.append(sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(v)))
+        top = max(logps)
+        weights = [math.exp(lp - top) for lp in logps]
+        return sum(w * value for w, value in zip(weights, self.spec.verdicts.values())) / sum(weights)
+
+    @torch.no_grad()
+    def generate(self, ids: list[int]) -> str:
+        stops = self.model.generation_config.eos_token_id
+        stops = [stops] if isinstance(stops, int) else list(stops)
+        out = self.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=self.spec.max_new_tokens,
+                                  eos_token_id=stops, pad_token_id=self.tok.pad_token_id or stops[0])[0, len(ids):]
+        tokens = out.tolist()
+        end = next((j for j, t in enumerate(tokens) if t in stops), len(tokens))
+        return self.tok.decode(tokens[:end], skip_special_tokens=False)
+
+    def compare(self, context, a, b) -> float:
+        return (self.judgement(self.ids(context, a, b)) + 1 - self.judgement(self.ids(context, b, a))) / 2
+
+
+def _context(prompt) -> list[dict]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [m for m in prompt]
+
+
+@pytest.fixture(scope="module")
+def judges(tiny):
+    cache, made = {}, []
+
+    def get(layout, spec, engine="transformers", **options):
+        key = (layout, spec, engine, tuple(sorted(options.items())))
+        if key not in cache:
+            cache[key] = engines.load(tiny(layout), engine, kind="genrm", judge=spec, **options)
+            made.append(cache[key])
+        return cache[key]
+
+    yield get
+    for rm in made:
+        engines.close(rm)
+
+
+# ------------------------------------------------------------------------------------------- logit readout
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pointwise_logit_judge_matches_one_forward_per_verdict(layout, tiny, judges):
+    ref = Reference(tiny(layout), POINTWISE)
+    rm = judges(layout, POINTWISE)
+    assert rm.kind == "genrm" and rm.pointwise
+    prompts = [SINGLE] * len(CANDIDATES) + [MULTI_SYS] * 2
+    responses = CANDIDATES + CANDIDATES[:2]
+    got = rm.score(prompts, responses)
+    want = [ref.judgement(ref.ids(_context(p), r)) for p, r in zip(prompts, responses)]
+    assert max(abs(g - w) for g, w in zip(got, want)) < ATOL, (got, want)
+    assert max(want) > 2 * min(want)  # the judgement depends on the response
+
+
+@pytest.mark.parametrize("layout", ["genrm_qwen3", "policy", "genrm_gemma2"])
+def test_pairwise_logit_judge_compares_both_orders(layout, tiny, judges):
+    ref = Reference(tiny(layout), PAIRWISE)
+    assert all(len(ref.tok.encode(v, add_special_tokens=False)) > 1 for v in PAIRWISE.verdicts)  # multi-token
+    rm = judges(layout, PAIRWISE)
+    assert not rm.pointwise
+    a, b = [THREE[0], THREE[1], ""], [THREE[2], THREE[0], THREE[1]]
+    got = rm.compare([SINGLE, SINGLE, MULTI_SYS], a, b)
+    want = [ref.compare(_context(p), x, y) for p, x, y in zip([SINGLE, SINGLE, MULTI_SYS], a, b)]
+    assert max(abs(g - w) for g, w in zip(got, want)) < ATOL, (got, want)
+    swapped = rm.compare([SINGLE], [b[0]], [a[0]])[0]
+    assert abs(got[0] + swapped - 1) < ATOL  # position swap always: P(a beats b) + P(b beats a) = 1
+
+
+@pytest.mark.parametrize("spec", [POINTWISE, PAIRWISE, PRESETS["qwen3-reranker"]], ids=lambda s: s.name)
+@pytest.mark.parametrize("engine", engines.ENGINES)
+def test_logit_judges_on_both_engines(spec, engine, tiny, judges):
+    layout = "genrm_qwen3"
+    ref = Reference(tiny(layout), spec)
+    rm = judges(layout, spec, engine)
+    if spec.pairwise:
+        got = rm.compare([SINGLE, MULTI_SYS], THREE[:2], THREE[1:])
+        want = [ref.compare(_context(p), x, y) for p, x, y in zip([SINGLE, MULTI_SYS], THREE[:2], THREE[1:])]
+    else:
+        got = rm.score([SINGLE] * 3, THREE)
+        want = [ref.judgement(ref.ids(_context(SINGLE), r)) for r in THREE]
+    assert max(abs(g - w) for g, w in zip(got, want)) < ATOL, (got, want)
+
+
+def test_ranking_rules_follow_the_compares(tiny, judges):
+    rm = judges("genrm_qwen3", PAIRWISE)
+    cands = THREE + ["Lovely!"]
+    pair = {(i, j): rm.compare([SINGLE], [cands[i]], [cands[j]])[0] for i in range(4) for j in range(4) if i != j}
+    robin = rm.rank(SINGLE, cands, method="round_robin")
+    assert robin.comparisons == 6
+    for i in range(4):
+        want = sum(pair[(i, j)] for j in range(4) if j != i) / 3
+        assert abs(robin.scores[i] - want) < ATOL
+    circle = rm.rank(SINGLE, cands, method="circular")
+    assert circle.comparisons == 4 and set(circle.wins) == {(0, 1), (1, 2), (2, 3), (3, 0)}
+    for i in range(4):
+        want = (pair[(i, (i + 1) % 4)] + pair[(i, (i - 1) % 4)]) / 2
+        assert abs(circle.scores[i] - want) < ATOL
+    knockout = rm.rank(SINGLE, cands, method="tournament")
+    assert knockout.comparisons <= 2 * 4 - 3
+    for (i, j), p in knockout.wins.items():
+        assert abs(p - pair[(i, j)]) < ATOL
+    beaten = [j if p >= 0.5 else i for (i, j), p in knockout.wins.items()]
+    assert knockout.best not in beaten  # the champion won every match it played
+    [many] = rm.rank_many([SINGLE], [cands], method="round_robin")
+    assert many.scores == pytest.approx(robin.scores, abs=ATOL)
+
+
+# ------------------------------------------------------------------------------------------- generate readout
+GENERATED = [PRESETS["j1-pairwise"].with_options(max_new_tokens=40),
+             PRESETS["j1-pointwise"].with_options(max_new_tokens=40)]
+
+
+@pytest.mark.parametrize("spec", GENERATED, ids=lambda s: s.name)
+@pytest.mark.parametrize("engine", engines.ENGINES)
+def test_generate_readout_is_greedy_generate_and_the_parse(spec, engine, tiny, judges):
+    """The trained tiny judge (it answers in the J1 formats): each judgement equals transformers' greedy
+    ``generate`` of that judge prompt alone, parsed by the spec; vLLM's greedy answers are the same."""
+    ref = Reference(tiny("genrm_trained"), spec)
+    rm = judges("genrm_trained", spec, engine, deterministic=True)
+    a, b = ["good love thanks lovely", "hate no cannot not"], ["hate cannot no", "lovely helpful honest good"]
+    if spec.pairwise:
+        got = rm.compare([SINGLE] * 2, a, b)
+        want = [ref.compare(_context(SINGLE), x, y) for x, y in zip(a, b)]
+    else:
+        got = rm.score([SINGLE] * 4, a + b)
+        want = [ref.judgement(ref.ids(_context(SINGLE), r)) for r in a + b]
+    assert None not in want, "the trained judge answers in its format"
+    assert got == want
+    assert rm.metrics()["judge"]["no_verdict"] == 0
+
+
+def test_batched_generation_answers_like_one_at_a_time(tiny, judges):
+    spec = GENERATED[1]
+    alone = judges("genrm_trained", spec, deterministic=True)
+    batched = judges("genrm_trained", spec)
+    responses = ["good love thanks", "hate no", "lovely helpful honest good thanks love", "cannot not", ""]
+    assert batched.score([SINGLE] * 5, responses) == alone.score([SINGLE] * 5, responses)
+
+
+def test_no_verdict_is_none_with_its_reason_never_a_number(tiny, judges, caplog):
+    spec = PRESETS["mt-bench"].with_options(max_new_tokens=6)  # an untrained judge writes no [[A]]/[[B]]
+    rm = judges("genrm_qwen3", spec)
+    with caplog.at_level("WARNING", logger="rmplugins"):
+        assert rm.compare([SINGLE], THREE[:1], THREE[1:2]) == [None]
+    assert "no verdict" in caplog.text
+    rows = rm.compare_rows([SINGLE, SINGLE], THREE[:2], THREE[1:])
+    assert rows.scores == [None, None] and "no verdict" in rows.reasons[0]
+    assert rm.metrics()["judge"]["no_verdict"] >= 4
+    with pytest.raises(ValueError, match="no verdict for any pair"):
+        rm.rank(SINGLE, THREE, method="round_robin")
+    with pytest.raises(ValueError, match="a tournament needs every match decided"):
+        rm.rank(SINGLE, THREE, method="tournament")
+    assert isinstance(rm.rank_rows([SINGLE], [THREE])[0], ValueError)
+    rf = rmplugins.RewardFunction(rm, num_generations=3)
+    rewards = rf(prompts=[SINGLE] * 3, completions=THREE)
+    assert rewards == [None, None, None] and "no verdict" in rf.last_call["reasons"][0]
+    pointwise = judges("genrm_qwen3", PRESETS["j1-pointwise"].with_options(max_new_tokens=6))
+    rows = pointwise.score_rows([SINGLE], THREE[:1])
+    assert rows.scores == [None] and "no verdict" in rows.reasons[0]
+
+
+# ------------------------------------------------------------------------------------------- specs and presets
+def test_specs_are_checked_and_presets_render():
+    with pytest.raises(ValueError, match=r"\{prompt\} and \{response\}"):
+        JudgeSpec(template="no fields", verdicts={"a": 1, "b": 0})
+    with pytest.raises(ValueError, match="at least two"):
+        JudgeSpec(template="{prompt} {response}", verdicts={"Yes": 1})
+    with pytest.raises(ValueError, match="extract .* or json_field"):
+        JudgeSpec(template="{prompt} {response}", readout="generate")
+    with pytest.raises(ValueError, match="has no group"):
+        JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"\d+")
+    with pytest.raises(ValueError, match="preference for the first response"):
+        JudgeSpec(template="{prompt} {response_a} {response_b}", verdicts={"A": 10, "B": 0})
+    with pytest.raises(ValueError, match="temperature > 0"):
+        JudgeSpec(template="{prompt} {response}", readout="generate", extract="(x)", samples=4)
+    spec = PRESETS["nemotron-genrm"]
+    assert spec.verdict('thinking</think>```json\n{"score_1": 2, "score_2": 5, "ranking": 6}\n```') == (0.0, None)
+    assert spec.verdict('{"score_1": 5, "score_2": 1, "ranking": 1}')[0] == 1.0
+    assert spec.verdict("no json")[0] is None
+    assert PRESETS["rm-r1-reasoning"].verdict("<think>[[B]] perhaps</think><answer>[[A]]</answer>") == (1.0, None)
+    assert PRESETS["j1-pointwise"].verdict("<think>unfinished")[1].startswith("the judge's thinking did not end")
+
+
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"nemotron-genrm"}))
+def test_every_preset_builds_its_judge_prompt(name, tiny, judges):
+    rm = judges("genrm_qwen3", PRESETS[name])
+    responses = ("Blue.", "A fruit.") if PRESETS[name].pairwise else ("Blue.",)
+    ids = rm.judge_ids(_context("Name a colour."), *responses)
+    text = rm.tokenizer.decode(ids)
+    assert "Name a colour." in text and all(r in text for r in responses)
+
+
+def test_nemotron_genrm_takes_the_responses_as_roles(tiny, judges):
+    spec = PRESETS["nemotron-genrm"].with_options(max_new_tokens=4)
+    rm = judges("genrm_nemotron", spec)
+    text = rm.tokenizer.decode(rm.judge_ids(_context("Name a colour."), "Blue.", "A fruit."))
+    assert "<|im_start|>response_1\nBlue.<|im_end|>" in text and "<|im_start|>response_2\nA fruit." in text
+    plain = judges("genrm_qwen3", spec)  # Qwen3's template renders no such roles: refused, not judged empty
+    with pytest.raises(ValueError, match="did not render the response"):
+        plain.compare(["Name a colour."], ["Blue."], ["A fruit."])
+
+
+def test_a_judge_is_never_guessed(tiny):
+    with pytest.raises(ValueError, match="plain causal language model"):
+        rmplugins.load_reward_model(tiny("genrm_qwen3"))
+    with pytest.raises(ValueError, match="kind='genrm' needs judge="):
+        rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm")
+    with pytest.raises(ValueError, match="judge= is an option of generative judges"):
+        rmplugins.load_reward_model(tiny("bt_llama3"), judge="qwen3-reranker")
+    with pytest.raises(ValueError, match="a preset name"):
+        rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge="no-such-preset")
+
+
+def test_a_judge_spec_from_a_json_file(tiny, tmp_path):
+    path = tmp_path / "my-judge.json"
+    path.write_text(json.dumps(POINTWISE.as_json()))
+    rm = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge=str(path), device="cpu")
+    assert rm.spec.name == "yes-no" and rm.spec.verdicts == POINTWISE.verdicts
+    path.write_text(json.dumps({"template": "{prompt} {response}", "verdicts": {"y": 1, "n": 0}, "colour": 1}))
+    with pytest.raises(ValueError, match="unknown fields"):
+        rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge=str(path))
+
+
+# ------------------------------------------------------------------------------------------- everywhere else
+@pytest.mark.slow
+def test_grpo_step_with_a_pairwise_judge(tiny, tmp_path):
+    from test_trl_trainers import _grpo_one_step
+
+    rf = rmplugins.RewardFunction(tiny("genrm_trained"), kind="genrm", judge="j1-pairwise", num_generations=2,
+                                  device="cpu")
+    assert rf.method == "round_robin"
+    logs = _grpo_one_step(tiny, tmp_path, [rf])
+    assert f"rewards/{rf.__name__}/mean" in logs
+
+
+def test_the_server_answers_with_the_judge(tiny, judges):
+    import httpx
+
+    from rmplugins.serving import BackgroundServer, create_app
+
+    rm = judges("genrm_qwen3", PAIRWISE)
+    with BackgroundServer(create_app(rm)) as server:
+        answer = httpx.post(server.url + "/score", json={"prompts": [SINGLE, SINGLE], "completions": THREE[:2],
+                                                           "references": THREE[1:]}, timeout=60).json()
+        metrics = httpx.get(server.url + "/metrics", timeout=30).json()
+    want = rm.compare([SINGLE, SINGLE], THREE[:2], THREE[1:])
+    assert answer["rewards"] == pytest.approx(want, abs=ATOL)
+    assert metrics["judge"]["judged"] >= 8 and metrics["judge"]["no_verdict"] == 0
+
+
+@pytest.mark.slow
+def test_a_recipe_iteration_ranked_by_a_judge(tiny, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Say something nice.", "Hello?")))
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "rmplugins", "iterative-dpo", "--policy", tiny("policy"), "--reward-model",
+            tiny("genrm_trained"), "--reward-kind", "genrm", "--judge", "j1-pairwise", "--prompts", str(prompts),
+            "--output", str(out), "--iterations", "1", "--num-candidates", "3", "--max-new-tokens", "6",
+            "--batch-size", "2", "--epochs", "1", "--max-length", "96", "--no-progress"]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    scores = [json.loads(line) for line in (out / "iter-1" / "scores.jsonl").read_text().splitlines()]
+    assert all(row["method"] == "round_robin" and row["comparisons"] == 3 for row in scores)
+    assert (out / "iter-1" / "model" / "config.json").exists()
+    bad = subprocess.run(args[:-1] + ["--judge", "qwen3-reranker", "--pair-rule", "tournament"], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert bad.returncode == 2 and "does not apply to a 'genrm' reward model (pointwise" in bad.stderr
