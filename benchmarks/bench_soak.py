@@ -159,7 +159,7 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
     await asyncio.gather(*(good(i) for i in range(args.good_clients)),
                          *(hostile(i) for i in range(args.hostile_clients)), prober())
     wall = time.perf_counter() - t0
-    async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics") as r:
+    async with aiohttp.ClientSession() as s, s.get(server.url + "/metrics.json") as r:
         metrics = await r.json()
     good_total = sum(good_status.values())
     return {"seconds": round(wall, 1), "good_requests": good_total, "good_rps": round(good_total / wall, 1),

@@ -4,7 +4,8 @@ backbone, ArmoRM, RLHFlow pair-PM, PairRM, GPM, Qwen2.5-Math-PRM) as rewards for
 - ``load_reward_model(path_or_hub_id)``: a model of any family, loaded from its real checkpoint with its authors'
   numbers; ``rm.score``, ``rm.compare``, ``rm.rank`` / ``rank_many``.
 - ``RewardFunction(model)``: a model as an item of TRL's ``reward_funcs=`` (GRPO, RLOO, online DPO);
-  ``AsyncRemoteRewardFunction(url)``: the same through ``rmplugins serve``.
+  ``AsyncRemoteRewardFunction(url)``: the same through ``rmplugins serve``; ``RemoteObjectives(url, names)``:
+  ArmoRM's objectives as separate reward functions (GDPO's ``normalize_then_sum``).
 - ``rmplugins serve`` / ``iterative-dpo`` / ``rejection-sampling`` / ``demo``: the command line (``--help``).
 
 Names are imported on first use, so ``import rmplugins`` is instant and imports neither torch nor TRL.
@@ -29,6 +30,7 @@ _EXPORTS = {
     "Ranking": ".ranking",
     "RewardFunction": ".trl.reward_function",
     "AsyncRemoteRewardFunction": ".trl.remote",
+    "RemoteObjectives": ".trl.remote",
     "JudgeSpec": ".judges.spec",
     "PRESETS": ".judges.presets",
 }

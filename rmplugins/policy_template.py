@@ -141,6 +141,8 @@ class PolicyTemplate:
                                        f"{self.generation_suffix!r}")
             prompt = prompt.rstrip()[: -len(stripped)] + self.generation_suffix
         core = prompt[: len(prompt) - len(self.generation_suffix)]
+        if self.bos and self.start.startswith(self.bos) and not core.startswith(self.bos):
+            core = self.bos + core  # rendered without the BOS text (verl drops it before /classify)
         if self.system_start is not None and core.startswith(self.system_start):
             rest = core[len(self.system_start):]
             cut = rest.find(self.system_end)
@@ -151,9 +153,6 @@ class PolicyTemplate:
                 yield [system] + turns
         if core.startswith(self.start):
             yield self._split_turns(core[len(self.start):])
-        elif self.bos and not core.startswith(self.bos) and self.start.startswith(self.bos) \
-                and core.startswith(self.start[len(self.bos):]):
-            yield self._split_turns(core[len(self.start) - len(self.bos):])  # prompt rendered without BOS text
 
     def parse_prompt(self, prompt: str) -> list[dict]:
         """The messages (system?, user, assistant, ..., user) that render to ``prompt`` with the generation prompt."""

@@ -313,7 +313,7 @@ def test_the_server_answers_with_the_judge(tiny, judges):
     with BackgroundServer(create_app(rm)) as server:
         answer = httpx.post(server.url + "/score", json={"prompts": [SINGLE, SINGLE], "completions": THREE[:2],
                                                            "references": THREE[1:]}, timeout=60).json()
-        metrics = httpx.get(server.url + "/metrics", timeout=30).json()
+        metrics = httpx.get(server.url + "/metrics.json", timeout=30).json()
     want = rm.compare([SINGLE, SINGLE], THREE[:2], THREE[1:])
     assert answer["rewards"] == pytest.approx(want, abs=ATOL)
     assert metrics["judge"]["judged"] >= 8 and metrics["judge"]["no_verdict"] == 0

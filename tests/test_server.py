@@ -112,7 +112,7 @@ def test_concurrent_one_sample_requests_match_rm_score(armorm, armorm_server, po
         keys = keys or sorted(body["extra_logs"])
         assert sorted(body["extra_logs"]) == keys  # the same keys in every response
         assert body["extra_logs"]["template_recovered"] == [1.0]
-    status, metrics = _get(armorm_server.url + "/metrics", AUTH)
+    status, metrics = _get(armorm_server.url + "/metrics.json", AUTH)
     assert status == 200 and metrics["samples"] >= 240
     assert metrics["mean_batch_size"] > 1.5, metrics  # concurrent requests really were batched
     assert metrics["latency_ms"]["p50"] is not None
@@ -136,7 +136,7 @@ def test_wrong_or_missing_key_is_401(armorm_server, policy_tok, headers):
     payload = _openrlhf_payload(policy_tok, *_conversations(1)[0])
     status, body = _post(armorm_server.url + "/get_reward", payload, headers)
     assert status == 401 and "Bearer" in body["error"]
-    assert _get(armorm_server.url + "/metrics")[0] == 401
+    assert _get(armorm_server.url + "/metrics.json")[0] == 401
     assert _get(armorm_server.url + "/health")[0] == 200  # health needs no key
 
 
@@ -167,7 +167,7 @@ def test_bad_inputs_get_4xx_with_reason_and_server_survives(armorm, armorm_serve
     assert _get(armorm_server.url + "/health") == (200, _get(armorm_server.url + "/health")[1])
     status, answer = _post(url, good, AUTH)
     assert status == 200 and answer["rewards"] == armorm.score([conv], [response])
-    errors = _get(armorm_server.url + "/metrics", AUTH)[1]["errors"]
+    errors = _get(armorm_server.url + "/metrics.json", AUTH)[1]["errors"]
     assert errors.get("413", 0) >= 2 and errors.get("400", 0) >= 1
 
 
@@ -386,6 +386,6 @@ def test_templated_text_without_policy_tokenizer_is_recovered_or_refused_never_s
         status, body = _post(url, {"query": ["What is 2+2? Four."], "prompts": ["What is 2+2?"]})
         assert status == 200 and body["extra_logs"]["template_recovered"] == [0.0]
         assert body["rewards"] == armorm.score(["What is 2+2?"], [" Four."])
-        metrics = _get(server.url + "/metrics")[1]
+        metrics = _get(server.url + "/metrics.json")[1]
         assert metrics["template_builtin"] == {"llama-3": 6, "chatml": 1} and metrics["template_refused"] == 1
         assert metrics["template_fallbacks"] == 0

@@ -99,5 +99,5 @@ def test_score_never_answers_5xx(server, body):
 
 def test_server_still_healthy_after_the_fuzz(server):
     assert server.get("/health").status_code == 200
-    errors = server.get("/metrics").json()["errors"]
+    errors = server.get("/metrics.json").json()["errors"]
     assert not any(code.startswith("5") for code in errors), errors

@@ -81,7 +81,7 @@ def test_malformed_bodies_are_4xx_never_500(bt):
         for path, body, headers, status, reason in cases:
             got, answer = _post(server.url + path, body, headers, raw=True)
             assert got == status and reason in answer["error"], (path, body[:40], answer)
-        errors = _get(server.url + "/metrics")[1]["errors"]
+        errors = _get(server.url + "/metrics.json")[1]["errors"]
         assert "500" not in errors, errors
 
 
@@ -111,10 +111,10 @@ def test_both_length_headers_and_a_client_gone_mid_body(bt):
             s.sendall(b"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                       b"Content-Length: 1000\r\n\r\n{\"query\": ")
         deadline = time.monotonic() + 10
-        while _get(server.url + "/metrics")[1]["client_disconnects"] < 1:
+        while _get(server.url + "/metrics.json")[1]["client_disconnects"] < 1:
             assert time.monotonic() < deadline, "the disconnect was not noticed"
             time.sleep(0.1)
-        assert "500" not in _get(server.url + "/metrics")[1]["errors"]
+        assert "500" not in _get(server.url + "/metrics.json")[1]["errors"]
 
 
 def test_auth_scheme_case_utf8_keys_docs_and_health(bt, tiny):

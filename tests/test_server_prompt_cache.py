@@ -39,7 +39,7 @@ def test_samples_of_a_prompt_in_separate_requests_run_the_prompt_once(armorm, ti
         assert armorm.engine.prompt_cache_tokens > 10_000  # the default: a tenth of free memory
         armorm.engine.stats.reset()
         got = [_post(server.url + "/get_reward", p)[1]["rewards"][0] for p in payloads]  # one at a time
-        status, metrics = _get(server.url + "/metrics")
+        status, metrics = _get(server.url + "/metrics.json")
         assert status == 200
         engine = metrics["engine"]
         # each prompt ran once: the first sample whole, the other seven from the cached prompt

@@ -268,7 +268,7 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
                 answers = asyncio.run(rollouts())
             finally:
                 agent.logger.removeHandler(handler)
-            metrics = httpx.get(server.url + "/metrics").json()
+            metrics = httpx.get(server.url + "/metrics.json").json()
     finally:
         rm.shutdown()
     assert not [m for m in retries if "error" in m.lower()], retries[:3]

@@ -11,7 +11,9 @@ its thread pool, and by the older ``batch`` manager with plural arguments)::
 verl passes the decoded response (``solution_str``, special tokens removed) but not the prompt, so the prompt must
 be in each row's ``extra_info`` under ``prompt`` (a string or a list of chat messages), ``messages``, ``question``
 or ``query``. Pairwise kinds (pair_pm, pairrm, gpm) need a reference response: ``extra_info["reference"]``, else
-the ``ground_truth`` string.
+the ``ground_truth`` string; or, with a server started with ``--group-size N`` (N = ``actor_rollout_ref.rollout.n``),
+each response gets its reward within its prompt's group (``extra_info["group_id"]`` or ``["uid"]`` keys the group
+when present, else the prompt does).
 
 Settings (``reward_kwargs`` win over the environment): ``url`` / RMPLUGINS_SCORE_URL (default
 http://127.0.0.1:5000/score), ``api_key`` / RMPLUGINS_API_KEY, RMPLUGINS_REWARD_TIMEOUT (180 s),
@@ -28,6 +30,7 @@ import urllib.error
 import urllib.request
 
 PROMPT_KEYS = ("prompt", "messages", "question", "query")
+GROUP_KEYS = ("group_id", "uid")
 
 
 def _prompt(extra_info) -> object:
@@ -119,9 +122,24 @@ async def _post_async(payload: dict, url=None, api_key=None) -> dict:
     raise _unreachable(url, attempts, last)
 
 
+def _group_id(extra_info):
+    """The sample's group for a server started with --group-size: ``extra_info["group_id"]`` or ``["uid"]`` when
+    the dataset or a custom manager put one there; else None and the server groups by prompt."""
+    extra_info = extra_info or {}
+    for key in GROUP_KEYS:
+        value = extra_info.get(key) if hasattr(extra_info, "get") else None
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
 def _payload(solution_strs, ground_truths, extra_infos) -> dict:
-    return {"prompts": [_prompt(e) for e in extra_infos], "completions": list(solution_strs),
-            "references": [_reference(g, e) for g, e in zip(ground_truths, extra_infos)]}
+    payload = {"prompts": [_prompt(e) for e in extra_infos], "completions": list(solution_strs),
+               "references": [_reference(g, e) for g, e in zip(ground_truths, extra_infos)]}
+    groups = [_group_id(e) for e in extra_infos]
+    if any(g is not None for g in groups):
+        payload["group_ids"] = groups
+    return payload
 
 
 def _results(answer: dict) -> list[dict]:

@@ -4,7 +4,12 @@ A reward goes one way down: ``POST /get_reward`` -> :func:`get_reward` -> :meth:
 ``RequestParser.openrlhf_samples`` (a worker thread) -> ``Batcher.submit`` -> ``RewardScorer`` (the scoring thread,
 batched with other requests) -> ``rm.score_rows`` / ``rm.compare_rows`` -> the family's model call on its backend.
 A model on vLLM (``engine="vllm"``) takes ``PassThrough.submit`` instead of the batcher: each request in its own
-thread, batched by vLLM's scheduler.
+thread, batched by vLLM's scheduler. With ``--group-size`` a group-relative family's samples wait in the
+``GroupBuffer`` for their group, which then goes the same way as one ``GroupJob`` (``rm.rank_rows``).
+
+Routes: OpenRLHF's ``/get_reward``, the separated ``/score``, vLLM's ``/classify`` and ``/pooling``
+(:mod:`.vllm_api`), slime's ``/remote_rm`` (a bare number), ``/health``, ``/metrics`` (Prometheus) and
+``/metrics.json``.
 
 The route handlers are plain functions; what they share (model, parser, batcher, metrics, key) is the app's
 :class:`RewardService` (``app.state.service``), built by :func:`create_app`.
@@ -21,15 +26,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..policy_template import PolicyTemplate, load_policy_template
 from .batcher import Batcher
-from .metrics import Metrics
+from .groups import ClientGone, GroupBuffer
+from .metrics import Metrics, prometheus_text
 from .passthrough import PassThrough
 from .protocol import PAIRWISE_HELP, RequestError, RequestParser, parse_body
 from .scorer import RewardScorer
+from .vllm_api import VLLMRequests, error_body
 
 logger = logging.getLogger("rmplugins.server")
 access_logger = logging.getLogger("rmplugins.server.access")
@@ -38,10 +45,12 @@ UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer
 
 
 def parse_and_cost(body: bytes, parse):
-    """(samples, their own cost, their prompts' costs by prompt) for the batcher's token budget, in which a prompt
-    several requests bring (a rollout's n samples) counts once."""
-    samples = parse_body(body, parse)
-    return samples, sum(s.cost() for s in samples), {s.prompt_key(): s.prompt_cost() for s in samples}
+    """(samples, the route's options, their own cost, their prompts' costs by prompt) for the batcher's token
+    budget, in which a prompt several requests bring (a rollout's n samples) counts once. ``parse`` returns the
+    samples, or (samples, options) for a route whose answer depends on the request (vLLM's ``use_activation``)."""
+    parsed = parse_body(body, parse)
+    samples, options = parsed if isinstance(parsed, tuple) else (parsed, {})
+    return samples, options, sum(s.cost() for s in samples), {s.prompt_key(): s.prompt_cost() for s in samples}
 
 
 def prompt_cache_engine(rm: Any, tokens: int | None):
@@ -82,15 +91,17 @@ class RewardService:
                  max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
                  max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
                  objective_logs: bool = False, max_sample_chars: int | None = None,
-                 prompt_cache_tokens: int | None = None):
+                 prompt_cache_tokens: int | None = None, group_size: int | None = None,
+                 group_timeout: float = 120.0, group_method: str | None = None):
         if api_key is not None and not str(api_key).strip():
             raise ValueError("api_key is empty: pass a real key, or None for no authentication")
+        grouped = check_group_options(rm, group_size, group_method)
         self.rm = rm
         self.template = _policy_template(policy_tokenizer)
         self.engine = prompt_cache_engine(rm, prompt_cache_tokens)
         self.prompt_cache_tokens = prompt_cache_tokens
         self.metrics = Metrics()
-        self.scorer = RewardScorer(rm, objective_logs)
+        self.scorer = RewardScorer(rm, objective_logs, groups=grouped)
         if rm.backend.name == "vllm":  # vLLM's scheduler batches; an offline LLM takes one call at a time
             concurrent = rm.backend.concurrent
             self.batcher = PassThrough(self.scorer, max_concurrent=256 if concurrent else 1,
@@ -108,6 +119,15 @@ class RewardService:
         self.max_body_bytes = int(max_body_bytes)
         self.request_timeout = float(request_timeout)
         self.model_name = _public_name(rm.name_or_path)
+        self.vllm = VLLMRequests(self.requests, getattr(rm, "tokenizer", None), self.model_name)
+        self.groups = None
+        if grouped:
+            # round robin by default: every response against every other, in both orders (no bracket, no order)
+            method = group_method or ("round_robin" if "round_robin" in rm.rank_methods else rm.rank_methods[0])
+            self.groups = GroupBuffer(self.batcher, size=group_size, timeout=group_timeout, method=method,
+                                      metrics=self.metrics, request_timeout=self.request_timeout)
+            logger.info("group rewards: each sample waits for the %d samples of its group (keyed by group id, else "
+                        "by prompt), up to %g s (--group-timeout); ranked with %r", group_size, group_timeout, method)
         self._parsing = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")
         if self.scorer.needs_reference:
             logger.info("reward model kind %r %s", self.scorer.kind, PAIRWISE_HELP)
@@ -122,6 +142,8 @@ class RewardService:
             logger.info("prompt cache: up to %d tokens (--prompt-cache-tokens)", engine.prompt_cache_tokens)
         await self.batcher.start()
         yield
+        if self.groups is not None:
+            await self.groups.stop()
         await self.batcher.stop()
         self._parsing.shutdown(wait=False, cancel_futures=True)
         if engine is not None:  # the model may outlive the app (tests, notebooks): leave it as it was
@@ -139,10 +161,12 @@ class RewardService:
             return False
         return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, self.key)
 
-    def fail(self, request: Request, started: float, status: int, reason: str) -> JSONResponse:
+    def fail(self, request: Request, started: float, status: int, reason: str, shape=None) -> JSONResponse:
+        """An error answer: ``{"error": reason, "status": status}``, or the route's own error shape (vLLM's)."""
         self.metrics.error(status)
         access(request, status, started, reason)
-        return JSONResponse({"error": reason, "status": status}, status_code=status)
+        body = shape(status, reason) if shape is not None else {"error": reason, "status": status}
+        return JSONResponse(body, status_code=status)
 
     async def read_body(self, request: Request) -> bytes:
         headers = request.headers
@@ -162,36 +186,59 @@ class RewardService:
                 raise RequestError(413, f"body exceeds the limit of {limit} bytes (--max-body-bytes)")
         return bytes(body)
 
-    async def handle(self, request: Request, parse) -> JSONResponse:
+    async def handle(self, request: Request, parse, answer=None, error_shape=None) -> JSONResponse:
         """Authenticate, read, parse (in a worker thread: a huge or deeply nested body does not stall the event
-        loop), score with the other requests, answer; every failure is an answer with a status and a reason."""
+        loop), score with the other requests (or wait for the group), answer; every failure is an answer with a
+        status and a reason. ``answer(results, options)`` builds the route's body (default: OpenRLHF's)."""
         started = time.perf_counter()
         metrics = self.metrics
         metrics.requests += 1
         if not self.authorized(request):
-            return self.fail(request, started, 401, UNAUTHORIZED)
+            return self.fail(request, started, 401, UNAUTHORIZED, error_shape)
         try:
             body = await self.read_body(request)
-            samples, cost, shared = await asyncio.get_running_loop().run_in_executor(
+            samples, options, cost, shared = await asyncio.get_running_loop().run_in_executor(
                 self._parsing, parse_and_cost, body, parse)
             metrics.samples += len(samples)
-            try:
-                results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared)
-            except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
-                raise RequestError(422, f"the reward model rejected this sample: {err}") from None
-            answer = JSONResponse(self.scorer.answer(results))  # refuses NaN/inf: reported below, not a bare 500
+            if self.groups is not None:
+                results = await self.groups.submit(samples, request.is_disconnected)
+            else:
+                try:
+                    results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared)
+                except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
+                    raise RequestError(422, f"the reward model rejected this sample: {err}") from None
+            content = answer(results, options) if answer is not None else self.scorer.answer(results)
+            reply = JSONResponse(content)  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:
-            return self.fail(request, started, err.status, err.reason)
-        except ClientDisconnect:
+            return self.fail(request, started, err.status, err.reason, error_shape)
+        except (ClientDisconnect, ClientGone) as err:
             metrics.disconnects += 1
-            access(request, 499, started, "client disconnected before sending the whole body")
+            access(request, 499, started, "client disconnected before sending the whole body"
+                   if isinstance(err, ClientDisconnect) else "client disconnected while its group was waiting")
             return JSONResponse({"error": "client disconnected"}, status_code=400)
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             logger.exception("unexpected error")
-            return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}")
-        metrics.latencies.append(time.perf_counter() - started)
+            return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}", error_shape)
+        metrics.answered(time.perf_counter() - started)
         access(request, 200, started, f"{len(samples)} sample(s)")
-        return answer
+        return reply
+
+
+def check_group_options(rm: Any, group_size: int | None, group_method: str | None) -> bool:
+    """Whether requests are grouped: ``group_size`` for a group-relative family; a pointwise family ignores it
+    (logged). A ranking method the family lacks is an error before anything is served."""
+    if group_size is None:
+        if group_method is not None:
+            raise ValueError("--group-method applies with --group-size (group rewards); add --group-size N")
+        return False
+    if rm.pointwise:
+        logger.info("--group-size %s: kind %r gives each response its own reward; every request is scored as it "
+                    "comes (group rewards are for gpm, pair_pm, pairrm and pairwise judges)", group_size, rm.kind)
+        return False
+    if group_method is not None and group_method not in rm.rank_methods:
+        raise ValueError(f"--group-method {group_method}: kind {rm.kind!r} ranks a group with one of "
+                         f"{list(rm.rank_methods)}")
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ routes
@@ -207,19 +254,51 @@ async def score(request: Request):
     return await service.handle(request, service.requests.direct_samples)
 
 
+async def classify(request: Request):
+    """vLLM's ``/classify``: {"input" | "messages", "use_activation"} -> ``ClassificationResponse``;
+    ``data[i].probs[-1]`` is the reward."""
+    service: RewardService = request.app.state.service
+    return await service.handle(request, service.vllm.classify, service.vllm.answer, error_body)
+
+
+async def pooling(request: Request):
+    """vLLM's ``/pooling``: -> ``PoolingResponse``; ``data[i].data`` is the reward and the family's per-row values."""
+    service: RewardService = request.app.state.service
+    return await service.handle(request, service.vllm.pooling, service.vllm.answer, error_body)
+
+
+async def remote_rm(request: Request):
+    """slime's ``--rm-type remote_rm``: {"prompt", "response", "label"} -> the reward, a bare JSON number."""
+    service: RewardService = request.app.state.service
+    return await service.handle(request, service.requests.slime_samples, lambda results, _: results[0]["score"])
+
+
 async def health(request: Request):
     service: RewardService = request.app.state.service
     return {"status": "ok", "kind": service.scorer.kind, "model": service.model_name,
             "policy_template": service.template is not None, "needs_reference": service.scorer.needs_reference,
-            "deterministic": bool(service.rm.deterministic), "extra_logs": service.scorer.log_keys}
+            "deterministic": bool(service.rm.deterministic), "extra_logs": service.scorer.log_keys,
+            "group_size": service.groups.size if service.groups is not None else None}
 
 
 async def metrics(request: Request):
+    """Prometheus' text format (scrape it)."""
     service: RewardService = request.app.state.service
     if not service.authorized(request):
         return service.fail(request, time.perf_counter(), 401, UNAUTHORIZED)
+    body, content_type = prometheus_text(service)
+    return Response(body, media_type=content_type)
+
+
+async def metrics_json(request: Request):
+    """The same numbers as one JSON object (and recent batch sizes, latency percentiles)."""
+    service: RewardService = request.app.state.service
+    if not service.authorized(request):
+        return service.fail(request, time.perf_counter(), 401, UNAUTHORIZED)
+    groups = len(service.groups.waiting) if service.groups is not None else None
     # tokens through the backbone, the floor of each batch, the prompt cache (rmplugins' engine); a judge's verdicts
-    return {**service.metrics.snapshot(service.batcher.queued), **service.rm.backend.metrics(), **service.rm.metrics()}
+    return {**service.metrics.snapshot(service.batcher.queued, groups), **service.rm.backend.metrics(),
+            **service.rm.metrics()}
 
 
 def create_app(rm: Any, **options):
@@ -235,8 +314,12 @@ def create_app(rm: Any, **options):
     app.state.metrics, app.state.batcher = service.metrics, service.batcher
     app.add_api_route("/get_reward", get_reward, methods=["POST"])
     app.add_api_route("/score", score, methods=["POST"])
+    app.add_api_route("/classify", classify, methods=["POST"])
+    app.add_api_route("/pooling", pooling, methods=["POST"])
+    app.add_api_route("/remote_rm", remote_rm, methods=["POST"])
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/metrics.json", metrics_json, methods=["GET"])
     return app
 
 

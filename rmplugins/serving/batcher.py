@@ -32,6 +32,7 @@ class Pending:
     future: asyncio.Future | None
     cost: int = 0
     shared: dict = field(default_factory=dict)
+    size: int = 0  # samples it holds (a group job is one item of several samples)
 
     def cost_beside(self, seen: dict) -> int:
         """Its cost in a batch already holding the shared parts in ``seen`` (which it then adds to)."""
@@ -81,15 +82,19 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None) -> list:
+    async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None,
+                     size: int | None = None) -> list:
+        """``run(items)`` for these items, batched with other requests'; ``size``: the samples they hold, for
+        the batch and queue limits (default: one per item)."""
+        size = len(items) if size is None else int(size)
         if self._queue is None:
             raise RequestError(503, "the scoring queue is not running yet; retry in a moment")
-        if self._queued + len(items) > self.max_queue_items:
+        if self._queued + size > self.max_queue_items:
             raise RequestError(503, f"server overloaded: {self._queued} samples already queued "
                                     f"(limit {self.max_queue_items}); retry later or add servers")
         future = asyncio.get_running_loop().create_future()
-        self._queued += len(items)
-        await self._queue.put(Pending(items, future, cost, shared or {}))
+        self._queued += size
+        await self._queue.put(Pending(items, future, cost, shared or {}, size))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
@@ -110,7 +115,7 @@ class Batcher:
             except Exception as err:  # noqa: BLE001 - keep the loop alive whatever happens
                 logger.exception("batch failed")
                 outcomes = [RequestError(500, f"scoring failed: {type(err).__name__}: {err}")] * len(live)
-            self.metrics.batch(sum(len(p.items) for p in live), time.perf_counter() - started)
+            self.metrics.batch(sum(p.size for p in live), time.perf_counter() - started)
             for pending, outcome in zip(live, outcomes):
                 if pending.future.done():
                     continue
@@ -122,7 +127,7 @@ class Batcher:
     async def _collect(self, loop) -> list[Pending]:
         first, self._carry = (self._carry or await self._queue.get()), None
         seen: dict = {}
-        batch, size, tokens = [first], len(first.items), first.cost_beside(seen)
+        batch, size, tokens = [first], first.size, first.cost_beside(seen)
         # Wait for company only under load (the last batch held several requests): a lone client is served at
         # once; under load, requests that arrive while a batch runs form the next one anyway.
         deadline = loop.time() + (self.max_wait if self._last_batch_requests > 1 else 0.0)
@@ -137,11 +142,11 @@ class Batcher:
                     pending = await asyncio.wait_for(self._queue.get(), remaining)
                 except asyncio.TimeoutError:
                     break
-            if size + len(pending.items) > self.max_batch_size:
+            if size + pending.size > self.max_batch_size:
                 self._carry = pending  # it opens the next batch
                 break
             batch.append(pending)
-            size += len(pending.items)
+            size += pending.size
             tokens += pending.cost_beside(seen)
         self._queued -= size
         self._last_batch_requests = len(batch)

@@ -36,12 +36,14 @@ def register(subparsers) -> None:
     from ..options import HelpFormatter, non_negative_float, non_negative_int, positive_float, positive_int
 
     p = subparsers.add_parser(
-        "serve", help="OpenRLHF remote reward server (POST /get_reward) with dynamic batching",
-        description="Serve a reward model over HTTP in OpenRLHF's remote reward protocol: POST /get_reward "
-                    "{query, prompts, labels} -> {rewards, scores, extra_logs}; GET /health; GET /metrics. "
-                    "Concurrent one-sample requests are batched together. Point OpenRLHF at it with "
-                    "--reward.remote_url http://HOST:PORT/get_reward (or, with --api-key, at "
-                    "integrations/openrlhf/reward_func.py).",
+        "serve", help="reward server for every framework's client (OpenRLHF, verl, AReaL, slime, TRL)",
+        description="Serve a reward model over HTTP, batching concurrent one-sample requests: POST /get_reward "
+                    "(OpenRLHF: {query, prompts, labels} -> {rewards, scores, extra_logs}), POST /score (separated "
+                    "prompts and completions; integrations/verl), POST /classify and /pooling (vLLM's schemas: "
+                    "verl's reward loop, AReaL), POST /remote_rm (slime: {prompt, response, label} -> a number); "
+                    "GET /health, GET /metrics (Prometheus), GET /metrics.json. With --group-size, group-relative "
+                    "families answer each sample with its reward within its prompt's group. docs/server.md has "
+                    "each framework's configuration.",
         formatter_class=HelpFormatter)
     p.add_argument("--model", required=True, help="reward model path or hub id (any supported family)")
     p.add_argument("--kind", default=None, choices=KINDS,
@@ -102,10 +104,54 @@ def register(subparsers) -> None:
                         "prompt run the prompt once even when they land in different batches (exact: only identical "
                         "leading tokens are reused; least recently used dropped first). Default: what fits in a "
                         "tenth of the memory free at start; 0 turns it off; off with --deterministic")
+    p.add_argument("--group-size", type=group_size, default=None, metavar="N",
+                   help="group rewards for gpm, pair_pm, pairrm and pairwise judges: hold each one-sample request "
+                        "until the N samples of its group have arrived (keyed by a group id the request carries, "
+                        "else by prompt), rank the group and answer each with its own sample's reward within it. "
+                        "N = the trainer's samples per prompt (OpenRLHF n_samples_per_prompt, verl rollout.n, "
+                        "slime n-samples-per-prompt). Pointwise kinds ignore it")
+    p.add_argument("--group-timeout", type=positive_float, default=120.0, metavar="SECONDS",
+                   help="with --group-size: seconds from a group's first sample until it is ranked with the samples "
+                        "that came (extra_logs group_complete 0) or, a lone sample, answered 408. Keep it below the "
+                        "client's timeout (OpenRLHF 180 s, slime 30 s)")
+    p.add_argument("--group-method", default=None, choices=("round_robin", "tournament", "circular", "gpo"),
+                   help="with --group-size: how a group is ranked; default: round_robin for pairwise kinds and "
+                        "judges, gpo (GPM's GPO score) for gpm")
     p.add_argument("--objective-logs", action="store_true",
                    help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while the model loads")
     p.set_defaults(func=_serve)
+
+
+def group_size(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"{value}: a group needs at least 2 samples")
+    return value
+
+
+def check_group_method(args, judge) -> None:
+    """--group-size / --group-method against the checkpoint's family, before the model loads (headers only)."""
+    from ..checkpoints import identify
+    from ..registry import family
+
+    if args.group_size is None:
+        raise ValueError("--group-method applies with --group-size (group rewards); add --group-size N")
+    kind = identify(args.model, kind=args.kind, variant=args.variant).kind
+    cls = family(kind).model_class()
+    if kind == "genrm" and judge is not None:
+        from ..families.genrm import PairwiseJudge, PointwiseJudge
+
+        cls = PairwiseJudge if judge.pairwise else PointwiseJudge
+    methods = tuple(getattr(cls, "rank_methods", ()))
+    if args.group_method is not None and methods and not getattr(cls, "pointwise", False) \
+            and args.group_method not in methods:
+        raise ValueError(f"--group-method {args.group_method}: kind {kind!r} ranks a group with one of {list(methods)}")
 
 
 def _serve(args) -> int:
@@ -147,6 +193,8 @@ def _serve_checked(args) -> int:
     if not _is_loopback(args.host) and not api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)
+    if args.group_size is not None or args.group_method is not None:
+        check_group_method(args, options.get("judge"))
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
     rm = load_reward_model(args.model, kind=args.kind, device=device, dtype=args.dtype,
                            deterministic=args.deterministic, **options)
@@ -156,7 +204,8 @@ def _serve_checked(args) -> int:
                      max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
                      max_queue_samples=args.max_queue_samples, request_timeout=args.request_timeout,
                      objective_logs=args.objective_logs, max_sample_chars=args.max_sample_chars,
-                     prompt_cache_tokens=args.prompt_cache_tokens)
+                     prompt_cache_tokens=args.prompt_cache_tokens, group_size=args.group_size,
+                     group_timeout=args.group_timeout, group_method=args.group_method)
     logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host,
                 sock.getsockname()[1], args.policy_tokenizer or "none; chat-templated text is recovered with the "
                 "built-in templates or refused", "bearer key" if api_key else "none")

@@ -33,12 +33,14 @@ class PassThrough:
     async def stop(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None) -> list:
+    async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None,
+                     size: int | None = None) -> list:
         """``run(items)``, with one request's failing item raised for it (the Batcher's contract)."""
-        if self._queued + len(items) > self.max_queue_items:
+        size = len(items) if size is None else int(size)
+        if self._queued + size > self.max_queue_items:
             raise RequestError(503, f"server overloaded: {self._queued} samples already in flight "
                                     f"(limit {self.max_queue_items}); retry later or add servers")
-        self._queued += len(items)
+        self._queued += size
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -48,8 +50,8 @@ class PassThrough:
             raise RequestError(504, f"scoring did not finish within the per-request timeout of {timeout:g} s "
                                     "(server busy or a very long sample); retry or raise --request-timeout") from None
         finally:
-            self._queued -= len(items)
-        self.metrics.batch(len(items), loop.time() - started)
+            self._queued -= size
+        self.metrics.batch(size, loop.time() - started)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
             raise failed

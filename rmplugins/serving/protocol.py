@@ -36,6 +36,8 @@ class Sample:
     response: str
     reference: str | None = None
     recovered: float = 1.0  # 1 when the conversation was recovered with the policy template, else 0
+    group_id: str | None = None   # the client's group id (--group-size); None: grouped by prompt
+    sample_id: str | None = None  # the client's id of this sample, so a retry is known (--group-size)
 
     def cost(self) -> int:
         """Rough token count (4 characters a token) of what is this sample's own (the response, and the reference's
@@ -94,6 +96,44 @@ def reference_from_label(label: Any) -> str | None:
             if isinstance(value, list) and value and isinstance(value[-1], dict):  # [{"role": "assistant", ...}]
                 return str(value[-1].get("content") or "")
     return None
+
+
+MAX_ID_CHARS = 256
+
+
+def _id(value: Any, name: str, index: int) -> str | None:
+    """A group or sample id: a string or an integer (JSON numbers from Python and Go clients), else refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RequestError(422, f"sample {index}: {name} must be a string or an integer, got {type(value).__name__}")
+    text = str(value)
+    if not text or len(text) > MAX_ID_CHARS:
+        raise RequestError(422, f"sample {index}: {name} must have 1 to {MAX_ID_CHARS} characters")
+    return text
+
+
+def ids_field(data: dict, names: tuple[str, ...], n: int) -> list[str | None]:
+    """One id per sample from the first of ``names`` present: a list with one entry per sample, or (one name
+    without a plural ``s``) a single id for every sample of the request."""
+    for name in names:
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if len(value) != n:
+                raise RequestError(422, f"field {name!r} has {len(value)} entries for {n} samples: send one per "
+                                        "sample")
+            return [_id(v, name, i) for i, v in enumerate(value)]
+        return [_id(value, name, i) for i in range(n)]
+    return [None] * n
+
+
+def _with_ids(samples: list[Sample], data: dict) -> list[Sample]:
+    for sample, group, sid in zip(samples, ids_field(data, ("group_ids", "group_id"), len(samples)),
+                                  ids_field(data, ("sample_ids", "sample_id"), len(samples))):
+        sample.group_id, sample.sample_id = group, sid
+    return samples
 
 
 def _list_field(data: dict, name: str, n: int | None, required: bool) -> list | None:
@@ -188,7 +228,7 @@ class RequestParser:
             sample = self._split(query, prompt, i)
             sample.reference = self._reference(label, i)
             samples.append(sample)
-        return samples
+        return _with_ids(samples, data)
 
     def direct_samples(self, data: Any) -> list[Sample]:
         """``/score``: ``{"prompts": [str | messages], "completions": [str], "references": [str | null]}``."""
@@ -215,7 +255,33 @@ class RequestParser:
             self._check_size(sum(len(m["content"]) for m in sample.messages) + len(sample.response)
                              + len(sample.reference or ""), i)
             samples.append(sample)
-        return samples
+        return _with_ids(samples, data)
+
+    def slime_samples(self, data: Any) -> list[Sample]:
+        """slime's ``remote_rm``: ``{"prompt": str | messages, "response": str, "label": ...}``, one sample. A
+        string prompt is the policy-templated prompt (recovered as OpenRLHF's ``prompts[i]`` is); the label is the
+        reference response where a pairwise model needs one."""
+        if not isinstance(data, dict):
+            raise RequestError(422, "the body must be a JSON object {\"prompt\": ..., \"response\": ..., "
+                                    "\"label\": ...}")
+        prompt, response = data.get("prompt"), data.get("response")
+        if not isinstance(response, str):
+            raise RequestError(422, "field 'response' must be the generated text (a string)")
+        if isinstance(prompt, str):
+            self._check_size(len(prompt) + len(response), 0)
+            sample = self._split(prompt + response, prompt, 0)
+        elif isinstance(prompt, list):
+            try:
+                conversation = to_conversation(prompt, response, 0)
+            except ValueError as err:
+                raise RequestError(422, str(err)) from None
+            sample = Sample([dict(m) for m in conversation.context], conversation.response)
+            self._check_size(sum(len(m["content"]) for m in sample.messages) + len(sample.response), 0)
+        else:
+            raise RequestError(422, "field 'prompt' must be the prompt text or a list of chat messages")
+        label = data.get("label")
+        sample.reference = self._reference(label if label is not None else "", 0)
+        return _with_ids([sample], data)
 
     def _check_size(self, chars: int, index: int) -> None:
         """Tokenizing a text costs its length even though the model reads only ``max_length`` tokens of it: one

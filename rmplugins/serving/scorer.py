@@ -1,34 +1,56 @@
 """Samples -> rewards: the one place of the server that knows the reward-model kinds. Pointwise kinds score the
-response; pairwise kinds and GPM give P(response beats the reference the label carried)."""
+response; pairwise kinds and GPM give P(response beats the reference the label carried), or, with
+``--group-size``, each response's reward within its prompt's group (:class:`~.groups.GroupJob`)."""
 
 from typing import Any
 
+from .groups import GroupJob
 from .protocol import Sample
+
+# Per-row values a family returns beside its score, in the order /pooling reports them after the score.
+VECTOR_EXTRAS = ("rewards", "gating_output", "step_rewards")
 
 
 class RewardScorer:
-    """``scorer(samples)`` -> one ``{"score", "logs"}`` per sample; ``scorer.answer(results)`` -> OpenRLHF's
-    ``{"rewards", "scores", "extra_logs"}``, with the same ``extra_logs`` keys (``log_keys``) every time."""
+    """``scorer(items)`` -> one result per item: a ``{"score", "logs", "vector"}`` per :class:`Sample`, a list of
+    them per :class:`GroupJob`, or a ``ValueError`` with the reason where the model could not score it.
+    ``scorer.answer(results)`` -> OpenRLHF's ``{"rewards", "scores", "extra_logs"}``, with the same ``extra_logs``
+    keys (``log_keys``) every time. ``vector`` is what ``/pooling`` returns: the score, then the family's named
+    per-row values (ArmoRM: 19 objective rewards and 19 gating weights; a PRM: its step rewards)."""
 
-    def __init__(self, rm: Any, objective_logs: bool = False):
+    def __init__(self, rm: Any, objective_logs: bool = False, groups: bool = False):
         self.rm = rm
         self.kind = rm.kind
-        self.needs_reference = not rm.pointwise
+        self.groups = groups
+        self.needs_reference = not rm.pointwise and not groups
         self.objective_names: list[str] = []
         if objective_logs and self.kind == "armorm":
             self.objective_names = list(rm.objective_names)
-        self.log_keys = ["rm_score", "template_recovered"] + [f"objective/{n}" for n in self.objective_names]
+        self.log_keys = (["rm_score", "template_recovered"] + [f"objective/{n}" for n in self.objective_names]
+                         + (["group_complete", "group_size"] if groups else []))
 
-    def __call__(self, samples: list[Sample]) -> list[dict | ValueError]:
-        """One result per sample; a sample the model cannot score gets a ``ValueError`` with its reason (the others
+    def __call__(self, items: list) -> list:
+        """One result per item; an item the model cannot score gets a ``ValueError`` with its reason (the others
         are scored in the same batched call, not again)."""
+        out: list = [None] * len(items)
+        samples = [i for i, item in enumerate(items) if isinstance(item, Sample)]
+        jobs = [i for i, item in enumerate(items) if isinstance(item, GroupJob)]
+        if samples:
+            for i, result in zip(samples, self._samples([items[i] for i in samples])):
+                out[i] = result
+        if jobs:
+            for i, result in zip(jobs, self._groups([items[i] for i in jobs])):
+                out[i] = result
+        return out
+
+    def _samples(self, samples: list[Sample]) -> list:
         prompts = [s.messages for s in samples]
         responses = [s.response for s in samples]
         if self.needs_reference:
             rows = self.rm.compare_rows(prompts, responses, [s.reference for s in samples])
         else:
             rows = self.rm.score_rows(prompts, responses)
-        out: list[dict | ValueError] = []
+        out: list = []
         for i, (sample, score) in enumerate(zip(samples, rows.scores)):
             if score is None:
                 out.append(ValueError(rows.reasons.get(i, "the reward model could not score this sample")))
@@ -37,10 +59,37 @@ class RewardScorer:
             if self.objective_names:
                 objectives = rows.extras["rewards"][i].tolist()
                 logs.update({f"objective/{n}": float(v) for n, v in zip(self.objective_names, objectives)})
-            out.append({"score": score, "logs": logs})
+            vector = [score]
+            for name in VECTOR_EXTRAS:
+                if name in rows.extras:
+                    vector += [float(v) for v in rows.extras[name][i].tolist()]
+            out.append({"score": score, "logs": logs, "vector": vector})
         return out
+
+    def _groups(self, jobs: list[GroupJob]) -> list:
+        """Every group ranked in one ``rank_rows`` call (each method's groups together); a group that cannot be
+        ranked gets its ValueError, the others their rewards."""
+        out: list = [None] * len(jobs)
+        for method in dict.fromkeys(job.method for job in jobs):
+            index = [i for i, job in enumerate(jobs) if job.method == method]
+            rankings = self.rm.rank_rows([jobs[i].messages for i in index], [jobs[i].responses for i in index],
+                                         method)
+            for i, ranking in zip(index, rankings):
+                out[i] = ranking if isinstance(ranking, ValueError) else self._group_results(jobs[i], ranking.scores)
+        return out
+
+    def _group_results(self, job: GroupJob, scores: list) -> list:
+        results: list = []
+        for score in scores:
+            if score is None:
+                results.append(ValueError("the judge decided none of this response's comparisons in its group"))
+                continue
+            logs = {"rm_score": score, "template_recovered": 1.0, "group_complete": float(job.complete),
+                    "group_size": float(len(job))}
+            results.append({"score": score, "logs": logs, "vector": [score]})
+        return results
 
     def answer(self, results: list[dict]) -> dict:
         scores = [r["score"] for r in results]
         return {"rewards": scores, "scores": list(scores),
-                "extra_logs": {k: [r["logs"][k] for r in results] for k in self.log_keys}}
+                "extra_logs": {k: [r["logs"].get(k, 0.0) for r in results] for k in self.log_keys}}

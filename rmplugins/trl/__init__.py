@@ -1,7 +1,8 @@
 """TRL integration: reward models as ``reward_funcs`` and the callbacks TRL lacks.
 
-``RewardFunction`` and ``AsyncRemoteRewardFunction`` import without TRL or transformers' Trainer; the callbacks
-(``WinRateCallback``, ``CoLocationCallback``, ``RewardBreakdownCallback``) load TRL's pieces on first access.
+``RewardFunction``, ``AsyncRemoteRewardFunction`` and ``RemoteObjectives`` import without TRL or transformers'
+Trainer; the callbacks (``WinRateCallback``, ``CoLocationCallback``, ``RewardBreakdownCallback``) load TRL's pieces
+on first access.
 
 TRL 1.16 warns, on every import of its vLLM-aware modules, that it was tested with vLLM 0.22-0.31; rmplugins
 installs vLLM 0.32 (its CPU build) on purpose and the paths it uses are tested with it, so that one message is not
@@ -17,6 +18,7 @@ warnings.filterwarnings("ignore", message=r"TRL currently supports vLLM versions
 _EXPORTS = {
     "RewardFunction": ".reward_function",
     "AsyncRemoteRewardFunction": ".remote",
+    "RemoteObjectives": ".remote",
     "WinRateCallback": ".callbacks",
     "CoLocationCallback": ".callbacks",
     "RewardBreakdownCallback": ".callbacks",

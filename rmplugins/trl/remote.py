@@ -1,6 +1,12 @@
-"""``AsyncRemoteRewardFunction``: a TRL reward function that asks ``rmplugins serve`` (OpenRLHF's protocol), so
-the reward model lives on other GPUs or hosts. A refused request (401/403/4xx) or a server never reached raises;
-a server that fails after answering before gives None for the rows it lost (TRL: no advantage), with a warning."""
+"""TRL reward functions that ask ``rmplugins serve`` (OpenRLHF's protocol), so the reward model lives on other
+GPUs or hosts: :class:`AsyncRemoteRewardFunction` (the reward) and :class:`RemoteObjectives` (ArmoRM's objectives as
+separate reward functions, for GRPOConfig's ``reward_weights`` and ``multi_objective_aggregation``).
+
+Both pickle (TRL's async GRPO runs reward functions in a spawned rollout process without a GPU) and keep one aiohttp
+session per event loop. A refused request (401/403/4xx) or a server never reached raises; a server that fails after
+answering before gives None for the rows it lost (TRL: no advantage), with a warning. Each row carries a sample id,
+stable across retries, so a server with ``--group-size`` never counts a retried sample twice.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,9 @@ import asyncio
 import json
 import logging
 import os
-from collections import defaultdict
+import uuid
+import weakref
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,12 +38,22 @@ def _raise_for_status(url: str, status: int, text: str) -> None:
     raise RuntimeError(f"HTTP {status}: {text}")
 
 
+async def _close_with_loop(session):
+    """An async generator the loop finalizes at shutdown (``asyncio.run`` calls ``shutdown_asyncgens``), closing
+    the loop's session with it instead of leaving an unclosed-session warning behind."""
+    try:
+        yield
+    finally:
+        await session.close()
+
+
 class AsyncRemoteRewardFunction(_BaseRewardFunction):
     """An async TRL reward function that asks a remote reward server (``rmplugins serve``, OpenRLHF protocol).
 
     GRPO/RLOO run async reward functions in a background event loop, so scoring overlaps with other rewards and
-    the reward model lives on other GPUs or hosts. The batch is sent in chunks of ``batch_size`` rows, in
-    parallel; a chunk that still fails after ``retries`` gives None (TRL: NaN, no advantage) with a warning.
+    the reward model lives on other GPUs or hosts; TRL's async GRPO runs it in its rollout process. The batch is
+    sent in chunks of ``batch_size`` rows, in parallel; a chunk that still fails after ``retries`` gives None (TRL:
+    NaN, no advantage) with a warning.
 
     ``policy_tokenizer`` (a path or tokenizer): render conversational prompts with the policy's chat template,
     for a server started with ``--policy-tokenizer`` (it recovers the whole conversation). Without it the
@@ -55,22 +73,37 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         self.batch_size = max(1, int(batch_size))
         self.timeout = float(timeout)
         self.retries = max(0, int(retries))
-        if isinstance(policy_tokenizer, (str, os.PathLike)):
-            from transformers import AutoTokenizer
-
-            policy_tokenizer = AutoTokenizer.from_pretrained(str(policy_tokenizer))
-        self.policy_tokenizer = policy_tokenizer
+        # a path is kept as a path (loaded where the function runs: a spawned process pickles less)
+        self.policy_tokenizer = str(policy_tokenizer) if isinstance(policy_tokenizer, os.PathLike) else \
+            policy_tokenizer
         host = url.split("//", 1)[1].split("/", 1)[0]
         self.__name__ = name or _unique_name(f"remote_{_sanitize(host)}")
         self._warned_context = False
         self._reached = False  # until the server first answers, an unreachable server is an error, not a None
+        self._sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> (session, keeper)
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_sessions"] = None  # sessions belong to their event loop, never to a pickle
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._sessions = weakref.WeakKeyDictionary()
+
+    def _tokenizer(self):
+        if isinstance(self.policy_tokenizer, str):
+            from transformers import AutoTokenizer
+
+            self.policy_tokenizer = AutoTokenizer.from_pretrained(self.policy_tokenizer)
+        return self.policy_tokenizer
 
     def _texts(self, prompt: Any, completion: Any) -> tuple[str, str]:
         response = _response_text(completion)
         if isinstance(prompt, str):
             return prompt + response, prompt
         if self.policy_tokenizer is not None:
-            text = self.policy_tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+            text = self._tokenizer().apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
             return text + response, text
         users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
         if len(prompt) > 1 and not self._warned_context:
@@ -80,6 +113,22 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             self._warned_context = True
         text = users[-1] if users and isinstance(users[-1], str) else ""
         return text + response, text
+
+    async def _session(self):
+        """This event loop's aiohttp session (one per loop: TRL's background loop keeps one for the whole run),
+        or None without aiohttp (each request then runs in a worker thread)."""
+        try:
+            import aiohttp
+        except ImportError:
+            return None
+        loop = asyncio.get_running_loop()
+        held = self._sessions.get(loop)
+        if held is None or held[0].closed:
+            session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+            keeper = _close_with_loop(session)
+            await keeper.__anext__()
+            held = self._sessions[loop] = (session, keeper)
+        return held[0]
 
     async def _post(self, session: Any, body: dict) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -120,37 +169,28 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         except urllib.error.HTTPError as err:
             _raise_for_status(self.url, err.code, err.read()[:300].decode(errors="replace"))
 
-    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
-                       completion_ids: Sequence | None = None, log_metric: Callable | None = None,
-                       log_extra: Callable | None = None, trainer_state: Any = None,
-                       **kwargs: Any) -> list[float | None]:
+    async def fetch(self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict
+                    ) -> tuple[list[float | None], list[dict | None], BaseException | None]:
+        """(raw reward per row, the server's ``extra_logs`` per row, the last failure): one request per chunk of
+        ``batch_size`` rows, in parallel; rows of a chunk that failed are None."""
         if len(prompts) != len(completions):
             raise ValueError(f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions")
         n = len(prompts)
         labels = kwargs.get("label") or kwargs.get("labels") or kwargs.get("answer") or [""] * n
         queries, ptexts = zip(*(self._texts(p, c) for p, c in zip(prompts, completions))) if n else ((), ())
+        sample_ids = [uuid.uuid4().hex for _ in range(n)]  # the same on every retry of this call
         chunks = [range(s, min(s + self.batch_size, n)) for s in range(0, n, self.batch_size)]
-        try:
-            import aiohttp
-        except ImportError:  # the stdlib fallback runs each request in a worker thread
-            aiohttp = None
-
-        async def run(session):
-            return await asyncio.gather(*(
-                self._post(session, {"query": [queries[i] for i in ch], "prompts": [ptexts[i] for i in ch],
-                                     "labels": [labels[i] if i < len(labels) else "" for i in ch]})
-                for ch in chunks), return_exceptions=True)
-
-        if aiohttp is not None:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session:
-                results = await run(session)
-        else:
-            results = await run(None)
+        session = await self._session()
+        results = await asyncio.gather(*(
+            self._post(session, {"query": [queries[i] for i in ch], "prompts": [ptexts[i] for i in ch],
+                                 "labels": [labels[i] if i < len(labels) else "" for i in ch],
+                                 "sample_ids": [sample_ids[i] for i in ch]})
+            for ch in chunks), return_exceptions=True)
         fatal = next((r for r in results if isinstance(r, RemoteRewardError)), None)
         if fatal is not None:
             raise fatal  # training on without rewards would be silent: a wrong key, URL or request is an error
         raw: list[float | None] = [None] * n
-        extras: dict[str, list[float]] = defaultdict(list)
+        logs: list[dict | None] = [None] * n
         failure = None
         for ch, res in zip(chunks, results):
             if isinstance(res, BaseException):
@@ -160,11 +200,23 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             if not isinstance(values, list) or len(values) != len(ch):
                 failure = RuntimeError(f"server answered {str(res)[:200]} for {len(ch)} rows")
                 continue
-            for i, v in zip(ch, values):
+            extra = res.get("extra_logs") or {}
+            for j, (i, v) in enumerate(zip(ch, values)):
                 raw[i] = None if v is None else float(v)
-            for k, vals in (res.get("extra_logs") or {}).items():
-                if isinstance(vals, list):
-                    extras[k].extend(float(v) for v in vals if isinstance(v, (int, float)))
+                logs[i] = {k: vals[j] for k, vals in extra.items() if isinstance(vals, list) and j < len(vals)}
+        return raw, logs, failure
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
+                       completion_ids: Sequence | None = None, log_metric: Callable | None = None,
+                       log_extra: Callable | None = None, trainer_state: Any = None,
+                       **kwargs: Any) -> list[float | None]:
+        n = len(prompts)
+        raw, logs, failure = await self.fetch(prompts, completions, kwargs)
+        extras: dict[str, list[float]] = defaultdict(list)
+        for row in logs:
+            for k, v in (row or {}).items():
+                if isinstance(v, (int, float)):
+                    extras[k].append(float(v))
         metrics = {f"server/{k}": sum(v) / len(v) for k, v in extras.items() if v}
         valid = [r for r in raw if r is not None]
         if valid and (self.normalize or self.clip is not None or self.length_penalty):
@@ -178,3 +230,85 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             metrics["none_frac"] = missing / max(n, 1)
         self._record(metrics, log_metric)
         return rewards
+
+
+class RemoteObjectives:
+    """ArmoRM's objectives as separate TRL reward functions, from one server request per sample.
+
+    ``list(RemoteObjectives(url, ["helpsteer-helpfulness", "beavertails-is_safe"]))`` gives one async reward
+    function per objective (``__name__`` ``armorm/<objective>``; ``"score"`` names ArmoRM's gated score). GRPO
+    calls its async reward functions together on the same batch: the first asks the server, the others await the
+    same answer. With ``GRPOConfig(multi_objective_aggregation="normalize_then_sum", reward_weights=[...])``
+    (GDPO) each objective is normalised within its group before the weighted sum. The server runs ArmoRM with
+    ``--objective-logs`` (its answers then carry each objective).
+    """
+
+    def __init__(self, url: str, objectives: Sequence[str], **options: Any):
+        if isinstance(objectives, str) or not objectives:
+            raise ValueError("objectives: a list of ArmoRM objective names (e.g. ['helpsteer-helpfulness', "
+                             "'beavertails-is_safe']) or 'score'")
+        if len(set(objectives)) != len(objectives):
+            raise ValueError(f"objectives {list(objectives)} name one objective twice")
+        self.client = AsyncRemoteRewardFunction(url, name=options.pop("name", None) or _unique_name("armorm"),
+                                                **options)
+        self.objectives = list(objectives)
+        self.functions = [RemoteObjective(self, o) for o in self.objectives]
+        self._inflight: OrderedDict = OrderedDict()
+
+    def __iter__(self):
+        return iter(self.functions)
+
+    def __len__(self) -> int:
+        return len(self.functions)
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_inflight"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._inflight = OrderedDict()
+
+    async def rows(self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict):
+        """The server's answer for this batch: fetched once however many objective functions ask for it."""
+        key = (id(asyncio.get_running_loop()),
+               json.dumps([[p if isinstance(p, str) else list(p) for p in prompts],
+                           [_response_text(c) for c in completions]], default=str))
+        entry = self._inflight.get(key)
+        if entry is None:
+            entry = self._inflight[key] = [asyncio.ensure_future(self.client.fetch(prompts, completions, kwargs)), 0]
+            while len(self._inflight) > 8:
+                self._inflight.popitem(last=False)
+        entry[1] += 1
+        if entry[1] >= len(self.functions):
+            self._inflight.pop(key, None)
+        return await asyncio.shield(entry[0])
+
+
+class RemoteObjective:
+    """One objective of :class:`RemoteObjectives` as an async TRL reward function."""
+
+    def __init__(self, parent: RemoteObjectives, objective: str):
+        self.parent, self.objective = parent, objective
+        self.__name__ = f"{parent.client.__name__}/{objective}"
+
+    def __repr__(self) -> str:
+        return f"RemoteObjective(name={self.__name__!r})"
+
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        raw, logs, failure = await self.parent.rows(prompts, completions, kwargs)
+        if self.objective == "score":
+            return raw
+        field = f"objective/{self.objective}"
+        out: list[float | None] = []
+        for row in logs:
+            if row is not None and field not in row:
+                raise RemoteRewardError(
+                    f"{self.__name__}: the server's answer has no {field!r} (it has {sorted(row)}): serve ArmoRM "
+                    "with --objective-logs, and name objectives from rm.objective_names")
+            out.append(None if row is None else float(row[field]))
+        if failure is not None:
+            logger.warning("%s: %d of %d rows have no reward (None): %s", self.__name__,
+                           sum(v is None for v in out), len(out), failure)
+        return out

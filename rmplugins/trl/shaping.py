@@ -84,6 +84,16 @@ class _BaseRewardFunction:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.__name__!r})"
 
+    def __getstate__(self) -> dict:
+        """Picklable (TRL's async GRPO sends reward functions to a spawned process): the lock is not sent."""
+        state = dict(self.__dict__)
+        state.pop("_breakdown_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._breakdown_lock = threading.Lock()
+
     # -------------------------------------------------------------- breakdown (read by RewardBreakdownCallback)
     def _record(self, metrics: dict[str, float], log_metric: Callable | None) -> None:
         with self._breakdown_lock:

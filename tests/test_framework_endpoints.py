@@ -1,0 +1,266 @@
+"""vLLM's ``/classify`` and ``/pooling`` on ``rmplugins serve`` (verl's reward loop, AReaL) and slime's
+``/remote_rm`` (issue 27, items 2 and 3).
+
+verl 0.9.1's own ``RewardLoopWorker.compute_score_disrm`` drives the server exactly as it drives a vLLM reward
+server (the reward model's template applied, BOS text dropped, ``use_activation: false``, ``probs[-1]``), for
+ArmoRM and, with ``--group-size``, for GPM's group rewards. Request and response bodies are validated with vLLM's
+own pydantic protocol classes. AReaL's ``AsyncRewardWrapper`` (installed ``--no-deps``; its package entered without
+its ``__init__``) runs ``integrations/areal/reward.py`` in its process pool. slime is not on PyPI: its
+``remote_rm`` request (``slime/rollout/rm_hub/__init__.py``: a fresh aiohttp session with ``force_close``, a 30 s
+total timeout, ``{"prompt", "response", "label"}``, ``await resp.json()`` taken as the reward) is sent as it sends it.
+"""
+
+import asyncio
+import base64
+import importlib
+import importlib.util
+import math
+import os
+import struct
+import sys
+import types
+
+import aiohttp
+import numpy as np
+import pytest
+from test_server import _conversations, _post
+from test_verl_reward_loop import _batch, _short
+from transformers import AutoTokenizer
+
+import rmplugins
+from rmplugins.serving import BackgroundServer, create_app
+
+vllm_classify = pytest.importorskip("vllm.entrypoints.pooling.classify.protocol")
+vllm_pooling = importlib.import_module("vllm.entrypoints.pooling.pooling.protocol")
+vllm_engine = importlib.import_module("vllm.entrypoints.serve.engine.protocol")
+
+
+def close(got, want):
+    return abs(got - want) <= 5e-5 * (1 + abs(want))
+
+
+@pytest.fixture(scope="module")
+def policy_tok(tiny):
+    return AutoTokenizer.from_pretrained(tiny("policy"))
+
+
+@pytest.fixture(scope="module")
+def armorm(tiny):
+    return rmplugins.load_reward_model(tiny("armorm"), device="cpu", deterministic=True)
+
+
+def _rm_text(rm, conv, response):
+    """What verl sends: the reward model's template over the conversation, its BOS text dropped."""
+    text = rm.tokenizer.apply_chat_template(conv + [{"role": "assistant", "content": response}], tokenize=False)
+    bos = rm.tokenizer.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
+
+
+def _worker(tiny, rm_path, port):
+    from omegaconf import OmegaConf
+    from verl.experimental.reward_loop.reward_loop import RewardLoopWorker
+
+    config = OmegaConf.create({
+        "actor_rollout_ref": {"model": {"path": tiny("policy"), "tokenizer_path": None}},
+        "reward": {"reward_model": {"enable": True, "model_path": rm_path, "rollout": {"name": "vllm"}},
+                   "custom_reward_function": {"path": None, "name": None},
+                   "reward_manager": {"source": "register", "name": "naive"}}})
+    return RewardLoopWorker(config, reward_router_address=f"127.0.0.1:{port}")
+
+
+def _decoded(tok, response):
+    ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    return tok.decode(ids).replace(tok.eos_token, "")
+
+
+def test_verl_reward_loop_classify_against_rmplugins_serve(tiny, armorm, policy_tok):
+    """verl's ``compute_score_disrm`` pointed at rmplugins serve (where it would point at ``vllm serve``): ArmoRM's
+    real score for every rollout, which a vLLM classifier alone cannot give."""
+    convs = _short(12, seed=51)
+    data = _batch(policy_tok, convs)
+    data.non_tensor_batch["raw_prompt"] = np.array([list(c) for c, _ in convs] + [None], dtype=object)[:-1]
+    with BackgroundServer(create_app(armorm)) as server:
+        worker = _worker(tiny, tiny("armorm"), server.port)
+        results = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    want = armorm.score([c for c, _ in convs], [_decoded(policy_tok, r) for _, r in convs])
+    assert [r["reward_score"] for r in results] == pytest.approx(want, abs=1e-6)
+    assert max(want) - min(want) > 0.5
+
+
+def test_verl_reward_loop_gets_gpm_group_rewards(tiny, policy_tok):
+    """verl sends one sample per request and no group: with --group-size the server keys each sample by its
+    prompt (recovered from the reward model's template) and answers with its GPO score within the group."""
+    gpm = rmplugins.load_reward_model(tiny("gpm"), device="cpu")
+    contexts = [c for c, _ in _short(12, seed=52)][:3]
+    responses = [r for _, r in _short(30, seed=53)][:12]
+    assert len(contexts) == 3 and len(responses) == 12
+    convs = [(contexts[i // 4], responses[i]) for i in range(12)]
+    order = np.random.default_rng(0).permutation(12)
+    convs = [convs[i] for i in order]
+    data = _batch(policy_tok, convs)
+    data.non_tensor_batch["raw_prompt"] = np.array([list(c) for c, _ in convs] + [None], dtype=object)[:-1]
+    with BackgroundServer(create_app(gpm, group_size=4, group_timeout=60)) as server:
+        worker = _worker(tiny, tiny("gpm"), server.port)
+        results = worker.loop.run_until_complete(worker.compute_score_batch(data))
+    decoded = [_decoded(policy_tok, r) for _, r in convs]
+    for g, context in enumerate(contexts):
+        members = [i for i, (c, _) in enumerate(convs) if c is context]
+        want = gpm.rank(context, [decoded[i] for i in members]).scores
+        assert all(close(results[i]["reward_score"], w) for i, w in zip(members, want))
+
+
+def test_classify_and_pooling_bodies_are_vllms(armorm, tiny):
+    conv, response = _conversations(1, seed=54)[0]
+    text = _rm_text(armorm, conv, response)
+    score = armorm.score([conv], [response])[0]
+    details = armorm.score_details([conv], [response])
+    with BackgroundServer(create_app(armorm)) as server:
+        def classify(body, route="/classify"):
+            status, answer = _post(server.url + route, body)
+            assert status == 200, answer
+            return answer
+
+        forms = {  # every form vLLM's request classes accept, each validated by them first
+            "text": {"model": "m", "input": text, "use_activation": False},
+            "texts": {"input": [text, text], "use_activation": False},
+            "ids": {"input": armorm.tokenizer(text, add_special_tokens=False)["input_ids"], "use_activation": False},
+            "id lists": {"input": [armorm.tokenizer(text, add_special_tokens=False)["input_ids"]],
+                         "use_activation": False},
+        }
+        for name, body in forms.items():
+            vllm_classify.ClassificationCompletionRequest.model_validate(body)
+            answer = vllm_classify.ClassificationResponse.model_validate(classify(body))
+            assert [d.index for d in answer.data] == list(range(len(answer.data)))
+            for d in answer.data:
+                assert d.num_classes == 1 and close(d.probs[-1], score), name
+        ids = forms["ids"]["input"]
+        assert classify(forms["ids"])["usage"]["prompt_tokens"] == len(ids)
+        chat = {"messages": conv + [{"role": "assistant", "content": response}], "use_activation": False}
+        vllm_classify.ClassificationChatRequest.model_validate(chat)
+        assert close(vllm_classify.ClassificationResponse.model_validate(classify(chat)).data[0].probs[-1], score)
+        activated = classify({"input": text})  # vLLM's default: the activation (sigmoid) applied
+        assert close(activated["data"][0]["probs"][-1], 1 / (1 + math.exp(-score)))
+
+        pool = {"input": text}
+        vllm_pooling.PoolingCompletionRequest.model_validate(pool)
+        answer = vllm_pooling.PoolingResponse.model_validate(classify(pool, "/pooling"))
+        vector = answer.data[0].data
+        assert len(vector) == 39 and close(vector[0], score)
+        assert vector[1:20] == pytest.approx(details.rewards[0].tolist(), abs=1e-5)
+        assert vector[20:] == pytest.approx(details.gating_output[0].tolist(), abs=1e-5)
+        encoded = classify({"input": text, "encoding_format": "base64"}, "/pooling")["data"][0]["data"]
+        assert list(struct.unpack("<39f", base64.b64decode(encoded))) == pytest.approx(vector, abs=1e-6)
+
+        for body, words in [({"input": "plain text, no template"}, "chat template"),
+                            ({"messages": conv}, "last message must be the assistant's"),
+                            ({"input": text, "normalize": True}, "use_activation"),
+                            ({"input": [text, 5]}, "mixes strings and token ids"),
+                            ({"input": [10 ** 9]}, "token ids must lie in")]:
+            status, error = _post(server.url + "/classify", body)
+            assert status == 400, (body, error)
+            assert words in vllm_engine.ErrorResponse.model_validate(error).error.message
+        status, error = _post(server.url + "/classify", {"input": text, "encoding_format": "base64"})
+        assert status == 200  # vLLM's classify ignores pooling-only fields as extras
+    with BackgroundServer(create_app(armorm, api_key="k")) as server:
+        status, error = _post(server.url + "/pooling", {"input": text})
+        assert status == 401 and vllm_engine.ErrorResponse.model_validate(error).error.code == 401
+
+
+def test_pooling_gives_a_prms_step_rewards(tiny):
+    prm = rmplugins.load_reward_model(tiny("prm"), device="cpu")
+    question, response = "What is 12 times 3?", "12 times 3 is 36.\n\nSo the answer is 36."
+    steps = prm.score_steps([question], [response])[0]
+    with BackgroundServer(create_app(prm)) as server:
+        status, answer = _post(server.url + "/pooling", {"messages": [
+            {"role": "user", "content": question}, {"role": "assistant", "content": response}]})
+    assert status == 200
+    vector = vllm_pooling.PoolingResponse.model_validate(answer).data[0].data
+    assert len(steps) == 2 and vector[1:] == pytest.approx(steps, abs=1e-5)
+    assert close(vector[0], prm.score([question], [response])[0])
+
+
+def _areal_reward_api():
+    """``areal.api.reward_api`` as installed (``pip install --no-deps areal==1.0.4``), entered without the
+    package's ``__init__`` (which imports its whole trainer stack)."""
+    spec = importlib.util.find_spec("areal")
+    assert spec is not None, "AReaL 1.0.4 is installed by `make setup` (pip install --no-deps areal==1.0.4)"
+    root = spec.submodule_search_locations[0]
+    for name, sub in (("areal", ""), ("areal.api", "api"), ("areal.utils", "utils")):
+        if name not in sys.modules:
+            shell = types.ModuleType(name)
+            shell.__path__ = [os.path.join(root, sub) if sub else root]
+            sys.modules[name] = shell
+    return importlib.import_module("areal.api.reward_api")
+
+
+def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, policy_tok, monkeypatch):
+    """AReaL's ``AsyncRewardWrapper`` runs ``integrations.areal.reward.rmplugins_reward`` in its process pool, with
+    the policy-templated prompt text and the decoded completion AReaL passes; the server (``--policy-tokenizer``)
+    recovers the conversation and answers ArmoRM's score."""
+    reward_api = _areal_reward_api()
+    from integrations.areal.reward import rmplugins_reward
+
+    convs = _conversations(4, seed=55)
+    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok)) as server:
+        monkeypatch.setenv("REWARD_MODEL_SERVICE_URL", server.url + "/classify")
+        wrapper = reward_api.AsyncRewardWrapper(rmplugins_reward, max_workers=3, max_retries=0, timeout_seconds=60)
+
+        async def rollouts():
+            calls = []
+            for conv, response in convs:
+                prompt_ids = policy_tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
+                                                            return_dict=False)
+                completion_ids = policy_tok(response, add_special_tokens=False)["input_ids"] + [policy_tok.eos_token_id]
+                calls.append(wrapper(policy_tok.decode(prompt_ids), policy_tok.decode(completion_ids), prompt_ids,
+                                     completion_ids, answer="unused"))
+            return await asyncio.gather(*calls)
+
+        try:
+            rewards = asyncio.run(rollouts())
+        finally:
+            reward_api.AsyncRewardWrapper._atexit_shutdown_all()
+    want = armorm.score([c for c, _ in convs], [_decoded(policy_tok, r) for _, r in convs])
+    assert rewards == pytest.approx(want, abs=1e-6)
+
+
+async def _slime_remote_rm(url, sample):
+    """slime's ``remote_rm`` as its rm_hub sends it."""
+    payload = {"prompt": sample["prompt"], "response": sample["response"], "label": sample["label"]}
+    connector = aiohttp.TCPConnector(force_close=True, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
+        async with session.post(url, json=payload) as resp:
+            resp.raise_for_status()
+            return await resp.json()
+
+
+def test_slime_remote_rm(tiny, armorm, policy_tok):
+    """A bare number per sample: ArmoRM's score (prompt as text with the policy template, or as messages); and,
+    for pair-PM with --group-size and slime's --group-rm (a group's requests together), the group reward."""
+    convs = _conversations(4, seed=56)
+    samples = [{"prompt": policy_tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                "response": r, "label": "42"} for c, r in convs]
+    samples.append({"prompt": convs[0][0], "response": convs[0][1], "label": None})
+    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok)) as server:
+        async def run():
+            return await asyncio.gather(*(_slime_remote_rm(server.url + "/remote_rm", s) for s in samples))
+        rewards = asyncio.run(run())
+    want = armorm.score([c for c, _ in convs], [r for _, r in convs])
+    assert all(isinstance(r, float) for r in rewards)
+    assert rewards == pytest.approx(want + want[:1], abs=1e-6)
+
+    pair_pm = rmplugins.load_reward_model(tiny("pair_pm"), device="cpu")
+    context = convs[1][0]
+    group = [r for _, r in _conversations(4, seed=57)]
+    prompt = policy_tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
+    with BackgroundServer(create_app(pair_pm, policy_tokenizer=policy_tok, group_size=4, group_timeout=20)) as server:
+        async def group_rm():
+            return await asyncio.gather(*(_slime_remote_rm(server.url + "/remote_rm",
+                                                           {"prompt": prompt, "response": r, "label": ""})
+                                          for r in group))
+        rewards = asyncio.run(group_rm())
+    want = pair_pm.rank(context, group, "round_robin").scores
+    assert all(close(g, w) for g, w in zip(rewards, want))
+    with BackgroundServer(create_app(pair_pm, policy_tokenizer=policy_tok)) as server:  # no groups: vs the label
+        reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
+                                              {"prompt": prompt, "response": group[0], "label": group[1]}))
+    assert close(reward, pair_pm.compare([context], [group[0]], [group[1]])[0])
