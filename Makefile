@@ -57,6 +57,7 @@ bench: setup
 
 bench-server: setup
 	$(PY) benchmarks/bench_server.py
+	$(PY) benchmarks/bench_groups.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

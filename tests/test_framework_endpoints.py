@@ -264,3 +264,64 @@ def test_slime_remote_rm(tiny, armorm, policy_tok):
         reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
                                               {"prompt": prompt, "response": group[0], "label": group[1]}))
     assert close(reward, pair_pm.compare([context], [group[0]], [group[1]])[0])
+
+
+def _doc_blocks() -> dict:
+    """docs/server.md's configurations: the fenced block after each ``<!-- config:NAME -->``."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "server.md").read_text()
+    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- config:(\w+) -->\n```\w*\n(.*?)```", text, re.S)}
+
+
+def test_the_docs_configurations_are_the_tested_ones(tiny, monkeypatch):
+    """Each framework's configuration in docs/server.md: the server flags parse with rmplugins' own parser, the
+    endpoints are the app's routes the tests drive, verl's lines load our coroutine through verl's own loader,
+    AReaL's reward_fn path imports, and the TRL snippet runs (on CPU)."""
+    import argparse
+    import re
+    import shlex
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    from rmplugins.serving import cli
+
+    blocks = _doc_blocks()
+    assert set(blocks) == {"openrlhf", "verl", "areal", "slime", "trl"}
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    routes = {r.path for r in create_app(rmplugins.load_reward_model(tiny("bt"), device="cpu")).routes}
+    for name in ("openrlhf", "areal", "slime"):
+        serve = next(line for line in blocks[name].splitlines() if line.startswith("rmplugins serve"))
+        args = parser.parse_args(shlex.split(serve)[1:])
+        assert args.policy_tokenizer and args.port
+        urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/\w+)", blocks[name])
+        assert urls and all(int(port) == args.port and path in routes for port, path in urls), name
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("## Serve every framework"):readme.index("## Models")]
+    assert {path for path in re.findall(r"http://127\.0\.0\.1:5000(/\w+)", table)} == \
+        {"/get_reward", "/classify", "/remote_rm"} <= routes
+    openrlhf = blocks["openrlhf"]
+    assert re.search(r"--group-size (\d+)", openrlhf).group(1) == \
+        re.search(r"--rollout.n_samples_per_prompt (\d+)", openrlhf).group(1)
+    assert "/remote_rm --group-rm" in blocks["slime"]
+
+    verl = blocks["verl"]
+    assert re.search(r"RMPLUGINS_SCORE_URL=http://127.0.0.1:\d+(/\w+)", verl).group(1) in routes
+    dotlist = [w for w in shlex.split(verl.replace("\\\n", " ")) if "=" in w and w.startswith("reward.")]
+    config = OmegaConf.merge(OmegaConf.create({"reward": {"custom_reward_function": {"reward_kwargs": {}}}}),
+                             OmegaConf.from_dotlist(dotlist))
+    monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    fn = get_custom_reward_fn(config)
+    assert asyncio.iscoroutinefunction(fn) or asyncio.iscoroutinefunction(getattr(fn, "func", None))
+
+    module, _, name = re.search(r'reward_fn = "([\w.]+)"', blocks["areal"]).group(1).rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name))
+
+    snippet = blocks["trl"].replace("GRPOConfig(", "GRPOConfig(use_cpu=True, bf16=False, output_dir='/tmp/x', ")
+    scope: dict = {}
+    exec(compile(snippet, "docs/server.md:trl", "exec"), scope)
+    assert len(list(scope["objectives"])) == 2 and scope["args"].reward_weights == [0.5, 1.0, 2.0]
