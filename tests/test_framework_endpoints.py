@@ -5,9 +5,10 @@ verl 0.9.1's own ``RewardLoopWorker.compute_score_disrm`` drives the server exac
 server (the reward model's template applied, BOS text dropped, ``use_activation: false``, ``probs[-1]``), for
 ArmoRM and, with ``--group-size``, for GPM's group rewards. Request and response bodies are validated with vLLM's
 own pydantic protocol classes. AReaL's ``AsyncRewardWrapper`` (installed ``--no-deps``; its package entered without
-its ``__init__``) runs ``integrations/areal/reward.py`` in its process pool. slime is not on PyPI: its
-``remote_rm`` request (``slime/rollout/rm_hub/__init__.py``: a fresh aiohttp session with ``force_close``, a 30 s
-total timeout, ``{"prompt", "response", "label"}``, ``await resp.json()`` taken as the reward) is sent as it sends it.
+its ``__init__``, in a process of its own) runs ``integrations/areal/reward.py`` in its process pool. slime is not on
+PyPI: its ``remote_rm`` request (``slime/rollout/rm_hub/__init__.py``: a fresh aiohttp session with
+``force_close``, a 30 s total timeout, ``{"prompt", "response", "label"}``, ``await resp.json()`` taken as the
+reward) is sent as it sends it.
 """
 
 import asyncio
@@ -18,7 +19,6 @@ import math
 import os
 import struct
 import sys
-import types
 
 import aiohttp
 import numpy as np
@@ -179,46 +179,30 @@ def test_pooling_gives_a_prms_step_rewards(tiny):
     assert close(vector[0], prm.score([question], [response])[0])
 
 
-def _areal_reward_api():
-    """``areal.api.reward_api`` as installed (``pip install --no-deps areal==1.0.4``), entered without the
-    package's ``__init__`` (which imports its whole trainer stack)."""
-    spec = importlib.util.find_spec("areal")
-    assert spec is not None, "AReaL 1.0.4 is installed by `make setup` (pip install --no-deps areal==1.0.4)"
-    root = spec.submodule_search_locations[0]
-    for name, sub in (("areal", ""), ("areal.api", "api"), ("areal.utils", "utils")):
-        if name not in sys.modules:
-            shell = types.ModuleType(name)
-            shell.__path__ = [os.path.join(root, sub) if sub else root]
-            sys.modules[name] = shell
-    return importlib.import_module("areal.api.reward_api")
-
-
-def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, policy_tok, monkeypatch):
-    """AReaL's ``AsyncRewardWrapper`` runs ``integrations.areal.reward.rmplugins_reward`` in its process pool, with
-    the policy-templated prompt text and the decoded completion AReaL passes; the server (``--policy-tokenizer``)
-    recovers the conversation and answers ArmoRM's score."""
-    reward_api = _areal_reward_api()
-    from integrations.areal.reward import rmplugins_reward
+def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, policy_tok, tmp_path):
+    """AReaL's ``AsyncRewardWrapper`` runs ``integrations.areal.reward.rmplugins_reward`` in its process pool (in a
+    process of its own: ``tests/areal_reward_script.py``), with the policy-templated prompt text and the decoded
+    completion AReaL passes; the server (``--policy-tokenizer``) recovers the conversation and answers ArmoRM's
+    score."""
+    import json
+    import subprocess
 
     convs = _conversations(4, seed=55)
+    rollouts = []
+    for conv, response in convs:
+        prompt_ids = policy_tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=False)
+        completion_ids = policy_tok(response, add_special_tokens=False)["input_ids"] + [policy_tok.eos_token_id]
+        rollouts.append([policy_tok.decode(prompt_ids), policy_tok.decode(completion_ids), prompt_ids,
+                         completion_ids])
+    (tmp_path / "rollouts.json").write_text(json.dumps(rollouts))
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "areal_reward_script.py")
     with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok)) as server:
-        monkeypatch.setenv("REWARD_MODEL_SERVICE_URL", server.url + "/classify")
-        wrapper = reward_api.AsyncRewardWrapper(rmplugins_reward, max_workers=3, max_retries=0, timeout_seconds=60)
-
-        async def rollouts():
-            calls = []
-            for conv, response in convs:
-                prompt_ids = policy_tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
-                                                            return_dict=False)
-                completion_ids = policy_tok(response, add_special_tokens=False)["input_ids"] + [policy_tok.eos_token_id]
-                calls.append(wrapper(policy_tok.decode(prompt_ids), policy_tok.decode(completion_ids), prompt_ids,
-                                     completion_ids, answer="unused"))
-            return await asyncio.gather(*calls)
-
-        try:
-            rewards = asyncio.run(rollouts())
-        finally:
-            reward_api.AsyncRewardWrapper._atexit_shutdown_all()
+        env = {**os.environ, "REWARD_MODEL_SERVICE_URL": server.url + "/classify"}
+        run = subprocess.run([sys.executable, script, str(tmp_path / "rollouts.json")], capture_output=True,
+                             text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rewards = json.loads(run.stdout.strip().splitlines()[-1])
     want = armorm.score([c for c, _ in convs], [_decoded(policy_tok, r) for _, r in convs])
     assert rewards == pytest.approx(want, abs=1e-6)
 

@@ -103,7 +103,7 @@ def test_openrlhf_client_gets_each_samples_group_reward(group_models, policy_tok
         assert answer["extra_logs"]["template_recovered"] == [1.0]
     assert max(max(w) - min(w) for w in want.values()) > 0.05  # the rewards differ: a mix-up would show
     assert metrics["groups"] == {"waiting": 0, "completed": 3, "timed_out": 0, "partial": 0, "expired": 0,
-                                 "retries": 0}
+                                 "retries": 0, "spills": 0}
     assert prom[("rmplugins_groups_completed_total", ())] == 3
     assert prom[("rmplugins_groups_waiting", ())] == 0
     assert prom[("rmplugins_requests_total", ())] == 12
@@ -138,7 +138,8 @@ def test_a_group_that_never_completes(group_models):
     status, body = answers[3]
     assert status == 408 and "only 1 of the 4 samples" in body["error"] and "--group-timeout" in body["error"]
     assert 1.5 < waited < 60
-    assert metrics == {"waiting": 0, "completed": 0, "timed_out": 2, "partial": 1, "expired": 1, "retries": 0}
+    assert metrics == {"waiting": 0, "completed": 0, "timed_out": 2, "partial": 1, "expired": 1, "retries": 0,
+                       "spills": 0}
     assert prom[("rmplugins_groups_timed_out_total", (("outcome", "ranked_partial"),))] == 1
     assert prom[("rmplugins_groups_timed_out_total", (("outcome", "expired_408"),))] == 1
 
@@ -176,7 +177,7 @@ def test_retried_samples_are_not_counted_twice(group_models):
         assert answers[0][1]["extra_logs"]["group_size"] == [3.0]
         assert late == answers[0]
         assert _get(server.url + "/metrics.json")[1]["groups"] == {
-            "waiting": 0, "completed": 1, "timed_out": 0, "partial": 0, "expired": 0, "retries": 2}
+            "waiting": 0, "completed": 1, "timed_out": 0, "partial": 0, "expired": 0, "retries": 2, "spills": 0}
 
         async def without_ids():
             async with aiohttp.ClientSession() as s:
@@ -212,7 +213,8 @@ def test_more_than_n_samples_and_the_same_text_twice(group_models):
         for wave, pair in zip(waves, (responses[:2], responses[2:])):
             want = rm.rank(conv, pair, "round_robin").scores
             assert all(s == 200 and close(b["rewards"][0], w) for (s, b), w in zip(wave, want))
-        assert _get(server.url + "/metrics.json")[1]["groups"]["completed"] == 2
+        groups = _get(server.url + "/metrics.json")[1]["groups"]
+        assert groups["completed"] == 2 and groups["spills"] == 1  # the second group came right after the first
     with BackgroundServer(create_app(rm, group_size=4, group_timeout=60)) as server:
         group = [responses[0], responses[1], responses[0], responses[2]]
         answers = asyncio.run(_post_all(server.url + "/score",
@@ -349,3 +351,17 @@ def test_prometheus_metrics_and_json(tiny, policy_tok):
     assert prom[("rmplugins_tokens_floor_total", ())] == data["engine"]["tokens_floor"] > 0
     assert ("rmplugins_prompt_cache_tokens", ()) in prom
     assert ("rmplugins_groups_waiting", ()) not in prom  # no --group-size
+
+
+def test_samples_waiting_for_groups_are_bounded(group_models):
+    """Groups that never fill (a client sending fewer samples per prompt than --group-size) cannot pile up: past
+    --max-queue-samples waiting samples, new ones get 503 with the likely cause."""
+    rm = group_models("gpm")
+    groups = _groups(3, 1, seed=12)
+    with BackgroundServer(create_app(rm, group_size=4, group_timeout=3, max_queue_samples=2)) as server:
+        answers = asyncio.run(_post_all(server.url + "/score",
+                                        [{"prompts": [c], "completions": [r[0]]} for c, r in groups]))
+    statuses = sorted(status for status, _ in answers)
+    assert statuses == [408, 408, 503]
+    refused = next(body for status, body in answers if status == 503)
+    assert "waiting for their groups" in refused["error"] and "--group-size (4)" in refused["error"]

@@ -125,7 +125,8 @@ class RewardService:
             # round robin by default: every response against every other, in both orders (no bracket, no order)
             method = group_method or ("round_robin" if "round_robin" in rm.rank_methods else rm.rank_methods[0])
             self.groups = GroupBuffer(self.batcher, size=group_size, timeout=group_timeout, method=method,
-                                      metrics=self.metrics, request_timeout=self.request_timeout)
+                                      metrics=self.metrics, request_timeout=self.request_timeout,
+                                      max_waiting=max_queue_samples)
             logger.info("group rewards: each sample waits for the %d samples of its group (keyed by group id, else "
                         "by prompt), up to %g s (--group-timeout); ranked with %r", group_size, group_timeout, method)
         self._parsing = ThreadPoolExecutor(max_workers=PARSE_THREADS, thread_name_prefix="rmplugins-parse")

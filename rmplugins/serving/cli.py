@@ -206,9 +206,10 @@ def _serve_checked(args) -> int:
                      objective_logs=args.objective_logs, max_sample_chars=args.max_sample_chars,
                      prompt_cache_tokens=args.prompt_cache_tokens, group_size=args.group_size,
                      group_timeout=args.group_timeout, group_method=args.group_method)
-    logger.info("serving on http://%s:%d/get_reward (policy template: %s, auth: %s)", args.host,
-                sock.getsockname()[1], args.policy_tokenizer or "none; chat-templated text is recovered with the "
-                "built-in templates or refused", "bearer key" if api_key else "none")
+    logger.info("serving on http://%s:%d (POST /get_reward, /score, /classify, /pooling, /remote_rm; GET /health, "
+                "/metrics) (policy template: %s, auth: %s)", args.host, sock.getsockname()[1],
+                args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "
+                "refused", "bearer key" if api_key else "none")
     import uvicorn
 
     uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,

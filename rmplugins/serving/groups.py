@@ -105,14 +105,18 @@ class GroupBuffer:
     :class:`~.batcher.Batcher` or :class:`~.passthrough.PassThrough`) as one :class:`GroupJob`."""
 
     def __init__(self, batcher: Any, *, size: int, timeout: float, method: str | None, metrics: Any,
-                 request_timeout: float):
+                 request_timeout: float, max_waiting: int = 8192):
         if int(size) < 2:
             raise ValueError(f"--group-size {size}: a group-relative reward needs groups of at least 2 samples")
         if not float(timeout) > 0:
             raise ValueError(f"--group-timeout {timeout}: must be more than 0 seconds")
         self.batcher, self.size, self.timeout, self.method = batcher, int(size), float(timeout), method
         self.metrics, self.request_timeout = metrics, float(request_timeout)
+        self.max_waiting = int(max_waiting)
         self.waiting: dict[str, Group] = {}
+        self.waiting_samples = 0
+        self._closed: OrderedDict[str, float] = OrderedDict()  # recently completed keys -> when (spill check)
+        self._warned_spill = False
         self._by_id: OrderedDict[str, tuple[float, Any]] = OrderedDict()     # sample id -> (when, result)
         self._unclaimed: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()  # (key, text) -> (when, result)
         self._tasks: set[asyncio.Task] = set()
@@ -181,21 +185,47 @@ class GroupBuffer:
                     self.metrics.group_retries += 1
                     slot.waiters.append(waiter)
                     return waiter
-        else:
+        if self.waiting_samples >= self.max_waiting:
+            raise RequestError(503, f"server overloaded: {self.waiting_samples} samples are waiting for their groups "
+                                    f"(limit {self.max_waiting}, --max-queue-samples); do the clients send "
+                                    f"--group-size ({self.size}) samples of every prompt?")
+        if group is None:
+            self._note_spill(key, loop.time())
             group = Group(key, prompt, loop.time())
             group.timer = loop.call_later(self.timeout, self._expire, group)
             self.waiting[key] = group
         group.slots.append(Slot(sample, [waiter]))
+        self.waiting_samples += 1
         if len(group.slots) >= self.size:
             self._close(group, complete=True)
         return waiter
+
+    def _note_spill(self, key: str, now: float) -> None:
+        """A key whose group completed moments ago opens another: more samples of a prompt than --group-size
+        (fine for a prompt that is twice in the batch; a wrong --group-size when it happens all the time)."""
+        closed = self._closed.get(key)
+        if closed is None or now - closed > self.timeout:
+            return
+        self.metrics.group_spills += 1
+        if not self._warned_spill:
+            logger.warning("a prompt got more than --group-size %d samples within %g s; they form the next group. "
+                           "If the trainer samples more than %d responses per prompt, set --group-size to its "
+                           "number (logged once; counted in /metrics.json groups.spills)", self.size, self.timeout,
+                           self.size)
+            self._warned_spill = True
 
     # ---------------------------------------------------------------- closing
     def _close(self, group: Group, complete: bool) -> None:
         if self.waiting.get(group.key) is group:
             del self.waiting[group.key]
+            self.waiting_samples -= len(group.slots)
         if group.timer is not None:
             group.timer.cancel()
+        now = asyncio.get_running_loop().time()
+        self._closed[group.key] = now
+        self._closed.move_to_end(group.key)
+        while len(self._closed) > RETRY_MEMORY_ITEMS:
+            self._closed.popitem(last=False)
         self.metrics.group_closed(complete, len(group.slots), asyncio.get_running_loop().time() - group.started)
         task = asyncio.get_running_loop().create_task(self._score(group, complete))
         self._tasks.add(task)
@@ -211,6 +241,7 @@ class GroupBuffer:
             self._close(group, complete=False)
             return
         del self.waiting[group.key]
+        self.waiting_samples -= len(group.slots)
         self.metrics.groups_expired += 1
         error = RequestError(408, f"only 1 of the {self.size} samples of this prompt's group arrived within "
                                   f"--group-timeout {self.timeout:g} s, and a group-relative reward needs the group: "
@@ -259,6 +290,7 @@ class GroupBuffer:
             for slot in group.slots:
                 self._deliver(group, slot, RequestError(503, "the server is shutting down"))
         self.waiting.clear()
+        self.waiting_samples = 0
         for task in list(self._tasks):
             task.cancel()
 

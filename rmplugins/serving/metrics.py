@@ -38,6 +38,7 @@ class Metrics:
     groups_partial: int = 0     # timed out with 2 or more samples: ranked as they were (group_complete 0)
     groups_expired: int = 0     # timed out with 1 sample: answered 408
     group_retries: int = 0      # retried samples attached to their first arrival (not counted twice)
+    group_spills: int = 0       # a prompt's next group opened right after one completed (more than N samples)
     registry: Any = field(default_factory=CollectorRegistry, repr=False)
 
     def __post_init__(self):
@@ -98,7 +99,8 @@ class Metrics:
         if groups_waiting is not None:
             out["groups"] = {"waiting": groups_waiting, "completed": self.groups_completed,
                              "timed_out": self.groups_partial + self.groups_expired, "partial": self.groups_partial,
-                             "expired": self.groups_expired, "retries": self.group_retries}
+                             "expired": self.groups_expired, "retries": self.group_retries,
+                             "spills": self.group_spills}
         return out
 
 
@@ -163,6 +165,9 @@ class ServiceCollector:
             timed_out.add_metric(["expired_408"], m.groups_expired)
             yield timed_out
             yield counter("group_retries", "Retried samples attached to their first arrival", m.group_retries)
+            yield counter("group_spills", "Groups opened right after the same key's group completed (more than "
+                          "--group-size samples of a prompt)", m.group_spills)
+            yield gauge("group_waiting_samples", "Samples waiting for their groups", groups.waiting_samples)
 
 
 def prometheus_text(service: Any) -> tuple[bytes, str]:
