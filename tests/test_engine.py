@@ -375,6 +375,30 @@ def test_prompt_cache_runs_each_prompt_once_across_calls(models, kind, engine_at
     assert _max_diff(reference, again) < TOL
 
 
+def test_a_kept_template_opening_does_not_cut_a_calls_shared_prompt(models):
+    """A kept sequence that agrees with a new group only on its first block (a chat template's opening shared by
+    every prompt) must not replace the group's own shared prefix: the call processes no more tokens than without
+    the prompt cache (it once processed 2-3 times more, ranking pair-PM groups on the server)."""
+    engine = models("bt_llama3").engine
+    heads, seqs = _groups_of_ids(seed=13, prompts=2, per_prompt=6)
+    opening = heads[0][:20]
+    other = opening + heads[1][20:]  # another prompt behind the same 20-token opening
+    group = [other + s[len(heads[1]):] for s in seqs[6:]]
+    positions = [[-1] for _ in group]
+    engine.stats.reset()
+    reference = engine.hidden_at(group, positions)
+    without = engine.stats.tokens_processed
+    engine.prompt_cache_tokens = 10_000
+    try:
+        engine.hidden_at(seqs[:1], [[-1]])  # kept: agrees with the group on the opening only
+        engine.stats.reset()
+        got = engine.hidden_at(group, positions)
+        assert engine.stats.tokens_processed <= without
+    finally:
+        engine.prompt_cache_tokens = 0
+    assert _max_diff(reference, got) < TOL
+
+
 def test_prompt_cache_is_bounded_least_recently_used_first(models):
     engine = models("bt_llama3").engine
     heads, seqs = _groups_of_ids(seed=12, prompts=3, per_prompt=2)

@@ -360,12 +360,18 @@ class ScoringEngine:
     def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
         """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (the group's prefix is
         shortened to where they agree; what follows runs with the suffixes; at least one token of each member is
-        left to run). False when none agrees on a block, or a position read inside was not kept."""
+        left to run). False when none agrees on a block, a position read inside was not kept, or the agreement is
+        so short that running the rest of the prefix in every member costs more than running the prefix once."""
         g = window[k]
         wanted = {q for m in g.members for q in call.wanted[m]}
         taken = self._kept.take(call.uniq[g.members[0]], min(g.prefix_len, min(len(call.uniq[m]) for m in g.members)
                                                             - 1), wanted)
         if taken is None:
+            return False
+        n = taken[0]
+        # A kept sequence that agrees with only the start of the group's shared prefix (a template's opening) would
+        # cut the group: each member would run the rest of the prefix itself. Taken only where that costs less.
+        if len(g.members) * (g.prefix_len - n) >= g.prefix_len:
             return False
         n, call.caches[k], inside, hidden = taken
         window[k] = PrefixGroup(n, g.members)
