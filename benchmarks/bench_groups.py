@@ -8,8 +8,9 @@ same samples, in one run; beside the Bradley-Terry path through rmplugins serve 
   bt rmplugins         a Bradley-Terry model, one request per sample (what a pointwise reward costs)
   bt OpenRLHF serve_rm OpenRLHF's server on the same Bradley-Terry checkpoint
 
-Workload: P prompts x N samples (a rollout), a prompt's N one-sample requests sent together by C concurrent
-clients (a new aiohttp session per request, as OpenRLHF's client). The paths are interleaved: every repeat runs
+Workload: P prompts x N samples (a rollout; new samples every repeat, the same for every path within it), a
+prompt's N one-sample requests sent together by C concurrent clients (a new aiohttp session per request, as
+OpenRLHF's client). The paths are interleaved: every repeat runs
 each path once per level in a shuffled order, so a load spike on the shared host hits all of them; the table gives
 the median and the spread (min-max) over the repeats. "group wait" is the server's own histogram
 (``rmplugins_group_wait_seconds``): from a group's first sample to its last. Every group reward is checked against
@@ -118,12 +119,13 @@ def main(argv=None) -> int:
     if not args.skip_openrlhf:
         servers["bt OpenRLHF serve_rm"] = openrlhf_serve_rm(str(paths["bt"]), param_dtype="bf16")
     models = {k: rmplugins.load_reward_model(paths[k], kind=k, device=args.device) for k in ("gpm", "pair_pm")}
-    levels = {}
-    for clients in args.clients:
+    def level(clients: int, rep: int):
+        """Fresh samples for every repeat (a server's prompt cache must not serve a repeat from the last one),
+        the same ones for every path within it."""
         prompts = max(args.samples, 2 * clients) // args.n
-        work = groups_workload(prompts, args.n, seed=clients)
+        work = groups_workload(prompts, args.n, seed=1000 * rep + clients)
         order = [(g, j) for g in range(prompts) for j in range(args.n)]
-        levels[clients] = (work, order, [payload(tok, work[g][0], work[g][1][j]) for g, j in order])
+        return work, order, [payload(tok, work[g][0], work[g][1][j]) for g, j in order]
     print(f"# bench_groups {datetime.datetime.now():%Y-%m-%d %H:%M} {torch.__version__} "
           f"device={args.device or 'cpu'} threads={torch.get_num_threads()} load: {host_load()}", flush=True)
     rows: dict = {}
@@ -133,9 +135,10 @@ def main(argv=None) -> int:
         server.__enter__()
     try:
         for name, server in servers.items():  # warm-up: one group each
-            asyncio.run(drive(server.url, levels[args.clients[0]][2][:args.n], args.n))
+            asyncio.run(drive(server.url, level(args.n, -1)[2][:args.n], args.n))
         for rep in range(args.repeat):
-            for clients, (work, order, payloads) in levels.items():
+            for clients in args.clients:
+                work, order, payloads = level(clients, rep)
                 runs = list(servers) + ["gpm in-process", "pair_pm in-process"]
                 random.Random(rep * 1000 + clients).shuffle(runs)
                 for name in runs:
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
                         wall = time.perf_counter() - start
                         result = {"sps": len(order) / wall, "p50": float("nan"), "p99": float("nan"), "failures": 0}
                         rows.setdefault((name, clients), []).append(result)
-                        wants[(kind, clients)] = [r.scores for r in ranks]
+                        wants[(kind, clients, rep)] = [r.scores for r in ranks]
                         continue
                     url = servers[name].url
                     before = group_wait(url) if name.endswith("group") else None
@@ -155,7 +158,7 @@ def main(argv=None) -> int:
                     if before is not None:
                         after = group_wait(url)
                         result["wait"] = (after[0] - before[0]) / max(1.0, after[1] - before[1]) * 1000
-                        result["order"] = order
+                        result["order"], result["rep"] = order, rep
                     rows.setdefault((name, clients), []).append(result)
                 print(f"repeat {rep + 1}/{args.repeat} c={clients} done", flush=True)
     finally:
@@ -164,8 +167,8 @@ def main(argv=None) -> int:
     for (name, clients), results in rows.items():
         if not name.endswith("group"):
             continue
-        want = wants[(name.split()[0], clients)]
         for result in results:
+            want = wants[(name.split()[0], clients, result["rep"])]
             for (g, j), got in zip(result["order"], result["rewards"]):
                 worst = max(worst, abs(got - want[g][j]) if got is not None else float("inf"))
 
