@@ -10,7 +10,8 @@ from rmplugins.engine import ScoringEngine
 from rmplugins.engine.attention import attention_with_lse, merge, supports_engine_attention
 
 TOL = 2e-5
-CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm"]  # Mistral and Llama backbones
+# Mistral, Llama-3, Llama-3.2 (RoPE scaling), Qwen2 (the PRM too), Qwen3 (q/k norms) backbones
+CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm", "bt_llama32", "bt_qwen25", "bt_qwen3", "prm"]
 
 
 def softmax_attention(q, k, v, scale, causal=False):
@@ -82,6 +83,30 @@ def test_engine_attention_equals_each_sequence_alone(models, kind):
     plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
     assert max_diff(truth, shared) < TOL and max_diff(truth, plain) < TOL
     assert engine.config._attn_implementation == "sdpa"  # switched for the forwards only
+
+
+@pytest.mark.parametrize("kind", ["bt_gemma2", "genrm_gemma2"])
+def test_engine_attention_with_soft_capping_and_sliding_layers(models, tiny, kind):
+    """Gemma-2: attention logits soft-capped (applied by the engine attention in its math path) and every other
+    layer a sliding window, which the engine honours by attending in its own way only when every sequence fits in
+    the window; longer calls take the model's own attention."""
+    rm = models(kind) if kind != "genrm_gemma2" else __import__("rmplugins").load_reward_model(
+        tiny(kind), kind="genrm", judge="mt-bench-logits", device="cpu")
+    engine = rm.engine
+    assert engine.engine_attention and engine.config.attn_logit_softcapping
+    window = engine.config.sliding_window
+    rng = random.Random(3)
+    heads = [[rng.randrange(3, 250) for _ in range(n)] for n in (30, 52, 71)]
+    seqs = [h + [rng.randrange(3, 250) for _ in range(n)] for h in heads for n in (1, 6, 25, 40)]
+    seqs = [s for s in seqs if len(s) < window]
+    positions = [[-1, 0, 3, len(s) // 2] for s in seqs]
+    truth = alone(engine.backbone, seqs, positions)
+    engine.stats.reset()
+    shared = engine.hidden_at(seqs, positions)
+    assert engine.stats.prefix_groups >= 3 and max_diff(truth, shared) < TOL
+    long = [seqs[0] + [rng.randrange(3, 250) for _ in range(window + 10 - len(seqs[0]))], seqs[1]]
+    long_positions = [[-1, window + 5], [-1]]
+    assert max_diff(alone(engine.backbone, long, long_positions), engine.hidden_at(long, long_positions)) < TOL
 
 
 @pytest.mark.parametrize("kind", ["bt", "pair_pm"])

@@ -30,7 +30,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 ENGINE_ATTENTION = "rmplugins_engine"
-CHECKED_MODEL_TYPES = {"llama", "mistral"}  # parity-tested here; other backbones take the generic path
+# parity-tested here (tests/test_attention.py); other backbones take the generic path, logged once
+CHECKED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma2"}
+LAYER_TYPES = {"full_attention", "sliding_attention"}  # a window is honoured by the engine (every sequence inside it)
 MATH_CHUNK_ELEMENTS = 1 << 26  # score elements per chunk in the portable (non-fused) attention
 
 
@@ -52,17 +54,16 @@ class AttentionPlan:
 
 def supports_engine_attention(backbone: torch.nn.Module) -> bool:
     """The backbone dispatches attention through transformers' ``AttentionInterface`` (so the function can be
-    switched per forward), is an architecture this was checked on, and every layer attends fully (no soft-capping,
-    no sliding-window layers; a Mistral window is handled by the engine, which only shares prefixes of sequences
-    shorter than the window)."""
+    switched per forward) and is an architecture this was checked on: Llama (3.x RoPE scaling included), Mistral,
+    Qwen2, Qwen3 (q/k norms, applied by the model before the attention function), Gemma-2 (logit soft-capping,
+    applied here). Sliding windows (Mistral's, Gemma-2's alternate layers) are handled by the engine: it attends in
+    its own way only when every sequence of a call fits in the window, where a window changes nothing."""
     config = getattr(backbone, "config", None)
     if config is None or not getattr(backbone, "_supports_attention_backend", False):
         return False
     if getattr(config, "model_type", None) not in CHECKED_MODEL_TYPES:
         return False
-    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "use_sliding_window", False):
-        return False
-    return all(t == "full_attention" for t in getattr(config, "layer_types", None) or [])
+    return all(t in LAYER_TYPES for t in getattr(config, "layer_types", None) or [])
 
 
 @contextmanager
@@ -78,23 +79,29 @@ def use_engine_attention(backbone: torch.nn.Module):
         config._attn_implementation = before
 
 
-def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool, scale: float,
-                       fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``softmax(q k^T * scale) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]`` inputs
-    with equal head counts (``causal``: query ``i`` sees keys ``<= i``, equal lengths).
+def soft_capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma-2's attention logit soft-capping, ``softcap * tanh(scores / softcap)`` (none when ``softcap`` is
+    None)."""
+    return scores if not softcap else torch.tanh(scores / softcap) * softcap
 
-    On CPU PyTorch's fused flash kernel returns both; elsewhere (and with ``fused=False``) the math runs in float32
-    chunks of queries."""
+
+def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool, scale: float,
+                       fused: bool | None = None, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``softmax(softcap(q k^T * scale)) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]``
+    inputs with equal head counts (``causal``: query ``i`` sees keys ``<= i``, equal lengths).
+
+    On CPU PyTorch's fused flash kernel returns both; elsewhere, with ``fused=False`` and with soft-capping (which
+    the fused kernel lacks) the math runs in float32 chunks of queries."""
     if fused is None:
         fused = query.device.type == "cpu"
-    if fused:
+    if fused and not softcap:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
     q_len, k_len = query.shape[-2], key.shape[-2]
     chunk = max(1, MATH_CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * k_len))
     outs, lses = [], []
     for start in range(0, q_len, chunk):
         q = query[..., start: start + chunk, :].float()
-        scores = torch.matmul(q, key.float().transpose(-1, -2)) * scale
+        scores = soft_capped(torch.matmul(q, key.float().transpose(-1, -2)) * scale, softcap)
         if causal:
             rows = torch.arange(start, start + q.shape[-2], device=query.device).unsqueeze(1)
             scores = scores.masked_fill(torch.arange(k_len, device=query.device) > rows, float("-inf"))
@@ -113,19 +120,19 @@ def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: 
 
 
 def _over_prefix(flat_q: torch.Tensor, rows: torch.Tensor, prefix_k: torch.Tensor, prefix_v: torch.Tensor,
-                 scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                 scale: float, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries ``flat_q[rows]`` (``[n, heads, dim]``) over one prefix's keys/values, stacked per key/value head:
     ``[n, heads, dim]`` and log-sum-exps ``[n, heads]``."""
     n, heads, dim = rows.numel(), flat_q.shape[1], flat_q.shape[2]
     kv_heads = prefix_k.shape[1]
     rep = heads // kv_heads
     q = flat_q.index_select(0, rows).view(n, kv_heads, rep, dim).permute(1, 2, 0, 3).reshape(1, kv_heads, rep * n, dim)
-    out, lse = attention_with_lse(q, prefix_k, prefix_v, causal=False, scale=scale)
+    out, lse = attention_with_lse(q, prefix_k, prefix_v, causal=False, scale=scale, softcap=softcap)
     out = out.view(kv_heads, rep, n, dim).permute(2, 0, 1, 3).reshape(n, heads, dim)
     return out, lse.view(kv_heads, rep, n).permute(2, 0, 1).reshape(n, heads)
 
 
-def _read_rows_only(query, key, value, plan: AttentionPlan, scale: float) -> torch.Tensor:
+def _read_rows_only(query, key, value, plan: AttentionPlan, scale: float, softcap: float | None) -> torch.Tensor:
     """The last layer: attention from ``plan.read_rows`` only (each over its own row up to its position, plus its
     group's prefix in a suffix forward); zeros elsewhere. A few queries per row: plain float32 math."""
     batch, heads, width, dim = query.shape
@@ -141,7 +148,7 @@ def _read_rows_only(query, key, value, plan: AttentionPlan, scale: float) -> tor
     q = flat_q.index_select(0, reads).view(n, kv_heads, rep, dim).float()
     k = key.index_select(0, row).float()                                   # [n, kv_heads, width, dim]
     v = value.index_select(0, row).float()
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale                  # [n, kv_heads, rep, width]
+    scores = soft_capped(torch.matmul(q, k.transpose(-1, -2)) * scale, softcap)  # [n, kv_heads, rep, width]
     hidden = torch.arange(width, device=query.device).view(1, 1, 1, width) > pos.view(n, 1, 1, 1)
     scores = scores.masked_fill(hidden, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
@@ -155,7 +162,7 @@ def _read_rows_only(query, key, value, plan: AttentionPlan, scale: float) -> tor
             if mine.numel() == 0:
                 continue
             at = slot[mine]
-            out_p, lse_p = _over_prefix(flat_q, mine, *kv[plan.read_layer], scale)
+            out_p, lse_p = _over_prefix(flat_q, mine, *kv[plan.read_layer], scale, softcap)
             own[at] = merge(own[at], lse[at], out_p, lse_p)
     out[reads] = own.to(out.dtype)
     return out.view(batch, width, heads, dim)
@@ -171,23 +178,29 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     if plan is None:
         raise RuntimeError("rmplugins: the engine attention was called without its AttentionPlan; it is only meant "
                            "for the scoring engine's own forwards")
-    if kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
-        raise NotImplementedError("rmplugins: the engine attention does not implement soft-capping or sinks")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("rmplugins: the engine attention does not implement attention sinks")
+    softcap = kwargs.get("softcap")
     batch, heads, width, dim = query.shape
     scale = scaling if scaling is not None else dim ** -0.5
     if module.layer_idx == plan.read_layer:
-        return _read_rows_only(query, key, value, plan, scale), None
+        return _read_rows_only(query, key, value, plan, scale, softcap), None
+    rep = heads // key.shape[1]
     if not plan.prefix_kv:  # whole sequences or prefixes: causal, right-padded, no mask needed
-        return sdpa_attention_forward(module, query, key, value, None, dropout=0.0, scaling=scale, is_causal=True)
+        if not softcap:
+            return sdpa_attention_forward(module, query, key, value, None, dropout=0.0, scaling=scale, is_causal=True)
+        out, _ = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale,
+                                    softcap=softcap)
+        return out.transpose(1, 2).contiguous(), None
 
     # Each row within its own suffix (causal), then each group's real positions over its prefix, merged.
-    rep = heads // key.shape[1]
-    out_s, lse_s = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale)
+    out_s, lse_s = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale,
+                                      softcap=softcap)
     out = out_s.transpose(1, 2).reshape(batch * width, heads, dim)  # out_s is not used again: updated in place
     lse_s = lse_s.transpose(1, 2).reshape(batch * width, heads)
     flat_q = query.transpose(1, 2).reshape(batch * width, heads, dim)
     for rows, kv in zip(plan.query_rows, plan.prefix_kv):
-        out_p, lse_p = _over_prefix(flat_q, rows, *kv[module.layer_idx], scale)
+        out_p, lse_p = _over_prefix(flat_q, rows, *kv[module.layer_idx], scale, softcap)
         merged = merge(out.index_select(0, rows), lse_s.index_select(0, rows), out_p, lse_p)
         out.index_copy_(0, rows, merged.to(out.dtype))
     return out.view(batch, width, heads, dim), None

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 
 from . import budget as sizes
-from .attention import supports_engine_attention
+from .attention import CHECKED_MODEL_TYPES, supports_engine_attention
 from .caches import KeptPrefixes
 from .packing import pack
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
@@ -33,6 +33,7 @@ from .state import CallState, EngineStats
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
+_GENERIC_LOGGED: set = set()  # model types whose generic attention path was logged (once each)
 
 
 class ScoringEngine:
@@ -64,7 +65,14 @@ class ScoringEngine:
         supported = causal and supports_engine_attention(backbone)
         if engine_attention and not supported:
             raise ValueError(f"engine_attention=True is not available for {type(backbone).__name__} (checked on "
-                             "causal Llama and Mistral backbones); leave it unset")
+                             f"causal {', '.join(sorted(CHECKED_MODEL_TYPES))} backbones); leave it unset")
+        if causal and not supported:
+            model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+            if model_type not in _GENERIC_LOGGED:
+                _GENERIC_LOGGED.add(model_type)
+                logger.info("%s (model_type %r): the engine runs the model's own attention (masks and per-row "
+                            "cache copies; slower): its own attention is checked on %s", type(backbone).__name__,
+                            model_type, ", ".join(sorted(CHECKED_MODEL_TYPES)))
         self.stats = EngineStats()
         self.worker = BackboneWorker(backbone, pad_token_id, causal, self.stats)
         if engine_attention is None:
