@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # waits as soon as anything else runs beside them; two single-threaded processes keep both cores busy.
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint bench bench-server clean
+.PHONY: setup demo test lint bench bench-server gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -54,6 +54,13 @@ bench: setup
 	$(PY) benchmarks/bench_curves.py
 	$(PY) benchmarks/bench_engines.py
 	$(PY) benchmarks/bench_judges.py
+	$(PY) benchmarks/bench_limit.py
+
+# The one prepared command for a machine lent a GPU, which has its own torch and transformers and no virtual
+# environment (TRL travels as a wheel: docs/development.md). `make test` runs its --dry-run.
+GPU_PY ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py
 
 bench-server: setup
 	$(PY) benchmarks/bench_server.py

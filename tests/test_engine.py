@@ -433,3 +433,36 @@ def test_deterministic_scoring_never_uses_the_prompt_cache(tiny):
     rm.engine.stats.reset()
     assert rm.score(prompts, completions) == fresh.score(prompts, completions)
     assert rm.engine.stats.prefix_cache_hits == 0 and not rm.engine._kept
+
+
+def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypatch, tmp_path):
+    """Beside a busy process a barrier-bound forward with a thread per core waits for the descheduled thread at
+    every parallel region (8x slower, issue 28): each call runs with the cores other runnable threads leave free,
+    and the configured number is back afterwards."""
+    from rmplugins.engine import threads
+
+    assert threads.fitting_threads(2, 2, 1) == 1 and threads.fitting_threads(2, 2, 0) == 2
+    assert threads.fitting_threads(4, 8, 2) == 4 and threads.fitting_threads(4, 4, 3) == 1
+    assert threads.fitting_threads(2, 2, None) == 2  # no /proc/loadavg: as configured
+    loadavg = tmp_path / "loadavg"
+    loadavg.write_text("1.31 1.02 0.98 3/412 98765\n")
+    assert threads.runnable_elsewhere(str(loadavg)) == 2
+    assert threads.runnable_elsewhere(str(tmp_path / "missing")) is None
+
+    engine = models("bt_llama3").engine
+    seen = []
+    hook = engine.backbone.layers[0].register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(threads, "runnable_elsewhere", lambda: 1)
+    torch.set_num_threads(2)
+    try:
+        engine.hidden_at([[5, 6, 7, 8]], [[-1]])
+        assert seen == [1] and torch.get_num_threads() == 2  # one forward here
+        engine.fit_threads = False
+        engine.hidden_at([[5, 6, 7, 9]], [[-1]])
+        assert seen == [1, 2]
+    finally:
+        engine.fit_threads = True
+        hook.remove()
+        torch.set_num_threads(before)

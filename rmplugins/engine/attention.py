@@ -22,6 +22,7 @@ things change, none of them the result:
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+logger = logging.getLogger("rmplugins")
 ENGINE_ATTENTION = "rmplugins_engine"
 # parity-tested here (tests/test_attention.py); other backbones take the generic path, logged once
 CHECKED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma2"}
@@ -64,6 +66,19 @@ def supports_engine_attention(backbone: torch.nn.Module) -> bool:
     if getattr(config, "model_type", None) not in CHECKED_MODEL_TYPES:
         return False
     return all(t in LAYER_TYPES for t in getattr(config, "layer_types", None) or [])
+
+
+_GENERIC_LOGGED: set = set()
+
+
+def log_generic_path(backbone: torch.nn.Module) -> None:
+    """Say once per model type that a causal backbone runs its own (slower) attention."""
+    model_type = getattr(getattr(backbone, "config", None), "model_type", None)
+    if model_type not in _GENERIC_LOGGED:
+        _GENERIC_LOGGED.add(model_type)
+        logger.info("%s (model_type %r): the engine runs the model's own attention (masks and per-row cache copies; "
+                    "slower): its own attention is checked on %s", type(backbone).__name__, model_type,
+                    ", ".join(sorted(CHECKED_MODEL_TYPES)))
 
 
 @contextmanager

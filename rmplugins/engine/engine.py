@@ -25,15 +25,15 @@ from contextlib import contextmanager
 import torch
 
 from . import budget as sizes
-from .attention import CHECKED_MODEL_TYPES, supports_engine_attention
+from .attention import CHECKED_MODEL_TYPES, log_generic_path, supports_engine_attention
 from .caches import KeptPrefixes
 from .packing import pack
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
 from .state import CallState, EngineStats
+from .threads import threads_that_fit
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
-_GENERIC_LOGGED: set = set()  # model types whose generic attention path was logged (once each)
 
 
 class ScoringEngine:
@@ -67,17 +67,13 @@ class ScoringEngine:
             raise ValueError(f"engine_attention=True is not available for {type(backbone).__name__} (checked on "
                              f"causal {', '.join(sorted(CHECKED_MODEL_TYPES))} backbones); leave it unset")
         if causal and not supported:
-            model_type = getattr(getattr(backbone, "config", None), "model_type", None)
-            if model_type not in _GENERIC_LOGGED:
-                _GENERIC_LOGGED.add(model_type)
-                logger.info("%s (model_type %r): the engine runs the model's own attention (masks and per-row "
-                            "cache copies; slower): its own attention is checked on %s", type(backbone).__name__,
-                            model_type, ", ".join(sorted(CHECKED_MODEL_TYPES)))
+            log_generic_path(backbone)
         self.stats = EngineStats()
         self.worker = BackboneWorker(backbone, pad_token_id, causal, self.stats)
         if engine_attention is None:
             engine_attention = supported and self.device.type == "cpu"
         self.engine_attention = bool(engine_attention)
+        self.fit_threads = True  # on CPU each forward uses only the cores other processes leave free (.threads)
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
         self._kept = KeptPrefixes()
@@ -125,8 +121,7 @@ class ScoringEngine:
         """:func:`.packing.pack` with this engine's budget and per-forward overhead."""
         return pack(items, width, self.budget(), sizes.forward_overhead(self.device), extra)
 
-    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into length-sorted micro-batches of at most ``budget()`` padded tokens."""
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:  # length-sorted, <= budget() padded tokens each
         return self._pack(list(range(len(lengths))), lambda i: lengths[i])
 
     # ---------------------------------------------------------------- public entry point
@@ -269,7 +264,8 @@ class ScoringEngine:
         """``run(rows)``; on out-of-memory, free the cache, halve the rows and retry each half (logged). One row
         that does not fit raises a clear error."""
         try:
-            run(rows)
+            with threads_that_fit(self.fit_threads and self.device.type == "cpu"):  # decided per forward
+                run(rows)
             return
         except torch.OutOfMemoryError as err:
             if len(rows) == 1:
@@ -366,10 +362,9 @@ class ScoringEngine:
 
     # ---------------------------------------------------------------- prefixes kept across calls
     def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
-        """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (the group's prefix is
-        shortened to where they agree; what follows runs with the suffixes; at least one token of each member is
-        left to run). False when none agrees on a block, a position read inside was not kept, or the agreement is
-        so short that running the rest of the prefix in every member costs more than running the prefix once."""
+        """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (its prefix shortened to
+        where they agree; the rest runs with the suffixes). False when none agrees on a block, a position read
+        inside was not kept, or running the rest in every member costs more than running the prefix once."""
         g = window[k]
         wanted = {q for m in g.members for q in call.wanted[m]}
         taken = self._kept.take(call.uniq[g.members[0]], min(g.prefix_len, min(len(call.uniq[m]) for m in g.members)
@@ -377,9 +372,7 @@ class ScoringEngine:
         if taken is None:
             return False
         n = taken[0]
-        # A kept sequence that agrees with only the start of the group's shared prefix (a template's opening) would
-        # cut the group: each member would run the rest of the prefix itself. Taken only where that costs less.
-        if len(g.members) * (g.prefix_len - n) >= g.prefix_len:
+        if len(g.members) * (g.prefix_len - n) >= g.prefix_len:  # e.g. only a template's opening agrees
             return False
         n, call.caches[k], inside, hidden = taken
         window[k] = PrefixGroup(n, g.members)

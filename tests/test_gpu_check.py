@@ -1,0 +1,27 @@
+"""``make gpu-check`` (benchmarks/gpu_check.py) is prepared for the day a GPU is lent: its ``--dry-run`` runs every
+part of it here, on the CPU with tiny shapes, so the script cannot rot."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_check_dry_run_prints_every_row(tiny_root, tmp_path):
+    out = tmp_path / "rows.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--dry-run", "--json", str(out)],
+                         capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                         env={**os.environ, "RMPLUGINS_TINY_DIR": tiny_root})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    checks = [r["check"] for r in rows]
+    assert sum(c.startswith("bf16 parity") for c in checks) == 12
+    assert sum(c.startswith("engine ") for c in checks) == 4  # two shapes, both attention paths
+    assert "co-located GRPO step" in checks and "offload" in rows[-1]["value"]
+    assert "| check | result | ok | s |" in run.stdout and "NO |" not in run.stdout
+    refused = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
+                             text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert refused.returncode == 2 and "--dry-run" in refused.stderr
