@@ -36,6 +36,7 @@ from reference_helpers import (
     pointwise_cases,
     sigmoid,
 )
+from rmplugins import load_reward_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaModel
 
@@ -138,6 +139,22 @@ def test_score_details_match_reference(setup):
     coeffs = torch.as_tensor(details["coefficients"])
     assert_close((rewards * coeffs).sum(dim=1), details["score"], 1e-4, "score = sum(rewards * coeffs)")
     assert_close(rm.score(prompts, completions), [w["score"] for w in want], ATOL, "armorm score()")
+
+
+def test_bfloat16_keeps_the_heads_in_float32(tiny):
+    """bf16 is the GPU default: the backbone runs in bf16, the regression layer and gating stay float32 (so the
+    head arithmetic neither mixes dtypes nor rounds the 19 objectives); the scores stay within bf16 rounding."""
+    path = tiny("armorm")
+    prompts, completions = pointwise_cases()
+    full = load_reward_model(path, dtype="float32").score_details(prompts, completions)
+    rm = load_reward_model(path, dtype="bfloat16")
+    assert rm.model.model.embed_tokens.weight.dtype == torch.bfloat16
+    assert {p.dtype for n, p in rm.model.named_parameters() if not n.startswith("model.")} == {torch.float32}
+    half = rm.score_details(prompts, completions)
+    scale = float(torch.as_tensor(full["score"]).abs().max())
+    assert_close(half["score"], full["score"], 0.1 * scale, "armorm bf16 score")
+    rewards, coeffs = torch.as_tensor(half["rewards"]), torch.as_tensor(half["coefficients"])
+    assert_close((rewards * coeffs).sum(dim=1), half["score"], 1e-4, "bf16: score = sum(rewards * coeffs)")
 
 
 def test_gating_reads_the_prompt_token(setup):

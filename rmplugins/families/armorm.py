@@ -56,7 +56,7 @@ class ArmoRMModel(LlamaPreTrainedModel):
 
     config_class = LlamaConfig
     base_model_prefix = "model"
-    _keep_in_fp32_modules = ["regression_layer", "gating", "reward_transform_matrix"]
+    _keep_in_fp32_modules_strict = ["regression_layer", "gating", "reward_transform_matrix"]
 
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
