@@ -36,9 +36,10 @@ from reference_helpers import (
     pointwise_cases,
     sigmoid,
 )
-from rmplugins import load_reward_model
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaModel
+
+from rmplugins import load_reward_model
 
 ATTRIBUTES = ['helpsteer-helpfulness', 'helpsteer-correctness', 'helpsteer-coherence',
               'helpsteer-complexity', 'helpsteer-verbosity', 'ultrafeedback-overall_score',
