@@ -7,9 +7,11 @@ Workloads, each P prompts x n candidates (rollout lengths: prompts of 150-1500 w
 - RLHFlow pair-PM: ``rm.rank_many(..., method="tournament")`` (best-of-n);
 - GPM: ``rm.rank_many`` (GPO scores, best-of-n).
 
-For each: best-of-``repeat`` seconds per engine after a warm-up call, each timed call cold (vLLM's prefix cache
-reset first; rmplugins' prompt cache is off in-process), the ratio, the largest difference between the engines'
-outputs, and the unique-token floor (what any engine must process at least).
+For each: both engines loaded side by side, a warm-up call each, then ``repeat`` rounds that time both engines in
+alternating order (a load spike on a shared host hits both); best and median seconds, each timed call cold (vLLM's
+prefix cache reset first; rmplugins' prompt cache is off in-process), the ratio, the largest difference between the
+engines' outputs, and the unique-token floor (what any engine must process at least). The load average is printed
+before and after.
 
     python benchmarks/bench_engines.py                    # a few minutes on 2 CPU cores
     python benchmarks/bench_engines.py --prompts 4 --n 16
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -66,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     p.add_argument("--prompts", type=int, default=4)
     p.add_argument("--n", type=int, default=8, help="candidates per prompt")
-    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = p.parse_args(argv)
@@ -80,35 +83,41 @@ def main(argv=None) -> int:
     rows = []
     for kind in args.kinds:
         path = build_bench_checkpoint(kind, cache / f"bench-{kind.replace('_', '-')}")
-        timings, outputs = {}, {}
-        for engine in ("transformers", "vllm"):
-            rm = (load_reward_model(path, kind=kind, device="cpu", dtype="float32") if engine == "transformers" else
-                  load_reward_model(path, kind=kind, engine="vllm", dtype="float32",
-                                    vllm_args={"kv_cache_memory_bytes": 1 << 30}))
-            run = workload(kind, rm, groups)
-            run()  # warm-up
+        # both engines loaded side by side and timed interleaved (each round runs both, in alternating order), so a
+        # load spike on the shared host hits both rather than one; best and median over the rounds
+        models = {"transformers": load_reward_model(path, kind=kind, device="cpu", dtype="float32"),
+                  "vllm": load_reward_model(path, kind=kind, engine="vllm", dtype="float32",
+                                            vllm_args={"kv_cache_memory_bytes": 1 << 30})}
+        runs = {engine: workload(kind, rm, groups) for engine, rm in models.items()}
+        times, outputs = {engine: [] for engine in models}, {}
 
-            def call():  # each timed call starts cold: vLLM's prefix cache would otherwise hold every sequence
-                if engine == "vllm":
-                    rm.vllm.llm.reset_prefix_cache()
-                return run()
+        def call(engine):  # each timed call starts cold: vLLM's prefix cache would otherwise hold every sequence
+            if engine == "vllm":
+                models["vllm"].backend.llm.reset_prefix_cache()
+            return runs[engine]()
 
-            timings[engine], outputs[engine] = timed(call, args.repeat)
-            if engine == "transformers":
-                requested, floor = floor_tokens(kind, rm, groups)
-            else:
-                config = rm.vllm.llm.llm_engine.vllm_config
-                caching = config.cache_config.enable_prefix_caching
-                rm.shutdown()
-            print(f"{kind:>8} {engine:>12}: {timings[engine]:7.2f} s", flush=True)
+        for engine in models:
+            call(engine)  # warm-up
+        for r in range(args.repeat):
+            for engine in (("transformers", "vllm") if r % 2 == 0 else ("vllm", "transformers")):
+                seconds, outputs[engine] = timed(lambda: call(engine))
+                times[engine].append(seconds)
+        requested, floor = floor_tokens(kind, models["transformers"], groups)
+        caching = models["vllm"].backend.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+        models["vllm"].shutdown()
+        for engine in models:
+            print(f"{kind:>8} {engine:>12}: best {min(times[engine]):7.2f} s, median "
+                  f"{statistics.median(times[engine]):7.2f} s", flush=True)
         diff = max(abs(a - b) for a, b in zip(outputs["transformers"], outputs["vllm"]))
-        rows.append((kind, timings["transformers"], timings["vllm"], diff, requested, floor, caching))
-    print("\n| workload | transformers engine s | vLLM engine s | vLLM / transformers | max abs diff | tokens "
-          "requested | unique-token floor | vLLM prefix caching |\n|---|---|---|---|---|---|---|---|")
+        rows.append((kind, times["transformers"], times["vllm"], diff, requested, floor, caching))
+    print("\n| workload | transformers engine s (best / median) | vLLM engine s (best / median) | vLLM / "
+          "transformers (best) | max abs diff | tokens requested | unique-token floor | vLLM prefix caching |\n"
+          "|---|---|---|---|---|---|---|---|")
     names = {"bt": "Bradley-Terry score", "armorm": "ArmoRM score", "pair_pm": "pair-PM best-of-n tournament",
              "gpm": "GPM best-of-n (GPO)"}
-    for kind, t_ours, t_vllm, diff, requested, floor, caching in rows:
-        print(f"| {names[kind]} | {t_ours:.2f} | {t_vllm:.2f} | {t_vllm / t_ours:.2f}x | {diff:.1e} | {requested} | "
+    for kind, ours, theirs, diff, requested, floor, caching in rows:
+        print(f"| {names[kind]} | {min(ours):.2f} / {statistics.median(ours):.2f} | {min(theirs):.2f} / "
+              f"{statistics.median(theirs):.2f} | {min(theirs) / min(ours):.2f}x | {diff:.1e} | {requested} | "
               f"{floor} | {'on' if caching else 'off'} |")
     print(f"after: {host_load()}")
     return 0

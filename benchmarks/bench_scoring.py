@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (
     attention_flops,
+    best_and_median,
     build_bench_checkpoint,
     host_load,
     matmul_params,
@@ -117,14 +118,16 @@ def bench_pointwise(rm, groups, label: str, repeat: int) -> tuple[list[tuple], d
     processed, padded, floor = st.tokens_processed, st.tokens_padded, st.tokens_floor
     diff = max(abs(a - b) for a, b in zip(ref, ours))
     rows = [
-        (f"{label}: one sequence per forward", f"{t_one:.2f}", f"{t_one / t_lib:.2f}x", requested, requested),
-        (f"{label}: TRL padded batch", f"{t_trl:.2f}", f"{t_trl / t_lib:.2f}x", requested, trl_tokens),
-        (f"{label}: rmplugins rm.score, engine_attention=False", f"{t_generic:.2f}", f"{t_generic / t_lib:.2f}x",
-         processed, padded),
-        (f"{label}: rmplugins rm.score, deterministic=True (each row alone)", f"{t_det:.2f}",
+        (f"{label}: one sequence per forward", best_and_median(times["one"]), f"{t_one / t_lib:.2f}x", requested,
+         requested),
+        (f"{label}: TRL padded batch", best_and_median(times["trl"]), f"{t_trl / t_lib:.2f}x", requested,
+         trl_tokens),
+        (f"{label}: rmplugins rm.score, engine_attention=False", best_and_median(times["generic"]),
+         f"{t_generic / t_lib:.2f}x", processed, padded),
+        (f"{label}: rmplugins rm.score, deterministic=True (each row alone)", best_and_median(times["det"]),
          f"{t_det / t_lib:.2f}x", requested, requested),
-        (f"{label}: rmplugins rm.score (engine_attention={default_attention})", f"{t_lib:.2f}", "1.00x", processed,
-         padded),
+        (f"{label}: rmplugins rm.score (engine_attention={default_attention})", best_and_median(times["lib"]),
+         "1.00x", processed, padded),
     ]
     info = {"one": t_one, "trl": t_trl, "lib": t_lib, "generic": t_generic, "det": t_det,
             "det_diff": max(abs(a - b) / (1 + abs(b)) for a, b in zip(ours, det)), "floor": floor,
@@ -298,15 +301,15 @@ def bench_vllm(engines, bt_rm, pm_rm, groups, pair_groups, repeat: int) -> tuple
     n = len(pair_groups[0][1])
     same_winners = all(a.best == b.best and a.worst == b.worst for a, b in zip(rankings, v_rankings))
     rows = [
-        (f"pointwise {len(groups)}x{len(groups[0][1])}: vLLM classify (prefix caching)", f"{best['vllm']:.2f}",
+        (f"pointwise {len(groups)}x{len(groups[0][1])}: vLLM classify (prefix caching)", best_and_median(times["vllm"]),
          f"{best['vllm'] / best['ours']:.2f}x"),
-        (f"pointwise {len(groups)}x{len(groups[0][1])}: rmplugins rm.score", f"{best['ours']:.2f}", "1.00x"),
+        (f"pointwise {len(groups)}x{len(groups[0][1])}: rmplugins rm.score", best_and_median(times["ours"]), "1.00x"),
         (f"pair-PM best-of-{n}: vLLM all {n * (n - 1)} ordered pairs per prompt, one call (prefix caching)",
-         f"{best['pm_all']:.2f}", f"{best['pm_all'] / best['pm_ours']:.2f}x"),
+         best_and_median(times["pm_all"]), f"{best['pm_all'] / best['pm_ours']:.2f}x"),
         (f"pair-PM best-of-{n}: vLLM judging rmplugins' tournament plan, one call per round "
-         f"({len(calls)} calls, prefix caching)", f"{best['pm_tour']:.2f}",
+         f"({len(calls)} calls, prefix caching)", best_and_median(times["pm_tour"]),
          f"{best['pm_tour'] / best['pm_ours']:.2f}x"),
-        (f"pair-PM best-of-{n}: rmplugins rank_many tournament", f"{best['pm_ours']:.2f}", "1.00x"),
+        (f"pair-PM best-of-{n}: rmplugins rank_many tournament", best_and_median(times["pm_ours"]), "1.00x"),
     ]
     info = dict(best, max_diff=max(abs(a - b) for a, b in zip(ours, theirs)), same_winners=same_winners,
                 vllm_sequences_all=n_all, sequences=sequences)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -134,6 +135,11 @@ def timed(fn, repeat: int = 1):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def best_and_median(seconds: list[float]) -> str:
+    """A path's interleaved rounds as a table cell: the best time and, in brackets, the median (the spread)."""
+    return f"{min(seconds):.2f} (median {statistics.median(seconds):.2f})"
 
 
 def matmul_params(config) -> int:
