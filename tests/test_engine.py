@@ -3,6 +3,7 @@ out-of-memory split-and-retry, token accounting, and the prefix planner."""
 
 import logging
 import random
+import threading
 
 import pytest
 import torch
@@ -445,9 +446,30 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
     assert threads.fitting_threads(4, 8, 2) == 4 and threads.fitting_threads(4, 4, 3) == 1
     assert threads.fitting_threads(2, 2, None) == 2  # no /proc/loadavg: as configured
     loadavg = tmp_path / "loadavg"
-    loadavg.write_text("1.31 1.02 0.98 3/412 98765\n")
-    assert threads.runnable_elsewhere(str(loadavg)) == 2
-    assert threads.runnable_elsewhere(str(tmp_path / "missing")) is None
+    loadavg.write_text("1.31 1.02 0.98 5/412 98765\n")
+    tasks = tmp_path / "task"  # /proc/self/task: this process's threads, two runnable (one named with ") S")
+    for tid, stat in (("101", "101 (python) R 1 2"), ("102", "102 (pt_main ) S x) R 1 2"), ("103", "103 (tok) S 1 2")):
+        (tasks / tid).mkdir(parents=True)
+        (tasks / tid / "stat").write_text(stat)
+    assert threads.runnable_here(str(tasks)) == 2
+    assert threads.runnable_elsewhere(str(loadavg), str(tasks)) == 3  # 5 runnable, 2 of them ours
+    assert threads.runnable_elsewhere(str(tmp_path / "missing"), str(tasks)) is None
+
+    # our own busy threads (OpenMP workers spin after every parallel region) are not another process's load: on a
+    # quiet machine they halved the threads of every other forward (7.8 s against 5.2 s for a call)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        assert threads.runnable_here() >= 2  # the reader and the spinner: 'R' whether on a core or waiting for one
+    finally:
+        stop.set()
+        spinner.join()
 
     engine = models("bt_llama3").engine
     seen = []
