@@ -5,6 +5,7 @@ as the policy, a GPM prompt that cuts every response away, a group size that doe
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,8 +27,11 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer
 
 def _cli(*args, env=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
+    # SIGINT as a terminal delivers it: a suite started in the background by a shell without job control (nohup,
+    # `cmd &` in a script) inherits SIGINT ignored, and Python then keeps it ignored, so Ctrl-C could not be tested
     return subprocess.run([sys.executable, "-m", "rmplugins", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=str(ROOT))
+                          timeout=timeout, cwd=str(ROOT),
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 @pytest.fixture
