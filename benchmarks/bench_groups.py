@@ -33,12 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _words, build_bench_checkpoint, host_load  # noqa: E402
+from common import _words, build_bench_checkpoint, drive, host_load  # noqa: E402
 from peers import openrlhf_serve_rm, rmplugins_serve  # noqa: E402
 
 
@@ -51,32 +49,6 @@ def groups_workload(n_prompts: int, n: int, seed: int) -> list[tuple[list[dict],
 def payload(tok, messages, response) -> dict:
     prompt = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return {"query": [prompt + response + tok.eos_token], "prompts": [prompt], "labels": [""]}
-
-
-async def drive(url: str, payloads: list[dict], clients: int) -> dict:
-    latencies, rewards, failures = [], [None] * len(payloads), 0
-    it = iter(enumerate(payloads))
-
-    async def client():
-        nonlocal failures
-        for i, body in it:
-            t = time.perf_counter()
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
-                async with session.post(url + "/get_reward", json=body) as r:
-                    answer = await r.json()
-                    if r.status == 200:
-                        rewards[i] = answer["rewards"][0]
-                    else:
-                        failures += 1
-            latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(clients)))
-    wall = time.perf_counter() - start
-    latencies.sort()
-    return {"sps": len(latencies) / wall, "p50": latencies[len(latencies) // 2] * 1000,
-            "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] * 1000, "failures": failures,
-            "rewards": rewards}
 
 
 def group_wait(url: str) -> tuple[float, float]:
@@ -148,7 +120,8 @@ def main(argv=None) -> int:
                         start = time.perf_counter()
                         ranks = models[kind].rank_many([w[0] for w in work], [w[1] for w in work], method)
                         wall = time.perf_counter() - start
-                        result = {"sps": len(order) / wall, "p50": float("nan"), "p99": float("nan"), "failures": 0}
+                        result = {"sps": len(order) / wall, "p50_ms": float("nan"), "p99_ms": float("nan"),
+                                  "failures": 0}
                         rows.setdefault((name, clients), []).append(result)
                         wants[(kind, clients, rep)] = [r.scores for r in ranks]
                         continue
@@ -184,8 +157,8 @@ def main(argv=None) -> int:
                      if ceiling and name.endswith("group") else "")
             wait = statistics.median([r["wait"] for r in results]) if name.endswith("group") else float("nan")
             print(f"| {name} | {clients} | {statistics.median(sps):.1f} ({min(sps):.1f}-{max(sps):.1f}) | "
-                  f"{statistics.median([r['p50'] for r in results]):.0f} | "
-                  f"{statistics.median([r['p99'] for r in results]):.0f} | {wait:.0f} | {ratio} |")
+                  f"{statistics.median([r['p50_ms'] for r in results]):.0f} | "
+                  f"{statistics.median([r['p99_ms'] for r in results]):.0f} | {wait:.0f} | {ratio} |")
     failures = sum(r["failures"] for v in rows.values() for r in v)
     print(f"\nlargest |server group reward - in-process group reward|: {worst:.2e}; failed requests: {failures}")
     return 0 if failures == 0 and worst < 1e-3 else 1

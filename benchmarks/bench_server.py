@@ -41,12 +41,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _words, build_bench_checkpoint, host_load  # noqa: E402
+from common import _words, build_bench_checkpoint, drive, host_load  # noqa: E402
 from peers import openrlhf_serve_rm, rmplugins_serve  # noqa: E402
 
 SHORTWORDS = ("the answer is good helpful python code list paris france weather today because example question "
@@ -108,37 +106,6 @@ def level_conversations(args, clients: int) -> list[tuple[list[dict], str]]:
 
 
 # ----------------------------------------------------------------------------- driving a server
-async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:
-    """``concurrency`` clients take the payloads in order (a prompt's samples go out together), one per request."""
-    timeout = aiohttp.ClientTimeout(total=600)
-    latencies, rewards, failures = [], [None] * len(payloads), 0
-    it = iter(enumerate(payloads))
-
-    async def client():
-        nonlocal failures
-        for i, body in it:  # the shared iterator hands each payload to exactly one client
-            t = time.perf_counter()
-            async with aiohttp.ClientSession(timeout=timeout) as session:
-                async with session.post(url + "/get_reward", json=body) as r:
-                    answer = await r.json()
-                    if r.status == 200:
-                        rewards[i] = answer["rewards"][0]
-                    else:
-                        failures += 1
-            latencies.append(time.perf_counter() - t)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    wall = time.perf_counter() - start
-    latencies.sort()
-
-    def pct(q):
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
-
-    return {"samples": len(latencies), "failures": failures, "seconds": wall, "sps": len(latencies) / wall,
-            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "rewards": rewards}
-
-
 def get_json(url: str) -> dict:
     import urllib.request
 

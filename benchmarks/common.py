@@ -9,6 +9,7 @@ loads them through ``load_reward_model`` like any hub id.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import statistics
@@ -170,3 +171,38 @@ def host_load() -> str:
         return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         return "load unknown"
+
+
+# ----------------------------------------------------------------------------- driving a server
+async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:
+    """``concurrency`` clients take the payloads in order (a prompt's samples go out together), one per request,
+    each with a new aiohttp session (OpenRLHF's ``_fetch_rewards_via_http``)."""
+    import aiohttp  # the server benchmarks' client only: common.py also runs where aiohttp is not installed
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    latencies, rewards, failures = [], [None] * len(payloads), 0
+    it = iter(enumerate(payloads))
+
+    async def client():
+        nonlocal failures
+        for i, body in it:  # the shared iterator hands each payload to exactly one client
+            t = time.perf_counter()
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                async with session.post(url + "/get_reward", json=body) as r:
+                    answer = await r.json()
+                    if r.status == 200:
+                        rewards[i] = answer["rewards"][0]
+                    else:
+                        failures += 1
+            latencies.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    wall = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    return {"samples": len(latencies), "failures": failures, "seconds": wall, "sps": len(latencies) / wall,
+            "p50_ms": pct(0.5), "p99_ms": pct(0.99), "rewards": rewards}

@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from rmplugins.loading import load_reward_model
 from rmplugins.testing import tiny_checkpoint
@@ -34,6 +35,12 @@ def tiny_root(tmp_path_factory):
 def tiny(tiny_root):
     """``tiny("armorm")`` -> path of that family's tiny checkpoint."""
     return lambda kind: tiny_checkpoint(kind, tiny_root)
+
+
+@pytest.fixture(scope="module")
+def policy_tok(tiny):
+    """The tiny policy's tokenizer: its chat template is what the frameworks' clients send to a server."""
+    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 @pytest.fixture(scope="module")

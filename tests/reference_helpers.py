@@ -82,6 +82,11 @@ def sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
+def close(got: float, want: float) -> bool:
+    """The determinism contract (README): within 5e-5 x (1 + |reward|) in float32, however the rows were batched."""
+    return abs(got - want) <= 5e-5 * (1 + abs(want))
+
+
 def assert_close(got, want, atol: float, what: str = "") -> None:
     got_t = torch.as_tensor(got, dtype=torch.float64)
     want_t = torch.as_tensor(want, dtype=torch.float64)

@@ -23,9 +23,9 @@ import sys
 import aiohttp
 import numpy as np
 import pytest
+from reference_helpers import close
 from test_server import _conversations, _post
 from test_verl_reward_loop import _batch, _short
-from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app
@@ -33,15 +33,6 @@ from rmplugins.serving import BackgroundServer, create_app
 vllm_classify = pytest.importorskip("vllm.entrypoints.pooling.classify.protocol")
 vllm_pooling = importlib.import_module("vllm.entrypoints.pooling.pooling.protocol")
 vllm_engine = importlib.import_module("vllm.entrypoints.serve.engine.protocol")
-
-
-def close(got, want):
-    return abs(got - want) <= 5e-5 * (1 + abs(want))
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 @pytest.fixture(scope="module")

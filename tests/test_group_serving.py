@@ -18,22 +18,12 @@ import time
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from reference_helpers import close
 from test_openrlhf_client import openrlhf_agent
 from test_server import _conversations, _get, _openrlhf_payload, _post
-from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app
-
-
-def close(got, want):
-    """The determinism contract: within 5e-5 x (1 + |reward|) in float32."""
-    return abs(got - want) <= 5e-5 * (1 + abs(want))
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 @pytest.fixture(scope="module")

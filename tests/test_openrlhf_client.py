@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from test_server import _conversations, _openrlhf_payload
-from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app
@@ -36,11 +35,6 @@ def openrlhf_agent():
     agent = importlib.import_module("openrlhf.utils.agent")
     assert Path(agent.__file__).resolve().is_relative_to(Path(spec.submodule_search_locations[0]).resolve())
     return agent
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,6 @@ MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 NO_SYSTEM_MULTI = MULTI[1:]
 
 
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
-
-
 def _with_template(tok, template):
     tok = AutoTokenizer.from_pretrained(tok.name_or_path)
     if template:

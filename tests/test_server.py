@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app, reference_from_label
@@ -74,11 +73,6 @@ def _get(url, headers=None):
             async with session.get(url, headers=headers) as response:
                 return response.status, await response.json()
     return asyncio.run(go())
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 @pytest.fixture(scope="module")

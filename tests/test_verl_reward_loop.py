@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 from test_server import _conversations
-from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app
@@ -33,11 +32,6 @@ except ImportError as err:  # a failure, not a skip: `make setup` installs it
 @pytest.fixture(scope="module")
 def armorm(tiny):
     return rmplugins.load_reward_model(tiny("armorm"), deterministic=True)
-
-
-@pytest.fixture(scope="module")
-def policy_tok(tiny):
-    return AutoTokenizer.from_pretrained(tiny("policy"))
 
 
 def _config(name, url, api_key):
