@@ -471,11 +471,19 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
         stop.set()
         spinner.join()
 
+    with monkeypatch.context() as m:
+        m.setattr(threads, "cores", lambda: 2)
+        m.setattr(threads.os, "cpu_count", lambda: 64)
+        assert not threads.whole_machine()  # a container's cpuset on a larger host
+        m.setattr(threads.os, "cpu_count", lambda: 2)
+        assert threads.whole_machine()
+
     engine = models("bt_llama3").engine
     seen = []
     hook = engine.backbone.layers[0].register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(threads, "whole_machine", lambda: True)
     monkeypatch.setattr(threads, "runnable_elsewhere", lambda: 1)
     torch.set_num_threads(2)
     try:
@@ -484,6 +492,10 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
         engine.fit_threads = False
         engine.hidden_at([[5, 6, 7, 9]], [[-1]])
         assert seen == [1, 2]
+        engine.fit_threads = True  # pinned to 2 cores of a 64-core host: the machine-wide count is not about ours
+        monkeypatch.setattr(threads, "whole_machine", lambda: False)
+        engine.hidden_at([[5, 6, 7, 10]], [[-1]])
+        assert seen == [1, 2, 2]
     finally:
         engine.fit_threads = True
         hook.remove()

@@ -9,7 +9,8 @@ cores other processes leave free, read from the kernel's count of runnable threa
 process's own (``/proc/self/task``: counted as load, our own OpenMP workers, still spinning after the previous
 forward, halved every other forward on a quiet machine: 7.8 s against 5.2 s) before each forward (a process that was
 busy a moment ago costs one forward, not a whole call), and the configured number is restored after it. Only ever
-fewer threads than configured, never more.
+fewer threads than configured, never more; and not at all in a process pinned to part of a larger machine, whose
+runnable count is not about its cores.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def whole_machine() -> bool:
+    """Whether this process may run on every CPU of the machine. The kernel's runnable count is machine-wide: a
+    process pinned to a few cores of a larger host (a container's cpuset) cannot tell which of that load is on its
+    own cores, so it does not fit its threads to it."""
+    return cores() >= (os.cpu_count() or 1)
 
 
 def runnable_here(task_dir: str = "/proc/self/task") -> int:
@@ -73,7 +81,10 @@ def fitting_threads(configured: int, available: int, busy: int | None) -> int:
 def threads_that_fit(enabled: bool = True):
     """Within the block torch uses at most the cores that other runnable threads leave free."""
     configured = torch.get_num_threads()
-    n = fitting_threads(configured, cores(), runnable_elsewhere()) if enabled and configured > 1 else configured
+    if not (enabled and configured > 1):
+        n = configured
+    else:
+        n = fitting_threads(configured, cores(), runnable_elsewhere() if whole_machine() else None)
     if n == configured:
         yield configured
         return
