@@ -133,3 +133,26 @@ def test_missing_hub_id_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="Pass a local path"):
         rmplugins.load_reward_model("nobody/no-such-model", device="cpu")
+
+
+def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, caplog):
+    """float32 is the reference's precision, so it stays the CPU default; where the CPU multiplies bf16 in hardware
+    the user is told once that dtype='bfloat16' is there, and never where it is not."""
+    import logging
+
+    import torch
+
+    from rmplugins import placement
+
+    assert isinstance(placement.cpu_has_fast_bf16(), bool)  # torch's own probes, on this CPU
+    monkeypatch.setattr(placement, "_HINTED_BF16", [])
+    monkeypatch.setattr(placement, "cpu_has_fast_bf16", lambda: False)
+    with caplog.at_level(logging.INFO, logger="rmplugins"):
+        assert placement.resolve_dtype(None, "cpu") == torch.float32
+    assert "bfloat16" not in caplog.text
+    monkeypatch.setattr(placement, "cpu_has_fast_bf16", lambda: True)
+    with caplog.at_level(logging.INFO, logger="rmplugins"):
+        assert placement.resolve_dtype(None, "cpu") == torch.float32
+        assert placement.resolve_dtype("auto", "cpu") == torch.float32
+        assert placement.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+    assert caplog.text.count("dtype='bfloat16'") == 1
