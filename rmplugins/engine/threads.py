@@ -66,6 +66,8 @@ def runnable_elsewhere(path: str = "/proc/loadavg", task_dir: str = "/proc/self/
             return None
         elsewhere = max(0, running - own)
         least = elsewhere if least is None else min(least, elsewhere)
+        if least == 0:  # a quiet machine: nothing lower to find, and each read walks this process's threads
+            break
         if i + 1 < SAMPLES:
             time.sleep(0.0005)
     return least
