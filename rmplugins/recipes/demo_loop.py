@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from ..testing import build_directory_atomically, tiny_checkpoint, tiny_root
+from ..testing.builders import causal_lm_step
 
 logger = logging.getLogger("rmplugins.demo")
 
@@ -125,14 +126,7 @@ def train_policy(out: Path, steps: int = 120, seed: int = 0, tiny_dir: str | Non
             f_ids = tok(full, add_special_tokens=False)["input_ids"]
             seqs.append(f_ids)
             labels.append([-100] * len(h_ids) + f_ids[len(h_ids):])
-        width = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-        lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = causal_lm_step(model, opt, seqs, labels, pad)
     logger.info("demo policy: final SFT loss %.3f", loss.item())
     model.eval()
     model.save_pretrained(str(out))

@@ -62,6 +62,20 @@ def _write_config(cfg_dict: dict, path: Path) -> None:
     (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
 
 
+def causal_lm_step(model, optimizer, rows: list[list[int]], labels: list[list[int]], pad: int) -> torch.Tensor:
+    """One supervised step of a tiny causal LM (the demo policy's and the trained judges' warm-ups): the rows padded
+    to one width, the labels with -100 where nothing is learnt; returns the loss."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _llama_backbone_state(cfg, seed: int) -> dict[str, torch.Tensor]:
     from transformers import LlamaModel
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .builders import _ids, _save, _spread, _write_config
+from .builders import _ids, _save, _spread, _write_config, causal_lm_step
 from .tokenizers import QWEN3_CHAT_TEMPLATE, build_chatml_tokenizer, build_gemma_tokenizer, build_mistral_tokenizer
 
 
@@ -135,14 +135,7 @@ def build_genrm_trained(path: Path, seed: int = 16, steps: int = 300) -> None:
                 tail = tokenizer(answer, add_special_tokens=False)["input_ids"] + [end]
                 rows.append(head + tail)
                 labels.append([-100] * len(head) + tail)
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-        lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-        loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = causal_lm_step(model, opt, rows, labels, pad)
     model.eval()
     model.to(torch.bfloat16).save_pretrained(str(path))
     (path / "training.json").write_text(json.dumps({"steps": steps, "final_loss": loss.item()}, indent=2))
