@@ -37,7 +37,11 @@ def test_prefix_reuse_matches_plain_path(models, kind):
     plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
     engine.stats.reset()
     shared = engine.hidden_at(seqs, positions)
-    assert engine.stats.prefix_groups == 3 and 2 <= engine.stats.forwards <= 4
+    assert engine.stats.prefix_groups == 3
+    if engine.worker.attend_in_engine and engine.ragged:  # everything end to end in one forward, no padding
+        assert engine.stats.forwards == 1 and engine.stats.tokens_padded == engine.stats.tokens_processed
+    else:  # a prefix pass and suffix batches
+        assert 2 <= engine.stats.forwards <= 4
     assert _max_diff(plain, shared) < TOL
     assert all(h.shape == (4, engine.config.hidden_size) for h in shared)
 
@@ -152,10 +156,17 @@ def test_budget_batching_returns_callers_order(models):
     assert sorted(i for b in batches for i in b) == list(range(len(seqs)))
     for b in batches:
         assert len(b) == 1 or len(b) * max(len(seqs[i]) for i in b) <= 64
-    out = engine.hidden_at(seqs, [[-1]] * len(seqs))
-    one_by_one = [engine.hidden_at([s], [[-1]])[0] for s in seqs]
-    assert _max_diff(out, one_by_one) < TOL
-    assert engine.stats.forwards == len(batches) + len(seqs)
+    for ragged in (False, True):  # padded micro-batches as planned; or end to end, at most 64 tokens a forward
+        engine.ragged = ragged
+        engine.stats.reset()
+        out = engine.hidden_at(seqs, [[-1]] * len(seqs))
+        forwards, padded = engine.stats.forwards, engine.stats.tokens_padded
+        one_by_one = [engine.hidden_at([s], [[-1]])[0] for s in seqs]
+        assert _max_diff(out, one_by_one) < TOL
+        if not ragged:
+            assert forwards == len(batches)
+        else:
+            assert padded == sum(map(len, seqs)) and -(-padded // 64) <= forwards < len(batches)
 
 
 def test_auto_budget_on_cpu_comes_from_free_memory(models, monkeypatch):
@@ -231,7 +242,8 @@ def test_token_accounting(models):
     assert st.tokens_floor == unique_token_floor(seqs)
     assert st.tokens_floor <= st.tokens_processed <= st.tokens_padded
     assert st.tokens_processed < requested
-    assert st.sequences == len(seqs) + 1 and st.calls == 1 and st.forwards == 2
+    # one forward end to end with the engine attention, else a prefix pass and a suffix batch
+    assert st.sequences == len(seqs) + 1 and st.calls == 1 and st.forwards == (1 if engine.ragged else 2)
     engine.hidden_at(seqs, [[-1]] * len(seqs), prefix_reuse=False)
     assert st.calls == 2 and st.tokens_processed > requested
     st.reset()
@@ -307,6 +319,9 @@ def test_kept_prefixes_serve_later_calls_exactly(models, engine_attention):
             engine.stats.reset()
             out = engine.hidden_at(second, positions)
             assert engine.stats.prefix_cache_hits == 3
+            # one forward of the continuations; with the engine attention end to end, without padding
+            assert engine.stats.forwards == 1
+            assert (engine.stats.tokens_padded == engine.stats.tokens_processed) == engine_attention
             # only what follows each kept prefix runs
             assert engine.stats.tokens_processed == sum(len(s) - len(k) for s in second for k in kept
                                                         if tuple(s[: len(k)]) == k)

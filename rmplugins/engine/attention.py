@@ -23,12 +23,15 @@ things change, none of them the result:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+from .ragged import RaggedLayout
 
 logger = logging.getLogger("rmplugins")
 ENGINE_ATTENTION = "rmplugins_engine"
@@ -44,14 +47,19 @@ class AttentionPlan:
 
     ``read_layer`` / ``read_rows``: in that layer only the flat positions ``row * width + position`` in
     ``read_rows`` are attended from (the rest of its output is discarded). ``prefix_kv[g][layer]``: keys and values
-    ``[1, kv_heads, prefix_len_g, head_dim]`` of the prefix groups of a suffix forward, and ``query_rows[g]`` the
-    flat real positions of group ``g``'s rows (empty lists: a forward of whole sequences or of prefixes).
+    ``[1, kv_heads, prefix_len_g, head_dim]`` of the prefix groups of a suffix forward (or of the kept prompts of a
+    ``ragged`` one), and ``query_rows[g]`` the flat real positions of group ``g``'s rows (empty lists: a forward of
+    whole sequences or of prefixes).
     """
 
     read_layer: int | None = None
     read_rows: torch.Tensor | None = None
     prefix_kv: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)
     query_rows: list[torch.Tensor] = field(default_factory=list)
+    ragged: RaggedLayout | None = None  # a forward of pieces laid end to end (:mod:`.ragged`)
+    keep: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) of ragged pieces whose keys/values
+    kept: list[list[tuple[torch.Tensor, torch.Tensor]]] = field(default_factory=list)  # are copied out, per layer
+    merge: Callable | None = None  # a fused merge-and-cast (.fused); None: merge() then cast
 
 
 def supports_engine_attention(backbone: torch.nn.Module) -> bool:
@@ -103,14 +111,18 @@ def soft_capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
 def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool, scale: float,
                        fused: bool | None = None, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(softcap(q k^T * scale)) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]``
-    inputs with equal head counts (``causal``: query ``i`` sees keys ``<= i``, equal lengths).
+    queries and ``[batch, kv_heads, length, head_dim]`` keys/values (grouped-query: each key/value head serves
+    ``heads // kv_heads`` consecutive query heads; ``causal``: query ``i`` sees keys ``<= i``, equal lengths).
 
-    On CPU PyTorch's fused flash kernel returns both; elsewhere, with ``fused=False`` and with soft-capping (which
-    the fused kernel lacks) the math runs in float32 chunks of queries."""
+    On CPU PyTorch's fused flash kernel returns both (and reads grouped heads in place); elsewhere, with
+    ``fused=False`` and with soft-capping (which the fused kernel lacks) the math runs in float32 chunks of queries
+    over repeated key/value heads."""
     if fused is None:
         fused = query.device.type == "cpu"
     if fused and not softcap:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
+    rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, rep), repeat_kv(value, rep)
     q_len, k_len = query.shape[-2], key.shape[-2]
     chunk = max(1, MATH_CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * k_len))
     outs, lses = [], []
@@ -198,19 +210,18 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     softcap = kwargs.get("softcap")
     batch, heads, width, dim = query.shape
     scale = scaling if scaling is not None else dim ** -0.5
+    if plan.ragged is not None:
+        return ragged_attention(query, key, value, plan, scale, softcap, module.layer_idx), None
     if module.layer_idx == plan.read_layer:
         return _read_rows_only(query, key, value, plan, scale, softcap), None
-    rep = heads // key.shape[1]
     if not plan.prefix_kv:  # whole sequences or prefixes: causal, right-padded, no mask needed
         if not softcap:
             return sdpa_attention_forward(module, query, key, value, None, dropout=0.0, scaling=scale, is_causal=True)
-        out, _ = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale,
-                                    softcap=softcap)
+        out, _ = attention_with_lse(query, key, value, causal=True, scale=scale, softcap=softcap)
         return out.transpose(1, 2).contiguous(), None
 
     # Each row within its own suffix (causal), then each group's real positions over its prefix, merged.
-    out_s, lse_s = attention_with_lse(query, repeat_kv(key, rep), repeat_kv(value, rep), causal=True, scale=scale,
-                                      softcap=softcap)
+    out_s, lse_s = attention_with_lse(query, key, value, causal=True, scale=scale, softcap=softcap)
     out = out_s.transpose(1, 2).reshape(batch * width, heads, dim)  # out_s is not used again: updated in place
     lse_s = lse_s.transpose(1, 2).reshape(batch * width, heads)
     flat_q = query.transpose(1, 2).reshape(batch * width, heads, dim)
@@ -219,6 +230,43 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         merged = merge(out.index_select(0, rows), lse_s.index_select(0, rows), out_p, lse_p)
         out.index_copy_(0, rows, merged.to(out.dtype))
     return out.view(batch, width, heads, dim), None
+
+
+def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan, scale: float,
+                     softcap: float | None, layer: int) -> torch.Tensor:
+    """Attention of layer ``layer`` over pieces laid end to end (``[1, heads, T, head_dim]``, :mod:`.ragged`): each
+    piece causally within itself (length buckets, one fused call each, padding only here), then each prompt's
+    continuations over the prompt's keys/values (in this forward, or kept: ``plan.prefix_kv``), merged by
+    log-sum-exp. Returns ``[1, T, heads, head_dim]``."""
+    layout = plan.ragged
+    _, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    flat_q = query[0].transpose(0, 1)                      # [T, heads, dim] (views: no copy)
+    flat_k, flat_v = key[0].transpose(0, 1), value[0].transpose(0, 1)
+    out = query.new_empty(length, heads, dim)
+    lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.prompts or layout.kept_rows else None
+    for index, slots, dest in layout.buckets:
+        rows, width = index.shape
+        at = index.reshape(-1)
+
+        def batch(flat, n_heads):
+            return flat.index_select(0, at).view(rows, width, n_heads, dim).transpose(1, 2)
+
+        o, lse = attention_with_lse(batch(flat_q, heads), batch(flat_k, kv_heads), batch(flat_v, kv_heads),
+                                    causal=True, scale=scale, softcap=softcap)
+        out.index_copy_(0, dest, o.transpose(1, 2).reshape(rows * width, heads, dim).index_select(0, slots))
+        if lse_all is not None:
+            lse_all.index_copy_(0, dest, lse.transpose(1, 2).reshape(rows * width, heads).index_select(0, slots))
+    over = [(rows, key[:, :, offset: offset + n], value[:, :, offset: offset + n])
+            for offset, n, rows in layout.prompts]
+    over += [(rows, *plan.prefix_kv[i][layer]) for i, rows in enumerate(layout.kept_rows)]
+    for rows, prompt_k, prompt_v in over:
+        out_p, lse_p = _over_prefix(flat_q, rows, prompt_k, prompt_v, scale, softcap)
+        mine = out.index_select(0, rows), lse_all.index_select(0, rows), out_p, lse_p
+        out.index_copy_(0, rows, plan.merge(*mine) if plan.merge is not None else merge(*mine).to(out.dtype))
+    if plan.keep:
+        plan.kept.append([(key[:, :, o: o + n].clone(), value[:, :, o: o + n].clone()) for o, n in plan.keep])
+    return out.unsqueeze(0)
 
 
 AttentionInterface.register(ENGINE_ATTENTION, engine_attention_forward)

@@ -21,19 +21,40 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
 from . import budget as sizes
+from .allocator import keep_freed_memory
 from .attention import CHECKED_MODEL_TYPES, log_generic_path, supports_engine_attention
 from .caches import KeptPrefixes
+from .fused import FusedForwards
 from .packing import pack
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
+from .ragged import Piece, lay_out
 from .state import CallState, EngineStats
 from .threads import threads_that_fit
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
+
+
+@dataclass
+class RaggedUnit:
+    """What one end-to-end forward holds for a sequence run alone (``what`` its index) or a prefix group (``what``
+    the group; ``kept``: a prompt an earlier call kept, as :meth:`ScoringEngine._kept_prompt` returns it)."""
+
+    what: int | PrefixGroup
+    kept: tuple | None
+
+    def size(self, call: CallState) -> int:
+        """Tokens it adds to the forward."""
+        if isinstance(self.what, int):
+            return len(call.uniq[self.what])
+        g = self.what
+        run_from = self.kept[0] if self.kept is not None else g.prefix_len
+        return (0 if self.kept is not None else g.prefix_len) + sum(len(call.uniq[m]) - run_from for m in g.members)
 
 
 class ScoringEngine:
@@ -73,6 +94,9 @@ class ScoringEngine:
         if engine_attention is None:
             engine_attention = supported and self.device.type == "cpu"
         self.engine_attention = bool(engine_attention)
+        self.fused_kernels: bool | None = None  # None: on CPU in half precision (.fused); True/False: always/never
+        self._fused: FusedForwards | None = None
+        self.ragged = True  # with the engine attention: sequences and prefix groups end to end, no padding (.ragged)
         self.fit_threads = True  # on CPU each forward uses only the cores other processes leave free (.threads)
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
@@ -219,6 +243,9 @@ class ScoringEngine:
 
         # The engine attention ignores a sliding window: only used when the window covers every sequence.
         self.worker.attend_in_engine = self.engine_attention and self._window_covers(uniq)
+        self.worker.fused = self._fused_forwards()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # once per process (.allocator)
         reuse = self.prefix_reuse if prefix_reuse is None else (prefix_reuse and self.causal)
         if reuse and not self._prefix_reuse_possible(uniq):
             reuse = False
@@ -228,11 +255,14 @@ class ScoringEngine:
             # for later calls, or is served from what an earlier call kept.
             groups = [g if g.prefix_len else PrefixGroup(len(uniq[g.members[0]]), g.members) for g in groups]
         call = CallState(uniq, wanted_sorted, [None] * len(uniq))
-        self._run_plain([g.members[0] for g in groups if g.prefix_len == 0], call)
+        plain = [g.members[0] for g in groups if g.prefix_len == 0]
         shared = [g for g in groups if g.prefix_len > 0]
+        st.prefix_groups += len(shared)
+        st.prefix_members += sum(len(g.members) for g in shared)
+        if self.worker.attend_in_engine and self.ragged:  # end to end, no padding; what does not fit runs as below
+            plain, shared = self._run_ragged(plain, shared, call)
+        self._run_plain(plain, call)
         if shared:
-            st.prefix_groups += len(shared)
-            st.prefix_members += sum(len(g.members) for g in shared)
             self._run_shared(shared, call)
         hidden = call.hidden
 
@@ -241,6 +271,18 @@ class ScoringEngine:
             rows = [wanted_sorted[u].index(p) for p in pos]
             out.append(hidden[u][torch.as_tensor(rows, dtype=torch.long, device=hidden[u].device)])
         return out
+
+    def _fused_forwards(self) -> FusedForwards | None:
+        """The fused norms and MLPs (:mod:`.fused`) when they apply: ``fused_kernels`` True, or None on CPU in
+        half precision (where the elementwise work, not the matmuls, is most of a forward)."""
+        on = self.fused_kernels
+        if on is None:
+            on = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
+        if not on:
+            return None
+        if self._fused is None:
+            self._fused = FusedForwards(self.backbone)
+        return self._fused if self._fused.available else None
 
     def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
         """The backbone must take a cache and explicit positions; a sliding window (Mistral) must cover every
@@ -296,6 +338,104 @@ class ScoringEngine:
 
         for batch in self._pack(items, lambda i: len(call.uniq[i])):
             self._guarded(batch, run, tokens)
+
+    # ---------------------------------------------------------------- end to end (engine attention)
+    def _run_ragged(self, plain: list[int], shared: list[PrefixGroup], call: CallState
+                    ) -> tuple[list[int], list[PrefixGroup]]:
+        """Sequences and whole prefix groups (the prompt once, then each member's continuation; or only the
+        continuations, attending to a prompt an earlier call kept) laid end to end, as many as ``budget()`` tokens
+        hold per forward (:mod:`.ragged`): no padding, each distinct token once. Returns what this does not run:
+        sequences longer than the budget and groups that do not fit one forward (they run as a prefix pass and
+        padded suffix batches)."""
+        budget = self.budget()
+        units: list[RaggedUnit] = [RaggedUnit(i, None) for i in plain]
+        for g in shared:
+            taken = self._kept_prompt(g, call) if self._kept.active else None
+            units.append(RaggedUnit(g, taken))
+        fits = [u for u in units if u.size(call) <= budget]
+        rest = [u for u in units if u.size(call) > budget]
+        for u in rest:  # a kept prompt taken but not used here: _run_shared takes it again
+            if u.kept is not None:
+                self.stats.prefix_cache_hits -= 1
+                self.stats.tokens_from_cache -= u.kept[0]
+
+        bins: list[list[RaggedUnit]] = []  # first fit, largest first
+        room: list[int] = []
+        for unit in sorted(fits, key=lambda u: u.size(call), reverse=True):
+            n = unit.size(call)
+            j = next((j for j, r in enumerate(room) if r >= n), None)
+            if j is None:
+                bins.append([unit])
+                room.append(budget - n)
+            else:
+                bins[j].append(unit)
+                room[j] -= n
+        for units_of_forward in bins:
+            self._guarded(units_of_forward, lambda us: self._ragged_forward(us, call),
+                          lambda us: sum(u.size(call) for u in us))
+        return ([u.what for u in rest if isinstance(u.what, int)],
+                [u.what for u in rest if not isinstance(u.what, int)])
+
+    def _ragged_forward(self, units: list[RaggedUnit], call: CallState) -> None:
+        """One forward of ``units`` end to end; fills ``call.hidden`` and, where prefixes are kept across calls,
+        keeps each prompt run here."""
+        pieces: list[Piece] = []
+        flat_reads: list[tuple[int, list[int]]] = []  # (sequence, the flat position of each position it reads)
+        before: dict[int, tuple] = {}  # (p, positions, hidden states) where a sequence reads inside a kept prompt
+        prompts: list[tuple[PrefixGroup, int]] = []    # (group, its prompt piece's index)
+        kept_kv: list = []
+        at = 0
+        for unit in units:
+            if isinstance(unit.what, int):
+                m = unit.what
+                pieces.append(Piece(call.uniq[m]))
+                flat_reads.append((m, [at + q for q in call.wanted[m]]))
+                at += len(call.uniq[m])
+                continue
+            g = unit.what
+            if unit.kept is None:  # the prompt runs here
+                p, prompt_at = g.prefix_len, at
+                prompts.append((g, len(pieces)))
+                pieces.append(Piece(call.uniq[g.members[0]][:p]))
+                at += p
+                link = {"prompt": len(pieces) - 1}
+            else:  # its first p tokens were kept by an earlier call
+                p, kv, inside, hidden = unit.kept
+                kept_kv.append(kv)
+                link = {"kept": len(kept_kv) - 1}
+            for m in g.members:
+                suffix = call.uniq[m][p:]
+                if unit.kept is None:
+                    flat_reads.append((m, [prompt_at + q if q < p else at + q - p for q in call.wanted[m]]))
+                else:
+                    flat_reads.append((m, [at + q - p for q in call.wanted[m] if q >= p]))
+                    if any(q < p for q in call.wanted[m]):
+                        before[m] = (p, inside, hidden)
+                if suffix:
+                    pieces.append(Piece(suffix, start=p, **link))
+                    at += len(suffix)
+        reads = sorted({f for _, flat in flat_reads for f in flat})  # a position inside a prompt: once
+        slot = {f: j for j, f in enumerate(reads)}
+        layout = lay_out(pieces)
+        keep = [(layout.offsets[k], g.prefix_len) for g, k in prompts] if self._kept.active else []
+        hidden, kept = self.worker.forward_ragged(layout, reads, keep, kept_kv)
+        for m, flat in flat_reads:
+            h = hidden[torch.as_tensor([slot[f] for f in flat], dtype=torch.long, device=hidden.device)]
+            if m in before:  # wanted[m] is sorted: the positions inside the kept prompt come first
+                p, inside, h_kept = before[m]
+                rows = torch.as_tensor([inside.index(q) for q in call.wanted[m] if q < p], dtype=torch.long,
+                                       device=h_kept.device)
+                h = torch.cat([h_kept[rows].to(h.device), h])
+            call.hidden[m] = h
+        if keep:
+            limit = max(self._kept.limit, sizes.KEEP_FACTOR * self.budget() if self._kept.depth else 0)
+            for (g, _), kv in zip(prompts, kept):
+                prefix = call.uniq[g.members[0]][: g.prefix_len]
+                read_inside = {q: call.hidden[m][j] for m in g.members for j, q in enumerate(call.wanted[m])
+                               if q < g.prefix_len}
+                inside = sorted(read_inside)
+                self._kept.keep(tuple(prefix), kv, inside,
+                                torch.stack([read_inside[q] for q in inside]) if inside else None, limit)
 
     # ---------------------------------------------------------------- shared prefixes
     def _run_shared(self, groups: list[PrefixGroup], call: CallState) -> None:
@@ -361,24 +501,29 @@ class ScoringEngine:
                 self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1], limit)
 
     # ---------------------------------------------------------------- prefixes kept across calls
-    def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
-        """Serve group ``k`` from the kept sequence agreeing longest with its shared tokens (its prefix shortened to
-        where they agree; the rest runs with the suffixes). False when none agrees on a block, a position read
-        inside was not kept, or running the rest in every member costs more than running the prefix once."""
-        g = window[k]
+    def _kept_prompt(self, g: PrefixGroup, call: CallState):
+        """``(n, keys/values, positions read inside, their hidden states)`` of the kept sequence agreeing longest with
+        group ``g``'s shared tokens (its prompt shortened to where they agree; the rest runs with the
+        continuations), counted as a hit. None when none agrees on a block, a position read inside was not kept, or
+        running the rest in every member costs more than running the prompt once."""
         wanted = {q for m in g.members for q in call.wanted[m]}
         taken = self._kept.take(call.uniq[g.members[0]], min(g.prefix_len, min(len(call.uniq[m]) for m in g.members)
                                                             - 1), wanted)
+        if taken is None or len(g.members) * (g.prefix_len - taken[0]) >= g.prefix_len:  # e.g. a template's opening
+            return None
+        self.stats.prefix_cache_hits += 1
+        self.stats.tokens_from_cache += taken[0]
+        return taken
+
+    def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
+        """Serve group ``k`` of ``window`` from a kept prompt (:meth:`_kept_prompt`): its prefix becomes the kept
+        part, its cache and the hidden states read inside are the kept ones."""
+        taken = self._kept_prompt(window[k], call)
         if taken is None:
             return False
-        n = taken[0]
-        if len(g.members) * (g.prefix_len - n) >= g.prefix_len:  # e.g. only a template's opening agrees
-            return False
         n, call.caches[k], inside, hidden = taken
-        window[k] = PrefixGroup(n, g.members)
+        window[k] = PrefixGroup(n, window[k].members)
         call.prefix_hidden[k] = (inside, hidden)
-        self.stats.prefix_cache_hits += 1
-        self.stats.tokens_from_cache += n
         return True
 
     def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], call: CallState) -> None:

@@ -10,12 +10,14 @@ its own copy of its prefix's cache (a plain ``DynamicCache``: any backbone that 
 from __future__ import annotations
 
 import gc
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .attention import AttentionPlan, use_engine_attention
+from .ragged import RaggedLayout
 from .read_positions import last_layer_row_modules, reading_only
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # keys and values [1, kv_heads, length, head_dim] per layer
@@ -29,6 +31,7 @@ class BackboneWorker:
         self.stats = stats
         self.read_modules = last_layer_row_modules(backbone) if causal else None
         self.attend_in_engine = False  # set per call by the engine
+        self.fused = None  # FusedForwards (.fused) for this call's forwards, set per call by the engine
 
     @property
     def device(self) -> torch.device:
@@ -63,13 +66,35 @@ class BackboneWorker:
         (``prefix_kv``) and each group's flat positions (``query_rows``); otherwise the model's own attention runs
         with ``mask`` (a suffix forward then passes its cache in ``kwargs``)."""
         device = self.device
-        with reading_only(self.read_modules, ids.shape[1], read, device) as rows:
+        with self._fused(), reading_only(self.read_modules, ids.shape[1], read, device) as rows:
             if not self.attend_in_engine:
                 return self.backbone(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
             plan = AttentionPlan(read_layer=None if rows is None else len(self.backbone.layers) - 1, read_rows=rows,
                                  prefix_kv=prefix_kv or [], query_rows=query_rows or [])
             with use_engine_attention(self.backbone):
                 return self.backbone(input_ids=ids.to(device), rmplugins_plan=plan, **kwargs)
+
+    def _fused(self):
+        return self.fused.patch(self.attend_in_engine) if self.fused is not None else nullcontext()
+
+    def forward_ragged(self, layout: RaggedLayout, reads: list[int], keep: list[tuple[int, int]],
+                       kept: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+        """One forward of pieces laid end to end (engine attention only), given the caches of the kept prompts its
+        pieces continue (``kept``): the final hidden states at the flat positions ``reads`` and, per
+        ``(offset, length)`` in ``keep``, that piece's keys/values in every layer."""
+        self.stats.forwards += 1
+        self.stats.tokens_processed += layout.tokens
+        self.stats.tokens_padded += layout.tokens
+        layout = layout.to(self.device)
+        plan = AttentionPlan(ragged=layout, keep=keep, prefix_kv=kept or [],
+                             merge=self.fused.merge if self.fused is not None else None)
+        with self._fused(), reading_only(self.read_modules, layout.tokens, [reads], self.device), \
+                use_engine_attention(self.backbone):
+            out = self.backbone(input_ids=layout.ids, position_ids=layout.position_ids, rmplugins_plan=plan,
+                                use_cache=False)
+        hidden = out.last_hidden_state[0].index_select(0, torch.as_tensor(reads, dtype=torch.long,
+                                                                          device=self.device))
+        return hidden, [[plan.kept[layer][j] for layer in range(len(plan.kept))] for j in range(len(keep))]
 
     def forward_whole(self, seqs: list[list[int]], positions: list[list[int]]) -> list[torch.Tensor]:
         ids, mask = self.pad(seqs)

@@ -1,0 +1,264 @@
+"""Fused elementwise kernels for the engine's half-precision forwards on CPU.
+
+Where a CPU multiplies bf16 matrices on AMX, the matmuls of a reward model are only part of a forward: the rest is
+elementwise work that PyTorch's eager kernels run one pass at a time (each RMSNorm a round trip through float32 in
+five passes over the activations, the gated MLP's activation and product in two, RoPE's rotations in six). During
+the engine's own forwards the norms, the gated MLPs and the rotary embedding of the checked architectures run as one
+fused pass each, compiled by ``torch.compile`` (inductor's C++ backend) with the same float32 arithmetic as the
+model's code. The first call of each compiles it: a few seconds, cached on disk by inductor (and once more for each
+thread count a forward runs with).
+
+Checked, never guessed: a module is switched only if its class is one whose formula is written here, and its output
+on a probe input agrees with its own forward; if compiling fails (no C++ compiler), everything runs as before
+(logged once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .attention import engine_attention_forward, merge
+
+logger = logging.getLogger("rmplugins")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama, Mistral, Qwen2, Qwen3: ``weight * (x / rms(x) in float32).to(x.dtype)``."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def rms_norm_plus_one(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma-2: ``(x / rms(x) * (1 + weight)).to(x.dtype)``, all in float32."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (1.0 + weight.float())).to(x.dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding of ``x`` ``[batch, length, heads, head_dim]`` (cos/sin ``[batch, length, head_dim]``), as
+    transformers' ``apply_rotary_pos_emb`` computes it: ``x * cos + rotate_half(x) * sin``."""
+    half = x.shape[-1] // 2
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def normed_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor):
+    """Qwen3's per-head RMSNorm of queries/keys, then the rotary embedding, in one pass."""
+    return rope(rms_norm(x, weight, eps), cos, sin)
+
+
+def merged(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
+    """:func:`.attention.merge` of two partial attentions, cast back to their dtype, in one pass."""
+    return merge(out_a, lse_a, out_b, lse_b).to(out_a.dtype)
+
+
+def silu_times(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+def gelu_tanh_times(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate="tanh") * up
+
+
+# class name -> (formula, the attribute holding epsilon); activation class name -> gated product
+NORMS = {"LlamaRMSNorm": (rms_norm, "variance_epsilon"), "MistralRMSNorm": (rms_norm, "variance_epsilon"),
+         "Qwen2RMSNorm": (rms_norm, "variance_epsilon"), "Qwen3RMSNorm": (rms_norm, "variance_epsilon"),
+         "Gemma2RMSNorm": (rms_norm_plus_one, "eps")}
+GATED_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "Gemma2MLP"}
+ATTENTIONS = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Attention", "Gemma2Attention"}
+ACTIVATIONS = {"SiLUActivation": silu_times, "SiLU": silu_times, "GELUTanh": gelu_tanh_times,
+               "PytorchGELUTanh": gelu_tanh_times}
+
+_compiled: dict = {}
+_compile_lock = threading.Lock()
+_broken: list[str] = []  # why compiling failed, once
+
+
+def compiled(fn):
+    """``torch.compile(fn)`` with dynamic shapes, made once per process; None when compiling is not possible."""
+    if _broken:
+        return None
+    with _compile_lock:
+        if fn not in _compiled:
+            _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return _compiled[fn]
+
+
+class FusedForwards:
+    """The fused forwards of one backbone's norms, gated MLPs and (for the engine's own attention) the attention
+    blocks' query/key preparation, found and probed once (:meth:`patch` applies them for one forward).
+    ``available`` is False when none could be used (logged once)."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        self.replacements: list[tuple[torch.nn.Module, object]] = []
+        self.attention: list[tuple[torch.nn.Module, object]] = []  # only with the engine attention
+        self.merge = compiled(merged)  # the engine attention's log-sum-exp merge
+        probed: dict[tuple, bool] = {}
+        for module in backbone.modules():
+            name = type(module).__name__
+            if "forward" in module.__dict__:  # hooked (accelerate's device placement): left as it is
+                continue
+            if name in NORMS:
+                formula, eps_attr = NORMS[name]
+                eps = getattr(module, eps_attr, None)
+                if eps is None or getattr(module, "weight", None) is None:
+                    continue
+                key = (name, module.weight.dim())
+                if key not in probed:
+                    probed[key] = self._agrees(module, formula, (module.weight.numel(),), eps)
+                if probed[key]:
+                    self.replacements.append((module, self._norm_forward(module, formula, float(eps))))
+            elif name in GATED_MLPS:
+                act = ACTIVATIONS.get(type(getattr(module, "act_fn", None)).__name__)
+                if act is None or not all(hasattr(module, p) for p in ("gate_proj", "up_proj", "down_proj")):
+                    continue
+                key = (name, act)
+                if key not in probed:
+                    probed[key] = self._gated_agrees(module, act)
+                if probed[key]:
+                    self.replacements.append((module, self._mlp_forward(module, act)))
+            elif name in ATTENTIONS:
+                prepare = self._query_key_preparation(module, probed)
+                if prepare is not None:
+                    self.attention.append((module, self._attention_forward(module, *prepare)))
+
+    @property
+    def available(self) -> bool:
+        return bool(self.replacements or self.attention)
+
+    @staticmethod
+    def _close(fused: torch.Tensor, own: torch.Tensor) -> bool:
+        return bool(((fused.float() - own.float()).abs().max() <= 0.02 * own.float().abs().max() + 1e-3).item())
+
+    def _agrees(self, module, formula, shape, eps) -> bool:
+        fn = compiled(formula)
+        if fn is None:
+            return False
+        x = torch.randn(3, 5, *shape, dtype=module.weight.dtype, device=module.weight.device)
+        try:
+            return self._close(fn(x, module.weight, float(eps)), module(x))
+        except Exception as err:  # noqa: BLE001 (any compiler failure: run as before)
+            self._give_up(err)
+            return False
+
+    def _gated_agrees(self, module, act) -> bool:
+        fn = compiled(act)
+        if fn is None:
+            return False
+        w = module.gate_proj.weight
+        g, u = (torch.randn(3, 5, w.shape[0], dtype=w.dtype, device=w.device) for _ in range(2))
+        try:
+            return self._close(fn(g, u), module.act_fn(g) * u)
+        except Exception as err:  # noqa: BLE001
+            self._give_up(err)
+            return False
+
+    def _query_key_preparation(self, module, probed):
+        """(queries' function, keys' function) for an attention block: the rotary embedding, after Qwen3's per-head
+        norms where it has them; probed against the model's own norms and ``apply_rotary_pos_emb``."""
+        import sys
+
+        reference = getattr(sys.modules.get(type(module).__module__), "apply_rotary_pos_emb", None)
+        if reference is None or not all(hasattr(module, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj",
+                                                                      "head_dim", "scaling", "layer_idx")):
+            return None
+        norms = [getattr(module, "q_norm", None), getattr(module, "k_norm", None)]
+        if any(n is not None for n in norms) and not all(
+                type(n).__name__ in NORMS and NORMS[type(n).__name__][0] is rms_norm and "forward" not in n.__dict__
+                for n in norms):
+            return None
+        key = (type(module).__name__, norms[0] is not None)
+        fns = []
+        for norm in norms:
+            if norm is None:
+                fn = compiled(rope)
+                fns.append(None if fn is None else fn)
+            else:
+                fn = compiled(normed_rope)
+                fns.append(None if fn is None else (lambda x, c, s, f=fn, n=norm: f(x, n.weight, n.variance_epsilon,
+                                                                                    c, s)))
+        if any(f is None for f in fns):
+            return None
+        if key not in probed:
+            probed[key] = self._rope_agrees(module, reference, norms, fns)
+        return fns if probed[key] else None
+
+    def _rope_agrees(self, module, reference, norms, fns) -> bool:
+        w = module.q_proj.weight
+        x = torch.randn(2, 7, 3, module.head_dim, dtype=w.dtype, device=w.device)
+        cos, sin = (torch.randn(2, 7, module.head_dim, dtype=w.dtype, device=w.device) for _ in range(2))
+        try:
+            own = [x if n is None else n(x) for n in norms]
+            want = reference(own[0].transpose(1, 2), own[1].transpose(1, 2), cos, sin)
+            got = [fn(x, cos, sin).transpose(1, 2) for fn in fns]
+            return all(self._close(g, r) for g, r in zip(got, want))
+        except Exception as err:  # noqa: BLE001
+            self._give_up(err)
+            return False
+
+    @staticmethod
+    def _attention_forward(module, prepare_q, prepare_k):
+        softcap = getattr(module, "attn_logit_softcapping", None)
+
+        def forward(hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None, **kwargs):
+            shape = hidden_states.shape[:-1]
+            heads = (*shape, -1, module.head_dim)
+            cos, sin = position_embeddings
+            query = prepare_q(module.q_proj(hidden_states).view(heads), cos, sin).transpose(1, 2)
+            key = prepare_k(module.k_proj(hidden_states).view(heads), cos, sin).transpose(1, 2)
+            value = module.v_proj(hidden_states).view(heads).transpose(1, 2)
+            if past_key_values is not None:
+                key, value = past_key_values.update(key, value, module.layer_idx)
+            kwargs.pop("sliding_window", None)
+            out, weights = engine_attention_forward(module, query, key, value, attention_mask, scaling=module.scaling,
+                                                    softcap=softcap, **kwargs)
+            return module.o_proj(out.reshape(*shape, -1).contiguous()), weights
+        return forward
+
+    @staticmethod
+    def _give_up(err: Exception) -> None:
+        if not _broken:
+            _broken.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            logger.warning("rmplugins: fused CPU kernels are unavailable (torch.compile failed: %s); the engine's "
+                           "half-precision forwards run PyTorch's eager kernels (slower, same results)", _broken[0])
+
+    @staticmethod
+    def _norm_forward(module, formula, eps):
+        fn = compiled(formula)
+
+        def forward(hidden_states):
+            return fn(hidden_states, module.weight, eps)
+        return forward
+
+    @staticmethod
+    def _mlp_forward(module, act):
+        fn = compiled(act)
+
+        def forward(x):
+            return module.down_proj(fn(module.gate_proj(x), module.up_proj(x)))
+        return forward
+
+    @contextmanager
+    def patch(self, attention: bool = False):
+        """Within the block the switched modules run their fused forwards (instance attributes, removed after);
+        ``attention``: the attention blocks too (only for the engine's own attention, which they call)."""
+        patched = []
+        try:
+            for module, forward in self.replacements + (self.attention if attention else []):
+                own = module.__dict__.get("forward")
+                module.forward = forward
+                patched.append((module, own))
+            yield
+        finally:
+            for module, own in patched:
+                if own is None:
+                    del module.forward
+                else:
+                    module.forward = own

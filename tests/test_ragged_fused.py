@@ -1,0 +1,175 @@
+"""The engine's fast paths: sequences laid end to end in one forward (rmplugins.engine.ragged), the fused CPU kernels
+for half precision (rmplugins.engine.fused), and freed memory kept for the next forward (rmplugins.engine.allocator).
+Each against the path it replaces and against the backbone on each sequence alone."""
+
+import logging
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from test_attention import CAUSAL_KINDS, TOL, alone, awkward_batch, max_diff
+
+from rmplugins import load_reward_model
+from rmplugins.engine import fused
+from rmplugins.engine.ragged import Piece, lay_out
+
+HALF_KINDS = ["bt", "bt_llama3", "bt_qwen25", "bt_qwen3", "bt_gemma2"]  # Mistral, Llama-3, Qwen2, Qwen3, Gemma-2
+
+
+def test_lay_out_places_pieces_end_to_end_and_plans_their_attention():
+    prompt, other = Piece([5, 6, 7, 8]), Piece([9, 9])
+    pieces = [prompt, Piece([1, 2], start=4, prompt=0), Piece([3], start=4, prompt=0), other]
+    layout = lay_out(pieces)
+    assert layout.ids.tolist() == [[5, 6, 7, 8, 1, 2, 3, 9, 9]]
+    assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 4, 0, 1]]  # continuations go on from their prompt
+    assert layout.offsets == [0, 4, 6, 7]
+    # every real position is attended from exactly once, in a row that starts where its piece starts
+    dest = torch.cat([d for _, _, d in layout.buckets]).sort().values
+    assert dest.tolist() == list(range(9))
+    for index, slots, d in layout.buckets:
+        assert (index.reshape(-1)[slots] == d).all()
+        for row in index.tolist():
+            assert row[0] in layout.offsets
+    # the prompt's continuations (all their tokens) attend to it too
+    assert [(o, n, rows.tolist()) for o, n, rows in layout.prompts] == [(0, 4, [4, 5, 6])]
+    with pytest.raises(ValueError, match="whole prompt"):
+        lay_out([prompt, Piece([1], start=2, prompt=0)])
+    with pytest.raises(ValueError, match="empty"):
+        lay_out([Piece([])])
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_padded_micro_batches_still_equal_each_sequence_alone(models, kind):
+    """``engine.ragged = False``: the prefix pass and padded suffix batches (the path for groups larger than one
+    forward and for prompts kept by an earlier call) against the ground truth."""
+    engine = models(kind).engine
+    seqs, positions = awkward_batch(seed=5)
+    truth = alone(engine.backbone, seqs, positions)
+    engine.ragged = False
+    try:
+        engine.stats.reset()
+        padded = engine.hidden_at(seqs, positions)
+        assert engine.stats.forwards > 1 and engine.stats.tokens_padded > engine.stats.tokens_processed
+    finally:
+        engine.ragged = True
+    engine.stats.reset()
+    ragged = engine.hidden_at(seqs, positions)
+    assert engine.stats.forwards == 1 and engine.stats.tokens_padded == engine.stats.tokens_processed
+    assert max_diff(truth, padded) < TOL and max_diff(truth, ragged) < TOL
+
+
+def test_a_group_larger_than_the_budget_runs_as_prefix_and_suffixes(models):
+    engine = models("bt_qwen3").engine
+    seqs, positions = awkward_batch(seed=6)
+    truth = alone(engine.backbone, seqs, positions)
+    engine.token_budget = 150  # the 96-token prompt's group is larger; the others fit
+    try:
+        engine.stats.reset()
+        out = engine.hidden_at(seqs, positions)
+    finally:
+        engine.token_budget = None
+    assert engine.stats.forwards > 2 and max_diff(truth, out) < TOL
+
+
+@pytest.fixture(scope="module")
+def half_models(tiny):
+    cache = {}
+
+    def get(kind):
+        if kind not in cache:
+            cache[kind] = load_reward_model(tiny(kind), device="cpu", dtype="bfloat16")
+        return cache[kind]
+    return get
+
+
+@pytest.mark.parametrize("kind", HALF_KINDS)
+def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, models, kind):
+    """In bf16 on CPU the norms, gated MLPs and query/key preparation run fused: every one of them is switched, the
+    hidden states agree with the eager forwards to bf16's rounding, and both with float32 as closely."""
+    engine = half_models(kind).engine
+    seqs, positions = awkward_batch(seed=7)
+    fast = engine.hidden_at(seqs, positions)
+    switched = {type(m).__name__ for m, _ in engine._fused.replacements}
+    layers = len(engine.backbone.layers)
+    norms = sum(type(m).__name__ in fused.NORMS for m in engine.backbone.modules())
+    assert len(engine._fused.replacements) == norms + layers and len(engine._fused.attention) == layers
+    assert any(name.endswith("RMSNorm") for name in switched) and any(name.endswith("MLP") for name in switched)
+    engine.fused_kernels = False
+    try:
+        eager = engine.hidden_at(seqs, positions)
+    finally:
+        engine.fused_kernels = None
+    exact = alone(models(kind).engine.backbone, seqs, positions)
+    scale = max(h.abs().max().item() for h in exact)
+    assert max_diff(fast, eager) < 0.03 * scale
+    assert abs(max_diff(fast, exact) - max_diff(eager, exact)) < 0.03 * scale
+
+
+def test_a_module_whose_formula_differs_keeps_its_own_forward(half_models, monkeypatch):
+    """Never switched on the class name alone: a norm whose output the fused formula does not reproduce on the probe
+    keeps its forward (here Qwen3's norms told they were Gemma-2's ``1 + weight``)."""
+    backbone = half_models("bt_qwen3").engine.backbone
+    monkeypatch.setitem(fused.NORMS, "Qwen3RMSNorm", (fused.rms_norm_plus_one, "variance_epsilon"))
+    forwards = fused.FusedForwards(backbone)
+    names = {type(m).__name__ for m, _ in forwards.replacements}
+    assert "Qwen3RMSNorm" not in names and "Qwen3MLP" in names
+    assert forwards.attention == []  # its query/key norms are not the formula either
+
+
+def test_no_compiler_means_eager_kernels_and_one_warning(half_models, monkeypatch, caplog):
+    engine = half_models("bt_llama3").engine
+    seqs, positions = awkward_batch(seed=8)
+    engine.fused_kernels = False
+    eager = engine.hidden_at(seqs, positions)
+    engine.fused_kernels = None
+
+    def no_compiler(fn):
+        def fails(*args, **kwargs):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nno g++ found")
+        return fails
+
+    monkeypatch.setattr(fused, "_broken", [])
+    monkeypatch.setattr(fused, "compiled", no_compiler)
+    monkeypatch.setattr(engine, "_fused", None)
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        out = engine.hidden_at(seqs, positions)
+        engine.hidden_at(seqs, positions)
+    warnings = [r for r in caplog.records if "fused CPU kernels are unavailable" in r.getMessage()]
+    assert len(warnings) == 1 and "CppCompileError" in warnings[0].getMessage()
+    assert engine.worker.fused is None and max_diff(out, eager) == 0.0
+
+
+def test_float32_runs_the_models_own_kernels(models):
+    engine = models("bt_qwen3").engine
+    engine.hidden_at([[5, 6, 7]], [[-1]])
+    assert engine.worker.fused is None  # float32 on CPU: the reference's own arithmetic
+
+
+ALLOCATIONS = textwrap.dedent("""
+    import resource, sys, torch
+    if sys.argv[1] == "keep":
+        from rmplugins.engine.allocator import keep_freed_memory
+        assert keep_freed_memory()
+    def layer():  # a forward's transients: several 16-30 MB activations freed together
+        held = [torch.ones(n << 20, dtype=torch.uint8) for n in (24, 30, 24, 16)]
+        del held
+    layer()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        layer()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_activations_are_reused_without_page_faults():
+    """glibc by default maps and unmaps blocks this large on every forward (a page fault per 4 KiB touched); kept,
+    the next forward reuses them."""
+    def faults(mode):
+        out = subprocess.run([sys.executable, "-c", ALLOCATIONS, mode], capture_output=True, text=True, check=True)
+        return int(out.stdout.split()[-1])
+    default, kept = faults("default"), faults("keep")
+    pages = 10 * (24 + 30 + 24 + 16) * 256  # every layer touching all fresh pages
+    assert default > pages // 10 and kept * 5 < default  # measured here: 47-61 thousand against 4 thousand
