@@ -507,10 +507,22 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
         engine.fit_threads = False
         engine.hidden_at([[5, 6, 7, 9]], [[-1]])
         assert seen == [1, 2]
-        engine.fit_threads = True  # pinned to 2 cores of a 64-core host: the machine-wide count is not about ours
-        monkeypatch.setattr(threads, "whole_machine", lambda: False)
-        engine.hidden_at([[5, 6, 7, 10]], [[-1]])
-        assert seen == [1, 2, 2]
+        engine.fit_threads = True  # load that comes during a forward: decided again before each layer
+        loads = iter([0, 1, 0])  # on entry, before layer 0, before layer 1 (of 2)
+        monkeypatch.setattr(threads, "runnable_elsewhere", lambda: next(loads, 0))
+        per_layer = []
+        hooks = [layer.register_forward_hook(lambda *args: per_layer.append(torch.get_num_threads()))
+                 for layer in engine.backbone.layers]
+        try:
+            engine.hidden_at([[5, 6, 7, 11]], [[-1]])
+        finally:
+            for h in hooks:
+                h.remove()
+        assert per_layer == [1, 2] and torch.get_num_threads() == 2
+        monkeypatch.setattr(threads, "runnable_elsewhere", lambda: 1)
+        monkeypatch.setattr(threads, "whole_machine", lambda: False)  # pinned to 2 cores of a 64-core host: the
+        engine.hidden_at([[5, 6, 7, 10]], [[-1]])  # machine-wide count is not about ours
+        assert seen[-1] == 2
     finally:
         engine.fit_threads = True
         hook.remove()

@@ -5,13 +5,18 @@ positions each family's head reads, aiming at the floor of the work: each distin
   every pair-PM comparison behind its ``[CONTEXT]``) are grouped (:mod:`.prefix`); the prefix runs once and each
   continuation runs against its keys/values. Grouping is on token ids: a template or BPE merge that breaks the text
   prefix only shortens the shared part, so no sequence ever sees other tokens than in a plain forward.
-- Micro-batches (:mod:`.packing`) are length-sorted, capped by a token budget (:mod:`.budget`) rather than a batch
-  size, and cut where padding would cost more than another forward; results come back in the caller's order.
+- With the engine attention, sequences and whole prompt groups run end to end (:mod:`.end_to_end`), as many per
+  forward as the token budget (:mod:`.budget`) holds: no padding, every matmul at the floor's token count. What
+  does not fit one forward, and every call without the engine attention, takes the padded path (:mod:`.padded`):
+  micro-batches (:mod:`.packing`) length-sorted, capped by the budget rather than a batch size, cut where padding
+  would cost more than another forward; a prefix pass, then suffix batches. Results come back in the caller's order.
 - ``keep_prefixes()`` keeps prefix caches across the calls of a block (a tournament's rounds); the prompt cache
   (``prompt_cache_tokens``) for good (:mod:`.caches`).
 - Out of memory: the micro-batch is split in two and retried (logged), and the budget lowered for later calls.
 - The forwards themselves are the worker's (:mod:`.worker`), with the engine's own attention (:mod:`.attention`)
-  where the backbone was checked, else the model's own attention with masks and per-row cache copies.
+  where the backbone was checked, else the model's own attention with masks and per-row cache copies; on CPU with
+  the cores other processes leave free (:mod:`.threads`), freed activations kept for the next forward
+  (:mod:`.allocator`), and in half precision fused elementwise kernels (:mod:`.fused`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 
@@ -29,32 +33,16 @@ from . import budget as sizes
 from .allocator import keep_freed_memory
 from .attention import CHECKED_MODEL_TYPES, log_generic_path, supports_engine_attention
 from .caches import KeptPrefixes
+from .end_to_end import run_end_to_end
 from .fused import FusedForwards
 from .packing import pack
+from .padded import run_plain, run_shared
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
-from .ragged import Piece, lay_out
 from .state import CallState, EngineStats
 from .threads import threads_that_fit
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
-
-
-@dataclass
-class RaggedUnit:
-    """What one end-to-end forward holds for a sequence run alone (``what`` its index) or a prefix group (``what``
-    the group; ``kept``: a prompt an earlier call kept, as :meth:`ScoringEngine._kept_prompt` returns it)."""
-
-    what: int | PrefixGroup
-    kept: tuple | None
-
-    def size(self, call: CallState) -> int:
-        """Tokens it adds to the forward."""
-        if isinstance(self.what, int):
-            return len(call.uniq[self.what])
-        g = self.what
-        run_from = self.kept[0] if self.kept is not None else g.prefix_len
-        return (0 if self.kept is not None else g.prefix_len) + sum(len(call.uniq[m]) - run_from for m in g.members)
 
 
 class ScoringEngine:
@@ -260,10 +248,10 @@ class ScoringEngine:
         st.prefix_groups += len(shared)
         st.prefix_members += sum(len(g.members) for g in shared)
         if self.worker.attend_in_engine and self.ragged:  # end to end, no padding; what does not fit runs as below
-            plain, shared = self._run_ragged(plain, shared, call)
-        self._run_plain(plain, call)
+            plain, shared = run_end_to_end(self, plain, shared, call)
+        run_plain(self, plain, call)
         if shared:
-            self._run_shared(shared, call)
+            run_shared(self, shared, call)
         hidden = call.hidden
 
         out = []
@@ -273,16 +261,13 @@ class ScoringEngine:
         return out
 
     def _fused_forwards(self) -> FusedForwards | None:
-        """The fused norms and MLPs (:mod:`.fused`) when they apply: ``fused_kernels`` True, or None on CPU in
-        half precision (where the elementwise work, not the matmuls, is most of a forward)."""
+        """The fused kernels (:mod:`.fused`): ``fused_kernels`` True, or None on CPU in half precision."""
         on = self.fused_kernels
         if on is None:
             on = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
-        if not on:
-            return None
-        if self._fused is None:
+        if on and self._fused is None:
             self._fused = FusedForwards(self.backbone)
-        return self._fused if self._fused.available else None
+        return self._fused if on and self._fused.available else None
 
     def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
         """The backbone must take a cache and explicit positions; a sliding window (Mistral) must cover every
@@ -306,7 +291,8 @@ class ScoringEngine:
         """``run(rows)``; on out-of-memory, free the cache, halve the rows and retry each half (logged). One row
         that does not fit raises a clear error."""
         try:
-            with threads_that_fit(self.fit_threads and self.device.type == "cpu"):  # decided per forward
+            with threads_that_fit(self.fit_threads and self.device.type == "cpu",  # decided per layer
+                                  getattr(self.backbone, "layers", ())):
                 run(rows)
             return
         except torch.OutOfMemoryError as err:
@@ -326,180 +312,6 @@ class ScoringEngine:
         self._guarded(rows[:half], run, tokens)
         self._guarded(rows[half:], run, tokens)
 
-    # ---------------------------------------------------------------- plain micro-batches
-    def _run_plain(self, items: list[int], call: CallState) -> None:
-        def run(rows: list[int]) -> None:
-            outputs = self.worker.forward_whole([call.uniq[i] for i in rows], [call.wanted[i] for i in rows])
-            for i, h in zip(rows, outputs):
-                call.hidden[i] = h
-
-        def tokens(rows: list[int]) -> int:
-            return len(rows) * max(len(call.uniq[i]) for i in rows)
-
-        for batch in self._pack(items, lambda i: len(call.uniq[i])):
-            self._guarded(batch, run, tokens)
-
-    # ---------------------------------------------------------------- end to end (engine attention)
-    def _run_ragged(self, plain: list[int], shared: list[PrefixGroup], call: CallState
-                    ) -> tuple[list[int], list[PrefixGroup]]:
-        """Sequences and whole prefix groups (the prompt once, then each member's continuation; or only the
-        continuations, attending to a prompt an earlier call kept) laid end to end, as many as ``budget()`` tokens
-        hold per forward (:mod:`.ragged`): no padding, each distinct token once. Returns what this does not run:
-        sequences longer than the budget and groups that do not fit one forward (they run as a prefix pass and
-        padded suffix batches)."""
-        budget = self.budget()
-        units: list[RaggedUnit] = [RaggedUnit(i, None) for i in plain]
-        for g in shared:
-            taken = self._kept_prompt(g, call) if self._kept.active else None
-            units.append(RaggedUnit(g, taken))
-        fits = [u for u in units if u.size(call) <= budget]
-        rest = [u for u in units if u.size(call) > budget]
-        for u in rest:  # a kept prompt taken but not used here: _run_shared takes it again
-            if u.kept is not None:
-                self.stats.prefix_cache_hits -= 1
-                self.stats.tokens_from_cache -= u.kept[0]
-
-        bins: list[list[RaggedUnit]] = []  # first fit, largest first
-        room: list[int] = []
-        for unit in sorted(fits, key=lambda u: u.size(call), reverse=True):
-            n = unit.size(call)
-            j = next((j for j, r in enumerate(room) if r >= n), None)
-            if j is None:
-                bins.append([unit])
-                room.append(budget - n)
-            else:
-                bins[j].append(unit)
-                room[j] -= n
-        for units_of_forward in bins:
-            self._guarded(units_of_forward, lambda us: self._ragged_forward(us, call),
-                          lambda us: sum(u.size(call) for u in us))
-        return ([u.what for u in rest if isinstance(u.what, int)],
-                [u.what for u in rest if not isinstance(u.what, int)])
-
-    def _ragged_forward(self, units: list[RaggedUnit], call: CallState) -> None:
-        """One forward of ``units`` end to end; fills ``call.hidden`` and, where prefixes are kept across calls,
-        keeps each prompt run here."""
-        pieces: list[Piece] = []
-        flat_reads: list[tuple[int, list[int]]] = []  # (sequence, the flat position of each position it reads)
-        before: dict[int, tuple] = {}  # (p, positions, hidden states) where a sequence reads inside a kept prompt
-        prompts: list[tuple[PrefixGroup, int]] = []    # (group, its prompt piece's index)
-        kept_kv: list = []
-        at = 0
-        for unit in units:
-            if isinstance(unit.what, int):
-                m = unit.what
-                pieces.append(Piece(call.uniq[m]))
-                flat_reads.append((m, [at + q for q in call.wanted[m]]))
-                at += len(call.uniq[m])
-                continue
-            g = unit.what
-            if unit.kept is None:  # the prompt runs here
-                p, prompt_at = g.prefix_len, at
-                prompts.append((g, len(pieces)))
-                pieces.append(Piece(call.uniq[g.members[0]][:p]))
-                at += p
-                link = {"prompt": len(pieces) - 1}
-            else:  # its first p tokens were kept by an earlier call
-                p, kv, inside, hidden = unit.kept
-                kept_kv.append(kv)
-                link = {"kept": len(kept_kv) - 1}
-            for m in g.members:
-                suffix = call.uniq[m][p:]
-                if unit.kept is None:
-                    flat_reads.append((m, [prompt_at + q if q < p else at + q - p for q in call.wanted[m]]))
-                else:
-                    flat_reads.append((m, [at + q - p for q in call.wanted[m] if q >= p]))
-                    if any(q < p for q in call.wanted[m]):
-                        before[m] = (p, inside, hidden)
-                if suffix:
-                    pieces.append(Piece(suffix, start=p, **link))
-                    at += len(suffix)
-        reads = sorted({f for _, flat in flat_reads for f in flat})  # a position inside a prompt: once
-        slot = {f: j for j, f in enumerate(reads)}
-        layout = lay_out(pieces)
-        keep = [(layout.offsets[k], g.prefix_len) for g, k in prompts] if self._kept.active else []
-        hidden, kept = self.worker.forward_ragged(layout, reads, keep, kept_kv)
-        for m, flat in flat_reads:
-            h = hidden[torch.as_tensor([slot[f] for f in flat], dtype=torch.long, device=hidden.device)]
-            if m in before:  # wanted[m] is sorted: the positions inside the kept prompt come first
-                p, inside, h_kept = before[m]
-                rows = torch.as_tensor([inside.index(q) for q in call.wanted[m] if q < p], dtype=torch.long,
-                                       device=h_kept.device)
-                h = torch.cat([h_kept[rows].to(h.device), h])
-            call.hidden[m] = h
-        if keep:
-            limit = max(self._kept.limit, sizes.KEEP_FACTOR * self.budget() if self._kept.depth else 0)
-            for (g, _), kv in zip(prompts, kept):
-                prefix = call.uniq[g.members[0]][: g.prefix_len]
-                read_inside = {q: call.hidden[m][j] for m in g.members for j, q in enumerate(call.wanted[m])
-                               if q < g.prefix_len}
-                inside = sorted(read_inside)
-                self._kept.keep(tuple(prefix), kv, inside,
-                                torch.stack([read_inside[q] for q in inside]) if inside else None, limit)
-
-    # ---------------------------------------------------------------- shared prefixes
-    def _run_shared(self, groups: list[PrefixGroup], call: CallState) -> None:
-        """Per window of groups: one pass over the prefixes (batched, keeping their keys/values), then the
-        suffixes of all members, length-sorted across groups, each row attending to its group's cache."""
-        windows, current, size = [], [], 0
-        for g in sorted(groups, key=lambda g: g.prefix_len, reverse=True):
-            if current and size + g.prefix_len > sizes.WINDOW_FACTOR * self.budget():
-                windows.append(current)
-                current, size = [], 0
-            current.append(g)
-            size += g.prefix_len
-        if current:
-            windows.append(current)
-
-        for window in windows:
-            self._run_window(window, call)
-
-    def _run_window(self, window: list[PrefixGroup], call: CallState) -> None:
-        """The prefixes of ``window`` (batched, their keys/values kept; or taken from ``keep_prefixes``), then all its
-        members' suffixes."""
-        call.caches, call.prefix_hidden = {}, {}
-        todo = [k for k in range(len(window))
-                if not (self._kept.active and self._take_kept(window, k, call))]
-
-        def run_prefix(batch: list[int]) -> None:
-            self._prefix_forward([window[k] for k in batch], batch, call)
-
-        for batch in self._pack(todo, lambda k: window[k].prefix_len):
-            self._guarded(batch, run_prefix, lambda b: len(b) * max(window[k].prefix_len for k in b))
-
-        rows = [(m, k) for k, g in enumerate(window) for m in g.members]
-
-        def suffix_len(row):
-            return len(call.uniq[row[0]]) - window[row[1]].prefix_len
-
-        for m, k in rows:  # a sequence run whole as its own prefix (prompt cache): read inside it
-            if suffix_len((m, k)) == 0:
-                pos, h = call.prefix_hidden[k]
-                call.hidden[m] = h[torch.as_tensor([pos.index(q) for q in call.wanted[m]], dtype=torch.long,
-                                                   device=h.device)]
-        rows = [row for row in rows if suffix_len(row) > 0]
-
-        def run_suffix(batch: list[tuple[int, int]]) -> None:
-            self._suffix_forward(batch, window, call)
-
-        # The per-row cache path copies each row's prefix: its attended tokens are bounded too.
-        extra = None if self.worker.attend_in_engine else (lambda row: window[row[1]].prefix_len)
-        for batch in self._pack(rows, suffix_len, extra):
-            self._guarded(batch, run_suffix, lambda b: len(b) * max(suffix_len(r) for r in b))
-        call.caches.clear()
-
-    def _prefix_forward(self, groups: list[PrefixGroup], keys: list[int], call: CallState) -> None:
-        prefixes = [call.uniq[g.members[0]][: g.prefix_len] for g in groups]
-        inside = [sorted({q for m in g.members for q in call.wanted[m] if q < g.prefix_len}) for g in groups]
-        kv, hidden = self.worker.forward_prefixes(prefixes, inside)
-        for key, kv_row, pos, h in zip(keys, kv, inside, hidden):
-            call.caches[key] = kv_row
-            call.prefix_hidden[key] = (pos, h)
-        if self._kept.active:
-            limit = max(self._kept.limit, sizes.KEEP_FACTOR * self.budget() if self._kept.depth else 0)
-            for key, prefix, pos in zip(keys, prefixes, inside):
-                self._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1], limit)
-
     # ---------------------------------------------------------------- prefixes kept across calls
     def _kept_prompt(self, g: PrefixGroup, call: CallState):
         """``(n, keys/values, positions read inside, their hidden states)`` of the kept sequence agreeing longest with
@@ -514,31 +326,3 @@ class ScoringEngine:
         self.stats.prefix_cache_hits += 1
         self.stats.tokens_from_cache += taken[0]
         return taken
-
-    def _take_kept(self, window: list[PrefixGroup], k: int, call: CallState) -> bool:
-        """Serve group ``k`` of ``window`` from a kept prompt (:meth:`_kept_prompt`): its prefix becomes the kept
-        part, its cache and the hidden states read inside are the kept ones."""
-        taken = self._kept_prompt(window[k], call)
-        if taken is None:
-            return False
-        n, call.caches[k], inside, hidden = taken
-        window[k] = PrefixGroup(n, window[k].members)
-        call.prefix_hidden[k] = (inside, hidden)
-        return True
-
-    def _suffix_forward(self, rows: list[tuple[int, int]], window: list[PrefixGroup], call: CallState) -> None:
-        """The suffixes of ``rows`` (member, group) in one forward; each member's hidden states are those read
-        inside its prefix followed by those after it."""
-        prefix_lens = [window[k].prefix_len for _, k in rows]
-        suffixes = [call.uniq[m][p:] for (m, _), p in zip(rows, prefix_lens)]
-        after = [[q - p for q in call.wanted[m] if q >= p] for (m, _), p in zip(rows, prefix_lens)]
-        hidden_after = self.worker.forward_suffixes(suffixes, [k for _, k in rows], prefix_lens, call.caches, after)
-        for (m, k), p, h_after in zip(rows, prefix_lens, hidden_after):
-            before_pos, before_h = call.prefix_hidden[k]
-            n_before = sum(1 for q in call.wanted[m] if q < p)
-            if n_before == 0:
-                call.hidden[m] = h_after
-                continue
-            rows_before = [before_pos.index(q) for q in call.wanted[m] if q < p]
-            h_before = before_h[torch.as_tensor(rows_before, dtype=torch.long, device=before_h.device)]
-            call.hidden[m] = torch.cat([h_before.to(h_after.device), h_after])  # wanted[m] is sorted: prefix first

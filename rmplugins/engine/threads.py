@@ -80,18 +80,26 @@ def fitting_threads(configured: int, available: int, busy: int | None) -> int:
 
 
 @contextmanager
-def threads_that_fit(enabled: bool = True):
-    """Within the block torch uses at most the cores that other runnable threads leave free."""
+def threads_that_fit(enabled: bool = True, layers=()):
+    """Within the block torch uses at most the cores that other runnable threads leave free: decided on entry and
+    again before each of ``layers`` (a forward of thousands of tokens takes seconds, and other processes come and
+    go meanwhile)."""
     configured = torch.get_num_threads()
-    if not (enabled and configured > 1):
-        n = configured
-    else:
-        n = fitting_threads(configured, cores(), runnable_elsewhere() if whole_machine() else None)
-    if n == configured:
+    if not (enabled and configured > 1 and whole_machine()):
         yield configured
         return
-    torch.set_num_threads(n)
+
+    def fit(*_):
+        n = fitting_threads(configured, cores(), runnable_elsewhere())
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+
+    fit()
+    hooks = [layer.register_forward_pre_hook(fit) for layer in layers]
     try:
-        yield n
+        yield torch.get_num_threads()
     finally:
-        torch.set_num_threads(configured)
+        for hook in hooks:
+            hook.remove()
+        if torch.get_num_threads() != configured:
+            torch.set_num_threads(configured)
