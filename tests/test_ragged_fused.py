@@ -26,6 +26,7 @@ def test_lay_out_places_pieces_end_to_end_and_plans_their_attention():
     assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 4, 0, 1]]  # continuations go on from their prompt
     assert layout.offsets == [0, 4, 6, 7]
     # every real position is attended from exactly once, in a row that starts where its piece starts
+    assert layout.alone == []  # short pieces: gathered into length buckets
     dest = torch.cat([d for _, _, d in layout.buckets]).sort().values
     assert dest.tolist() == list(range(9))
     for index, slots, d in layout.buckets:
@@ -34,6 +35,8 @@ def test_lay_out_places_pieces_end_to_end_and_plans_their_attention():
             assert row[0] in layout.offsets
     # the prompt's continuations (all their tokens) attend to it too
     assert [(o, n, rows.tolist()) for o, n, rows in layout.prompts] == [(0, 4, [4, 5, 6])]
+    long = lay_out([Piece(list(range(300))), Piece([1, 2], start=300, prompt=0), Piece([4] * 260)])
+    assert long.alone == [(0, 300), (302, 260)] and [d.tolist() for _, _, d in long.buckets] == [[300, 301]]
     with pytest.raises(ValueError, match="whole prompt"):
         lay_out([prompt, Piece([1], start=2, prompt=0)])
     with pytest.raises(ValueError, match="empty"):

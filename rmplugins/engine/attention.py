@@ -235,7 +235,8 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan, scale: float,
                      softcap: float | None, layer: int) -> torch.Tensor:
     """Attention of layer ``layer`` over pieces laid end to end (``[1, heads, T, head_dim]``, :mod:`.ragged`): each
-    piece causally within itself (length buckets, one fused call each, padding only here), then each prompt's
+    piece causally within itself (a long one on its slice of the row; short ones in length buckets, one fused call
+    each, padding only there), then each prompt's
     continuations over the prompt's keys/values (in this forward, or kept: ``plan.prefix_kv``), merged by
     log-sum-exp. Returns ``[1, T, heads, head_dim]``."""
     layout = plan.ragged
@@ -245,6 +246,12 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     flat_k, flat_v = key[0].transpose(0, 1), value[0].transpose(0, 1)
     out = query.new_empty(length, heads, dim)
     lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.prompts or layout.kept_rows else None
+    for offset, n in layout.alone:
+        o, lse = attention_with_lse(*(t[:, :, offset: offset + n] for t in (query, key, value)), causal=True,
+                                    scale=scale, softcap=softcap)
+        out[offset: offset + n] = o[0].transpose(0, 1)
+        if lse_all is not None:
+            lse_all[offset: offset + n] = lse[0].transpose(0, 1)
     for index, slots, dest in layout.buckets:
         rows, width = index.shape
         at = index.reshape(-1)

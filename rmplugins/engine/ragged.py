@@ -21,6 +21,7 @@ import torch
 from .packing import pack
 
 BUCKET_OVERHEAD = 64  # one more attention call, in padded tokens, when grouping pieces by length
+ALONE_TOKENS = 256    # a piece this long attends in a call of its own, on its slice of the row (no gather, no pad)
 
 
 @dataclass
@@ -37,14 +38,16 @@ class Piece:
 
 @dataclass
 class RaggedLayout:
-    """``ids``/``position_ids`` ``[1, T]``; ``offsets[i]``: where piece ``i`` begins in the row; ``buckets``: per
-    attention call, the flat positions ``[rows, width]`` of its padded batch, which of its ``rows * width`` slots are
-    real and where they go; ``prompts``: per prompt piece with continuations, ``(offset, length, the flat positions
+    """``ids``/``position_ids`` ``[1, T]``; ``offsets[i]``: where piece ``i`` begins in the row; ``alone``: the
+    ``(offset, length)`` of the pieces that attend in a call of their own; ``buckets``: per attention call of the
+    others, the flat positions ``[rows, width]`` of its padded batch, which of its ``rows * width`` slots are real
+    and where they go; ``prompts``: per prompt piece with continuations, ``(offset, length, the flat positions
     of all its continuations' tokens)``; ``kept_rows[i]``: the flat positions continuing kept prompt ``i``."""
 
     ids: torch.Tensor
     position_ids: torch.Tensor
     offsets: list[int]
+    alone: list[tuple[int, int]]
     buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     prompts: list[tuple[int, int, torch.Tensor]]
     kept_rows: list[torch.Tensor]
@@ -55,7 +58,7 @@ class RaggedLayout:
 
     def to(self, device: torch.device) -> RaggedLayout:
         move = lambda t: t.to(device)  # noqa: E731
-        return RaggedLayout(move(self.ids), move(self.position_ids), self.offsets,
+        return RaggedLayout(move(self.ids), move(self.position_ids), self.offsets, self.alone,
                             [tuple(map(move, b)) for b in self.buckets],
                             [(o, n, move(rows)) for o, n, rows in self.prompts], [move(r) for r in self.kept_rows])
 
@@ -71,8 +74,29 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
     ids = torch.tensor([t for p in pieces for t in p.tokens], dtype=torch.long).unsqueeze(0)
     position_ids = torch.cat([torch.arange(p.start, p.start + len(p.tokens)) for p in pieces]).unsqueeze(0)
 
+    children: dict[int, list[int]] = {}
+    of_kept: dict[int, list[int]] = {}
+    for i, p in enumerate(pieces):
+        if p.prompt is not None and p.kept is not None:
+            raise ValueError("a piece continues either a prompt piece or a kept prompt, not both")
+        if p.prompt is not None:
+            q = pieces[p.prompt]
+            if q.prompt is not None or q.kept is not None or p.start != len(q.tokens) or q.start:
+                raise ValueError("a continuation must follow a whole prompt piece")
+            children.setdefault(p.prompt, []).append(i)
+        if p.kept is not None:
+            of_kept.setdefault(p.kept, []).extend(range(offsets[i], offsets[i] + len(p.tokens)))
+    if sorted(of_kept) != list(range(len(of_kept))):
+        raise ValueError("kept prompts are numbered 0, 1, ... in the order the forward is given them")
+
+    prompts = [(offsets[k], len(pieces[k].tokens),
+                torch.tensor([f for i in kids for f in range(offsets[i], offsets[i] + len(pieces[i].tokens))],
+                             dtype=torch.long))
+               for k, kids in sorted(children.items())]
+    alone = [(offsets[i], len(p.tokens)) for i, p in enumerate(pieces) if len(p.tokens) >= ALONE_TOKENS]
+    short = [i for i, p in enumerate(pieces) if len(p.tokens) < ALONE_TOKENS]
     buckets = []
-    for batch in pack(list(range(len(pieces))), lambda i: len(pieces[i].tokens), max(at, 1) * 4, BUCKET_OVERHEAD):
+    for batch in pack(short, lambda i: len(pieces[i].tokens), max(at, 1) * 4, BUCKET_OVERHEAD):
         width = max(len(pieces[i].tokens) for i in batch)
         index = torch.zeros(len(batch), width, dtype=torch.long)
         real = torch.zeros(len(batch), width, dtype=torch.bool)
@@ -84,22 +108,5 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
             real[r, :n] = True
         slots = real.reshape(-1).nonzero().squeeze(1)
         buckets.append((index, slots, index.reshape(-1).index_select(0, slots)))
-
-    continuations: dict[int, list[int]] = {}
-    of_kept: dict[int, list[int]] = {}
-    for i, p in enumerate(pieces):
-        if p.prompt is not None and p.kept is not None:
-            raise ValueError("a piece continues either a prompt piece or a kept prompt, not both")
-        if p.prompt is not None:
-            q = pieces[p.prompt]
-            if q.prompt is not None or q.kept is not None or p.start != len(q.tokens) or q.start:
-                raise ValueError("a continuation must follow a whole prompt piece")
-            continuations.setdefault(p.prompt, []).extend(range(offsets[i], offsets[i] + len(p.tokens)))
-        if p.kept is not None:
-            of_kept.setdefault(p.kept, []).extend(range(offsets[i], offsets[i] + len(p.tokens)))
-    if sorted(of_kept) != list(range(len(of_kept))):
-        raise ValueError("kept prompts are numbered 0, 1, ... in the order the forward is given them")
-    prompts = [(offsets[k], len(pieces[k].tokens), torch.tensor(rows, dtype=torch.long))
-               for k, rows in sorted(continuations.items())]
     kept_rows = [torch.tensor(of_kept[k], dtype=torch.long) for k in range(len(of_kept))]
-    return RaggedLayout(ids, position_ids, offsets, buckets, prompts, kept_rows)
+    return RaggedLayout(ids, position_ids, offsets, alone, buckets, prompts, kept_rows)
