@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from .attention import engine_attention_forward, merge
+from .swap import forwards_swapped
 
 logger = logging.getLogger("rmplugins")
 
@@ -247,20 +247,7 @@ class FusedForwards:
             return module.down_proj(fn(module.gate_proj(x), module.up_proj(x)))
         return forward
 
-    @contextmanager
     def patch(self, attention: bool = False):
-        """Within the block the switched modules run their fused forwards (instance attributes, removed after);
-        ``attention``: the attention blocks too (only for the engine's own attention, which they call)."""
-        patched = []
-        try:
-            for module, forward in self.replacements + (self.attention if attention else []):
-                own = module.__dict__.get("forward")
-                module.forward = forward
-                patched.append((module, own))
-            yield
-        finally:
-            for module, own in patched:
-                if own is None:
-                    del module.forward
-                else:
-                    module.forward = own
+        """Within the block the switched modules run their fused forwards; ``attention``: the attention blocks too
+        (only for the engine's own attention, which they call)."""
+        return forwards_swapped(self.replacements + (self.attention if attention else []))

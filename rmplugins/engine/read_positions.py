@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .swap import forwards_swapped
+
 
 def last_layer_row_modules(backbone: torch.nn.Module) -> list[torch.nn.Module] | None:
     """The parts of the last decoder layer that act on each position separately and whose output at a position
@@ -35,7 +37,6 @@ def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: l
         return
     rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
                            device=device)
-    patched = []
 
     def restrict(forward):
         def forward_on_read_rows(x, *args, **kwargs):
@@ -46,15 +47,6 @@ def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: l
             return out.reshape(*x.shape[:-1], y.shape[-1])
         return forward_on_read_rows
 
-    try:
-        for module in modules:
-            own = module.__dict__.get("forward")  # accelerate's device hooks live on the instance
-            module.forward = restrict(module.forward)
-            patched.append((module, own))
+    # each wraps the forward the module has now (accelerate's device hooks, the fused kernels)
+    with forwards_swapped([(module, restrict(module.forward)) for module in modules]):
         yield rows
-    finally:
-        for module, own in patched:
-            if own is None:
-                del module.forward
-            else:
-                module.forward = own
