@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import budget as sizes
 from .prefix import PrefixGroup
 from .ragged import Piece, lay_out
 from .state import CallState
@@ -60,11 +59,7 @@ def run_end_to_end(engine, plain: list[int], shared: list[PrefixGroup], call: Ca
     units = [Unit(i) for i in plain]
     units += [Unit(g, engine._kept_prompt(g, call) if engine._kept.active else None) for g in shared]
     fits = [u for u in units if u.size(call) <= budget]
-    rest = [u for u in units if u.size(call) > budget]
-    for u in rest:  # a kept prompt taken but not used here: the padded path takes it again
-        if u.kept is not None:
-            engine.stats.prefix_cache_hits -= 1
-            engine.stats.tokens_from_cache -= u.kept[0]
+    rest = [u for u in units if u.size(call) > budget]  # a kept prompt found here: the padded path takes it again
     for forward in fill(fits, budget, call):
         engine._guarded(forward, lambda us: one_forward(engine, us, call), lambda us: sum(u.size(call) for u in us))
     return ([u.what for u in rest if isinstance(u.what, int)],
@@ -95,6 +90,7 @@ def one_forward(engine, units: list[Unit], call: CallState) -> None:
             at += p
             link = {"prompt": len(pieces) - 1}
         else:  # its first p tokens were kept by an earlier call
+            engine._used_kept(unit.kept)
             p, kv, inside, hidden = unit.kept
             kept_kv.append(kv)
             link = {"kept": len(kept_kv) - 1}
@@ -123,7 +119,7 @@ def one_forward(engine, units: list[Unit], call: CallState) -> None:
             h = torch.cat([h_kept[rows].to(h.device), h])
         call.hidden[m] = h
     if keep:
-        limit = max(engine._kept.limit, sizes.KEEP_FACTOR * engine.budget() if engine._kept.depth else 0)
+        limit = engine._keep_limit()
         for (g, _), kv in zip(prompts, kept):
             read_inside = {q: call.hidden[m][j] for m in g.members for j, q in enumerate(call.wanted[m])
                            if q < g.prefix_len}

@@ -316,13 +316,22 @@ class ScoringEngine:
     def _kept_prompt(self, g: PrefixGroup, call: CallState):
         """``(n, keys/values, positions read inside, their hidden states)`` of the kept sequence agreeing longest with
         group ``g``'s shared tokens (its prompt shortened to where they agree; the rest runs with the
-        continuations), counted as a hit. None when none agrees on a block, a position read inside was not kept, or
-        running the rest in every member costs more than running the prompt once."""
+        continuations). None when none agrees on a block, a position read inside was not kept, or running the rest
+        in every member costs more than running the prompt once. The path that uses it counts it
+        (:meth:`_used_kept`)."""
         wanted = {q for m in g.members for q in call.wanted[m]}
         taken = self._kept.take(call.uniq[g.members[0]], min(g.prefix_len, min(len(call.uniq[m]) for m in g.members)
                                                             - 1), wanted)
         if taken is None or len(g.members) * (g.prefix_len - taken[0]) >= g.prefix_len:  # e.g. a template's opening
             return None
+        return taken
+
+    def _used_kept(self, taken) -> None:
+        """A kept prompt (:meth:`_kept_prompt`) served a group instead of running again."""
         self.stats.prefix_cache_hits += 1
         self.stats.tokens_from_cache += taken[0]
-        return taken
+
+    def _keep_limit(self) -> int:
+        """Tokens the kept prefixes may hold now: the prompt cache's limit, at least ``KEEP_FACTOR x budget`` within a
+        ``keep_prefixes`` block."""
+        return max(self._kept.limit, sizes.KEEP_FACTOR * self.budget() if self._kept.depth else 0)

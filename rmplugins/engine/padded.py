@@ -88,7 +88,7 @@ def prefix_forward(engine, groups: list[PrefixGroup], keys: list[int], call: Cal
         call.caches[key] = kv_row
         call.prefix_hidden[key] = (pos, h)
     if engine._kept.active:
-        limit = max(engine._kept.limit, sizes.KEEP_FACTOR * engine.budget() if engine._kept.depth else 0)
+        limit = engine._keep_limit()
         for key, prefix, pos in zip(keys, prefixes, inside):
             engine._kept.keep(tuple(prefix), call.caches[key], pos, call.prefix_hidden[key][1], limit)
 
@@ -99,6 +99,7 @@ def take_kept(engine, window: list[PrefixGroup], k: int, call: CallState) -> boo
     taken = engine._kept_prompt(window[k], call)
     if taken is None:
         return False
+    engine._used_kept(taken)
     n, call.caches[k], inside, hidden = taken
     window[k] = PrefixGroup(n, window[k].members)
     call.prefix_hidden[k] = (inside, hidden)
