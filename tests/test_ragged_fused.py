@@ -25,18 +25,26 @@ def test_lay_out_places_pieces_end_to_end_and_plans_their_attention():
     assert layout.ids.tolist() == [[5, 6, 7, 8, 1, 2, 3, 9, 9]]
     assert layout.position_ids.tolist() == [[0, 1, 2, 3, 4, 5, 4, 0, 1]]  # continuations go on from their prompt
     assert layout.offsets == [0, 4, 6, 7]
-    # every real position is attended from exactly once, in a row that starts where its piece starts
+    # every position but the prompt's attends within its own piece exactly once, in a bucket row that starts where
+    # its piece starts; the prompt attends in its span's call (with its continuations' queries over its keys)
     assert layout.alone == []  # short pieces: gathered into length buckets
     dest = torch.cat([d for _, _, d in layout.buckets]).sort().values
-    assert dest.tolist() == list(range(9))
+    assert dest.tolist() == list(range(4, 9))
     for index, slots, d in layout.buckets:
         assert (index.reshape(-1)[slots] == d).all()
         for row in index.tolist():
             assert row[0] in layout.offsets
-    # the prompt's continuations (all their tokens) attend to it too
-    assert [(o, n, rows.tolist()) for o, n, rows in layout.prompts] == [(0, 4, [4, 5, 6])]
+    assert layout.spans == [(0, 4, 7)] and layout.kept_spans == []
     long = lay_out([Piece(list(range(300))), Piece([1, 2], start=300, prompt=0), Piece([4] * 260)])
-    assert long.alone == [(0, 300), (302, 260)] and [d.tolist() for _, _, d in long.buckets] == [[300, 301]]
+    assert long.alone == [(302, 260)] and [d.tolist() for _, _, d in long.buckets] == [[300, 301]]
+    assert long.spans == [(0, 300, 302)]
+    kept = lay_out([Piece([1]), Piece([2, 3], start=5, kept=0), Piece([4], start=5, kept=0), Piece([5], start=2,
+                                                                                                   kept=1)])
+    assert kept.spans == [] and kept.kept_spans == [(1, 4), (4, 5)]
+    with pytest.raises(ValueError, match="follow it directly"):
+        lay_out([prompt, other, Piece([1], start=4, prompt=0)])
+    with pytest.raises(ValueError, match="follow one another"):
+        lay_out([Piece([1], start=3, kept=0), other, Piece([1], start=3, kept=0)])
     with pytest.raises(ValueError, match="whole prompt"):
         lay_out([prompt, Piece([1], start=2, prompt=0)])
     with pytest.raises(ValueError, match="empty"):

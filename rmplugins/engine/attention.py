@@ -112,7 +112,8 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
                        fused: bool | None = None, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(softcap(q k^T * scale)) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]``
     queries and ``[batch, kv_heads, length, head_dim]`` keys/values (grouped-query: each key/value head serves
-    ``heads // kv_heads`` consecutive query heads; ``causal``: query ``i`` sees keys ``<= i``, equal lengths).
+    ``heads // kv_heads`` consecutive query heads; ``causal``: query ``i`` sees keys ``<= i``, aligned top-left as
+    in SDPA: with more queries than keys, those past the last key see every key).
 
     On CPU PyTorch's fused flash kernel returns both (and reads grouped heads in place); elsewhere, with
     ``fused=False`` and with soft-capping (which the fused kernel lacks) the math runs in float32 chunks of queries
@@ -234,24 +235,33 @@ def engine_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
 def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, plan: AttentionPlan, scale: float,
                      softcap: float | None, layer: int) -> torch.Tensor:
-    """Attention of layer ``layer`` over pieces laid end to end (``[1, heads, T, head_dim]``, :mod:`.ragged`): each
-    piece causally within itself (a long one on its slice of the row; short ones in length buckets, one fused call
-    each, padding only there), then each prompt's
-    continuations over the prompt's keys/values (in this forward, or kept: ``plan.prefix_kv``), merged by
-    log-sum-exp. Returns ``[1, T, heads, head_dim]``."""
+    """Attention of layer ``layer`` over pieces laid end to end (``[1, heads, T, head_dim]``, :mod:`.ragged`).
+    A prompt and its continuations (a span) take one causal call of the span's queries over the prompt's keys;
+    every other piece, and each continuation within itself, attends causally over its own tokens (a long one on its
+    slice of the row, short ones in length buckets, one fused call each, padding only there); a continuation's two
+    parts, and its part over a prompt kept by an earlier call (``plan.prefix_kv``), are merged by log-sum-exp.
+    Every call reads the row in place but the buckets. Returns ``[1, T, heads, head_dim]``."""
     layout = plan.ragged
     _, heads, length, dim = query.shape
     kv_heads = key.shape[1]
+    out = query.new_empty(length, heads, dim)
+    lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.spans or layout.kept_spans else None
+
+    def attend(q_from, q_to, kv_from, kv_to, causal):
+        o, lse = attention_with_lse(query[:, :, q_from: q_to], key[:, :, kv_from: kv_to],
+                                    value[:, :, kv_from: kv_to], causal=causal, scale=scale, softcap=softcap)
+        return o[0].transpose(0, 1), lse[0].transpose(0, 1)  # [n, heads, dim], [n, heads] (views)
+
+    def merge_into(start, stop, o, lse):
+        mine = out[start: stop], lse_all[start: stop], o, lse
+        out[start: stop] = plan.merge(*mine) if plan.merge is not None else merge(*mine).to(out.dtype)
+
+    for offset, n in layout.alone:
+        out[offset: offset + n], lse = attend(offset, offset + n, offset, offset + n, True)
+        if lse_all is not None:
+            lse_all[offset: offset + n] = lse
     flat_q = query[0].transpose(0, 1)                      # [T, heads, dim] (views: no copy)
     flat_k, flat_v = key[0].transpose(0, 1), value[0].transpose(0, 1)
-    out = query.new_empty(length, heads, dim)
-    lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.prompts or layout.kept_rows else None
-    for offset, n in layout.alone:
-        o, lse = attention_with_lse(*(t[:, :, offset: offset + n] for t in (query, key, value)), causal=True,
-                                    scale=scale, softcap=softcap)
-        out[offset: offset + n] = o[0].transpose(0, 1)
-        if lse_all is not None:
-            lse_all[offset: offset + n] = lse[0].transpose(0, 1)
     for index, slots, dest in layout.buckets:
         rows, width = index.shape
         at = index.reshape(-1)
@@ -264,13 +274,15 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         out.index_copy_(0, dest, o.transpose(1, 2).reshape(rows * width, heads, dim).index_select(0, slots))
         if lse_all is not None:
             lse_all.index_copy_(0, dest, lse.transpose(1, 2).reshape(rows * width, heads).index_select(0, slots))
-    over = [(rows, key[:, :, offset: offset + n], value[:, :, offset: offset + n])
-            for offset, n, rows in layout.prompts]
-    over += [(rows, *plan.prefix_kv[i][layer]) for i, rows in enumerate(layout.kept_rows)]
-    for rows, prompt_k, prompt_v in over:
-        out_p, lse_p = _over_prefix(flat_q, rows, prompt_k, prompt_v, scale, softcap)
-        mine = out.index_select(0, rows), lse_all.index_select(0, rows), out_p, lse_p
-        out.index_copy_(0, rows, plan.merge(*mine) if plan.merge is not None else merge(*mine).to(out.dtype))
+    for offset, n, end in layout.spans:  # top-left causal: the prompt within itself, continuations over all of it
+        o, lse = attend(offset, end, offset, offset + n, True)
+        out[offset: offset + n] = o[:n]
+        merge_into(offset + n, end, o[n:], lse[n:])
+    for i, (start, stop) in enumerate(layout.kept_spans):
+        prompt_k, prompt_v = plan.prefix_kv[i][layer]
+        o, lse = attention_with_lse(query[:, :, start: stop], prompt_k, prompt_v, causal=False, scale=scale,
+                                    softcap=softcap)
+        merge_into(start, stop, o[0].transpose(0, 1), lse[0].transpose(0, 1))
     if plan.keep:
         plan.kept.append([(key[:, :, o: o + n].clone(), value[:, :, o: o + n].clone()) for o, n in plan.keep])
     return out.unsqueeze(0)

@@ -5,11 +5,15 @@ attention does. Laid end to end, a micro-batch of prompts and their continuation
 the unique-token floor of what it holds: every matrix multiply runs at the full token count (the shape a CPU's
 matrix units are fastest at) instead of one small padded batch per prefix pass and per length bucket.
 
-A :class:`RaggedLayout` says where each piece lies and how it attends (:func:`.attention.ragged_attention` does it):
-a *piece* attends causally within itself (pieces of similar length gathered into small padded batches for one fused
-call each: the padding is paid in attention only, never in the matmuls), and a *continuation* piece also attends to
-its prompt piece's keys/values in the same forward, or to a prompt an earlier call kept (the log-sum-exp merge of
-:mod:`.attention`). Exact: every token sees exactly the tokens it sees in a forward of its own sequence.
+A :class:`RaggedLayout` says where each piece lies and how it attends (:func:`.attention.ragged_attention` does it).
+A prompt's continuations follow it in the row, so the prompt and its continuations are one contiguous *span*: one
+causal call of the span's queries over the prompt's keys (top-left causal: the prompt attends within itself, every
+continuation token to the whole prompt) gives the prompt its attention and each continuation its part over the
+prompt, with no gather and no copy. Every other piece, and each continuation within itself, attends causally over
+its own tokens: a long one on its slice of the row, short ones gathered into small padded batches by length (the
+padding is paid in attention only, never in the matmuls). The two parts of a continuation are merged by their
+log-sum-exps (:mod:`.attention`); so is the part over a prompt an earlier call kept. Exact: every token sees exactly
+the tokens it sees in a forward of its own sequence.
 """
 
 from __future__ import annotations
@@ -39,18 +43,19 @@ class Piece:
 @dataclass
 class RaggedLayout:
     """``ids``/``position_ids`` ``[1, T]``; ``offsets[i]``: where piece ``i`` begins in the row; ``alone``: the
-    ``(offset, length)`` of the pieces that attend in a call of their own; ``buckets``: per attention call of the
-    others, the flat positions ``[rows, width]`` of its padded batch, which of its ``rows * width`` slots are real
-    and where they go; ``prompts``: per prompt piece with continuations, ``(offset, length, the flat positions
-    of all its continuations' tokens)``; ``kept_rows[i]``: the flat positions continuing kept prompt ``i``."""
+    ``(offset, length)`` of the pieces that attend within themselves in a call of their own; ``buckets``: per
+    attention call of the other such pieces, the flat positions ``[rows, width]`` of its padded batch, which of its
+    ``rows * width`` slots are real and where they go; ``spans``: per prompt piece with continuations,
+    ``(offset, length, end)``: the prompt is ``[offset, offset + length)`` and its continuations' tokens
+    ``[offset + length, end)``; ``kept_spans[i]``: ``(start, end)``, the tokens continuing kept prompt ``i``."""
 
     ids: torch.Tensor
     position_ids: torch.Tensor
     offsets: list[int]
     alone: list[tuple[int, int]]
     buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-    prompts: list[tuple[int, int, torch.Tensor]]
-    kept_rows: list[torch.Tensor]
+    spans: list[tuple[int, int, int]]
+    kept_spans: list[tuple[int, int]]
 
     @property
     def tokens(self) -> int:
@@ -59,12 +64,12 @@ class RaggedLayout:
     def to(self, device: torch.device) -> RaggedLayout:
         move = lambda t: t.to(device)  # noqa: E731
         return RaggedLayout(move(self.ids), move(self.position_ids), self.offsets, self.alone,
-                            [tuple(map(move, b)) for b in self.buckets],
-                            [(o, n, move(rows)) for o, n, rows in self.prompts], [move(r) for r in self.kept_rows])
+                            [tuple(map(move, b)) for b in self.buckets], self.spans, self.kept_spans)
 
 
 def lay_out(pieces: list[Piece]) -> RaggedLayout:
-    """The pieces end to end (in order), and the attention's plan over them."""
+    """The pieces end to end (in order), and the attention's plan over them. A prompt's continuations follow it
+    directly, and a kept prompt's continuations one another."""
     offsets, at = [], 0
     for p in pieces:
         if not p.tokens:
@@ -74,8 +79,9 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
     ids = torch.tensor([t for p in pieces for t in p.tokens], dtype=torch.long).unsqueeze(0)
     position_ids = torch.cat([torch.arange(p.start, p.start + len(p.tokens)) for p in pieces]).unsqueeze(0)
 
-    children: dict[int, list[int]] = {}
-    of_kept: dict[int, list[int]] = {}
+    ends = [o + len(p.tokens) for o, p in zip(offsets, pieces)]
+    spans: dict[int, int] = {}     # prompt piece -> where its continuations end
+    kept: dict[int, list[int]] = {}  # kept prompt -> (start, end)
     for i, p in enumerate(pieces):
         if p.prompt is not None and p.kept is not None:
             raise ValueError("a piece continues either a prompt piece or a kept prompt, not both")
@@ -83,18 +89,19 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
             q = pieces[p.prompt]
             if q.prompt is not None or q.kept is not None or p.start != len(q.tokens) or q.start:
                 raise ValueError("a continuation must follow a whole prompt piece")
-            children.setdefault(p.prompt, []).append(i)
+            if offsets[i] != spans.get(p.prompt, ends[p.prompt]):
+                raise ValueError("a prompt's continuations must follow it directly, one after another")
+            spans[p.prompt] = ends[i]
         if p.kept is not None:
-            of_kept.setdefault(p.kept, []).extend(range(offsets[i], offsets[i] + len(p.tokens)))
-    if sorted(of_kept) != list(range(len(of_kept))):
+            if p.kept in kept and offsets[i] != kept[p.kept][1]:
+                raise ValueError("a kept prompt's continuations must follow one another")
+            kept.setdefault(p.kept, [offsets[i], 0])[1] = ends[i]
+    if sorted(kept) != list(range(len(kept))):
         raise ValueError("kept prompts are numbered 0, 1, ... in the order the forward is given them")
 
-    prompts = [(offsets[k], len(pieces[k].tokens),
-                torch.tensor([f for i in kids for f in range(offsets[i], offsets[i] + len(pieces[i].tokens))],
-                             dtype=torch.long))
-               for k, kids in sorted(children.items())]
-    alone = [(offsets[i], len(p.tokens)) for i, p in enumerate(pieces) if len(p.tokens) >= ALONE_TOKENS]
-    short = [i for i, p in enumerate(pieces) if len(p.tokens) < ALONE_TOKENS]
+    own = [i for i, p in enumerate(pieces) if i not in spans]  # the prompts attend within their span's call
+    alone = [(offsets[i], len(pieces[i].tokens)) for i in own if len(pieces[i].tokens) >= ALONE_TOKENS]
+    short = [i for i in own if len(pieces[i].tokens) < ALONE_TOKENS]
     buckets = []
     for batch in pack(short, lambda i: len(pieces[i].tokens), max(at, 1) * 4, BUCKET_OVERHEAD):
         width = max(len(pieces[i].tokens) for i in batch)
@@ -108,5 +115,6 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
             real[r, :n] = True
         slots = real.reshape(-1).nonzero().squeeze(1)
         buckets.append((index, slots, index.reshape(-1).index_select(0, slots)))
-    kept_rows = [torch.tensor(of_kept[k], dtype=torch.long) for k in range(len(of_kept))]
-    return RaggedLayout(ids, position_ids, offsets, alone, buckets, prompts, kept_rows)
+    return RaggedLayout(ids, position_ids, offsets, alone, buckets,
+                        [(offsets[k], len(pieces[k].tokens), end) for k, end in sorted(spans.items())],
+                        [tuple(kept[k]) for k in range(len(kept))])
