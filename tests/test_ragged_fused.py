@@ -152,10 +152,35 @@ def test_no_compiler_means_eager_kernels_and_one_warning(half_models, monkeypatc
     assert engine.worker.fused is None and max_diff(out, eager) == 0.0
 
 
-def test_float32_runs_the_models_own_kernels(models):
-    engine = models("bt_qwen3").engine
+def test_float32_runs_fused_only_for_a_model_of_real_size(models):
+    engine = models("bt_qwen3").engine  # hidden size 64: a compile it would never earn back
     engine.hidden_at([[5, 6, 7]], [[-1]])
-    assert engine.worker.fused is None  # float32 on CPU: the reference's own arithmetic
+    assert engine.worker.fused is None
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert fused.pays(cpu, torch.float32, 1024) and fused.pays(cpu, torch.float32, fused.FLOAT32_MIN_HIDDEN)
+    assert not fused.pays(cpu, torch.float32, 64) and not fused.pays(cpu, torch.float32, None)
+    assert fused.pays(cpu, torch.bfloat16, 64) and fused.pays(cpu, torch.float16, 64)
+    assert not fused.pays(cuda, torch.bfloat16, 4096) and not fused.pays(cuda, torch.float32, 4096)
+
+
+@pytest.mark.parametrize("kind", ["bt_llama3", "bt_qwen3", "bt_gemma2"])
+def test_fused_kernels_in_float32_agree_with_the_models_own_code_to_float_rounding(models, kind):
+    """Switched on in float32 (as for a model of real size), every norm, MLP and query/key preparation runs fused, and
+    the hidden states are the eager forward's to float32 rounding: the same formulas, summed in another order."""
+    engine = models(kind).engine
+    seqs, positions = awkward_batch(seed=9)
+    eager = engine.hidden_at(seqs, positions)
+    engine.fused_kernels = True
+    try:
+        fast = engine.hidden_at(seqs, positions)
+        layers = len(engine.backbone.layers)
+        norms = sum(type(m).__name__ in fused.NORMS for m in engine.backbone.modules())
+        assert engine.worker.fused is engine._fused
+        assert len(engine._fused.replacements) == norms + layers and len(engine._fused.attention) == layers
+    finally:
+        engine.fused_kernels = None
+    scale = max(h.abs().max().item() for h in eager)
+    assert max_diff(fast, eager) < 2e-5 * scale
 
 
 ALLOCATIONS = textwrap.dedent("""

@@ -16,7 +16,7 @@ positions each family's head reads, aiming at the floor of the work: each distin
 - The forwards themselves are the worker's (:mod:`.worker`), with the engine's own attention (:mod:`.attention`)
   where the backbone was checked, else the model's own attention with masks and per-row cache copies; on CPU with
   the cores other processes leave free (:mod:`.threads`), freed activations kept for the next forward
-  (:mod:`.allocator`), and in half precision fused elementwise kernels (:mod:`.fused`).
+  (:mod:`.allocator`), and on CPU fused elementwise kernels (:mod:`.fused`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from .attention import CHECKED_MODEL_TYPES, log_generic_path, supports_engine_at
 from .caches import KeptPrefixes
 from .end_to_end import run_end_to_end
 from .fused import FusedForwards
+from .fused import pays as fused_pays
 from .packing import pack
 from .padded import run_plain, run_shared
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
@@ -82,7 +83,7 @@ class ScoringEngine:
         if engine_attention is None:
             engine_attention = supported and self.device.type == "cpu"
         self.engine_attention = bool(engine_attention)
-        self.fused_kernels: bool | None = None  # None: on CPU in half precision (.fused); True/False: always/never
+        self.fused_kernels: bool | None = None  # None: where they pay (.fused.pays); True/False: always/never
         self._fused: FusedForwards | None = None
         self.ragged = True  # with the engine attention: sequences and prefix groups end to end, no padding (.ragged)
         self.fit_threads = True  # on CPU each forward uses only the cores other processes leave free (.threads)
@@ -261,10 +262,10 @@ class ScoringEngine:
         return out
 
     def _fused_forwards(self) -> FusedForwards | None:
-        """The fused kernels (:mod:`.fused`): ``fused_kernels`` True, or None on CPU in half precision."""
+        """The fused kernels (:mod:`.fused`): ``fused_kernels`` True, or None where they pay (:func:`.fused.pays`)."""
         on = self.fused_kernels
         if on is None:
-            on = self.device.type == "cpu" and self.dtype in (torch.bfloat16, torch.float16)
+            on = fused_pays(self.device, self.dtype, getattr(self.backbone.config, "hidden_size", None))
         if on and self._fused is None:
             self._fused = FusedForwards(self.backbone)
         return self._fused if on and self._fused.available else None

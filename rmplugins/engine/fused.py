@@ -1,12 +1,13 @@
-"""Fused elementwise kernels for the engine's half-precision forwards on CPU.
+"""Fused elementwise kernels for the engine's forwards on CPU.
 
 Where a CPU multiplies bf16 matrices on AMX, the matmuls of a reward model are only part of a forward: the rest is
 elementwise work that PyTorch's eager kernels run one pass at a time (each RMSNorm a round trip through float32 in
 five passes over the activations, the gated MLP's activation and product in two, RoPE's rotations in six). During
 the engine's own forwards the norms, the gated MLPs and the rotary embedding of the checked architectures run as one
 fused pass each, compiled by ``torch.compile`` (inductor's C++ backend) with the same float32 arithmetic as the
-model's code. The first call of each compiles it: a few seconds, cached on disk by inductor (and once more for each
-thread count a forward runs with).
+model's code. In float32 the eager passes are fewer but each moves twice the bytes, and this CPU's memory, not its
+arithmetic, sets their pace: for a model of real size they run fused too (:func:`pays`). The first call of each
+compiles it: a few seconds, cached on disk by inductor (and once more for each thread count a forward runs with).
 
 Checked, never guessed: a module is switched only if its class is one whose formula is written here, and its output
 on a probe input agrees with its own forward; if compiling fails (no C++ compiler), everything runs as before
@@ -76,6 +77,20 @@ ATTENTIONS = {"LlamaAttention", "MistralAttention", "Qwen2Attention", "Qwen3Atte
 ACTIVATIONS = {"SiLUActivation": silu_times, "SiLU": silu_times, "GELUTanh": gelu_tanh_times,
                "PytorchGELUTanh": gelu_tanh_times}
 
+FLOAT32_MIN_HIDDEN = 512  # float32 runs fused from this hidden size: every real reward model, no tiny test model
+
+
+def pays(device: torch.device, dtype: torch.dtype, hidden_size: int | None) -> bool:
+    """Where the engine runs the fused kernels unless told (``engine.fused_kernels``): on CPU, in half precision
+    (the elementwise passes are most of what AMX leaves), and in float32 for a model of real size (they are 5-10 %
+    of a call there, against a one-off compile of a few seconds a tiny model would never earn back)."""
+    if device.type != "cpu":
+        return False
+    if dtype in (torch.bfloat16, torch.float16):
+        return True
+    return dtype == torch.float32 and (hidden_size or 0) >= FLOAT32_MIN_HIDDEN
+
+
 _compiled: dict = {}
 _compile_lock = threading.Lock()
 _broken: list[str] = []  # why compiling failed, once
@@ -135,7 +150,9 @@ class FusedForwards:
 
     @staticmethod
     def _close(fused: torch.Tensor, own: torch.Tensor) -> bool:
-        return bool(((fused.float() - own.float()).abs().max() <= 0.02 * own.float().abs().max() + 1e-3).item())
+        """Within the dtype's rounding: the same formula computed in another order, not another formula."""
+        tol = 1e-5 if own.dtype == torch.float32 else 0.02
+        return bool(((fused.float() - own.float()).abs().max() <= tol * (own.float().abs().max() + 0.05)).item())
 
     # Probes are shaped as the engine's forwards are ([1, tokens, ...]: one row end to end), so the graph compiled
     # here is the one the forwards use (torch.compile specialises a dimension of size 1).
