@@ -28,15 +28,15 @@ def test_lay_out_places_pieces_end_to_end_and_plans_their_attention():
     # every position but the prompt's attends within its own piece exactly once, in a bucket row that starts where
     # its piece starts; the prompt attends in its span's call (with its continuations' queries over its keys)
     assert layout.alone == []  # short pieces: gathered into length buckets
-    dest = torch.cat([d for _, _, d in layout.buckets]).sort().values
+    dest = torch.cat([d for *_, d in layout.buckets]).sort().values
     assert dest.tolist() == list(range(4, 9))
-    for index, slots, d in layout.buckets:
-        assert (index.reshape(-1)[slots] == d).all()
+    for index, at_row, at_col, d in layout.buckets:
+        assert (index[at_row, at_col] == d).all()
         for row in index.tolist():
             assert row[0] in layout.offsets
     assert layout.spans == [(0, 4, 7)] and layout.kept_spans == []
     long = lay_out([Piece(list(range(300))), Piece([1, 2], start=300, prompt=0), Piece([4] * 260)])
-    assert long.alone == [(302, 260)] and [d.tolist() for _, _, d in long.buckets] == [[300, 301]]
+    assert long.alone == [(302, 260)] and [d.tolist() for *_, d in long.buckets] == [[300, 301]]
     assert long.spans == [(0, 300, 302)]
     kept = lay_out([Piece([1]), Piece([2, 3], start=5, kept=0), Piece([4], start=5, kept=0), Piece([5], start=2,
                                                                                                    kept=1)])

@@ -262,7 +262,7 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
             lse_all[offset: offset + n] = lse
     flat_q = query[0].transpose(0, 1)                      # [T, heads, dim] (views: no copy)
     flat_k, flat_v = key[0].transpose(0, 1), value[0].transpose(0, 1)
-    for index, slots, dest in layout.buckets:
+    for index, at_row, at_col, dest in layout.buckets:
         rows, width = index.shape
         at = index.reshape(-1)
 
@@ -271,9 +271,9 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
 
         o, lse = attention_with_lse(batch(flat_q, heads), batch(flat_k, kv_heads), batch(flat_v, kv_heads),
                                     causal=True, scale=scale, softcap=softcap)
-        out.index_copy_(0, dest, o.transpose(1, 2).reshape(rows * width, heads, dim).index_select(0, slots))
+        out.index_copy_(0, dest, o[at_row, :, at_col])         # the real slots: [n, heads, dim], one gather
         if lse_all is not None:
-            lse_all.index_copy_(0, dest, lse.transpose(1, 2).reshape(rows * width, heads).index_select(0, slots))
+            lse_all.index_copy_(0, dest, lse[at_row, :, at_col])
     for offset, n, end in layout.spans:  # top-left causal: the prompt within itself, continuations over all of it
         o, lse = attend(offset, end, offset, offset + n, True)
         out[offset: offset + n] = o[:n]

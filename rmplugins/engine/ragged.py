@@ -44,8 +44,8 @@ class Piece:
 class RaggedLayout:
     """``ids``/``position_ids`` ``[1, T]``; ``offsets[i]``: where piece ``i`` begins in the row; ``alone``: the
     ``(offset, length)`` of the pieces that attend within themselves in a call of their own; ``buckets``: per
-    attention call of the other such pieces, the flat positions ``[rows, width]`` of its padded batch, which of its
-    ``rows * width`` slots are real and where they go; ``spans``: per prompt piece with continuations,
+    attention call of the other such pieces, the flat positions ``[rows, width]`` of its padded batch, the row and
+    column of each of its real slots, and where in the row each goes; ``spans``: per prompt piece with continuations,
     ``(offset, length, end)``: the prompt is ``[offset, offset + length)`` and its continuations' tokens
     ``[offset + length, end)``; ``kept_spans[i]``: ``(start, end)``, the tokens continuing kept prompt ``i``."""
 
@@ -53,7 +53,7 @@ class RaggedLayout:
     position_ids: torch.Tensor
     offsets: list[int]
     alone: list[tuple[int, int]]
-    buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    buckets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
     spans: list[tuple[int, int, int]]
     kept_spans: list[tuple[int, int]]
 
@@ -113,8 +113,8 @@ def lay_out(pieces: list[Piece]) -> RaggedLayout:
             index[r] = offsets[i]
             index[r, :n] = torch.arange(offsets[i], offsets[i] + n)
             real[r, :n] = True
-        slots = real.reshape(-1).nonzero().squeeze(1)
-        buckets.append((index, slots, index.reshape(-1).index_select(0, slots)))
+        at_row, at_col = real.nonzero(as_tuple=True)
+        buckets.append((index, at_row, at_col, index[at_row, at_col]))
     return RaggedLayout(ids, position_ids, offsets, alone, buckets,
                         [(offsets[k], len(pieces[k].tokens), end) for k, end in sorted(spans.items())],
                         [tuple(kept[k]) for k in range(len(kept))])
