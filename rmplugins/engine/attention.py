@@ -247,17 +247,20 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     out = query.new_empty(length, heads, dim)
     lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.spans or layout.kept_spans else None
 
-    def attend(q_from, q_to, kv_from, kv_to, causal):
-        o, lse = attention_with_lse(query[:, :, q_from: q_to], key[:, :, kv_from: kv_to],
-                                    value[:, :, kv_from: kv_to], causal=causal, scale=scale, softcap=softcap)
+    def attend(q_from, q_to, keys, values, causal):  # the row's queries [q_from, q_to) over keys/values [1, kv, n, d]
+        o, lse = attention_with_lse(query[:, :, q_from: q_to], keys, values, causal=causal, scale=scale,
+                                    softcap=softcap)
         return o[0].transpose(0, 1), lse[0].transpose(0, 1)  # [n, heads, dim], [n, heads] (views)
+
+    def own(start, stop):  # the row's keys/values [start, stop)
+        return key[:, :, start: stop], value[:, :, start: stop]
 
     def merge_into(start, stop, o, lse):
         mine = out[start: stop], lse_all[start: stop], o, lse
         out[start: stop] = plan.merge(*mine) if plan.merge is not None else merge(*mine).to(out.dtype)
 
     for offset, n in layout.alone:
-        out[offset: offset + n], lse = attend(offset, offset + n, offset, offset + n, True)
+        out[offset: offset + n], lse = attend(offset, offset + n, *own(offset, offset + n), True)
         if lse_all is not None:
             lse_all[offset: offset + n] = lse
     flat_q = query[0].transpose(0, 1)                      # [T, heads, dim] (views: no copy)
@@ -275,14 +278,11 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         if lse_all is not None:
             lse_all.index_copy_(0, dest, lse[at_row, :, at_col])
     for offset, n, end in layout.spans:  # top-left causal: the prompt within itself, continuations over all of it
-        o, lse = attend(offset, end, offset, offset + n, True)
+        o, lse = attend(offset, end, *own(offset, offset + n), True)
         out[offset: offset + n] = o[:n]
         merge_into(offset + n, end, o[n:], lse[n:])
     for i, (start, stop) in enumerate(layout.kept_spans):
-        prompt_k, prompt_v = plan.prefix_kv[i][layer]
-        o, lse = attention_with_lse(query[:, :, start: stop], prompt_k, prompt_v, causal=False, scale=scale,
-                                    softcap=softcap)
-        merge_into(start, stop, o[0].transpose(0, 1), lse[0].transpose(0, 1))
+        merge_into(start, stop, *attend(start, stop, *plan.prefix_kv[i][layer], False))
     if plan.keep:
         plan.kept.append([(key[:, :, o: o + n].clone(), value[:, :, o: o + n].clone()) for o, n in plan.keep])
     return out.unsqueeze(0)
