@@ -164,15 +164,20 @@ def test_float32_runs_fused_only_for_a_model_of_real_size(models):
 
 
 @pytest.mark.parametrize("kind", ["bt_llama3", "bt_qwen3", "bt_gemma2"])
-def test_fused_kernels_in_float32_agree_with_the_models_own_code_to_float_rounding(models, kind):
+def test_fused_kernels_in_float32_agree_with_the_models_own_code_to_float_rounding(models, kind, monkeypatch, caplog):
     """Switched on in float32 (as for a model of real size), every norm, MLP and query/key preparation runs fused, and
     the hidden states are the eager forward's to float32 rounding: the same formulas, summed in another order."""
     engine = models(kind).engine
     seqs, positions = awkward_batch(seed=9)
     eager = engine.hidden_at(seqs, positions)
+    monkeypatch.setattr(engine, "_fused", None)
     engine.fused_kernels = True
     try:
-        fast = engine.hidden_at(seqs, positions)
+        with caplog.at_level(logging.INFO, logger="rmplugins"):
+            fast = engine.hidden_at(seqs, positions)
+            engine.hidden_at(seqs[:1], positions[:1])
+        said = [r.getMessage() for r in caplog.records if "run fused CPU kernels" in r.getMessage()]
+        assert len(said) == 1 and "float32" in said[0]  # once, when they are first compiled
         layers = len(engine.backbone.layers)
         norms = sum(type(m).__name__ in fused.NORMS for m in engine.backbone.modules())
         assert engine.worker.fused is engine._fused

@@ -268,6 +268,11 @@ class ScoringEngine:
             on = fused_pays(self.device, self.dtype, getattr(self.backbone.config, "hidden_size", None))
         if on and self._fused is None:
             self._fused = FusedForwards(self.backbone)
+            if self._fused.available:
+                logger.info("rmplugins: %d modules of %s run fused CPU kernels in %s (compiled on this first call, a "
+                            "few seconds; cached on disk); rm.engine.fused_kernels = False turns them off",
+                            len(self._fused.replacements) + len(self._fused.attention), type(self.backbone).__name__,
+                            str(self.dtype).removeprefix("torch."))
         return self._fused if on and self._fused.available else None
 
     def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
