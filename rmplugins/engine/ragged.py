@@ -25,7 +25,9 @@ import torch
 from .packing import pack
 
 BUCKET_OVERHEAD = 64  # one more attention call, in padded tokens, when grouping pieces by length
-ALONE_TOKENS = 256    # a piece this long attends in a call of its own, on its slice of the row (no gather, no pad)
+# a piece this long attends in a call of its own, on its slice of the row (no gather, no pad): the CPU flash
+# kernel costs ~45 us a call whatever its size, which a padded bucket shares only among pieces shorter than this
+ALONE_TOKENS = 24
 
 
 @dataclass
