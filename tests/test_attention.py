@@ -85,6 +85,30 @@ def test_engine_attention_equals_each_sequence_alone(models, kind):
     assert engine.config._attn_implementation == "sdpa"  # switched for the forwards only
 
 
+@pytest.mark.parametrize("kind", ["bt_llama3", "bt_qwen3", "bt_gemma2"])
+def test_last_layer_attends_from_the_read_positions_only(models, kind, monkeypatch):
+    """One read per sequence (a reward's last token; one inside a shared prompt; one sequence another's prefix):
+    the last layer of a forward end to end attends from those positions only, and the hidden states there are
+    those of each sequence alone."""
+    import rmplugins.engine.attention as attention
+
+    engine = models(kind).engine
+    seqs, _ = awkward_batch(seed=4)
+    window = getattr(engine.config, "sliding_window", None) or 10**6
+    seqs = [s for s in seqs if len(s) < window]
+    positions = [[-1] for _ in seqs]
+    positions[1] = [30]  # inside its group's 45-token prompt
+    truth = alone(engine.backbone, seqs, positions)
+    calls = []
+    reads_only = attention._ragged_reads_only
+    monkeypatch.setattr(attention, "_ragged_reads_only", lambda *a: calls.append(a[3].read_rows.numel()) or
+                        reads_only(*a))
+    engine.stats.reset()
+    out = engine.hidden_at(seqs, positions)
+    assert calls and sum(calls) <= len(seqs)
+    assert engine.stats.prefix_groups >= 3 and max_diff(truth, out) < TOL
+
+
 @pytest.mark.parametrize("kind", ["bt_gemma2", "genrm_gemma2"])
 def test_engine_attention_with_soft_capping_and_sliding_layers(models, tiny, kind):
     """Gemma-2: attention logits soft-capped (applied by the engine attention in its math path) and every other

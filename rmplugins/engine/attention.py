@@ -22,6 +22,7 @@ things change, none of them the result:
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -240,11 +241,15 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     every other piece, and each continuation within itself, attends causally over its own tokens (a long one on its
     slice of the row, short ones in length buckets, one fused call each, padding only there); a continuation's two
     parts, and its part over a prompt kept by an earlier call (``plan.prefix_kv``), are merged by log-sum-exp.
-    Every call reads the row in place but the buckets. Returns ``[1, T, heads, head_dim]``."""
+    Every call reads the row in place but the buckets. The last layer (``plan.read_layer``) attends from the read
+    positions only when there are no more of them than pieces. Returns ``[1, T, heads, head_dim]``."""
     layout = plan.ragged
     _, heads, length, dim = query.shape
     kv_heads = key.shape[1]
     out = query.new_empty(length, heads, dim)
+    if layer == plan.read_layer and plan.read_rows is not None and plan.read_rows.numel() <= len(layout.offsets):
+        _ragged_reads_only(query, key, value, plan, scale, softcap, layer, out)
+        return out.unsqueeze(0)
     lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.spans or layout.kept_spans else None
 
     def attend(q_from, q_to, keys, values, causal):  # the row's queries [q_from, q_to) over keys/values [1, kv, n, d]
@@ -283,9 +288,45 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         merge_into(offset + n, end, o[n:], lse[n:])
     for i, (start, stop) in enumerate(layout.kept_spans):
         merge_into(start, stop, *attend(start, stop, *plan.prefix_kv[i][layer], False))
+    _keep(plan, key, value)
+    return out.unsqueeze(0)
+
+
+def _keep(plan: AttentionPlan, key: torch.Tensor, value: torch.Tensor) -> None:
+    """Copy out the keys/values of the prompts a later call will continue."""
     if plan.keep:
         plan.kept.append([(key[:, :, o: o + n].clone(), value[:, :, o: o + n].clone()) for o, n in plan.keep])
-    return out.unsqueeze(0)
+
+
+def _ragged_reads_only(query, key, value, plan: AttentionPlan, scale: float, softcap: float | None, layer: int,
+                       out: torch.Tensor) -> None:
+    """The last layer of a ragged forward, attended from the read positions only (``plan.read_rows``, at most one
+    per piece; the rest of ``out`` is never read): each read position over its own piece up to itself (one query,
+    so nothing to mask), its prompt's part (one call per prompt span or kept prompt for all its reads) merged in."""
+    layout = plan.ragged
+    reads = plan.read_rows.tolist()
+    piece = [bisect.bisect_right(layout.offsets, f) - 1 for f in reads]
+    lse = query.new_empty(len(reads), query.shape[1], dtype=torch.float32)
+    for j, (f, i) in enumerate(zip(reads, piece)):
+        start = layout.offsets[i]
+        o, lse[j] = (t[0, :, 0] for t in attention_with_lse(query[:, :, f: f + 1], key[:, :, start: f + 1],
+                                                            value[:, :, start: f + 1], causal=False, scale=scale,
+                                                            softcap=softcap))
+        out[f] = o
+    parts = [((offset + n, end), (key[:, :, offset: offset + n], value[:, :, offset: offset + n]))
+             for offset, n, end in layout.spans]
+    parts += [(span, plan.prefix_kv[k][layer]) for k, span in enumerate(layout.kept_spans)]
+    for (begin, end), (prompt_k, prompt_v) in parts:
+        mine = [j for j, f in enumerate(reads) if begin <= f < end]
+        if not mine:
+            continue
+        at = torch.as_tensor([reads[j] for j in mine], dtype=torch.long, device=query.device)
+        o, lse_p = attention_with_lse(query.index_select(2, at), prompt_k, prompt_v, causal=False, scale=scale,
+                                      softcap=softcap)
+        rows = torch.as_tensor(mine, dtype=torch.long, device=query.device)
+        both = out.index_select(0, at), lse.index_select(0, rows), o[0].transpose(0, 1), lse_p[0].transpose(0, 1)
+        out.index_copy_(0, at, plan.merge(*both) if plan.merge is not None else merge(*both).to(out.dtype))
+    _keep(plan, key, value)
 
 
 AttentionInterface.register(ENGINE_ATTENTION, engine_attention_forward)

@@ -88,8 +88,10 @@ class BackboneWorker:
         layout = layout.to(self.device)
         plan = AttentionPlan(ragged=layout, keep=keep, prefix_kv=kept or [],
                              merge=self.fused.merge if self.fused is not None else None)
-        with self._fused(), reading_only(self.read_modules, layout.tokens, [reads], self.device), \
+        with self._fused(), reading_only(self.read_modules, layout.tokens, [reads], self.device) as rows, \
                 use_engine_attention(self.backbone):
+            if rows is not None:  # the last layer attends only from the read positions
+                plan.read_layer, plan.read_rows = len(self.backbone.layers) - 1, rows
             out = self.backbone(input_ids=layout.ids, position_ids=layout.position_ids, rmplugins_plan=plan,
                                 use_cache=False)
         hidden = out.last_hidden_state[0].index_select(0, torch.as_tensor(reads, dtype=torch.long,
