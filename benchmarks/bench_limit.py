@@ -206,7 +206,9 @@ def main(argv=None) -> int:
 
     from rmplugins import load_reward_model
 
-    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.competing_load else None
+    # the busy process stops when this one does, however it ends (a killed benchmark leaves no hog behind)
+    busy = "import os\nparent = os.getppid()\nwhile os.getppid() == parent: pass"
+    hog = subprocess.Popen([sys.executable, "-c", busy]) if args.competing_load else None
     try:
         print(f"# bench_limit {datetime.datetime.now():%Y-%m-%d %H:%M} torch {torch.__version__} "
               f"threads={torch.get_num_threads()} competing load: {'one busy process' if hog else 'none'} "

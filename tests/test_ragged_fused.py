@@ -152,6 +152,33 @@ def test_no_compiler_means_eager_kernels_and_one_warning(half_models, monkeypatc
     assert engine.worker.fused is None and max_diff(out, eager) == 0.0
 
 
+def test_a_kernel_its_compiler_gives_up_on_later_runs_eagerly(half_models, monkeypatch, caplog):
+    """Compiled once, a kernel can still fail later (dynamo's recompile limit, reached in a long-lived process
+    that meets many dtypes, thread counts and shapes, raises under fullgraph): that kernel runs its own formula
+    from then on, said once, and the forward's numbers are those of the eager kernels."""
+    engine = half_models("bt_qwen3").engine
+    seqs, positions = awkward_batch(seed=9)
+    engine.fused_kernels = False
+    eager = engine.hidden_at(seqs, positions)
+    engine.fused_kernels = None
+    engine.hidden_at(seqs, positions)  # compiled and working
+    kernel = fused.compiled(fused.silu_times)
+    assert isinstance(kernel, fused.EagerOnFailure) and kernel.fast is not None
+
+    def limit(*args):
+        raise RuntimeError("FailOnRecompileLimitHit: Hard failure due to fullgraph=True")
+
+    monkeypatch.setattr(kernel, "fast", limit)
+    calls = []
+    monkeypatch.setattr(kernel, "fn", lambda *a: calls.append(1) or fused.silu_times(*a))
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        out = engine.hidden_at(seqs, positions)
+        engine.hidden_at(seqs, positions)
+    warnings = [r for r in caplog.records if "runs eagerly from now on" in r.getMessage()]
+    assert len(warnings) == 1 and "RecompileLimit" in warnings[0].getMessage() and kernel.fast is None
+    assert calls and max_diff(out, eager) < 0.05 * max(o.float().abs().max().item() for o in eager)
+
+
 def test_float32_runs_fused_only_for_a_model_of_real_size(models):
     engine = models("bt_qwen3").engine  # hidden size 64: a compile it would never earn back
     engine.hidden_at([[5, 6, 7]], [[-1]])

@@ -325,7 +325,7 @@ def _ragged_reads_only(query, key, value, plan: AttentionPlan, scale: float, sof
                                       softcap=softcap)
         rows = torch.as_tensor(mine, dtype=torch.long, device=query.device)
         both = out.index_select(0, at), lse.index_select(0, rows), o[0].transpose(0, 1), lse_p[0].transpose(0, 1)
-        out.index_copy_(0, at, plan.merge(*both) if plan.merge is not None else merge(*both).to(out.dtype))
+        out.index_copy_(0, at, merge(*both).to(out.dtype))  # a few rows: eager (no graph of their own to compile)
     _keep(plan, key, value)
 
 

@@ -16,6 +16,7 @@ on a probe input agrees with its own forward; if compiling fails (no C++ compile
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 
@@ -113,8 +114,47 @@ def compiled(fn):
         return None
     with _compile_lock:
         if fn not in _compiled:
-            _compiled[fn] = torch.compile(fn, dynamic=True, fullgraph=True)
+            _compiled[fn] = EagerOnFailure(fn, torch.compile(fn, dynamic=True, fullgraph=True))
         return _compiled[fn]
+
+
+@contextlib.contextmanager
+def _sizes_never_unified():
+    """Compile without "duck sizing" (two sizes, strides or offsets equal on the first call taken as always equal):
+    a slice's storage offset that happened to equal another input's would otherwise cost a graph of its own. Set
+    and restored around each call (3 us; ``config.patch`` costs 70)."""
+    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
+    before = getattr(config, "use_duck_shape", None)
+    if before is None:
+        yield
+        return
+    config.use_duck_shape = False
+    try:
+        yield
+    finally:
+        config.use_duck_shape = before
+
+
+class EagerOnFailure:
+    """A compiled kernel that runs its own eager formula from the first call its compiled form cannot serve (a
+    later compile failing, dynamo's limit of recompiles reached: each dtype, thread count and input rank is a graph
+    of its own), logged once: a forward never fails because a kernel could not be compiled. An error that is not
+    the compiler's is raised again by the eager formula itself."""
+
+    def __init__(self, fn, fast):
+        self.fn, self.fast = fn, fast
+
+    def __call__(self, *args):
+        if self.fast is not None:
+            try:
+                with _sizes_never_unified():
+                    return self.fast(*args)
+            except Exception as err:  # noqa: BLE001 (whatever the compiler raised: the formula runs eagerly)
+                self.fast = None
+                logger.warning("rmplugins: the fused CPU kernel %s runs eagerly from now on (same results, slower): "
+                               "%s: %s", self.fn.__name__, type(err).__name__,
+                               str(err).splitlines()[0] if str(err) else "")
+        return self.fn(*args)
 
 
 class FusedForwards:
@@ -272,6 +312,8 @@ class FusedForwards:
         fn = compiled(act)
 
         def forward(x):
+            if x.dim() == 2:  # the last layer's read rows (.read_positions): the forwards' graph, not one more
+                return forward(x.unsqueeze(0)).squeeze(0)
             return module.down_proj(fn(module.gate_proj(x), module.up_proj(x)))
         return forward
 
