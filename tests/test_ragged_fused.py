@@ -136,7 +136,7 @@ def test_no_compiler_means_eager_kernels_and_one_warning(half_models, monkeypatc
     eager = engine.hidden_at(seqs, positions)
     engine.fused_kernels = None
 
-    def no_compiler(fn):
+    def no_compiler(fn, dtype=None):
         def fails(*args, **kwargs):
             raise RuntimeError("InductorError: CppCompileError: C++ compile error\nno g++ found")
         return fails
@@ -162,7 +162,7 @@ def test_a_kernel_its_compiler_gives_up_on_later_runs_eagerly(half_models, monke
     eager = engine.hidden_at(seqs, positions)
     engine.fused_kernels = None
     engine.hidden_at(seqs, positions)  # compiled and working
-    kernel = fused.compiled(fused.silu_times)
+    kernel = fused.compiled(fused.silu_times, torch.bfloat16)
     assert isinstance(kernel, fused.EagerOnFailure) and kernel.fast is not None
 
     def limit(*args):

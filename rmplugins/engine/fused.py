@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import types
 
 import torch
 import torch.nn.functional as F
@@ -29,14 +30,26 @@ from .swap import forwards_swapped
 logger = logging.getLogger("rmplugins")
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def epsilon(value: float) -> torch.Tensor:
+    """A norm's epsilon as the compiled kernels take it: a float32 scalar tensor, an input of the graph. A Python
+    float would be a constant of it, so each model's epsilon would cost a graph of its own (with two dtypes and two
+    thread counts, two epsilons reached dynamo's limit of 8 graphs per kernel)."""
+    if value not in _epsilons:
+        _epsilons[value] = torch.tensor(value, dtype=torch.float32)
+    return _epsilons[value]
+
+
+_epsilons: dict[float, torch.Tensor] = {}
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """Llama, Mistral, Qwen2, Qwen3: ``weight * (x / rms(x) in float32).to(x.dtype)``."""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
 
 
-def rms_norm_plus_one(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm_plus_one(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
     """Gemma-2: ``(x / rms(x) * (1 + weight)).to(x.dtype)``, all in float32."""
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -51,7 +64,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def normed_rope(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor):
+def normed_rope(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor):
     """Qwen3's per-head RMSNorm of queries/keys, then the rotary embedding, in one pass."""
     return rope(rms_norm(x, weight, eps), cos, sin)
 
@@ -62,7 +76,7 @@ def rope_heads_first(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     return rope(x, cos, sin).transpose(1, 2).contiguous()
 
 
-def normed_rope_heads_first(x: torch.Tensor, weight: torch.Tensor, eps: float, cos: torch.Tensor,
+def normed_rope_heads_first(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor, cos: torch.Tensor,
                             sin: torch.Tensor) -> torch.Tensor:
     return normed_rope(x, weight, eps, cos, sin).transpose(1, 2).contiguous()
 
@@ -108,14 +122,18 @@ _compile_lock = threading.Lock()
 _broken: list[str] = []  # why compiling failed, once
 
 
-def compiled(fn):
-    """``torch.compile(fn)`` with dynamic shapes, made once per process; None when compiling is not possible."""
+def compiled(fn, dtype: torch.dtype | None = None):
+    """``torch.compile(fn)`` with dynamic shapes, made once per process and dtype; None when compiling is not
+    possible. Each dtype compiles a copy of ``fn`` with a code object of its own: dynamo keeps a kernel's graphs,
+    and its limit of 8 of them, per code object, and every thread count a forward runs with is a graph too."""
     if _broken:
         return None
     with _compile_lock:
-        if fn not in _compiled:
-            _compiled[fn] = EagerOnFailure(fn, torch.compile(fn, dynamic=True, fullgraph=True))
-        return _compiled[fn]
+        if (fn, dtype) not in _compiled:
+            own = fn if dtype is None else types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                                                              fn.__defaults__, fn.__closure__)
+            _compiled[fn, dtype] = EagerOnFailure(fn, torch.compile(own, dynamic=True, fullgraph=True))
+        return _compiled[fn, dtype]
 
 
 @contextlib.contextmanager
@@ -165,7 +183,8 @@ class FusedForwards:
     def __init__(self, backbone: torch.nn.Module):
         self.replacements: list[tuple[torch.nn.Module, object]] = []
         self.attention: list[tuple[torch.nn.Module, object]] = []  # only with the engine attention
-        self.merge = compiled(merged)  # the engine attention's log-sum-exp merge
+        dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), None)
+        self.merge = compiled(merged, dtype)  # the engine attention's log-sum-exp merge
         probed: dict[tuple, bool] = {}
         for module in backbone.modules():
             name = type(module).__name__
@@ -180,7 +199,7 @@ class FusedForwards:
                 if key not in probed:
                     probed[key] = self._agrees(module, formula, (module.weight.numel(),), eps)
                 if probed[key]:
-                    self.replacements.append((module, self._norm_forward(module, formula, float(eps))))
+                    self.replacements.append((module, self._norm_forward(module, formula, epsilon(float(eps)))))
             elif name in GATED_MLPS:
                 act = ACTIVATIONS.get(type(getattr(module, "act_fn", None)).__name__)
                 if act is None or not all(hasattr(module, p) for p in ("gate_proj", "up_proj", "down_proj")):
@@ -208,18 +227,18 @@ class FusedForwards:
     # Probes are shaped as the engine's forwards are ([1, tokens, ...]: one row end to end), so the graph compiled
     # here is the one the forwards use (torch.compile specialises a dimension of size 1).
     def _agrees(self, module, formula, shape, eps) -> bool:
-        fn = compiled(formula)
+        fn = compiled(formula, module.weight.dtype)
         if fn is None:
             return False
         x = torch.randn(1, 5, *shape, dtype=module.weight.dtype, device=module.weight.device)
         try:
-            return self._close(fn(x, module.weight, float(eps)), module(x))
+            return self._close(fn(x, module.weight, epsilon(float(eps))), module(x))
         except Exception as err:  # noqa: BLE001 (any compiler failure: run as before)
             self._give_up(err)
             return False
 
     def _gated_agrees(self, module, act) -> bool:
-        fn = compiled(act)
+        fn = compiled(act, module.gate_proj.weight.dtype)
         if fn is None:
             return False
         w = module.gate_proj.weight
@@ -249,11 +268,11 @@ class FusedForwards:
         fns = []
         for norm, (plain, normed) in zip(norms, [(rope_heads_first, normed_rope_heads_first), (rope, normed_rope)]):
             if norm is None:
-                fns.append(compiled(plain))
+                fns.append(compiled(plain, module.q_proj.weight.dtype))
             else:
-                fn = compiled(normed)
-                fns.append(None if fn is None else (lambda x, c, s, f=fn, n=norm: f(x, n.weight, n.variance_epsilon,
-                                                                                    c, s)))
+                fn = compiled(normed, module.q_proj.weight.dtype)
+                fns.append(None if fn is None else (lambda x, c, s, f=fn, n=norm, e=epsilon(float(
+                    norm.variance_epsilon)): f(x, n.weight, e, c, s)))
         if any(f is None for f in fns):
             return None
         if key not in probed:
@@ -301,7 +320,7 @@ class FusedForwards:
 
     @staticmethod
     def _norm_forward(module, formula, eps):
-        fn = compiled(formula)
+        fn = compiled(formula, module.weight.dtype)
 
         def forward(hidden_states):
             return fn(hidden_states, module.weight, eps)
@@ -309,7 +328,7 @@ class FusedForwards:
 
     @staticmethod
     def _mlp_forward(module, act):
-        fn = compiled(act)
+        fn = compiled(act, module.gate_proj.weight.dtype)
 
         def forward(x):
             if x.dim() == 2:  # the last layer's read rows (.read_positions): the forwards' graph, not one more
