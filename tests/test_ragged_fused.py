@@ -179,6 +179,16 @@ def test_a_kernel_its_compiler_gives_up_on_later_runs_eagerly(half_models, monke
     assert calls and max_diff(out, eager) < 0.05 * max(o.float().abs().max().item() for o in eager)
 
 
+def test_running_out_of_memory_is_not_the_compilers_failure():
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    kernel = fused.EagerOnFailure(fused.silu_times, out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        kernel(torch.ones(3), torch.ones(3))
+    assert kernel.fast is out_of_memory  # still compiled: the engine splits the batch and tries again
+
+
 def test_float32_runs_fused_only_for_a_model_of_real_size(models):
     engine = models("bt_qwen3").engine  # hidden size 64: a compile it would never earn back
     engine.hidden_at([[5, 6, 7]], [[-1]])

@@ -167,6 +167,8 @@ class EagerOnFailure:
             try:
                 with _sizes_never_unified():
                     return self.fast(*args)
+            except torch.OutOfMemoryError:  # the forward's to handle (split and retry), not the compiler's
+                raise
             except Exception as err:  # noqa: BLE001 (whatever the compiler raised: the formula runs eagerly)
                 self.fast = None
                 logger.warning("rmplugins: the fused CPU kernel %s runs eagerly from now on (same results, slower): "
