@@ -309,10 +309,9 @@ def _ragged_reads_only(query, key, value, plan: AttentionPlan, scale: float, sof
     lse = query.new_empty(len(reads), query.shape[1], dtype=torch.float32)
     for j, (f, i) in enumerate(zip(reads, piece)):
         start = layout.offsets[i]
-        o, lse[j] = (t[0, :, 0] for t in attention_with_lse(query[:, :, f: f + 1], key[:, :, start: f + 1],
-                                                            value[:, :, start: f + 1], causal=False, scale=scale,
-                                                            softcap=softcap))
-        out[f] = o
+        o, o_lse = attention_with_lse(query[:, :, f: f + 1], key[:, :, start: f + 1], value[:, :, start: f + 1],
+                                      causal=False, scale=scale, softcap=softcap)
+        out[f], lse[j] = o[0, :, 0], o_lse[0, :, 0]
     parts = [((offset + n, end), (key[:, :, offset: offset + n], value[:, :, offset: offset + n]))
              for offset, n, end in layout.spans]
     parts += [(span, plan.prefix_kv[k][layer]) for k, span in enumerate(layout.kept_spans)]

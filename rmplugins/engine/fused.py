@@ -30,6 +30,9 @@ from .swap import forwards_swapped
 logger = logging.getLogger("rmplugins")
 
 
+_epsilons: dict[float, torch.Tensor] = {}
+
+
 def epsilon(value: float) -> torch.Tensor:
     """A norm's epsilon as the compiled kernels take it: a float32 scalar tensor, an input of the graph. A Python
     float would be a constant of it, so each model's epsilon would cost a graph of its own (with two dtypes and two
@@ -37,9 +40,6 @@ def epsilon(value: float) -> torch.Tensor:
     if value not in _epsilons:
         _epsilons[value] = torch.tensor(value, dtype=torch.float32)
     return _epsilons[value]
-
-
-_epsilons: dict[float, torch.Tensor] = {}
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float | torch.Tensor) -> torch.Tensor:
