@@ -65,6 +65,7 @@ gpu-check:
 bench-server: setup
 	$(PY) benchmarks/bench_server.py
 	$(PY) benchmarks/bench_groups.py
+	$(PY) benchmarks/bench_soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -275,10 +275,11 @@ def plot(path: Path, results: dict) -> list[Path]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
-                                                         str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
+                                                         str(Path(tempfile.gettempdir()) / "rmplugins-bench")),
+                   help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
     p.add_argument("--plots", default=str(HERE / "plots"), help="where the PNG plots go")
     p.add_argument("--quick", action="store_true", help="smaller sweeps (a check, not the figures)")
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     p.add_argument("--memory-probe", nargs=4, metavar=("MODEL", "N", "PROMPT_TOKENS", "BUDGET"),
                    help=argparse.SUPPRESS)  # one point of the memory sweep, run in a fresh process
     args = p.parse_args(argv)

@@ -65,13 +65,15 @@ def floor_tokens(kind: str, rm, groups) -> tuple[int | str, int | str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
-                                                         str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
-    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-    p.add_argument("--prompts", type=int, default=4)
+                                                         str(Path(tempfile.gettempdir()) / "rmplugins-bench")),
+                   help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
+    p.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                   help="model families to run (Bradley-Terry, ArmoRM, pair-PM, GPM)")
+    p.add_argument("--prompts", type=int, default=4, help="prompts in the workload")
     p.add_argument("--n", type=int, default=8, help="candidates per prompt")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and candidates")
+    p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

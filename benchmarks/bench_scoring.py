@@ -403,17 +403,18 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
-                                                              str(Path(tempfile.gettempdir()) / "rmplugins-bench")))
+                                                              str(Path(tempfile.gettempdir()) / "rmplugins-bench")),
+                        help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
     parser.add_argument("--workload", choices=("rollout", "short"), default="rollout",
                         help="pointwise lengths: rollout-like (default) or the earlier shorter ones")
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--prompts", type=int, default=8, help="prompts in the pointwise workload")
+    parser.add_argument("--candidates", type=int, default=8, help="candidates per prompt")
     parser.add_argument("--pair-prompts", type=int, default=2, help="prompts in the pair-PM best-of-8 section")
-    parser.add_argument("--gpu-prompts", type=int, default=64)
+    parser.add_argument("--gpu-prompts", type=int, default=64, help="prompts in the GPU throughput section")
     parser.add_argument("--repeat", type=int, default=2, help="best of N timed rounds per path (after a warm-up)")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-gpu", action="store_true")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic prompts and candidates")
+    parser.add_argument("--skip-gpu", action="store_true", help="leave out the GPU section where a GPU is present")
     parser.add_argument("--skip-vllm", action="store_true", help="leave out vLLM, the peer")
     parser.add_argument("--throughput-dry-run", action="store_true",
                         help="run the GPU throughput section's code on CPU with the small shape (checks it, no MFU)")

@@ -5,7 +5,7 @@ bounded in time and in requests, against a real server process on 127.0.0.1.
 - hostile clients, in a loop: malformed JSON, 3000-deep nesting, a 5000-digit number, text/plain bodies, bodies
   over the size limit, non-string content parts and lone surrogates to /score, chat-templated text no template
   reproduces, both length headers, a client gone mid-body, a 1-byte-per-second header, idle connections, and
-  valid 4 MB samples;
+  well-formed 4 MB samples (under the body limit, over --max-sample-chars: 413 before any work);
 - a prober: GET /health every 100 ms.
 
 Reported: good requests/s and p50/p99, every status seen by each side, 5xx answers (must be 0), /health p50/p99
@@ -26,8 +26,10 @@ from pathlib import Path
 
 import aiohttp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_server import Server, default_models, make_payloads  # noqa: E402
+from bench_server import payload, short_conversations  # noqa: E402
+from peers import ServerProcess, rmplugins_serve  # noqa: E402
 
 
 def rss_mb(pid: int) -> float:
@@ -78,7 +80,7 @@ async def raw(port: int, data: bytes, pause: float = 0.0, close_after: float = 0
         writer.close()
 
 
-async def soak(args, server: Server, payloads: list[dict]) -> dict:
+async def soak(args, server: ServerProcess, payloads: list[dict]) -> dict:
     deadline = time.monotonic() + args.seconds
     good_status, bad_status = collections.Counter(), collections.Counter()
     latencies, health = [], []
@@ -104,7 +106,7 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
             latencies.append(time.perf_counter() - t)
 
     big = dict(payloads[0])
-    big["query"] = [big["prompts"][0] + "word " * 800_000]  # ~4 MB, under the 8 MiB body limit
+    big["query"] = [big["prompts"][0] + "word " * 800_000]  # ~4 MB: under the 8 MiB body limit, over the sample limit
 
     async def hostile(i):
         rng = random.Random(1000 + i)
@@ -132,7 +134,7 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
                 answer = await raw(server.port, head, pause=1.0)  # slowloris: cut off by --read-timeout
             elif which == 3:
                 answer = await raw(server.port, b"")  # idle: the server must close it after --read-timeout
-            else:  # a valid sample of ~4 MB: parsed off the event loop, truncated by the model, scored
+            else:  # a well-formed sample of ~4 MB: parsed off the event loop, refused as too long
                 try:
                     async with aiohttp.ClientSession(timeout=timeout) as s, \
                             s.post(server.url + "/get_reward", json=big) as r:
@@ -171,34 +173,38 @@ async def soak(args, server: Server, payloads: list[dict]) -> dict:
             "rss_mb": {"start": round(start_rss), "peak": round(max(peak)), "end": round(rss_mb(server.proc.pid))}}
 
 
-def main() -> None:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="reward model (default: the tiny ArmoRM checkpoint)")
     p.add_argument("--policy-tokenizer", default=None, help="policy tokenizer (default: the tiny Llama-3 policy)")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="the server's --device (default: its own choice)")
     p.add_argument("--seconds", type=float, default=60.0, help="how long the soak runs")
     p.add_argument("--max-requests", type=int, default=200_000, help="stop after this many requests in all")
-    p.add_argument("--good-clients", type=int, default=32)
-    p.add_argument("--hostile-clients", type=int, default=16)
+    p.add_argument("--good-clients", type=int, default=32, help="well-behaved clients (one sample per request)")
+    p.add_argument("--hostile-clients", type=int, default=16, help="hostile clients, running at the same time")
     p.add_argument("--read-timeout", type=float, default=5.0, help="the server's --read-timeout")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
-    args = p.parse_args()
-    default_models(args)
-    args.max_batch_size, args.max_wait_ms = 64, 5.0
-    args.server_args = ["--read-timeout", str(args.read_timeout)]
+    args = p.parse_args(argv)
     from transformers import AutoTokenizer
 
-    payloads = make_payloads(AutoTokenizer.from_pretrained(args.policy_tokenizer), 512, 60, seed=5)
-    server = Server(args, batched=True)
+    from rmplugins.testing import tiny_checkpoint
+
+    model = args.model or tiny_checkpoint("armorm")
+    policy = args.policy_tokenizer or tiny_checkpoint("policy")
+    tok = AutoTokenizer.from_pretrained(policy)
+    payloads = [payload(tok, m, r) for m, r in short_conversations(512, seed=5)]
+    extra = ["--max-batch-size", "64", "--max-wait-ms", "5", "--read-timeout", str(args.read_timeout)]
+    server = rmplugins_serve(model, policy, *extra, *(["--device", args.device] if args.device else []))
     try:
-        asyncio.run(server.wait())
+        server.wait()
         result = asyncio.run(soak(args, server, payloads))
     finally:
         server.stop()
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

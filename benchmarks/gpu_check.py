@@ -243,7 +243,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dry-run", action="store_true", help="the CPU, tiny shapes: checks the script, in seconds")
     p.add_argument("--json", default=None, help="also write the rows to this file")
-    p.add_argument("--skip", nargs="*", default=[], choices=["parity", "throughput", "colocation"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["parity", "throughput", "colocation"],
+                   help="sections to leave out")
     args = p.parse_args(argv)
     if args.dry_run:
         device = "cpu"
