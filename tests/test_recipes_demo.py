@@ -62,3 +62,25 @@ def test_recipe_examples_run_with_tiny(tmp_path, example, table):
                           str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     assert table in res.stdout and "after iter 1" in res.stdout
+
+
+# The TRL examples the docs point to (docs/trl.md), run as a user would with --tiny: real trainers, the tiny
+# checkpoints the tests build. What each prints last is what it exists to show.
+@pytest.mark.parametrize("example,shows", [
+    ("grpo_armorm", "/objective/"),                        # ArmoRM's per-objective means
+    ("grpo_gpm_gpo", "rewards/"),                          # GPO rewards over each prompt's group
+    ("online_dpo_pairpm", "win rate vs. the initial policy:"),
+])
+def test_trl_examples_run_with_tiny(tiny_root, tmp_path, example, shows):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "RMPLUGINS_TINY_DIR": tiny_root, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([sys.executable, str(root / "examples" / f"{example}.py"), "--tiny", "--output-dir",
+                          str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    assert shows in last, res.stdout[-2000:]
+    assert "nan" not in last.lower(), last
