@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rmplugins.engine import ScoringEngine
-from rmplugins.engine.attention import attention_with_lse, merge, supports_engine_attention
+from rmplugins.engine.attention import attention_with_lse, merge, padded_keys, supports_engine_attention
 
 TOL = 2e-5
 # Mistral, Llama-3, Llama-3.2 (RoPE scaling), Qwen2 (the PRM too), Qwen3 (q/k norms) backbones
@@ -32,6 +32,29 @@ def test_attention_with_lse_is_softmax_attention(fused, causal):
     out, lse = attention_with_lse(q, k, v, causal=causal, scale=0.3, fused=fused)
     ref_out, ref_lse = softmax_attention(q, k, v, 0.3, causal)
     assert (out - ref_out).abs().max() < 1e-5 and (lse - ref_lse).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_keys_past_key_count_are_never_attended(fused, causal, dtype):
+    """The padding keys the ragged attention hands the fused kernel (the row's next tokens, here large values) change
+    nothing: the same output and log-sum-exp as the real keys alone."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(1, 4, 23, 16, generator=g).to(dtype)
+    k, v = torch.randn(1, 2, 32, 16, generator=g) * 4, torch.randn(1, 2, 32, 16, generator=g) * 100
+    k[:, :, :19], v[:, :, :19] = k[:, :, :19] / 4, v[:, :, :19] / 100
+    k, v = k.to(dtype), v.to(dtype)
+    out, lse = attention_with_lse(q, k, v, causal=causal, scale=0.3, fused=fused, key_count=19)
+    ref_out, ref_lse = attention_with_lse(q, k[:, :, :19], v[:, :, :19], causal=causal, scale=0.3, fused=fused)
+    tol = 1e-5 if dtype == torch.float32 else 0.02  # bf16: one rounding step of outputs of about 1
+    assert (out.float() - ref_out.float()).abs().max() <= tol and (lse - ref_lse).abs().max() < 1e-4
+    assert out.float().abs().max() < 10  # none of the values of about 100 got in
+
+
+def test_padded_keys_round_up_to_the_kernels_vector_width_within_the_row():
+    assert [padded_keys(n, 1000) for n in (1, 16, 17, 300, 304)] == [16, 16, 32, 304, 304]
+    assert padded_keys(300, 302) == 302 and padded_keys(300, 300) == 300  # never past the row's end
 
 
 def test_merge_of_two_key_sets_is_attention_over_their_union():

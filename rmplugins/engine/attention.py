@@ -110,7 +110,8 @@ def soft_capped(scores: torch.Tensor, softcap: float | None) -> torch.Tensor:
 
 
 def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *, causal: bool, scale: float,
-                       fused: bool | None = None, softcap: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       fused: bool | None = None, softcap: float | None = None,
+                       key_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``softmax(softcap(q k^T * scale)) v`` and its log-sum-exp (float32), for ``[batch, heads, length, head_dim]``
     queries and ``[batch, kv_heads, length, head_dim]`` keys/values (grouped-query: each key/value head serves
     ``heads // kv_heads`` consecutive query heads; ``causal``: query ``i`` sees keys ``<= i``, aligned top-left as
@@ -118,14 +119,19 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
     On CPU PyTorch's fused flash kernel returns both (and reads grouped heads in place); elsewhere, with
     ``fused=False`` and with soft-capping (which the fused kernel lacks) the math runs in float32 chunks of queries
-    over repeated key/value heads."""
+    over repeated key/value heads. ``key_count``: only the first ``key_count`` keys are attended to (the rest pad
+    the keys to the kernel's vector width, :func:`padded_keys`)."""
     if fused is None:
         fused = query.device.type == "cpu"
+    k_len = key.shape[-2]
+    hidden_keys = key_count is not None and key_count < k_len
     if fused and not softcap:
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal, scale=scale)
+        mask = _hidden_keys_mask(key_count, k_len, query.dtype, query.device) if hidden_keys else None
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal,
+                                                                           attn_mask=mask, scale=scale)
     rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, rep), repeat_kv(value, rep)
-    q_len, k_len = query.shape[-2], key.shape[-2]
+    q_len = query.shape[-2]
     chunk = max(1, MATH_CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * k_len))
     outs, lses = [], []
     for start in range(0, q_len, chunk):
@@ -134,10 +140,41 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         if causal:
             rows = torch.arange(start, start + q.shape[-2], device=query.device).unsqueeze(1)
             scores = scores.masked_fill(torch.arange(k_len, device=query.device) > rows, float("-inf"))
+        if hidden_keys:
+            scores[..., key_count:] = float("-inf")
         lse = torch.logsumexp(scores, dim=-1)
         outs.append(torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), value.float()).to(query.dtype))
         lses.append(lse)
     return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+# The CPU flash kernel's softmax runs over a row of scores 16 floats a vector step and exponentiates what is left of
+# the row one score at a time (std::exp): keys a multiple of 16 long run 10-40 % faster (700 queries over 300 keys
+# in bf16: 2.3 ms against 2.7; 83 causal queries over their own 83 keys 0.21 against 0.29; float32 5-10 %).
+KEY_BLOCK = 16
+
+
+def padded_keys(length: int, room: int) -> int:
+    """How many keys to hand the fused CPU kernel for ``length`` real ones when ``room`` lie in the row from the
+    first: ``length`` rounded up to :data:`KEY_BLOCK`, at most ``room``. The keys past ``length`` are the row's next
+    tokens, hidden from every query (by causality or ``key_count``): they cost a few scores, never a result."""
+    return max(length, min(room, -(-length // KEY_BLOCK) * KEY_BLOCK))
+
+
+_masks: dict[tuple, torch.Tensor] = {}
+
+
+def _hidden_keys_mask(count: int, length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An additive mask ``[1, 1, 1, length]``: 0 for the first ``count`` keys, -inf for the rest (cached: a few
+    shapes per model)."""
+    key = (count, length, dtype, device)
+    if key not in _masks:
+        if len(_masks) > 4096:
+            _masks.clear()
+        mask = torch.zeros(1, 1, 1, length, dtype=dtype, device=device)
+        mask[..., count:] = float("-inf")
+        _masks[key] = mask
+    return _masks[key]
 
 
 def merge(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor) -> torch.Tensor:
@@ -252,20 +289,24 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         return out.unsqueeze(0)
     lse_all = query.new_empty(length, heads, dtype=torch.float32) if layout.spans or layout.kept_spans else None
 
-    def attend(q_from, q_to, keys, values, causal):  # the row's queries [q_from, q_to) over keys/values [1, kv, n, d]
+    # the fused CPU kernel is handed the row's keys up to a multiple of KEY_BLOCK (the tokens after a piece, hidden)
+    pad = query.device.type == "cpu" and not softcap
+
+    def attend(q_from, q_to, keys, values, causal, key_count=None):  # the row's queries [q_from, q_to) over keys
         o, lse = attention_with_lse(query[:, :, q_from: q_to], keys, values, causal=causal, scale=scale,
-                                    softcap=softcap)
+                                    softcap=softcap, key_count=key_count)
         return o[0].transpose(0, 1), lse[0].transpose(0, 1)  # [n, heads, dim], [n, heads] (views)
 
-    def own(start, stop):  # the row's keys/values [start, stop)
+    def own(start, n):  # the row's keys/values [start, start + n), on CPU padded to the kernel's vector width
+        stop = start + (padded_keys(n, length - start) if pad else n)
         return key[:, :, start: stop], value[:, :, start: stop]
 
     def merge_into(start, stop, o, lse):
         mine = out[start: stop], lse_all[start: stop], o, lse
         out[start: stop] = plan.merge(*mine) if plan.merge is not None else merge(*mine).to(out.dtype)
 
-    for offset, n in layout.alone:
-        out[offset: offset + n], lse = attend(offset, offset + n, *own(offset, offset + n), True)
+    for offset, n in layout.alone:  # causal, top-left: query i sees keys <= i, never the padding past the piece
+        out[offset: offset + n], lse = attend(offset, offset + n, *own(offset, n), True)
         if lse_all is not None:
             lse_all[offset: offset + n] = lse
     flat_q = query[0].transpose(0, 1)                      # [T, heads, dim] (views: no copy)
@@ -283,7 +324,7 @@ def ragged_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
         if lse_all is not None:
             lse_all.index_copy_(0, dest, lse[at_row, :, at_col])
     for offset, n, end in layout.spans:  # top-left causal: the prompt within itself, continuations over all of it
-        o, lse = attend(offset, end, *own(offset, offset + n), True)
+        o, lse = attend(offset, end, *own(offset, n), True, key_count=n)  # (and never over the keys past it)
         out[offset: offset + n] = o[:n]
         merge_into(offset + n, end, o[n:], lse[n:])
     for i, (start, stop) in enumerate(layout.kept_spans):
