@@ -54,7 +54,7 @@ def test_keys_past_key_count_are_never_attended(fused, causal, dtype):
 
 def test_padded_keys_round_up_to_the_kernels_vector_width_within_the_row():
     assert [padded_keys(n, 1000) for n in (1, 16, 17, 300, 304)] == [16, 16, 32, 304, 304]
-    assert padded_keys(300, 302) == 302 and padded_keys(300, 300) == 300  # never past the row's end
+    assert padded_keys(300, 302) == 300 and padded_keys(300, 300) == 300  # never past the row's end, never in part
 
 
 def test_merge_of_two_key_sets_is_attention_over_their_union():

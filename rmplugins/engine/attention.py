@@ -156,9 +156,11 @@ KEY_BLOCK = 16
 
 def padded_keys(length: int, room: int) -> int:
     """How many keys to hand the fused CPU kernel for ``length`` real ones when ``room`` lie in the row from the
-    first: ``length`` rounded up to :data:`KEY_BLOCK`, at most ``room``. The keys past ``length`` are the row's next
-    tokens, hidden from every query (by causality or ``key_count``): they cost a few scores, never a result."""
-    return max(length, min(room, -(-length // KEY_BLOCK) * KEY_BLOCK))
+    first: ``length`` rounded up to :data:`KEY_BLOCK` where the row holds that many, else ``length`` (a shorter
+    padding would keep a tail and add a mask). The keys past ``length`` are the row's next tokens, hidden from every
+    query (by causality or ``key_count``): they cost a few scores, never a result."""
+    whole = -(-length // KEY_BLOCK) * KEY_BLOCK
+    return whole if whole <= room else length
 
 
 _masks: dict[tuple, torch.Tensor] = {}
