@@ -14,6 +14,7 @@ from test_attention import CAUSAL_KINDS, TOL, alone, awkward_batch, max_diff
 from rmplugins import load_reward_model
 from rmplugins.engine import fused
 from rmplugins.engine.ragged import Piece, lay_out
+from rmplugins.engine.shapes import ROUND_BELOW, rounded, rounds
 
 HALF_KINDS = ["bt", "bt_llama3", "bt_qwen25", "bt_qwen3", "bt_gemma2"]  # Mistral, Llama-3, Qwen2, Qwen3, Gemma-2
 
@@ -116,6 +117,54 @@ def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, model
     scale = max(h.abs().max().item() for h in exact)
     assert max_diff(fast, eager) < 0.03 * scale
     assert abs(max_diff(fast, exact) - max_diff(eager, exact)) < 0.03 * scale
+
+
+def test_rounded_lengths_lie_on_a_grid_of_a_sixteenth_and_never_past_the_budget():
+    assert [rounded(t) for t in (1, 16, 17, 255, 256, 351, 513, 1025, 2047)] == [16, 16, 32, 256, 256, 352, 544,
+                                                                                1088, 2048]
+    assert rounded(ROUND_BELOW) == ROUND_BELOW and rounded(3001) == 3001 and rounded(0) == 0
+    for t in range(1, ROUND_BELOW):
+        r = rounded(t)
+        assert t <= r and (r - t) * 16 <= max(t, 256)           # at most a 16th more (16 tokens below 256)
+        assert rounded(r) == r and rounded(r - 1) == r          # a grid: every length rounds to its top
+    assert rounded(305, limit=310) == 310 and rounded(300, limit=310) == 304 and rounded(305, limit=200) == 305
+    assert rounds(torch.device("cpu"), torch.bfloat16) and rounds(torch.device("cpu"), torch.float16)
+    assert not rounds(torch.device("cpu"), torch.float32) and not rounds(torch.device("cuda"), torch.bfloat16)
+
+
+@pytest.mark.parametrize("kind", ["bt_qwen3", "bt_llama3"])
+def test_half_precision_rows_are_rounded_and_the_filler_changes_nothing(half_models, models, kind):
+    """In bf16 on CPU a forward's row and its last layer's read rows run rounded up to the grid (oneDNN then finds
+    its kernels built for the next call of a nearby length): the filler is counted as padding, the read rows' copies
+    are dropped, and the hidden states agree with the unrounded forward to bf16's rounding."""
+    engine = half_models(kind).engine
+    seqs, positions = awkward_batch(seed=9)
+    last = engine.backbone.layers[-1].self_attn.q_proj
+    rows_seen = []
+    hook = last.register_forward_hook(lambda m, args, out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1])
+                                                                           .shape[0]))
+    try:
+        engine.stats.reset()
+        rounded_out = engine.hidden_at(seqs, positions)
+        processed, padded = engine.stats.tokens_processed, engine.stats.tokens_padded
+        engine.round_shapes = False
+        engine.stats.reset()
+        plain = engine.hidden_at(seqs, positions)
+    finally:
+        engine.round_shapes = None
+        hook.remove()
+    assert engine.stats.forwards == 1 and engine.stats.tokens_processed == processed == engine.stats.tokens_padded
+    assert padded == rounded(processed) > processed  # this batch's row is off the grid
+    reads = rows_seen[1]  # the unrounded forward's: one row per distinct read position
+    assert rows_seen[0] == rounded(reads) > reads
+    exact = alone(models(kind).engine.backbone, seqs, positions)
+    scale = max(h.abs().max().item() for h in exact)
+    assert max_diff(rounded_out, plain) < 0.03 * scale
+    assert abs(max_diff(rounded_out, exact) - max_diff(plain, exact)) < 0.03 * scale
+    float32 = models(kind).engine  # multiplies with MKL: never rounded
+    float32.stats.reset()
+    float32.hidden_at(seqs, positions)
+    assert float32.stats.forwards == 1 and float32.stats.tokens_padded == float32.stats.tokens_processed == processed
 
 
 def test_a_module_whose_formula_differs_keeps_its_own_forward(half_models, monkeypatch):

@@ -15,6 +15,7 @@ import torch
 
 from .prefix import PrefixGroup
 from .ragged import Piece, lay_out
+from .shapes import rounded
 from .state import CallState
 
 
@@ -107,9 +108,12 @@ def one_forward(engine, units: list[Unit], call: CallState) -> None:
 
     reads = sorted({f for _, flat in flat_reads for f in flat})  # a position inside a prompt: once
     slot = {f: j for j, f in enumerate(reads)}
+    filler = rounded(at, engine.budget()) - at if engine.worker.round_shapes else 0
+    if filler:  # the row's length on a grid (.shapes): a piece of its own after the rest, never read
+        pieces.append(Piece([engine.pad_token_id] * filler))
     layout = lay_out(pieces)
     keep = [(layout.offsets[k], g.prefix_len) for g, k in prompts] if engine._kept.active else []
-    hidden, kept = engine.worker.forward_ragged(layout, reads, keep, kept_kv)
+    hidden, kept = engine.worker.forward_ragged(layout, reads, keep, kept_kv, filler=filler)
     for m, flat in flat_reads:
         h = hidden[torch.as_tensor([slot[f] for f in flat], dtype=torch.long, device=hidden.device)]
         if m in before:  # wanted[m] is sorted: the positions inside the kept prompt come first

@@ -16,7 +16,8 @@ positions each family's head reads, aiming at the floor of the work: each distin
 - The forwards themselves are the worker's (:mod:`.worker`), with the engine's own attention (:mod:`.attention`)
   where the backbone was checked, else the model's own attention with masks and per-row cache copies; on CPU with
   the cores other processes leave free (:mod:`.threads`), freed activations kept for the next forward
-  (:mod:`.allocator`), and on CPU fused elementwise kernels (:mod:`.fused`).
+  (:mod:`.allocator`), and on CPU fused elementwise kernels (:mod:`.fused`) and, in half precision, rows rounded
+  to a grid of lengths whose matmul kernels the next call finds built (:mod:`.shapes`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .fused import pays as fused_pays
 from .packing import pack
 from .padded import run_plain, run_shared
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
+from .shapes import rounds
 from .state import CallState, EngineStats
 from .threads import threads_that_fit
 from .worker import BackboneWorker
@@ -87,6 +89,7 @@ class ScoringEngine:
         self._fused: FusedForwards | None = None
         self.ragged = True  # with the engine attention: sequences and prefix groups end to end, no padding (.ragged)
         self.fit_threads = True  # on CPU each forward uses only the cores other processes leave free (.threads)
+        self.round_shapes: bool | None = None  # None: where oneDNN builds kernels per row count (.shapes.rounds)
         self._oom_cap: int | None = None  # lowered after an out-of-memory error
         self._lock = threading.Lock()  # one forward at a time: the last layer is patched during a forward
         self._kept = KeptPrefixes()
@@ -233,6 +236,8 @@ class ScoringEngine:
         # The engine attention ignores a sliding window: only used when the window covers every sequence.
         self.worker.attend_in_engine = self.engine_attention and self._window_covers(uniq)
         self.worker.fused = self._fused_forwards()
+        self.worker.round_shapes = (rounds(self.device, self.dtype) if self.round_shapes is None
+                                    else bool(self.round_shapes))
         if self.device.type == "cpu":
             keep_freed_memory()  # once per process (.allocator)
         reuse = self.prefix_reuse if prefix_reuse is None else (prefix_reuse and self.causal)

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .shapes import rounded
 from .swap import forwards_swapped
 
 
@@ -27,21 +28,26 @@ def last_layer_row_modules(backbone: torch.nn.Module) -> list[torch.nn.Module] |
 
 @contextmanager
 def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: list[list[int]],
-                 device: torch.device):
+                 device: torch.device, round_rows: bool = False):
     """During one forward of rows ``width`` wide, run the last layer's query/output projections and MLP only
     at the flattened positions that will be read (exact: every other final hidden state is discarded, and
     keys/values are still computed for all positions). Saves most of one layer of compute per unread token.
-    Yields the flat read positions (None when the layout is not recognised and nothing is restricted)."""
+    Yields the flat read positions (None when the layout is not recognised and nothing is restricted).
+    ``round_rows``: the modules run on the read rows and copies of the last, their count rounded up (.shapes)."""
     if modules is None:
         yield None
         return
-    rows = torch.as_tensor([r * width + p for r, pos in enumerate(positions) for p in pos], dtype=torch.long,
-                           device=device)
+    flat_reads = [r * width + p for r, pos in enumerate(positions) for p in pos]
+    rows = torch.as_tensor(flat_reads, dtype=torch.long, device=device)
+    n = len(flat_reads)
+    run = rows
+    if round_rows and n and rounded(n) > n:
+        run = torch.as_tensor(flat_reads + flat_reads[-1:] * (rounded(n) - n), dtype=torch.long, device=device)
 
     def restrict(forward):
         def forward_on_read_rows(x, *args, **kwargs):
             flat = x.reshape(-1, x.shape[-1])
-            y = forward(flat.index_select(0, rows.to(flat.device)), *args, **kwargs)
+            y = forward(flat.index_select(0, run.to(flat.device)), *args, **kwargs)[:n]
             out = y.new_zeros(flat.shape[0], y.shape[-1])
             out.index_copy_(0, rows.to(out.device), y)
             return out.reshape(*x.shape[:-1], y.shape[-1])

@@ -32,6 +32,7 @@ class BackboneWorker:
         self.read_modules = last_layer_row_modules(backbone) if causal else None
         self.attend_in_engine = False  # set per call by the engine
         self.fused = None  # FusedForwards (.fused) for this call's forwards, set per call by the engine
+        self.round_shapes = False  # rows and read rows run rounded up to a grid (.shapes), set per call
 
     @property
     def device(self) -> torch.device:
@@ -78,18 +79,19 @@ class BackboneWorker:
         return self.fused.patch(self.attend_in_engine) if self.fused is not None else nullcontext()
 
     def forward_ragged(self, layout: RaggedLayout, reads: list[int], keep: list[tuple[int, int]],
-                       kept: list[KV] | None = None) -> tuple[torch.Tensor, list[KV]]:
+                       kept: list[KV] | None = None, filler: int = 0) -> tuple[torch.Tensor, list[KV]]:
         """One forward of pieces laid end to end (engine attention only), given the caches of the kept prompts its
         pieces continue (``kept``): the final hidden states at the flat positions ``reads`` and, per
-        ``(offset, length)`` in ``keep``, that piece's keys/values in every layer."""
+        ``(offset, length)`` in ``keep``, that piece's keys/values in every layer. The last ``filler`` tokens
+        round the row's length (.shapes): padding, not processed."""
         self.stats.forwards += 1
-        self.stats.tokens_processed += layout.tokens
+        self.stats.tokens_processed += layout.tokens - filler
         self.stats.tokens_padded += layout.tokens
         layout = layout.to(self.device)
         plan = AttentionPlan(ragged=layout, keep=keep, prefix_kv=kept or [],
                              merge=self.fused.merge if self.fused is not None else None)
-        with self._fused(), reading_only(self.read_modules, layout.tokens, [reads], self.device) as rows, \
-                use_engine_attention(self.backbone):
+        with self._fused(), reading_only(self.read_modules, layout.tokens, [reads], self.device,
+                                         round_rows=self.round_shapes) as rows, use_engine_attention(self.backbone):
             if rows is not None:  # the last layer attends only from the read positions
                 plan.read_layer, plan.read_rows = len(self.backbone.layers) - 1, rows
             out = self.backbone(input_ids=layout.ids, position_ids=layout.position_ids, rmplugins_plan=plan,
