@@ -6,9 +6,10 @@ rarely repeats its length (the server's batches, each step's rollouts), so a ben
 never sees that cost. Here, on the Qwen3-0.6B shape of ``bench_limit.py`` in bf16, for each workload size
 (P prompts x n candidates), four paths interleaved (shuffled every round) and repeated:
 
-  same length, rounded       the workload itself every call (its kernels built): the best case
+  same length, rounded       one workload every call (its kernels built): the best case
   same length, as it is      the same, the row not rounded (what the filler tokens cost)
-  new length, rounded        each call a length no call had before (one sequence a new number of tokens longer),
+  new length, rounded        each call a length no call had before (one sequence k tokens longer, k from 1 to at
+                             least 31, each once, shuffled; the same length's workload is the middle k longer),
                              the row rounded to the grid (the default)
   new length, as it is       the same new lengths, not rounded (how the engine ran before)
 
@@ -63,7 +64,7 @@ def main(argv=None) -> int:
 
     from rmplugins import load_reward_model
     from rmplugins.engine.prefix import unique_token_floor
-    from rmplugins.engine.shapes import rounded
+    from rmplugins.engine.shapes import ROUND_BELOW, rounded
 
     path = build("qwen3", Path(args.cache_dir) / "limit-qwen3-2")
     tok = AutoTokenizer.from_pretrained(path)
@@ -77,23 +78,32 @@ def main(argv=None) -> int:
         seqs = workload(tok, prompts, n)
         positions = [[-1] for _ in seqs]
         floor = unique_token_floor(seqs)
-        more = iter(range(1, 10_000))
+        # a new length: the first sequence k tokens longer (its last token repeated), each k once, in a shuffled
+        # order (lengths go up and down, as a workload's do); the same length: k the middle of that range, so both
+        # run as many tokens on average
+        extra = list(range(1, max(32, 3 * args.repeat + 8)))
+        random.Random(1).shuffle(extra)
+        more = iter(extra)
 
-        def new_length(rounding: bool) -> list[list[int]]:
-            """The workload with its first sequence a new number of tokens longer (its tail repeated): a row
-            length no call had, and for the unrounded path never one on the grid, whose kernels a rounded call
-            may have built."""
-            while True:
-                k = next(more)
-                if rounding or rounded(floor + k) != floor + k:
-                    break
+        def longer(k: int) -> list[list[int]]:
             out = [list(s) for s in seqs]
             out[0] = out[0] + out[0][-1:] * k
             return out
 
+        same = longer(len(extra) // 2)
+
+        def new_length(rounding: bool) -> list[list[int]]:
+            """A row length no call had, and for the unrounded path never one on the grid, whose kernels a
+            rounded call may have built (rows of ROUND_BELOW tokens or more are never rounded: both paths run
+            alike there)."""
+            while True:
+                k = next(more)
+                if rounding or rounded(floor + k) != floor + k or floor + k >= ROUND_BELOW:
+                    return longer(k)
+
         def call(label: str) -> float:
             engine.round_shapes = label.endswith("rounded")
-            batch = seqs if label.startswith("same") else new_length(label.endswith("rounded"))
+            batch = same if label.startswith("same") else new_length(label.endswith("rounded"))
             start = time.perf_counter()
             engine.hidden_at(batch, positions)
             return time.perf_counter() - start
