@@ -40,9 +40,8 @@ def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: l
     flat_reads = [r * width + p for r, pos in enumerate(positions) for p in pos]
     rows = torch.as_tensor(flat_reads, dtype=torch.long, device=device)
     n = len(flat_reads)
-    run = rows
-    if round_rows and n and rounded(n) > n:
-        run = torch.as_tensor(flat_reads + flat_reads[-1:] * (rounded(n) - n), dtype=torch.long, device=device)
+    copies = rounded(n) - n if round_rows else 0
+    run = torch.as_tensor(flat_reads + flat_reads[-1:] * copies, dtype=torch.long, device=device) if copies else rows
 
     def restrict(forward):
         def forward_on_read_rows(x, *args, **kwargs):
