@@ -56,6 +56,7 @@ bench: setup
 	$(PY) benchmarks/bench_judges.py
 	$(PY) benchmarks/bench_limit.py
 	$(PY) benchmarks/bench_shapes.py
+	$(PY) benchmarks/bench_projections.py
 
 # The one prepared command for a machine lent a GPU, which has its own torch and transformers and no virtual
 # environment (TRL travels as a wheel: docs/development.md). `make test` runs its --dry-run.

@@ -108,6 +108,9 @@ def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, model
     norms = sum(type(m).__name__ in fused.NORMS for m in engine.backbone.modules())
     assert len(engine._fused.replacements) == norms + layers and len(engine._fused.attention) == layers
     assert any(name.endswith("RMSNorm") for name in switched) and any(name.endswith("MLP") for name in switched)
+    for module, forward in engine._fused.attention if engine.worker.attend_in_engine else ():  # (Gemma-2's tiny
+        # window is shorter than this batch: its own attention) keys and values came from one product
+        assert torch.equal(forward.keys_values.weight, torch.cat([module.k_proj.weight, module.v_proj.weight]))
     engine.fused_kernels = False
     try:
         eager = engine.hidden_at(seqs, positions)
@@ -117,6 +120,46 @@ def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, model
     scale = max(h.abs().max().item() for h in exact)
     assert max_diff(fast, eager) < 0.03 * scale
     assert abs(max_diff(fast, exact) - max_diff(eager, exact)) < 0.03 * scale
+
+
+@pytest.mark.parametrize("kind", ["bt_qwen3", "bt_qwen25"])  # Qwen2's keys and values have biases
+def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_hooks(tiny, kind):
+    """In bf16 on CPU the keys and values come from one product of the joint weights, made again when the model's
+    weights change in place or are replaced, so a reward never comes from stale weights; a hooked projection runs
+    its own forward (its hook sees every call)."""
+    engine = load_reward_model(tiny(kind), device="cpu", dtype="bfloat16").engine  # its weights are changed here
+    seqs, positions = awkward_batch(seed=11)
+
+    def both():
+        fast = engine.hidden_at(seqs, positions)
+        engine.fused_kernels = False
+        try:
+            return fast, engine.hidden_at(seqs, positions)
+        finally:
+            engine.fused_kernels = None
+
+    fast, eager = both()
+    scale = max(h.abs().max().item() for h in eager)
+    assert max_diff(fast, eager) < 0.03 * scale
+    attentions = [layer.self_attn for layer in engine.backbone.layers]
+    with torch.no_grad():
+        for attn in attentions:  # in place (as load_state_dict writes), then replaced
+            attn.k_proj.weight.mul_(-1.5)
+            if attn.v_proj.bias is not None:
+                attn.v_proj.bias.add_(0.5)
+        attentions[0].v_proj.weight.data = attentions[0].v_proj.weight.data.flip(0).contiguous()
+    fast_after, eager_after = both()
+    assert max_diff(eager_after, eager) > 0.1 * scale  # the change matters
+    assert max_diff(fast_after, eager_after) < 0.03 * scale
+    joint = dict(engine._fused.attention)[attentions[0]].keys_values
+    assert torch.equal(joint.weight, torch.cat([attentions[0].k_proj.weight, attentions[0].v_proj.weight]))
+    calls = []
+    hook = attentions[1].k_proj.register_forward_hook(lambda m, args, out: calls.append(out.shape))
+    try:
+        hooked = engine.hidden_at(seqs, positions)
+    finally:
+        hook.remove()
+    assert calls and max_diff(hooked, eager_after) < 0.03 * scale
 
 
 def test_rounded_lengths_lie_on_a_grid_of_a_sixteenth_and_never_past_the_budget():
