@@ -1,5 +1,5 @@
 """The keys' and values' projections as two bf16 products or as one of their joint weights
-(``rmplugins/engine/fused.py``, ``KeysValues``), on a CPU.
+(``rmplugins/engine/projections.py``), on a CPU.
 
 oneDNN (3.12, AMX) splits some bf16 products unevenly over its threads: on 2 threads the ``[rows, 1024] x [1024,
 1024]`` product of a Qwen3-0.6B-shaped model's keys (and again its values) runs on one of them for a band of row
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from rmplugins import load_reward_model
-    from rmplugins.engine import fused
+    from rmplugins.engine import projections
 
     path = build("qwen3", Path(args.cache_dir) / "limit-qwen3-2")
     tok = AutoTokenizer.from_pretrained(path)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             row = engine.stats.tokens_padded  # one forward: the row as it runs (rounded to the grid)
 
             def call(joint: bool) -> float:
-                fused.JOIN_KEYS_VALUES = joint
+                projections.JOIN_KEYS_VALUES = joint
                 start = time.perf_counter()
                 engine.hidden_at(seqs, positions)
                 return time.perf_counter() - start
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
                 print(f"| {prompts}x{n} | {row} | {'joint' if joint else 'two products'} | {best[joint]:.3f} | "
                       f"{median[joint]:.3f} | {gain} |", flush=True)
     finally:
-        fused.JOIN_KEYS_VALUES = True
+        projections.JOIN_KEYS_VALUES = True
     print(f"\nload at the end: {host_load()}")
     return 0
 

@@ -17,7 +17,8 @@ positions each family's head reads, aiming at the floor of the work: each distin
   where the backbone was checked, else the model's own attention with masks and per-row cache copies; on CPU with
   the cores other processes leave free (:mod:`.threads`), freed activations kept for the next forward
   (:mod:`.allocator`), and on CPU fused elementwise kernels (:mod:`.fused`) and, in half precision, rows rounded
-  to a grid of lengths whose matmul kernels the next call finds built (:mod:`.shapes`).
+  to a grid of lengths whose matmul kernels the next call finds built (:mod:`.shapes`), and in bf16 the keys and
+  values from one product of their joint weights (:mod:`.projections`).
 """
 
 from __future__ import annotations

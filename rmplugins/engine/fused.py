@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import engine_attention_forward, merge
+from .projections import KeysValues
 from .swap import forwards_swapped
 
 logger = logging.getLogger("rmplugins")
@@ -175,63 +176,6 @@ class EagerOnFailure:
                                "%s: %s", self.fn.__name__, type(err).__name__,
                                str(err).splitlines()[0] if str(err) else "")
         return self.fn(*args)
-
-
-JOIN_KEYS_VALUES = True  # False: two products, as the model runs them (benchmarks/bench_projections.py compares)
-
-
-class KeysValues:
-    """An attention block's key and value projections as one product, in bf16 on CPU.
-
-    oneDNN (3.12, AMX) splits some bf16 products unevenly over its threads: with 2 threads ``[rows, 1024] x [1024,
-    1024]``, the keys and values of a Qwen3-0.6B-shaped model, runs on one thread for 992-1,376 rows (1.3 TFLOP/s
-    against 2.2-2.6 below and above that band), where the joint ``[1024, 2048]`` product keeps both busy at every row
-    count measured (``benchmarks/RESULTS.md``). Costs a copy of the two weights (for Qwen3-0.6B 117 MB in bf16),
-    made on the first call and again whenever either projection's tensors are replaced or changed in place (their
-    version), so weights loaded into the model later are the ones used. A projection that is not a plain ``Linear``,
-    or has hooks, runs its own forward."""
-
-    def __init__(self, k_proj: torch.nn.Module, v_proj: torch.nn.Module):
-        self.k_proj, self.v_proj = k_proj, v_proj
-        self.weight: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
-        self._made_from: list | None = None
-
-    @staticmethod
-    def joins(dtype: torch.dtype, device: torch.device) -> bool:
-        """Where the two projections run as one (measured there, and only there)."""
-        return JOIN_KEYS_VALUES and device.type == "cpu" and dtype == torch.bfloat16
-
-    def _plain(self, x: torch.Tensor) -> bool:
-        k, v = self.k_proj, self.v_proj
-        if not (self.joins(x.dtype, x.device) and type(k) is torch.nn.Linear
-                and type(v) is torch.nn.Linear and k.weight.dtype == v.weight.dtype == x.dtype):
-            return False
-        hooks = torch.nn.modules.module
-        return not (k._forward_hooks or k._forward_pre_hooks or v._forward_hooks or v._forward_pre_hooks
-                    or hooks._global_forward_hooks or hooks._global_forward_pre_hooks
-                    or (k.bias is None) != (v.bias is None))
-
-    def _joint(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        parts = [t for m in (self.k_proj, self.v_proj) for t in (m.weight, m.bias) if t is not None]
-        # the tensors it was made from are held (so a replacement cannot take their address) with their versions
-        made_from = [(t.detach(), t._version, t.shape) for t in parts]
-        if self._made_from is None or len(made_from) != len(self._made_from) or any(
-                now.data_ptr() != then.data_ptr() or version != seen or shape != was
-                for (now, version, shape), (then, seen, was) in zip(made_from, self._made_from)):
-            with torch.no_grad():
-                k, v = self.k_proj, self.v_proj
-                self.weight = torch.cat([k.weight, v.weight]).detach()
-                self.bias = None if k.bias is None else torch.cat([k.bias, v.bias]).detach()
-            self._made_from = made_from
-        return self.weight, self.bias
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self._plain(x):
-            return self.k_proj(x), self.v_proj(x)
-        joint = F.linear(x, *self._joint())
-        split = self.k_proj.out_features
-        return joint[..., :split], joint[..., split:]  # views: the keys' pass and the attention read them in place
 
 
 class FusedForwards:
