@@ -8,7 +8,8 @@ counts. Two parts, each path interleaved with the other (shuffled every round) a
   products   GFLOP/s of the keys and values as two products and as one, at row counts on the engine's grid of
              lengths (``rmplugins/engine/shapes.py``) from 256 to 2,880
   calls      whole ``rm.engine.hidden_at`` calls of ``bench_limit.py``'s Qwen3-0.6B shape in bf16, joint and not,
-             for workloads whose rows fall inside the band and outside it
+             for workloads whose rows fall inside the band and outside it (rows of 2,048 tokens or more run two
+             products either way: there the joint one measured no faster)
 
     python benchmarks/bench_projections.py                # about 3 minutes on 2 cores
     python benchmarks/bench_projections.py --sizes 2x4 --repeat 12

@@ -12,7 +12,7 @@ import torch
 from test_attention import CAUSAL_KINDS, TOL, alone, awkward_batch, max_diff
 
 from rmplugins import load_reward_model
-from rmplugins.engine import fused
+from rmplugins.engine import fused, projections
 from rmplugins.engine.ragged import Piece, lay_out
 from rmplugins.engine.shapes import ROUND_BELOW, rounded, rounds
 
@@ -123,7 +123,7 @@ def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, model
 
 
 @pytest.mark.parametrize("kind", ["bt_qwen3", "bt_qwen25"])  # Qwen2's keys and values have biases
-def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_hooks(tiny, kind):
+def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_hooks(tiny, kind, monkeypatch):
     """In bf16 on CPU the keys and values come from one product of the joint weights, made again when the model's
     weights change in place or are replaced, so a reward never comes from stale weights; a hooked projection runs
     its own forward (its hook sees every call)."""
@@ -160,6 +160,8 @@ def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_ho
     finally:
         hook.remove()
     assert calls and max_diff(hooked, eager_after) < 0.03 * scale
+    monkeypatch.setattr(projections, "JOIN_BELOW", 1)  # rows this long or longer: two products (one layout more)
+    assert max_diff(engine.hidden_at(seqs, positions), eager_after) < 0.03 * scale
 
 
 def test_rounded_lengths_lie_on_a_grid_of_a_sixteenth_and_never_past_the_budget():

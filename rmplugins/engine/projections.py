@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 JOIN_KEYS_VALUES = True  # False: two products, as the model runs them (benchmarks/bench_projections.py compares)
+JOIN_BELOW = 2048  # rows: from here on the two products ran as fast or 2-5 % faster than the joint one
 
 
 class KeysValues:
@@ -18,10 +19,12 @@ class KeysValues:
     oneDNN (3.12, AMX) splits some bf16 products unevenly over its threads: with 2 threads ``[rows, 1024] x [1024,
     1024]``, the keys and values of a Qwen3-0.6B-shaped model, runs on one thread for rows of about 1,000-1,440
     tokens (1.2-1.3 TFLOP/s against 2.0-2.6 below and above that band), where the joint ``[1024, 2048]`` product
-    keeps both busy at every row count measured, 256-2,880 (``benchmarks/bench_projections.py``). Costs a copy of
-    the two weights (for Qwen3-0.6B 117 MB in bf16), made on the first call and again whenever either projection's
-    tensors are replaced or changed in place (their version), so weights loaded into the model later are the ones
-    used. A projection that is not a plain ``Linear``, or has hooks, runs its own forward."""
+    keeps both busy: 1.8-2x faster there, 1.0-1.1x at the other row counts below 2,048
+    (``benchmarks/bench_projections.py``). From 2,048 rows the two products ran as fast or a little faster, so they
+    run there. Costs a copy of the two weights (for Qwen3-0.6B 117 MB in bf16), made on the first call and again
+    whenever either projection's tensors are replaced or changed in place (their version), so weights loaded into
+    the model later are the ones used. A projection that is not a plain ``Linear``, or has hooks, runs its own
+    forward."""
 
     def __init__(self, k_proj: torch.nn.Module, v_proj: torch.nn.Module):
         self.k_proj, self.v_proj = k_proj, v_proj
@@ -37,7 +40,8 @@ class KeysValues:
     def _plain(self, x: torch.Tensor) -> bool:
         k, v = self.k_proj, self.v_proj
         if not (self.joins(x.dtype, x.device) and type(k) is torch.nn.Linear
-                and type(v) is torch.nn.Linear and k.weight.dtype == v.weight.dtype == x.dtype):
+                and type(v) is torch.nn.Linear and k.weight.dtype == v.weight.dtype == x.dtype
+                and k.weight.device == v.weight.device == x.device):
             return False
         hooks = torch.nn.modules.module
         return not (k._forward_hooks or k._forward_pre_hooks or v._forward_hooks or v._forward_pre_hooks
@@ -60,6 +64,9 @@ class KeysValues:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._plain(x):
+            self.weight = self.bias = self._made_from = None  # (a model moved to a GPU: its copy not kept)
+            return self.k_proj(x), self.v_proj(x)
+        if x.numel() >= JOIN_BELOW * x.shape[-1]:
             return self.k_proj(x), self.v_proj(x)
         joint = F.linear(x, *self._joint())
         split = self.k_proj.out_features
