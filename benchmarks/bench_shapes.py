@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_limit import build, workload  # noqa: E402
-from common import host_load  # noqa: E402
+from common import host_load, workload_sizes  # noqa: E402
 
 PATHS = ["same length, rounded", "same length, as it is", "new length, rounded", "new length, as it is"]
 
@@ -51,12 +51,7 @@ def main(argv=None) -> int:
                                                          os.path.join(tempfile.gettempdir(), "rmplugins-bench")),
                    help="where the benchmark checkpoint is built and kept (env RMPLUGINS_BENCH_DIR)")
     args = p.parse_args(argv)
-    try:
-        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes]
-        if any(len(s) != 2 or min(s) < 1 for s in sizes):
-            raise ValueError
-    except ValueError:
-        p.error(f"--sizes takes PROMPTSxCANDIDATES with both at least 1, e.g. 1x4 (got {' '.join(args.sizes)})")
+    sizes = workload_sizes(p, args.sizes)
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
 

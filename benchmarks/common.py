@@ -206,3 +206,14 @@ async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:
 
     return {"samples": len(latencies), "failures": failures, "seconds": wall, "sps": len(latencies) / wall,
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "rewards": rewards}
+
+
+def workload_sizes(parser, values: list[str]) -> list[tuple[int, int]]:
+    """``--sizes`` given as PROMPTSxCANDIDATES (both at least 1) as (prompts, candidates); a usage error otherwise."""
+    try:
+        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in values]
+        if any(len(s) != 2 or min(s) < 1 for s in sizes):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--sizes takes PROMPTSxCANDIDATES with both at least 1, e.g. 2x4 (got {' '.join(values)})")
+    return sizes
