@@ -313,8 +313,8 @@ class FusedForwards:
             key, value = keys_values(hidden_states)
             key = prepare_k(key.view(heads), cos, sin).transpose(1, 2)
             value = value.view(heads).transpose(1, 2)
-            if past_key_values is not None:
-                key, value = past_key_values.update(key, value, module.layer_idx)
+            if past_key_values is not None:  # kept by the cache: the values alone, not the joint product they slice
+                key, value = past_key_values.update(key, value.contiguous(), module.layer_idx)
             kwargs.pop("sliding_window", None)
             out, weights = engine_attention_forward(module, query, key, value, attention_mask, scaling=module.scaling,
                                                     softcap=softcap, **kwargs)
