@@ -6,7 +6,8 @@ oneDNN (3.12, AMX) splits some bf16 products unevenly over its threads: on 2 thr
 counts. Two parts, each path interleaved with the other (shuffled every round) and repeated, best and median:
 
   products   GFLOP/s of the keys and values as two products and as one, at row counts on the engine's grid of
-             lengths (``rmplugins/engine/shapes.py``) from 256 to 2,880
+             lengths (``rmplugins/engine/shapes.py``) from 256 to 2,880 (and for ``--shapes``, other backbones'
+             widths, below 2,048 rows)
   calls      whole ``rm.engine.hidden_at`` calls of ``bench_limit.py``'s Qwen3-0.6B shape in bf16, joint and not,
              for workloads whose rows fall inside the band and outside it (rows of 2,048 tokens or more run two
              products either way: there the joint one measured no faster)
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
                         "of 5-120; 2x4 and 2x8 lay out rows inside the band on 2 threads, 4x8 one past it)")
     p.add_argument("--repeat", type=int, default=8, help="interleaved rounds of whole calls (best and median)")
     p.add_argument("--product-repeat", type=int, default=20, help="interleaved rounds of each product")
+    p.add_argument("--shapes", nargs="*", default=[],
+                   help="other backbones' products too, as HIDDENxKV (the width of the keys, and of the values), "
+                        "e.g. 2048x512 for Llama-3.2-1B, 1536x256 for Qwen2.5-1.5B")
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
                                                          os.path.join(tempfile.gettempdir(), "rmplugins-bench")),
                    help="where the benchmark checkpoint is built and kept (env RMPLUGINS_BENCH_DIR)")
@@ -80,6 +84,12 @@ def main(argv=None) -> int:
     sizes = workload_sizes(p, args.sizes)
     if args.repeat < 1 or args.product_repeat < 1:
         p.error("--repeat and --product-repeat must be at least 1")
+    try:
+        shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
+        if any(len(s) != 2 or min(s) < 1 for s in shapes):
+            raise ValueError
+    except ValueError:
+        p.error(f"--shapes takes HIDDENxKV with both at least 1, e.g. 2048x512 (got {' '.join(args.shapes)})")
 
     from transformers import AutoTokenizer
 
@@ -96,6 +106,10 @@ def main(argv=None) -> int:
           f"threads={torch.get_num_threads()} bf16 Qwen3-0.6B shape (hidden {config.hidden_size}, keys and values "
           f"{kv} each); {host_load()}", flush=True)
     products(config.hidden_size, kv, ROWS, args.product_repeat)
+    for hidden, width in shapes:
+        print(f"\nhidden {hidden}, keys and values {width} each (joined by the engine only if {2 * width} >= "
+              f"{projections.JOIN_MIN_WIDTH})")
+        products(hidden, width, [n for n in ROWS if n < projections.JOIN_BELOW], args.product_repeat)
 
     print("\n| workload | row tokens | path | best s | median s | joint faster by (best) | (median) |")
     print("|---|---|---|---|---|---|---|")

@@ -96,8 +96,15 @@ def half_models(tiny):
     return get
 
 
+@pytest.fixture
+def joined_at_any_width(monkeypatch):
+    """The tiny models' keys and values are narrower than a joint product is made for (``JOIN_MIN_WIDTH``): joined
+    here all the same, so the path real models take is the one tested."""
+    monkeypatch.setattr(projections, "JOIN_MIN_WIDTH", 0)
+
+
 @pytest.mark.parametrize("kind", HALF_KINDS)
-def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, models, kind):
+def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, models, kind, joined_at_any_width):
     """In bf16 on CPU the norms, gated MLPs and query/key preparation run fused: every one of them is switched, the
     hidden states agree with the eager forwards to bf16's rounding, and both with float32 as closely."""
     engine = half_models(kind).engine
@@ -123,7 +130,8 @@ def test_fused_kernels_in_bf16_agree_with_the_models_own_code(half_models, model
 
 
 @pytest.mark.parametrize("kind", ["bt_qwen3", "bt_qwen25"])  # Qwen2's keys and values have biases
-def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_hooks(tiny, kind, monkeypatch):
+def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_hooks(tiny, kind, monkeypatch,
+                                                                                   joined_at_any_width):
     """In bf16 on CPU the keys and values come from one product of the joint weights, made again when the model's
     weights change in place or are replaced, so a reward never comes from stale weights; a hooked projection runs
     its own forward (its hook sees every call)."""
@@ -170,6 +178,10 @@ def test_keys_and_values_as_one_product_follow_the_weights_and_step_aside_for_ho
     assert calls and max_diff(hooked, eager_after) < 0.03 * scale
     monkeypatch.setattr(projections, "JOIN_BELOW", 1)  # rows this long or longer: two products (one layout more)
     assert max_diff(engine.hidden_at(seqs, positions), eager_after) < 0.03 * scale
+    monkeypatch.setattr(projections, "JOIN_BELOW", 2048)
+    monkeypatch.setattr(projections, "JOIN_MIN_WIDTH", 1024)  # as for a real model this narrow: two products
+    assert max_diff(engine.hidden_at(seqs, positions), eager_after) < 0.03 * scale
+    assert joint.weight is None  # no joint copy kept where it is not used
 
 
 def test_rounded_lengths_lie_on_a_grid_of_a_sixteenth_and_never_past_the_budget():

@@ -288,7 +288,7 @@ class FusedForwards:
         # the keys laid out as the forwards hand them over: a slice of the joint keys-and-values product where
         # there is one (a layout is a graph of its own for the compiler: the probe's is the one kept)
         x_k = torch.randn(1, 7, 2, 3, module.head_dim, dtype=w.dtype, device=w.device)[:, :, 0] if KeysValues.joins(
-            w.dtype, w.device) else x
+            w.dtype, w.device, sum(getattr(m, "out_features", 0) for m in (module.k_proj, module.v_proj))) else x
         cos, sin = (torch.randn(1, 7, module.head_dim, dtype=w.dtype, device=w.device) for _ in range(2))
         try:
             own = [x if norms[0] is None else norms[0](x), x_k if norms[1] is None else norms[1](x_k)]

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 JOIN_KEYS_VALUES = True  # False: two products, as the model runs them (benchmarks/bench_projections.py compares)
 JOIN_BELOW = 2048  # rows: from here on the two products ran as fast or 2-5 % faster than the joint one
+JOIN_MIN_WIDTH = 1024  # a narrower joint product had bands of its own (Qwen2.5-1.5B's [1536, 512]: 0.6x)
 
 
 class KeysValues:
@@ -18,13 +19,15 @@ class KeysValues:
 
     oneDNN (3.12, AMX) splits some bf16 products unevenly over its threads: with 2 threads ``[rows, 1024] x [1024,
     1024]``, the keys and values of a Qwen3-0.6B-shaped model, runs on one thread for rows of about 1,000-1,440
-    tokens (1.2-1.3 TFLOP/s against 2.0-2.6 below and above that band), where the joint ``[1024, 2048]`` product
-    keeps both busy: 1.8-2x faster there, 1.0-1.1x at the other row counts below 2,048
-    (``benchmarks/bench_projections.py``). From 2,048 rows the two products ran as fast or a little faster, so they
-    run there. Costs a copy of the two weights (for Qwen3-0.6B 117 MB in bf16), made on the first call and again
-    whenever either projection's tensors are replaced or changed in place (their version), so weights loaded into
-    the model later are the ones used. A projection that is not a plain ``Linear``, or has hooks, runs its own
-    forward."""
+    tokens (1.2-1.5 TFLOP/s against 2.0-2.9 below and above that band), where the joint ``[1024, 2048]`` product
+    keeps both busy: 1.8-2x faster there, 1.0-1.1x at the other row counts below 2,048; Llama-3.2-1B's pair (hidden
+    2048, 512 each) likewise (1.5-2x at 256-1,216 rows) (``benchmarks/bench_projections.py``). From 2,048 rows the
+    two products ran as fast or a little faster, so they run there; and a joint product narrower than 1,024 outputs
+    has bands of its own (Qwen2.5-1.5B's pair, hidden 1536 and 256 each, ran 0.6x at 768-1,152 rows), so narrower
+    pairs stay two products. Costs a copy of the two weights (for Qwen3-0.6B 117 MB in bf16), made on the first call
+    and again whenever either projection's tensors are replaced or changed in place (their version), so weights
+    loaded into the model later are the ones used. A projection that is not a plain ``Linear``, or has hooks, runs
+    its own forward."""
 
     def __init__(self, k_proj: torch.nn.Module, v_proj: torch.nn.Module):
         self.k_proj, self.v_proj = k_proj, v_proj
@@ -33,14 +36,15 @@ class KeysValues:
         self._made_from: list | None = None
 
     @staticmethod
-    def joins(dtype: torch.dtype, device: torch.device) -> bool:
-        """Where the two projections run as one (measured there, and only there)."""
-        return JOIN_KEYS_VALUES and device.type == "cpu" and dtype == torch.bfloat16
+    def joins(dtype: torch.dtype, device: torch.device, width: int) -> bool:
+        """Where the two projections, ``width`` outputs together, run as one (measured there, and only there)."""
+        return JOIN_KEYS_VALUES and device.type == "cpu" and dtype == torch.bfloat16 and width >= JOIN_MIN_WIDTH
 
     def _plain(self, x: torch.Tensor) -> bool:
         k, v = self.k_proj, self.v_proj
-        if not (self.joins(x.dtype, x.device) and type(k) is torch.nn.Linear
-                and type(v) is torch.nn.Linear and k.weight.dtype == v.weight.dtype == x.dtype
+        if not (type(k) is torch.nn.Linear and type(v) is torch.nn.Linear
+                and self.joins(x.dtype, x.device, k.out_features + v.out_features)
+                and k.weight.dtype == v.weight.dtype == x.dtype
                 and k.weight.device == v.weight.device == x.device):
             return False
         hooks = torch.nn.modules.module
