@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 JOIN_KEYS_VALUES = True  # False: two products, as the model runs them (benchmarks/bench_projections.py compares)
 JOIN_BELOW = 2048  # rows: from here on the two products ran as fast or 2-5 % faster than the joint one
-JOIN_MIN_WIDTH = 1024  # a narrower joint product had bands of its own (Qwen2.5-1.5B's [1536, 512]: 0.6x)
+JOIN_MIN_WIDTH = 1024  # a narrower joint product had bands of its own (Qwen2.5-1.5B's, 512 wide: 0.6x)
 
 
 class KeysValues:
