@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_limit import build, workload  # noqa: E402
-from common import host_load, workload_sizes  # noqa: E402
+from common import host_load, int_pairs, workload_sizes  # noqa: E402
 
 ROWS = [256, 512, 768, 960, 1024, 1088, 1152, 1216, 1280, 1344, 1408, 1472, 1536, 1792, 2048, 2336, 2880]
 
@@ -84,12 +84,7 @@ def main(argv=None) -> int:
     sizes = workload_sizes(p, args.sizes)
     if args.repeat < 1 or args.product_repeat < 1:
         p.error("--repeat and --product-repeat must be at least 1")
-    try:
-        shapes = [tuple(int(x) for x in s.lower().split("x")) for s in args.shapes]
-        if any(len(s) != 2 or min(s) < 1 for s in shapes):
-            raise ValueError
-    except ValueError:
-        p.error(f"--shapes takes HIDDENxKV with both at least 1, e.g. 2048x512 (got {' '.join(args.shapes)})")
+    shapes = int_pairs(p, "--shapes", args.shapes, "HIDDENxKV", "2048x512")
 
     from transformers import AutoTokenizer
 

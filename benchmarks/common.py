@@ -208,12 +208,18 @@ async def drive(url: str, payloads: list[dict], concurrency: int) -> dict:
             "p50_ms": pct(0.5), "p99_ms": pct(0.99), "rewards": rewards}
 
 
-def workload_sizes(parser, values: list[str]) -> list[tuple[int, int]]:
-    """``--sizes`` given as PROMPTSxCANDIDATES (both at least 1) as (prompts, candidates); a usage error otherwise."""
+def int_pairs(parser, option: str, values: list[str], form: str, example: str) -> list[tuple[int, int]]:
+    """An option's values written AxB (both whole numbers of at least 1, e.g. ``--sizes 2x4``) as (A, B) pairs; a
+    usage error naming ``form`` otherwise."""
     try:
-        sizes = [tuple(int(x) for x in s.lower().split("x")) for s in values]
-        if any(len(s) != 2 or min(s) < 1 for s in sizes):
+        pairs = [tuple(int(x) for x in s.lower().split("x")) for s in values]
+        if any(len(pair) != 2 or min(pair) < 1 for pair in pairs):
             raise ValueError
     except ValueError:
-        parser.error(f"--sizes takes PROMPTSxCANDIDATES with both at least 1, e.g. 2x4 (got {' '.join(values)})")
-    return sizes
+        parser.error(f"{option} takes {form} with both at least 1, e.g. {example} (got {' '.join(values)})")
+    return pairs
+
+
+def workload_sizes(parser, values: list[str]) -> list[tuple[int, int]]:
+    """``--sizes`` given as PROMPTSxCANDIDATES as (prompts, candidates)."""
+    return int_pairs(parser, "--sizes", values, "PROMPTSxCANDIDATES", "2x4")
