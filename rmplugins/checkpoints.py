@@ -126,10 +126,12 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
     if any(a.endswith("ForCausalLM") for a in archs):
         raise ValueError(
             f"this checkpoint is a plain causal language model (architectures={archs}): that is what a policy "
-            "looks like, and also the layout of the RLHFlow pair-preference model (a judge answering 'A'/'B'). "
-            "If it is a pair-preference model, pass kind='pair_pm' (CLI: --reward-kind pair_pm / --kind pair_pm), "
-            f"or write {{\"kind\": \"pair_pm\"}} to {IDENTITY_FILE} in the checkpoint directory; if it is your "
-            "policy, point the reward model option at a reward model instead")
+            "looks like, and also the layout of the RLHFlow pair-preference model (a judge answering 'A'/'B') and "
+            "of a generative judge. If it is a pair-preference model, pass kind='pair_pm' (CLI: --reward-kind "
+            f"pair_pm / --kind pair_pm), or write {{\"kind\": \"pair_pm\"}} to {IDENTITY_FILE} in the checkpoint "
+            "directory; if it is a generative judge, pass kind='genrm' and judge=PRESET or a JSON file (CLI: "
+            "--kind genrm / --reward-kind genrm with --judge; docs/judges.md); if it is your policy, point the "
+            "reward model option at a reward model instead")
     raise ValueError(
         f"cannot tell which reward-model family this checkpoint is (architectures={archs}, "
         f"{len(shapes)} tensors, e.g. {sorted(shapes)[:3]}); supported: {', '.join(KINDS)}. Pass kind=... if you "

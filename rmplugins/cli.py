@@ -20,8 +20,9 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="rmplugins",
         description="Open reward and preference models (Bradley-Terry, ArmoRM, RLHFlow pair-PM, PairRM, GPM, "
-                    "process reward models) for RLHF loops: a reward server for OpenRLHF and verl, iterative DPO and "
-                    "rejection sampling, a demo on built-in tiny models.",
+                    "process reward models, generative judges) for RLHF loops: a reward server for every "
+                    "framework's client (OpenRLHF, verl, AReaL, slime, TRL), iterative DPO and rejection sampling, "
+                    "a demo on built-in tiny models.",
     )
     parser.add_argument("--version", action="version", version=f"rmplugins {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from .checkpoints import identify
-from .placement import check_attention, check_device, default_attention, default_device, resolve_dtype
+from .placement import check_attention, check_device, check_dtype, default_attention, default_device, resolve_dtype
 from .registry import family
 
 logger = logging.getLogger("rmplugins")
@@ -43,6 +43,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         raise ValueError("vllm_args is for engine='vllm'; add engine='vllm' or drop vllm_args")
     if device is not None and engine != "vllm":
         device = check_device(device, "device=")
+    check_dtype(dtype)
     deterministic = bool(options.pop("deterministic", False))
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     if options.get("judge") is not None and checkpoint.kind != "genrm":

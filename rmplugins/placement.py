@@ -59,8 +59,23 @@ def cpu_has_fast_bf16() -> bool:
     return False
 
 
-def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+MODEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def check_dtype(dtype: Any) -> torch.dtype | None:
+    """The dtype asked for (None for the default), refused before any slow work unless a model can run in it: an
+    integer or float8 dtype would otherwise fail inside transformers after the checkpoint was read."""
     if dtype is None or dtype == "auto":
+        return None
+    value = getattr(torch, dtype.replace("torch.", ""), None) if isinstance(dtype, str) else dtype
+    if value not in MODEL_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one a model runs in; use 'float32', 'bfloat16' or 'float16' (or "
+                         "leave it unset: bfloat16 on a GPU, float32 on CPU)")
+    return value
+
+
+def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
+    if check_dtype(dtype) is None:
         if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         if not _HINTED_BF16 and cpu_has_fast_bf16():
@@ -68,12 +83,7 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
             logger.info("this CPU multiplies bf16 in hardware (AMX / AVX-512 BF16): dtype='bfloat16' scores 4-5x "
                         "faster than the float32 default, within bf16 rounding of its rewards; logged once")
         return torch.float32
-    if isinstance(dtype, str):
-        value = getattr(torch, dtype.replace("torch.", ""), None)
-        if not isinstance(value, torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'")
-        return value
-    return dtype
+    return check_dtype(dtype)
 
 
 def default_attention(device: str, config: dict[str, Any] | None = None) -> str:

@@ -75,6 +75,21 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_before_any_work(tiny,
     assert "loading" not in res.stderr and time.monotonic() - started < 60  # refused before the model loads
 
 
+def test_a_dtype_no_model_runs_in_is_refused_before_any_work(tiny, tmp_path):
+    import torch
+
+    for dtype in ("int8", torch.int8, "float8_e4m3fn", "bfloat", "complex64"):
+        with pytest.raises(ValueError, match="is not one a model runs in; use 'float32', 'bfloat16' or 'float16'"):
+            rmplugins.load_reward_model(tmp_path / "not-there", dtype=dtype)  # the dtype is refused first
+    with pytest.raises(ValueError, match="cannot find checkpoint"):
+        rmplugins.load_reward_model(tmp_path / "not-there", dtype="bfloat16")
+    rm = rmplugins.load_reward_model(tiny("bt_llama3"), dtype=torch.bfloat16)
+    assert next(rm.model.parameters()).dtype == torch.bfloat16
+    res = _cli("serve", "--model", tiny("bt_llama3"), "--dtype", "int8", "--port", "0")
+    _short_and_clean(res, "argument --dtype: invalid choice: 'int8'")
+    assert "loading" not in res.stderr
+
+
 def test_a_tracker_that_is_not_installed_or_unknown_is_refused(tiny, prompts_file, tmp_path):
     import importlib.util
 

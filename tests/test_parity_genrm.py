@@ -272,7 +272,7 @@ def test_nemotron_genrm_takes_the_responses_as_roles(tiny, judges):
 
 
 def test_a_judge_is_never_guessed(tiny):
-    with pytest.raises(ValueError, match="plain causal language model"):
+    with pytest.raises(ValueError, match="plain causal language model.*kind='genrm' and judge=PRESET"):
         rmplugins.load_reward_model(tiny("genrm_qwen3"))
     with pytest.raises(ValueError, match="kind='genrm' needs judge="):
         rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm")
