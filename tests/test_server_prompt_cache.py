@@ -91,5 +91,9 @@ def test_serve_cli_refuses_a_prompt_cache_it_cannot_keep(tiny):
 
     res = _serve("--model", tiny("armorm"), "--deterministic", "--prompt-cache-tokens", "1000", "--port", "0")
     assert res.returncode == 2 and "deterministic" in res.stderr and "Traceback" not in res.stderr, res.stderr[-600:]
+    assert "loading" not in res.stderr  # refused from the options, before the model loads
+    res = _serve("--model", tiny("armorm"), "--engine", "vllm", "--prompt-cache-tokens", "1000", "--port", "0")
+    assert res.returncode == 2 and "whose own prefix caching keeps prompts" in res.stderr, res.stderr[-600:]
+    assert "loading" not in res.stderr and len(res.stderr.strip().splitlines()) == 1  # no vLLM engine started
     res = _serve("--model", tiny("armorm"), "--prompt-cache-tokens", "-3")
     assert res.returncode == 2 and "--prompt-cache-tokens: -3 is not 0 or more" in res.stderr

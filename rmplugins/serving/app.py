@@ -53,6 +53,16 @@ def parse_and_cost(body: bytes, parse):
     return samples, options, sum(s.cost() for s in samples), {s.prompt_key(): s.prompt_cost() for s in samples}
 
 
+ON_VLLM = "the model runs on vLLM, whose own prefix caching keeps prompts (vLLM's enable_prefix_caching)"
+DETERMINISTIC = "the model is deterministic (each row alone: nothing may depend on earlier requests)"
+
+
+def refuse_prompt_cache(tokens: int | None, reason: str | None) -> None:
+    """A prompt cache asked for where ``reason`` says none can run: an error rather than a silent no-op."""
+    if reason and tokens:
+        raise ValueError(f"--prompt-cache-tokens {tokens}: {reason}; leave it unset or 0")
+
+
 def prompt_cache_engine(rm: Any, tokens: int | None):
     """The engine whose prompt cache the server runs, or None: none for a deterministic model (a row's numbers
     must not depend on what ran before it), a backend that keeps prompts itself (vLLM) or one without causal prefix
@@ -62,16 +72,13 @@ def prompt_cache_engine(rm: Any, tokens: int | None):
     backend = rm.backend
     reason = None
     if backend.name == "vllm":
-        reason = "the model runs on vLLM, whose own prefix caching keeps prompts (vLLM's enable_prefix_caching)"
+        reason = ON_VLLM
     elif not backend.supports_prompt_cache:
         reason = f"a {rm.kind!r} model has no causal prefix reuse to cache"
     elif rm.deterministic:
-        reason = "the model is deterministic (each row alone: nothing may depend on earlier requests)"
-    if reason:
-        if tokens:
-            raise ValueError(f"--prompt-cache-tokens {tokens}: {reason}; leave it unset or 0")
-        return None
-    return backend
+        reason = DETERMINISTIC
+    refuse_prompt_cache(tokens, reason)
+    return None if reason else backend
 
 
 def _policy_template(policy_tokenizer: Any) -> PolicyTemplate | None:

@@ -187,7 +187,7 @@ def _serve_checked(args) -> int:
     from ..loading import load_reward_model
     from ..placement import check_device
     from ..policy_template import load_policy_template
-    from .app import create_app
+    from .app import DETERMINISTIC, ON_VLLM, create_app, refuse_prompt_cache
     from .transport import bind, uvicorn_config
 
     device = check_device(args.device, "--device") if args.device is not None else None
@@ -197,6 +197,9 @@ def _serve_checked(args) -> int:
                        args.host)
     if args.group_size is not None or args.group_method is not None:
         check_group_method(args, options.get("judge"))
+    # create_app's refusal, given before a vLLM engine or a large model spends minutes starting
+    refuse_prompt_cache(args.prompt_cache_tokens, ON_VLLM if args.engine == "vllm" else
+                        DETERMINISTIC if args.deterministic else None)
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
     rm = load_reward_model(args.model, kind=args.kind, device=device, dtype=args.dtype,
                            deterministic=args.deterministic, **options)
