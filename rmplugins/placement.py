@@ -75,7 +75,8 @@ def check_dtype(dtype: Any) -> torch.dtype | None:
 
 
 def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
-    if check_dtype(dtype) is None:
+    chosen = check_dtype(dtype)
+    if chosen is None:
         if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         if not _HINTED_BF16 and cpu_has_fast_bf16():
@@ -83,7 +84,7 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
             logger.info("this CPU multiplies bf16 in hardware (AMX / AVX-512 BF16): dtype='bfloat16' scores 4-5x "
                         "faster than the float32 default, within bf16 rounding of its rewards; logged once")
         return torch.float32
-    return check_dtype(dtype)
+    return chosen
 
 
 def default_attention(device: str, config: dict[str, Any] | None = None) -> str:
