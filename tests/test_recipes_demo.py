@@ -84,3 +84,33 @@ def test_trl_examples_run_with_tiny(tiny_root, tmp_path, example, shows):
     last = res.stdout.strip().splitlines()[-1]
     assert shows in last, res.stdout[-2000:]
     assert "nan" not in last.lower(), last
+
+
+def test_the_demo_family_table_shows_every_kind_and_its_rows_agree_with_themselves(tiny_root, capsys):
+    """`rmplugins demo` first shows every family on its tiny checkpoint: every kind the registry has (a new family
+    cannot be left out), judges included, each row's best/worst and comparison count as its method makes them."""
+    from rmplugins.demo import CANDIDATES, family_table, print_family_table
+    from rmplugins.registry import KINDS
+
+    rows = family_table(tiny_root)
+    assert {r["kind"] for r in rows} == set(KINDS)
+    n = len(CANDIDATES)
+    for r in rows:
+        scores = r["scores"]
+        assert len(scores) == n and r["best"] != r["worst"]
+        if r["method"] != "tournament":  # a knockout's best and worst come from its brackets, not its mean scores
+            assert r["best"] == scores.index(max(scores)) and r["worst"] == scores.index(min(scores)), r
+        pairs = {"score": 0, "round_robin": n * (n - 1) // 2, "gpo": n * (n - 1) // 2}
+        if r["method"] in pairs:
+            assert r["comparisons"] == pairs[r["method"]], r
+        else:  # a tournament: at most 2n - 3 matches
+            assert r["method"] == "tournament" and 0 < r["comparisons"] <= 2 * n - 3, r
+        assert all(0.0 <= p <= 1.0 for p in r["p_vs_first"]), r  # P(candidate beats the first)
+        if r["kind"] in ("prm", "genrm", "pair_pm", "pairrm"):
+            assert all(0.0 <= s <= 1.0 for s in scores), r  # probabilities: a step's, P(yes), mean win rates
+    methods = {r["family"]: r["method"] for r in rows}
+    assert methods["judge pointwise"] == "score" and methods["judge pairwise"] == "round_robin"
+    assert methods["pair_pm"] == "tournament" and methods["gpm"] == "gpo"
+    print_family_table(rows)
+    out = capsys.readouterr().out
+    assert all(f"\n{r['family']:<17}{r['kind']:<9}" in out for r in rows)
