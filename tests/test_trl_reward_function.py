@@ -71,6 +71,25 @@ def test_armorm_logs_objectives_and_steers(models):
         RewardFunction(models("bt"), objective_weights={"helpsteer-helpfulness": 1.0})
 
 
+def test_a_group_size_that_makes_no_sense_is_refused_before_the_model_loads(models, tmp_path):
+    import numpy as np
+
+    for bad in (4.5, "4", True, 0, -2):  # 4.5 read as 4 would split every group wrongly
+        with pytest.raises(ValueError, match=f"num_generations must be a whole number of at least 1.*{bad!r}"):
+            RewardFunction(tmp_path / "not-there", num_generations=bad)  # refused before the (missing) model
+    with pytest.raises(ValueError, match="layout must be"):
+        RewardFunction(tmp_path / "not-there", layout="rows")
+    for kind in ("pair_pm", "gpm"):  # a group of one has nothing to compare: every reward would be None
+        with pytest.raises(ValueError, match=f"num_generations=1: kind {kind!r} rewards a completion against"):
+            RewardFunction(models(kind), num_generations=1)
+    assert RewardFunction(models("bt"), num_generations=1).num_generations == 1  # pointwise: no group needed
+    rf = RewardFunction(models("gpm"), num_generations=np.int64(3))  # a numpy integer from a config is a number
+    assert rf.num_generations == 3 and type(rf.num_generations) is int
+    out, _, _ = _call(rf, P, C)
+    assert out == pytest.approx(models("gpm").rank(P[0], C[:3]).scores + models("gpm").rank(P[3], C[3:]).scores,
+                                abs=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["pair_pm", "pairrm", "gpm"])
 def test_group_aware_rewards_equal_rank(models, kind):
     rm = models(kind)

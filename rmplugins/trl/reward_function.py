@@ -12,6 +12,7 @@ A reward goes one way down: ``RewardFunction.__call__`` -> ``_pointwise`` (``rm.
 from __future__ import annotations
 
 import logging
+import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -36,6 +37,21 @@ def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[in
         except ValueError as err:
             reasons[i] = str(err)
     return reasons
+
+
+def _group_size(num_generations: Any) -> int | None:
+    """``num_generations`` as a whole number of at least 1 (None: not given). A float or a string is refused, not
+    truncated: 4.5 read as 4 would split every group wrongly."""
+    if num_generations is None:
+        return None
+    try:
+        value = None if isinstance(num_generations, bool) else operator.index(num_generations)
+    except TypeError:
+        value = None
+    if value is None or value < 1:
+        raise ValueError(f"num_generations must be a whole number of at least 1 (the trainer's GRPOConfig / "
+                         f"RLOOConfig num_generations), got {num_generations!r}")
+    return value
 
 
 class RewardFunction(_BaseRewardFunction):
@@ -69,6 +85,11 @@ class RewardFunction(_BaseRewardFunction):
                  distributed: str = "gather", kind: str | None = None, device: Any = None, dtype: Any = None,
                  **load_options: Any):
         super().__init__(normalize=normalize, clip=clip, length_penalty=length_penalty)
+        if layout not in ("auto", "groups", "pairs"):  # the options first: a model may take minutes to load
+            raise ValueError(f"layout must be 'auto', 'groups' or 'pairs', got {layout!r}")
+        if distributed not in ("gather", "refuse"):
+            raise ValueError(f"distributed must be 'gather' or 'refuse', got {distributed!r}")
+        num_generations = _group_size(num_generations)
         if isinstance(model, (str, os.PathLike)):
             model = load_reward_model(str(model), kind=kind, device=device, dtype=dtype, **load_options)
         elif load_options or kind or dtype:
@@ -81,16 +102,14 @@ class RewardFunction(_BaseRewardFunction):
                 raise TypeError(f"model must be a path, hub id or an rmplugins reward model, got {type(model)!r}")
         if isinstance(model, torch.nn.Module):
             raise TypeError("pass the rmplugins reward model, not a torch module: TRL treats modules as classifiers")
-        if layout not in ("auto", "groups", "pairs"):
-            raise ValueError(f"layout must be 'auto', 'groups' or 'pairs', got {layout!r}")
-        if distributed not in ("gather", "refuse"):
-            raise ValueError(f"distributed must be 'gather' or 'refuse', got {distributed!r}")
-        if num_generations is not None and int(num_generations) < 1:
-            raise ValueError(f"num_generations must be >= 1, got {num_generations}")
         self.model = model
         self.kind = model.kind
         self.pointwise = bool(model.pointwise)
-        self.num_generations = int(num_generations) if num_generations else None
+        if num_generations == 1 and not self.pointwise:
+            raise ValueError(f"num_generations=1: kind {self.kind!r} rewards a completion against the other "
+                             "completions of its prompt, and a group of one has none (every reward would be None); "
+                             "pass the trainer's num_generations (2 or more)")
+        self.num_generations = num_generations
         methods = tuple(model.rank_methods)
         if method is not None and self.pointwise:
             raise ValueError(f"method={method!r} applies to pairwise kinds; {self.kind!r} is pointwise")
