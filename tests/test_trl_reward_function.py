@@ -230,6 +230,14 @@ def test_async_remote_reward_function_against_real_server(models):
     nobody = AsyncRemoteRewardFunction(dead, retries=1)
     with pytest.raises(RuntimeError, match="could not be reached.*rmplugins serve"):
         asyncio.run(nobody(prompts=P[:2], completions=C[:2]))
+    assert AsyncRemoteRewardFunction(dead + "/get_reward/").url == dead + "/get_reward"
+    for route in ("score", "classify", "remote_rm"):  # another framework's route of the same server
+        with pytest.raises(ValueError, match=f"names the server's /{route} route; this client speaks"):
+            AsyncRemoteRewardFunction(f"{dead}/{route}")
+    for option, bad in (("batch_size", 0), ("batch_size", 2.5), ("retries", -1), ("retries", True),
+                        ("timeout", 0), ("timeout", -1.0), ("timeout", float("inf")), ("timeout", "30")):
+        with pytest.raises(ValueError, match=f"{option} must be"):  # never clamped or truncated silently
+            AsyncRemoteRewardFunction(dead, **{option: bad})
 
 
 def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):

@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import uuid
 import weakref
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name
 
@@ -47,6 +49,10 @@ async def _close_with_loop(session):
         await session.close()
 
 
+# the reward server's other routes (other frameworks' protocols): a URL naming one is a mistake, not a base URL
+OTHER_ROUTES = ("score", "classify", "pooling", "remote_rm", "health", "metrics", "metrics.json")
+
+
 class AsyncRemoteRewardFunction(_BaseRewardFunction):
     """An async TRL reward function that asks a remote reward server (``rmplugins serve``, OpenRLHF protocol).
 
@@ -66,13 +72,23 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         super().__init__(normalize=normalize, clip=clip, length_penalty=length_penalty)
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must be an http(s) URL of the reward server, got {url!r}")
-        if not url.rstrip("/").endswith("/get_reward"):
-            url = url.rstrip("/") + "/get_reward"
+        route = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
+        if route in OTHER_ROUTES:
+            raise ValueError(f"url {url!r} names the server's /{route} route; this client speaks OpenRLHF's "
+                             "/get_reward: pass the server's address (http://HOST:PORT) or its /get_reward URL")
+        url = url.rstrip("/")
+        if not url.endswith("/get_reward"):
+            url += "/get_reward"
+        for option, value, least in (("batch_size", batch_size, 1), ("retries", retries, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{option} must be a whole number of at least {least}, got {value!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
         self.url = url
         self.api_key = api_key
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
         self.timeout = float(timeout)
-        self.retries = max(0, int(retries))
+        self.retries = retries
         # a path is kept as a path (loaded where the function runs: a spawned process pickles less)
         self.policy_tokenizer = str(policy_tokenizer) if isinstance(policy_tokenizer, os.PathLike) else \
             policy_tokenizer
