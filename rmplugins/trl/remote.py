@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name
+from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name, whole_number
 
 logger = logging.getLogger("rmplugins.trl")
 
@@ -79,9 +79,7 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         url = url.rstrip("/")
         if not url.endswith("/get_reward"):
             url += "/get_reward"
-        for option, value, least in (("batch_size", batch_size, 1), ("retries", retries, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ValueError(f"{option} must be a whole number of at least {least}, got {value!r}")
+        batch_size, retries = whole_number("batch_size", batch_size, 1), whole_number("retries", retries, 0)
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a number of seconds above 0, got {timeout!r}")
         self.url = url

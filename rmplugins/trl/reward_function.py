@@ -12,7 +12,6 @@ A reward goes one way down: ``RewardFunction.__call__`` -> ``_pointwise`` (``rm.
 from __future__ import annotations
 
 import logging
-import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 from ..inputs import to_conversation
 from ..loading import load_reward_model
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
-from .shaping import _BaseRewardFunction, _sanitize, _unique_name
+from .shaping import _BaseRewardFunction, _sanitize, _unique_name, whole_number
 
 logger = logging.getLogger("rmplugins.trl")
 
@@ -37,21 +36,6 @@ def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[in
         except ValueError as err:
             reasons[i] = str(err)
     return reasons
-
-
-def _group_size(num_generations: Any) -> int | None:
-    """``num_generations`` as a whole number of at least 1 (None: not given). A float or a string is refused, not
-    truncated: 4.5 read as 4 would split every group wrongly."""
-    if num_generations is None:
-        return None
-    try:
-        value = None if isinstance(num_generations, bool) else operator.index(num_generations)
-    except TypeError:
-        value = None
-    if value is None or value < 1:
-        raise ValueError(f"num_generations must be a whole number of at least 1 (the trainer's GRPOConfig / "
-                         f"RLOOConfig num_generations), got {num_generations!r}")
-    return value
 
 
 class RewardFunction(_BaseRewardFunction):
@@ -89,7 +73,9 @@ class RewardFunction(_BaseRewardFunction):
             raise ValueError(f"layout must be 'auto', 'groups' or 'pairs', got {layout!r}")
         if distributed not in ("gather", "refuse"):
             raise ValueError(f"distributed must be 'gather' or 'refuse', got {distributed!r}")
-        num_generations = _group_size(num_generations)
+        if num_generations is not None:
+            num_generations = whole_number("num_generations", num_generations, 1,
+                                           " (the trainer's GRPOConfig / RLOOConfig num_generations)")
         if isinstance(model, (str, os.PathLike)):
             model = load_reward_model(str(model), kind=kind, device=device, dtype=dtype, **load_options)
         elif load_options or kind or dtype:
