@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from .checkpoints import identify
+from .options import whole_number
 from .placement import check_attention, check_device, check_dtype, default_attention, default_device, resolve_dtype
 from .registry import family
 
@@ -44,7 +45,12 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     if device is not None and engine != "vllm":
         device = check_device(device, "device=")
     check_dtype(dtype)
-    deterministic = bool(options.pop("deterministic", False))
+    for option in ("max_length", "token_budget"):  # 0 read as "the default", 2.5 as 2: refused instead
+        if options.get(option) is not None:
+            options[option] = whole_number(option, options[option], 1)
+    deterministic = options.pop("deterministic", False)
+    if not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be True or False, got {deterministic!r}")
     checkpoint = identify(name_or_path, kind=kind, variant=options.pop("variant", None))
     if options.get("judge") is not None and checkpoint.kind != "genrm":
         raise ValueError(f"judge= is an option of generative judges (kind='genrm'); {name_or_path} is kind "

@@ -1,10 +1,12 @@
 """What every ``rmplugins`` command shares on its command line: argument types that say what was wrong, a help
 formatter that shows defaults, and a parser whose errors are two lines (argparse prints the whole usage first:
-25 lines for a recipe, with the one that matters last)."""
+25 lines for a recipe, with the one that matters last); and the same check for the Python API's whole numbers."""
 
 from __future__ import annotations
 
 import argparse
+import operator
+from typing import Any
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -32,6 +34,18 @@ non_negative_int = _number(int, "non-negative integer", lambda v: v >= 0, "0 or 
 positive_float = _number(float, "positive number", lambda v: v > 0 and v != float("inf"), "a positive number")
 non_negative_float = _number(float, "non-negative number", lambda v: 0 <= v < float("inf"), "0 or more")
 probability = _number(float, "number in (0, 1]", lambda v: 0 < v <= 1, "in (0, 1]")
+
+
+def whole_number(option: str, value: Any, least: int, hint: str = "") -> int:
+    """``value`` as a whole number of at least ``least`` (numpy integers too); a float, a string or a bool is refused,
+    never truncated or clamped: ``num_generations=4.5`` read as 4 would split every group wrongly."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < least:
+        raise ValueError(f"{option} must be a whole number of at least {least}{hint}, got {value!r}")
+    return number
 
 
 def json_object(text: str) -> dict:

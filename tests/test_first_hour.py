@@ -75,7 +75,7 @@ def test_a_cuda_device_on_a_machine_without_one_is_refused_before_any_work(tiny,
     assert "loading" not in res.stderr and time.monotonic() - started < 60  # refused before the model loads
 
 
-def test_a_dtype_no_model_runs_in_is_refused_before_any_work(tiny, tmp_path):
+def test_a_dtype_or_size_that_makes_no_sense_is_refused_before_any_work(tiny, tmp_path):
     import torch
 
     for dtype in ("int8", torch.int8, "float8_e4m3fn", "bfloat", "complex64"):
@@ -85,6 +85,14 @@ def test_a_dtype_no_model_runs_in_is_refused_before_any_work(tiny, tmp_path):
         rmplugins.load_reward_model(tmp_path / "not-there", dtype="bfloat16")
     rm = rmplugins.load_reward_model(tiny("bt_llama3"), dtype=torch.bfloat16)
     assert next(rm.model.parameters()).dtype == torch.bfloat16
+    # sizes that make no sense: max_length=0 was read as the default, 2.5 as 2, -5 failed at the first score
+    for option, bad in (("max_length", 0), ("max_length", -5), ("max_length", 2.5), ("token_budget", 0),
+                        ("token_budget", "4096")):
+        with pytest.raises(ValueError, match=f"{option} must be a whole number of at least 1, got {bad!r}"):
+            rmplugins.load_reward_model(tmp_path / "not-there", **{option: bad})
+    with pytest.raises(ValueError, match="deterministic must be True or False, got 'no'"):  # "no" was truthy
+        rmplugins.load_reward_model(tmp_path / "not-there", deterministic="no")
+    assert rmplugins.load_reward_model(tiny("bt_llama3"), max_length=8).max_length == 8
     res = _cli("serve", "--model", tiny("bt_llama3"), "--dtype", "int8", "--port", "0")
     _short_and_clean(res, "argument --dtype: invalid choice: 'int8'")
     assert "loading" not in res.stderr

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name, whole_number
+from ..options import whole_number
+from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name
 
 logger = logging.getLogger("rmplugins.trl")
 

@@ -20,8 +20,9 @@ import torch
 
 from ..inputs import to_conversation
 from ..loading import load_reward_model
+from ..options import whole_number
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
-from .shaping import _BaseRewardFunction, _sanitize, _unique_name, whole_number
+from .shaping import _BaseRewardFunction, _sanitize, _unique_name
 
 logger = logging.getLogger("rmplugins.trl")
 

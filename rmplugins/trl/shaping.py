@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import math
-import operator
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -41,18 +40,6 @@ def _response_text(completion: Any) -> str:
             c = m.get("content")
             return c if isinstance(c, str) else ""
     return ""
-
-
-def whole_number(option: str, value: Any, least: int, hint: str = "") -> int:
-    """``value`` as a whole number of at least ``least`` (numpy integers too); a float, a string or a bool is refused,
-    never truncated or clamped: ``num_generations=4.5`` read as 4 would split every group wrongly."""
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
-    if number is None or number < least:
-        raise ValueError(f"{option} must be a whole number of at least {least}{hint}, got {value!r}")
-    return number
 
 
 class _RunningStats:
