@@ -218,3 +218,16 @@ def test_rank_gpo_scores(setup, prompt):
     assert ranking.worst == min(range(len(want)), key=lambda i: want[i])
     assert_differs(max(want), min(want), ATOL_GPM, "GPO spread")
     assert abs(sum(want)) < 1e-3  # the GPO scores of a group sum to zero (antisymmetric table)
+
+
+def test_a_tau_that_would_make_every_score_wrong_is_refused(tiny, tmp_path):
+    """tau = 0 gave NaN for every score and a negative tau turned every preference around, both silently."""
+    import rmplugins
+
+    for bad in (0, -0.1, float("nan"), float("inf"), "fast"):
+        with pytest.raises(ValueError, match="tau must be a positive number"):
+            rmplugins.load_reward_model(tiny("gpm"), tau=bad)
+    half = rmplugins.load_reward_model(tiny("gpm"), tau=0.05)  # a real change of tau scales the scores, no more
+    card = rmplugins.load_reward_model(tiny("gpm"))
+    assert_close(half.rank(SINGLE, CANDIDATES).scores, [2 * s for s in card.rank(SINGLE, CANDIDATES).scores],
+                 ATOL_GPM, "GPO scores at tau / 2")

@@ -12,6 +12,8 @@ Reference (GPMPipeline of the model card):
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,6 +73,18 @@ def skew_operator(b: torch.Tensor) -> torch.Tensor:
     return R
 
 
+def temperature(tau) -> float:
+    """GPM's tau as a positive, finite number: 0 makes every score NaN and a negative tau turns every preference
+    around, both silently."""
+    try:
+        value = float(tau)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise ValueError(f"tau must be a positive number (the GPM card's is 0.1), got {tau!r}")
+    return value
+
+
 class GPMRewardModel(RewardModel):
     kind = "gpm"
     rank_methods = ("gpo",)
@@ -78,7 +92,7 @@ class GPMRewardModel(RewardModel):
     def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1,
                  backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
-        self.tau = float(tau)
+        self.tau = temperature(tau)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{name_or_path}: GPM needs an eos token (the last position is forced to eos)")
         self.backend = (backend or engine_backend(token_budget))(model.model, pad_or_eos(tokenizer), True)
@@ -87,6 +101,7 @@ class GPMRewardModel(RewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1,
                         backend=None):
+        temperature(tau)  # before the weights load
         shapes = checkpoint.shapes
         llama_config = LlamaConfig.from_pretrained(checkpoint.path)
         llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
