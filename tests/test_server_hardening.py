@@ -169,6 +169,11 @@ def test_serve_cli_errors_are_one_line_and_early(tiny):
         assert res.returncode == 2 and "cannot listen" in res.stderr and "pick another --port" in res.stderr
         assert "Traceback" not in res.stderr and "loading" not in res.stderr  # refused before the model loaded
         assert time.monotonic() - started < 60
+    from rmplugins.serving.transport import bind
+
+    for host in ("192.0.2.1", "nonexistent.invalid"):  # an address this machine lacks, a name that does not resolve
+        with pytest.raises(ValueError, match=f"cannot listen on {host}:0: .*--host must be an address of this"):
+            bind(host, 0)
     for args, reason in [(["--model", "/nope/model"], "cannot find checkpoint"),
                          (["--model", tiny("armorm"), "--kind", "gpm"], "cannot be loaded as kind 'gpm'"),
                          (["--model", tiny("armorm"), "--port", "99999"], "not a TCP port"),

@@ -62,6 +62,7 @@ def uvicorn_config(app, *, host: str, port: int, read_timeout: float = 30.0, max
 
 def bind(host: str, port: int):
     """A listening socket on ``host:port``, or a ValueError that says what to do (port busy, bad address)."""
+    import errno
     import socket
 
     if not 0 <= port <= 65535:
@@ -73,9 +74,13 @@ def bind(host: str, port: int):
         sock.bind((host, port))
     except OSError as err:
         sock.close()
-        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; "
-                         f"{'another process holds the port: pick another --port' if port else 'check --host'}"
-                         ) from None
+        if err.errno == errno.EADDRINUSE:
+            fix = "another process holds the port: pick another --port (0: any free one)"
+        elif err.errno == errno.EACCES:
+            fix = "ports below 1024 need privileges: pick a --port of 1024 or more"
+        else:  # a name that does not resolve, an address this machine does not have
+            fix = "--host must be an address of this machine (127.0.0.1 or 0.0.0.0 for every interface)"
+        raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}; {fix}") from None
     sock.listen(4096)
     sock.set_inheritable(True)
     return sock
