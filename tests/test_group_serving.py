@@ -355,3 +355,50 @@ def test_samples_waiting_for_groups_are_bounded(group_models):
     assert statuses == [408, 408, 503]
     refused = next(body for status, body in answers if status == 503)
     assert "waiting for their groups" in refused["error"] and "--group-size (4)" in refused["error"]
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_stopping_the_server_answers_the_samples_waiting_for_groups_at_once(tiny, stop):
+    """Ctrl-C (or SIGTERM) while samples wait for incomplete groups: no more samples can arrive, so they are answered
+    503 at once and the server exits; it waited out --group-timeout (120 s here) with nothing said before."""
+    import concurrent.futures
+    import json
+    import socket
+
+    (conv, responses), = _groups(1, 4, seed=12)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("gpm"), "--group-size",
+                               "4", "--group-timeout", "120", "--port", str(port)], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # until the model has loaded and the port answers
+            assert server.poll() is None and time.monotonic() < deadline
+            try:
+                if _get(url + "/health")[0] == 200:
+                    break
+            except aiohttp.ClientError:
+                time.sleep(0.2)
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        waiting = [pool.submit(lambda r: asyncio.run(_post_all(url + "/score", [{"prompts": [conv],
+                                                                                  "completions": [r]}]))[0], r)
+                   for r in responses[:2]]
+        while _get(url + "/metrics.json")[1]["samples"] < 2:  # counted as they join their group (no await between)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        server.send_signal(stop)
+        answers = [w.result(timeout=60) for w in waiting]
+        # uvicorn stops gracefully, then exits as the signal asks (Ctrl-C: 130, as a shell reports it; SIGTERM)
+        assert server.wait(timeout=60) == {signal.SIGINT: 130, signal.SIGTERM: -signal.SIGTERM}[stop]
+        took = time.monotonic() - started
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log = server.communicate()[1]
+    assert answers == [(503, {"error": "the server is shutting down", "status": 503})] * 2, answers
+    assert took < 60, took  # far below --group-timeout
+    assert "stopping: 2 samples waiting for incomplete groups are answered 503" in log and "Traceback" not in log
+    assert json.dumps(answers)  # the answers are plain JSON a client can read

@@ -157,6 +157,16 @@ class RewardService:
         if engine is not None:  # the model may outlive the app (tests, notebooks): leave it as it was
             engine.prompt_cache_tokens = before
 
+    async def stopping(self) -> None:
+        """The server stops taking requests: the samples waiting for their groups are answered now (503), since no
+        more samples can arrive; what is being scored finishes."""
+        if self.groups is not None:
+            waiting = self.groups.waiting_samples
+            if waiting:
+                logger.warning("stopping: %d samples waiting for incomplete groups are answered 503 (their groups "
+                               "can no longer complete)", waiting)
+            self.groups.release_waiting(RequestError(503, "the server is shutting down"))
+
     def authorized(self, request: Request) -> bool:
         """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235) and the key is compared as
         UTF-8 bytes (the server sees header bytes as latin-1 text)."""

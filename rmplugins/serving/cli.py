@@ -188,7 +188,7 @@ def _serve_checked(args) -> int:
     from ..placement import check_device
     from ..policy_template import load_policy_template
     from .app import DETERMINISTIC, ON_VLLM, create_app, refuse_prompt_cache
-    from .transport import bind, uvicorn_config
+    from .transport import bind, reward_server, uvicorn_config
 
     device = check_device(args.device, "--device") if args.device is not None else None
     template = load_policy_template(args.policy_tokenizer, "--policy-tokenizer") if args.policy_tokenizer else None
@@ -215,8 +215,6 @@ def _serve_checked(args) -> int:
                 "/metrics) (policy template: %s, auth: %s)", args.host, sock.getsockname()[1],
                 args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "
                 "refused", "bearer key" if api_key else "none")
-    import uvicorn
-
-    uvicorn.Server(uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,
-                                  max_connections=args.max_connections, log_level="warning")).run(sockets=[sock])
+    reward_server(app, uvicorn_config(app, host=args.host, port=args.port, read_timeout=args.read_timeout,
+                                      max_connections=args.max_connections, log_level="warning")).run(sockets=[sock])
     return 0

@@ -20,6 +20,7 @@ The rules (docs/server.md, "Group rewards"; each has a test):
 - **Never complete.** ``--group-timeout`` seconds after a group's first sample: two or more samples are ranked as
   the group they are, and the answer says so (``extra_logs``: ``group_complete`` 0, ``group_size``); a lone sample
   has no group reward and gets 408 with the reason. Never a hang, never a reward from a group that was not there.
+- **The server stops.** The samples waiting for groups, and any that arrive after, get 503 at once.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class GroupBuffer:
         self._by_id: OrderedDict[str, tuple[float, Any]] = OrderedDict()     # sample id -> (when, result)
         self._unclaimed: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()  # (key, text) -> (when, result)
         self._tasks: set[asyncio.Task] = set()
+        self._refusal: RequestError | None = None  # set when the server stops: no group can complete any more
 
     # ---------------------------------------------------------------- joining
     async def submit(self, samples: list[Sample], gone: Callable[[], Awaitable[bool]] | None) -> list[dict]:
@@ -185,6 +187,8 @@ class GroupBuffer:
                     self.metrics.group_retries += 1
                     slot.waiters.append(waiter)
                     return waiter
+        if self._refusal is not None:
+            raise self._refusal
         if self.waiting_samples >= self.max_waiting:
             raise RequestError(503, f"server overloaded: {self.waiting_samples} samples are waiting for their groups "
                                     f"(limit {self.max_waiting}, --max-queue-samples); do the clients send "
@@ -283,14 +287,20 @@ class GroupBuffer:
             while memory and (len(memory) > RETRY_MEMORY_ITEMS or next(iter(memory.values()))[0] < cutoff):
                 memory.popitem(last=False)
 
-    async def stop(self) -> None:
+    def release_waiting(self, error: RequestError) -> None:
+        """Answer every sample still waiting for its group with ``error``, and every later one (the server stops: no
+        group can complete any more); groups being scored are left to finish."""
+        self._refusal = error
         for group in list(self.waiting.values()):
             if group.timer is not None:
                 group.timer.cancel()
             for slot in group.slots:
-                self._deliver(group, slot, RequestError(503, "the server is shutting down"))
+                self._deliver(group, slot, error)
         self.waiting.clear()
         self.waiting_samples = 0
+
+    async def stop(self) -> None:
+        self.release_waiting(RequestError(503, "the server is shutting down"))
         for task in list(self._tasks):
             task.cancel()
 
