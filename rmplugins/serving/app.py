@@ -157,7 +157,7 @@ class RewardService:
         if engine is not None:  # the model may outlive the app (tests, notebooks): leave it as it was
             engine.prompt_cache_tokens = before
 
-    async def stopping(self) -> None:
+    def stopping(self) -> None:
         """The server stops taking requests: the samples waiting for their groups are answered now (503), since no
         more samples can arrive; what is being scored finishes."""
         if self.groups is not None:

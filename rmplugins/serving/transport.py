@@ -70,7 +70,7 @@ def reward_server(app, config):
         async def shutdown(self, sockets=None):
             service = getattr(app.state, "service", None)
             if service is not None:
-                await service.stopping()
+                service.stopping()
             await super().shutdown(sockets)
 
     return RewardServer(config)
