@@ -130,3 +130,20 @@ def test_rank_round_robin_and_tournament(setup, prompt):
     rm, ref = setup
     cands = [conv(c) if i % 2 else c for i, c in enumerate(CANDIDATES)]
     check_pairwise_ranking(rm, prompt, cands, lambda i, j: ref.prob(prompt, cands[i], cands[j]))
+
+
+def test_a_temperature_that_would_make_every_probability_wrong_is_refused(tiny):
+    """temperature = 0 divided the answer logits by zero and a negative one swapped A and B, both silently."""
+    import rmplugins
+
+    for bad in (0, -1.0, float("nan"), float("inf"), "hot"):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            rmplugins.load_reward_model(tiny("pair_pm"), temperature=bad)
+    warm = rmplugins.load_reward_model(tiny("pair_pm"), temperature=2.0)  # the card's loop at that temperature
+    ref = CardPairPM(tiny("pair_pm"))
+    ref.temperature = 2.0
+    prompts, a, b = pairwise_cases()
+    got = warm.compare(prompts, a, b)
+    assert_close(got, [ref.prob(p, x, y) for p, x, y in zip(prompts, a, b)], ATOL, "pair_pm compare at temperature 2")
+    card = rmplugins.load_reward_model(tiny("pair_pm")).compare(prompts, a, b)
+    assert any(abs(x - y) > 100 * ATOL for x, y in zip(got, card))  # the temperature is applied, not ignored

@@ -4,6 +4,7 @@ small head tensors from safetensors, quiet loads of models whose head is read he
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,18 @@ def quiet_transformers():
         yield
     finally:
         hf_logging.set_verbosity(before)
+
+
+def positive_temperature(option: str, value: Any, card: float) -> float:
+    """A softmax or sigmoid temperature as a positive, finite number: 0 makes every probability NaN (or 0 and 1)
+    and a negative one turns every preference around, both silently."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0 < number < math.inf:
+        raise ValueError(f"{option} must be a positive number (the model card's is {card:g}), got {value!r}")
+    return number
 
 
 def pad_or_eos(tokenizer: Any) -> int:

@@ -12,8 +12,6 @@ Reference (GPMPipeline of the model card):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,7 +21,7 @@ from ..base import RewardModel, engine_backend
 from ..chat import load_chat_tokenizer
 from ..placement import model_kwargs
 from ..ranking import Ranking, from_scores
-from .common import pad_or_eos
+from .common import pad_or_eos, positive_temperature
 
 ARCHITECTURE = "GPMLlamaForPreference"  # GPM's checkpoints say LlamaForCausalLM; vLLM runs this name as the plugin
 
@@ -73,18 +71,6 @@ def skew_operator(b: torch.Tensor) -> torch.Tensor:
     return R
 
 
-def temperature(tau) -> float:
-    """GPM's tau as a positive, finite number: 0 makes every score NaN and a negative tau turns every preference
-    around, both silently."""
-    try:
-        value = float(tau)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0 < value < math.inf:
-        raise ValueError(f"tau must be a positive number (the GPM card's is 0.1), got {tau!r}")
-    return value
-
-
 class GPMRewardModel(RewardModel):
     kind = "gpm"
     rank_methods = ("gpo",)
@@ -92,7 +78,7 @@ class GPMRewardModel(RewardModel):
     def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1,
                  backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
-        self.tau = temperature(tau)
+        self.tau = positive_temperature("tau", tau, 0.1)
         if tokenizer.eos_token_id is None:
             raise ValueError(f"{name_or_path}: GPM needs an eos token (the last position is forced to eos)")
         self.backend = (backend or engine_backend(token_budget))(model.model, pad_or_eos(tokenizer), True)
@@ -101,7 +87,7 @@ class GPMRewardModel(RewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, tau=0.1,
                         backend=None):
-        temperature(tau)  # before the weights load
+        positive_temperature("tau", tau, 0.1)  # before the weights load
         shapes = checkpoint.shapes
         llama_config = LlamaConfig.from_pretrained(checkpoint.path)
         llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json

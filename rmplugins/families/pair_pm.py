@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from ..base import PairwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, merge_system, render, strip_bos
 from ..placement import model_kwargs
-from .common import pad_or_eos
+from .common import pad_or_eos, positive_temperature
 
 PLAIN_TEMPLATE = (
     "\n{% for message in messages %}{% if loop.index0 % 2 == 0 %}\n\n<turn> user\n {{ message['content'] }}"
@@ -37,7 +37,7 @@ class PairPMRewardModel(PairwiseRewardModel):
     def __init__(self, model, tokenizer, *, name_or_path, max_length, token_budget=None, temperature=1.0,
                  backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature("temperature", temperature, 1.0)
         self.token_a = single_token_id(tokenizer, "A", name_or_path)
         self.token_b = single_token_id(tokenizer, "B", name_or_path)
         lm_head = model.get_output_embeddings()
@@ -51,6 +51,7 @@ class PairPMRewardModel(PairwiseRewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, temperature=1.0,
                         backend=None):
+        positive_temperature("temperature", temperature, 1.0)  # before the weights load
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype,
                                                                                      attn_implementation, device_map))
