@@ -165,7 +165,7 @@ class RewardService:
             if waiting:
                 logger.warning("stopping: %d samples waiting for incomplete groups are answered 503 (their groups "
                                "can no longer complete)", waiting)
-            self.groups.release_waiting(RequestError(503, "the server is shutting down"))
+            self.groups.release_waiting()
 
     def authorized(self, request: Request) -> bool:
         """``Authorization: Bearer KEY``; the scheme is case-insensitive (RFC 7235) and the key is compared as

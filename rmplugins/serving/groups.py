@@ -287,10 +287,10 @@ class GroupBuffer:
             while memory and (len(memory) > RETRY_MEMORY_ITEMS or next(iter(memory.values()))[0] < cutoff):
                 memory.popitem(last=False)
 
-    def release_waiting(self, error: RequestError) -> None:
-        """Answer every sample still waiting for its group with ``error``, and every later one (the server stops: no
-        group can complete any more); groups being scored are left to finish."""
-        self._refusal = error
+    def release_waiting(self) -> None:
+        """Answer every sample still waiting for its group with 503, and every later one (the server stops: no group
+        can complete any more); groups being scored are left to finish."""
+        self._refusal = error = RequestError(503, "the server is shutting down")
         for group in list(self.waiting.values()):
             if group.timer is not None:
                 group.timer.cancel()
@@ -300,7 +300,7 @@ class GroupBuffer:
         self.waiting_samples = 0
 
     async def stop(self) -> None:
-        self.release_waiting(RequestError(503, "the server is shutting down"))
+        self.release_waiting()
         for task in list(self._tasks):
             task.cancel()
 
