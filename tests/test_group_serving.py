@@ -363,19 +363,25 @@ def test_stopping_the_server_answers_the_samples_waiting_for_groups_at_once(tiny
     503 at once and the server exits; it waited out --group-timeout (120 s here) with nothing said before."""
     import concurrent.futures
     import json
-    import socket
+    import re
+    import threading
 
     (conv, responses), = _groups(1, 4, seed=12)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # --port 0 and the port read from the log: a port found free here could be taken by the other test worker
     server = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("gpm"), "--group-size",
-                               "4", "--group-timeout", "120", "--port", str(port)], stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
+                               "4", "--group-timeout", "120", "--port", "0"], stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)  # keeps the pipe drained
+    reader.start()
     try:
         deadline = time.monotonic() + 120
-        while True:  # until the model has loaded and the port answers
-            assert server.poll() is None and time.monotonic() < deadline
+        while not (ports := [m.group(1) for line in list(lines)
+                             if (m := re.search(r"serving on http://127\.0\.0\.1:(\d+)", line))]):
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{ports[0]}"
+        while True:  # the port listens from the start; uvicorn answers once it runs
+            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
             try:
                 if _get(url + "/health")[0] == 200:
                     break
@@ -397,7 +403,9 @@ def test_stopping_the_server_answers_the_samples_waiting_for_groups_at_once(tiny
     finally:
         if server.poll() is None:
             server.kill()
-        log = server.communicate()[1]
+        server.wait()
+        reader.join(timeout=10)
+    log = "".join(lines)
     assert answers == [(503, {"error": "the server is shutting down", "status": 503})] * 2, answers
     assert took < 60, took  # far below --group-timeout
     assert "stopping: 2 samples waiting for incomplete groups are answered 503" in log and "Traceback" not in log
