@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from reference_helpers import close
+from served import rmplugins_serve
 from test_openrlhf_client import openrlhf_agent
 from test_server import _conversations, _get, _openrlhf_payload, _post
 
@@ -363,30 +364,11 @@ def test_stopping_the_server_answers_the_samples_waiting_for_groups_at_once(tiny
     503 at once and the server exits; it waited out --group-timeout (120 s here) with nothing said before."""
     import concurrent.futures
     import json
-    import re
-    import threading
 
     (conv, responses), = _groups(1, 4, seed=12)
-    # --port 0 and the port read from the log: a port found free here could be taken by the other test worker
-    server = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("gpm"), "--group-size",
-                               "4", "--group-timeout", "120", "--port", "0"], stderr=subprocess.PIPE, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)  # keeps the pipe drained
-    reader.start()
-    try:
+    with rmplugins_serve(["--model", tiny("gpm"), "--group-size", "4", "--group-timeout", "120"]) as (server, url,
+                                                                                                       lines):
         deadline = time.monotonic() + 120
-        while not (ports := [m.group(1) for line in list(lines)
-                             if (m := re.search(r"serving on http://127\.0\.0\.1:(\d+)", line))]):
-            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{ports[0]}"
-        while True:  # the port listens from the start; uvicorn answers once it runs
-            assert server.poll() is None and time.monotonic() < deadline, "".join(lines)[-2000:]
-            try:
-                if _get(url + "/health")[0] == 200:
-                    break
-            except aiohttp.ClientError:
-                time.sleep(0.2)
         pool = concurrent.futures.ThreadPoolExecutor(2)
         waiting = [pool.submit(lambda r: asyncio.run(_post_all(url + "/score", [{"prompts": [conv],
                                                                                   "completions": [r]}]))[0], r)
@@ -400,11 +382,6 @@ def test_stopping_the_server_answers_the_samples_waiting_for_groups_at_once(tiny
         # uvicorn stops gracefully, then exits as the signal asks (Ctrl-C: 130, as a shell reports it; SIGTERM)
         assert server.wait(timeout=60) == {signal.SIGINT: 130, signal.SIGTERM: -signal.SIGTERM}[stop]
         took = time.monotonic() - started
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait()
-        reader.join(timeout=10)
     log = "".join(lines)
     assert answers == [(503, {"error": "the server is shutting down", "status": 503})] * 2, answers
     assert took < 60, took  # far below --group-timeout

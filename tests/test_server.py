@@ -320,39 +320,18 @@ def test_cli_registers_serve():
 def test_rmplugins_serve_command_end_to_end(tiny, policy_tok):
     """The real CLI in a subprocess: key from the environment, policy tokenizer by path, 127.0.0.1."""
     import os
-    import socket
-    import subprocess
-    import sys
-    import time
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from served import rmplugins_serve
+
     env = {**os.environ, "RMPLUGINS_API_KEY": KEY, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", "--model", tiny("bt_llama3"), "--port",
-                             str(port), "--policy-tokenizer", tiny("policy"), "--deterministic"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            try:
-                if _get(url + "/health")[0] == 200:
-                    break
-            except aiohttp.ClientError:
-                pass
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.2)
+    with rmplugins_serve(["--model", tiny("bt_llama3"), "--policy-tokenizer", tiny("policy"), "--deterministic"],
+                         env=env) as (_, url, _):
         conv, response = _conversations(1, seed=2)[0]
         payload = _openrlhf_payload(policy_tok, conv, response)
         assert _post(url + "/get_reward", payload)[0] == 401
         status, body = _post(url + "/get_reward", payload, AUTH)
         want = rmplugins.load_reward_model(tiny("bt_llama3"), deterministic=True).score([conv], [response])
         assert status == 200 and body["rewards"] == want
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_templated_text_without_policy_tokenizer_is_recovered_or_refused_never_scored_raw(armorm, policy_tok):

@@ -224,12 +224,12 @@ def test_async_remote_reward_function_against_real_server(models):
         bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=2)
         with pytest.raises(RuntimeError, match="answered 401.*api_key="):  # not [None, None]: training would go on
             asyncio.run(bad(prompts=P[:2], completions=C[:2]))
-    with socket.socket() as s:  # a port nothing listens on
+    with socket.socket() as s:  # a port nothing listens on, held bound so that no other test can take it meanwhile
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    nobody = AsyncRemoteRewardFunction(dead, retries=1)
-    with pytest.raises(RuntimeError, match="could not be reached.*rmplugins serve"):
-        asyncio.run(nobody(prompts=P[:2], completions=C[:2]))
+        nobody = AsyncRemoteRewardFunction(dead, retries=1)
+        with pytest.raises(RuntimeError, match="could not be reached.*rmplugins serve"):
+            asyncio.run(nobody(prompts=P[:2], completions=C[:2]))
     assert AsyncRemoteRewardFunction(dead + "/get_reward/").url == dead + "/get_reward"
     for route in ("score", "classify", "remote_rm"):  # another framework's route of the same server
         with pytest.raises(ValueError, match=f"names the server's /{route} route; this client speaks"):

