@@ -289,7 +289,7 @@ def test_openrlhf_reward_func_file_against_live_server(armorm, armorm_server, po
         module.reward_func(["x"], ["x"], [""])
     monkeypatch.setenv("RMPLUGINS_REWARD_URL", "http://127.0.0.1:9/get_reward")
     monkeypatch.setenv("RMPLUGINS_REWARD_RETRIES", "2")
-    module.time.sleep = lambda s: None
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)  # the time module itself: undone after the test
     with pytest.raises(RuntimeError, match="unreachable after 2 attempts"):
         module.reward_func(["x"], ["x"], [""])
 
@@ -307,6 +307,60 @@ def test_verl_compute_score_against_live_server(armorm, armorm_server, monkeypat
     assert [m["score"] for m in many] == want
     with pytest.raises(ValueError, match="prompt is missing"):
         module.compute_score("ds", "x", "", {})
+
+
+INTEGRATIONS = {  # file, URL variable, its route, another framework's route of the same server
+    "openrlhf": ("integrations/openrlhf/reward_func.py", "RMPLUGINS_REWARD_URL", "/get_reward", "/score"),
+    "verl": ("integrations/verl/reward_server.py", "RMPLUGINS_SCORE_URL", "/score", "/get_reward"),
+    "areal": ("integrations/areal/reward.py", "REWARD_MODEL_SERVICE_URL", "/classify", "/score"),
+}
+
+
+@pytest.mark.parametrize("framework", sorted(INTEGRATIONS))
+def test_integrations_refuse_malformed_settings_when_loaded_and_when_called(framework, armorm, armorm_server,
+                                                                           policy_tok, monkeypatch):
+    """The framework files' environment settings: a malformed one stops the run when the framework loads the file
+    (and on a call, if it changes after), naming the variable and what it takes, with no request sent and no retry
+    waited out; a bare http://host:port gets the file's route appended and scores."""
+    path, url_var, route, other = INTEGRATIONS[framework]
+    malformed = [("RMPLUGINS_REWARD_TIMEOUT", value, "must be a positive number of seconds")
+                 for value in ("30s", "0", "-1", "nan", "inf")]
+    if framework != "areal":  # AReaL retries by itself
+        malformed += [("RMPLUGINS_REWARD_RETRIES", value, "must be a whole number of attempts")
+                      for value in ("0", "-2", "2.5", "many")]
+    malformed += [(url_var, value, "is not an http\\(s\\) URL") for value in ("localhost:5000", "127.0.0.1:5000/x",
+                                                                              "http://127.0.0.1:port", "ftp://h/")]
+    malformed += [(url_var, f"http://127.0.0.1:5000{other}", f"names the server's {other} route.*"
+                   f"http://127.0.0.1:5000{route}")]
+    if framework == "openrlhf":
+        malformed += [(url_var, " , ", "is empty")]
+    for variable, value, message in malformed:
+        monkeypatch.setenv(variable, value)
+        with pytest.raises(ValueError, match=f"{variable}.*{message}"):
+            _load_by_path(ROOT / path, f"{framework}_settings")
+        monkeypatch.delenv(variable)
+    module = _load_by_path(ROOT / path, f"{framework}_settings")
+    module.time = type("NoWaiting", (), {"sleep": staticmethod(lambda s: pytest.fail("a retry was waited"))})
+    calls = {"openrlhf": lambda: module.reward_func(["x"], ["x"], [""]),
+             "verl": lambda: module.compute_score("ds", "x", "", {"prompt": "x"}),
+             "areal": lambda: module.rmplugins_reward("x", "y")}
+    monkeypatch.setenv("RMPLUGINS_REWARD_TIMEOUT", "soon")  # set after the file was loaded: refused at the call
+    with pytest.raises(ValueError, match="RMPLUGINS_REWARD_TIMEOUT='soon'"):
+        calls[framework]()
+    monkeypatch.delenv("RMPLUGINS_REWARD_TIMEOUT")
+    monkeypatch.setenv(url_var, armorm_server.url)  # bare: the route is appended
+    monkeypatch.setenv("RMPLUGINS_API_KEY", KEY)
+    conv, response = _conversations(1, seed=4)[0]
+    want = armorm.score([conv], [response])[0]
+    if framework == "verl":
+        assert module.compute_score("ds", response, "", {"prompt": conv})["score"] == want
+    elif framework == "areal":
+        prompt = policy_tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        assert module.rmplugins_reward(prompt, response) == pytest.approx(want, abs=1e-6)
+    else:
+        payload = _openrlhf_payload(policy_tok, conv, response)
+        assert float(module.reward_func(payload["query"], payload["prompts"], [""])["rewards"][0]) == \
+            pytest.approx(want, abs=1e-6)
 
 
 def test_cli_registers_serve():

@@ -14,7 +14,9 @@ Group-relative families (``--group-size``): AReaL gives a reward call 15 s, so s
 ``--group-timeout 10``; a group whose samples finish generating further apart is ranked as the part that came.
 A row's ``group_id`` or ``uid`` (a dataset column) keys its group when present; else the server groups by prompt.
 
-Settings: ``REWARD_MODEL_SERVICE_URL``, ``RMPLUGINS_API_KEY``, ``RMPLUGINS_REWARD_TIMEOUT`` (seconds, 14).
+Settings: ``REWARD_MODEL_SERVICE_URL`` (a bare http://host:port gets /classify appended), ``RMPLUGINS_API_KEY``,
+``RMPLUGINS_REWARD_TIMEOUT`` (seconds, 14). They are checked when AReaL imports this module and on every call: a
+malformed one stops the run with its name, not a Python error in every rollout.
 """
 
 from __future__ import annotations
@@ -22,14 +24,41 @@ from __future__ import annotations
 import json
 import os
 import urllib.error
+import urllib.parse
 import urllib.request
 
 DEFAULT_URL = "http://localhost:30000/classify"
+ROUTE = "/classify"
+OTHER_ROUTES = ("/get_reward", "/score", "/pooling", "/remote_rm")  # the same server's routes for other frameworks
 GROUP_KEYS = ("group_id", "uid")
 
 
+def _settings() -> tuple[str, float]:
+    """The server's /classify URL and the timeout, or a ValueError that names the variable and what to set."""
+    url = (os.environ.get("REWARD_MODEL_SERVICE_URL") or DEFAULT_URL).strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # a port that is not a number raises
+    except ValueError:
+        parts = parts._replace(scheme="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"REWARD_MODEL_SERVICE_URL: {url!r} is not an http(s) URL; set e.g. {DEFAULT_URL}")
+    if parts.path in OTHER_ROUTES:
+        raise ValueError(f"REWARD_MODEL_SERVICE_URL: {url!r} names the server's {parts.path} route, which speaks "
+                         f"another framework's protocol; AReaL's is vLLM's: give {parts.scheme}://{parts.netloc}{ROUTE}")
+    raw = os.environ.get("RMPLUGINS_REWARD_TIMEOUT", "14")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = float("nan")
+    if not 0 < timeout < float("inf"):
+        raise ValueError(f"RMPLUGINS_REWARD_TIMEOUT={raw!r}: must be a positive number of seconds (default 14, "
+                         "under the 15 s AReaL gives a reward call)")
+    return (url if parts.path.endswith(ROUTE) else url + ROUTE), timeout
+
+
 def rmplugins_reward(prompt: str, completions: str, prompt_ids=None, completion_ids=None, **data) -> float:
-    url = os.environ.get("REWARD_MODEL_SERVICE_URL") or DEFAULT_URL
+    url, timeout = _settings()
     body = {"input": prompt + completions, "use_activation": False}
     group = next((data[k] for k in GROUP_KEYS if isinstance(data.get(k), (str, int))), None)
     if group is not None:
@@ -39,7 +68,6 @@ def rmplugins_reward(prompt: str, completions: str, prompt_ids=None, completion_
     if key:
         headers["Authorization"] = f"Bearer {key}"
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    timeout = float(os.environ.get("RMPLUGINS_REWARD_TIMEOUT", "14"))
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             answer = json.loads(response.read())
@@ -47,3 +75,6 @@ def rmplugins_reward(prompt: str, completions: str, prompt_ids=None, completion_
         raise RuntimeError(f"reward server {url} answered {err.code}: "
                            f"{err.read().decode(errors='replace')[:500]}") from None
     return float(answer["data"][-1]["probs"][-1])
+
+
+_settings()  # AReaL imports this module when its workflow is built: a malformed setting stops the run there

@@ -16,8 +16,9 @@ each response gets its reward within its prompt's group (``extra_info["group_id"
 when present, else the prompt does).
 
 Settings (``reward_kwargs`` win over the environment): ``url`` / RMPLUGINS_SCORE_URL (default
-http://127.0.0.1:5000/score), ``api_key`` / RMPLUGINS_API_KEY, RMPLUGINS_REWARD_TIMEOUT (180 s),
-RMPLUGINS_REWARD_RETRIES (5).
+http://127.0.0.1:5000/score; a bare http://host:port gets /score appended), ``api_key`` / RMPLUGINS_API_KEY,
+RMPLUGINS_REWARD_TIMEOUT (180 s), RMPLUGINS_REWARD_RETRIES (5 attempts). They are checked when verl loads this file
+and on every call: a malformed one stops the run with its name, not a Python error mid-training.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
+DEFAULT_URL = "http://127.0.0.1:5000/score"
+ROUTE = "/score"
+OTHER_ROUTES = ("/get_reward", "/classify", "/pooling", "/remote_rm")  # the same server's routes for other frameworks
 PROMPT_KEYS = ("prompt", "messages", "question", "query")
 GROUP_KEYS = ("group_id", "uid")
 
@@ -50,14 +55,43 @@ def _reference(ground_truth, extra_info):
     return ground_truth if isinstance(ground_truth, str) and ground_truth else None
 
 
+def _url(url, name: str) -> str:
+    """The server's /score URL, or a ValueError that says what to set."""
+    url = url.strip().rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    try:
+        parts.port  # a port that is not a number raises
+    except ValueError:
+        parts = parts._replace(scheme="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{name}: {url!r} is not an http(s) URL; set e.g. {DEFAULT_URL}")
+    if parts.path in OTHER_ROUTES:
+        raise ValueError(f"{name}: {url!r} names the server's {parts.path} route, which speaks another framework's "
+                         f"protocol; this function speaks verl's: give {parts.scheme}://{parts.netloc}{ROUTE}")
+    return url if parts.path.endswith(ROUTE) else url + ROUTE
+
+
+def _number(name: str, default: str, kind: type, meaning: str):
+    """A positive, finite number from the environment, or a ValueError that names the variable."""
+    raw = os.environ.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise ValueError(f"{name}={raw!r}: must be {meaning} (default {default})")
+    return value
+
+
 def _settings(url=None, api_key=None) -> tuple[str, dict, float, int]:
-    url = url or os.environ.get("RMPLUGINS_SCORE_URL", "http://127.0.0.1:5000/score")
+    url = _url(url, "reward_kwargs.url") if url else _url(os.environ.get("RMPLUGINS_SCORE_URL", DEFAULT_URL),
+                                                          "RMPLUGINS_SCORE_URL")
     headers = {"Content-Type": "application/json"}
     key = api_key or os.environ.get("RMPLUGINS_API_KEY")
     if key:
         headers["Authorization"] = f"Bearer {key}"
-    timeout = float(os.environ.get("RMPLUGINS_REWARD_TIMEOUT", "180"))
-    attempts = max(1, int(os.environ.get("RMPLUGINS_REWARD_RETRIES", "5")))
+    timeout = _number("RMPLUGINS_REWARD_TIMEOUT", "180", float, "a positive number of seconds")
+    attempts = _number("RMPLUGINS_REWARD_RETRIES", "5", int, "a whole number of attempts, 1 or more")
     return url, headers, timeout, attempts
 
 
@@ -163,3 +197,7 @@ async def compute_score_async(data_source=None, solution_str=None, ground_truth=
     samples (and runs a prompt shared by them once)."""
     answer = await _post_async(_payload([solution_str], [ground_truth], [extra_info]), url, api_key)
     return _results(answer)[0]
+
+
+# verl loads this file when its reward workers start: a malformed setting stops the run there, not at the first reward
+_settings()
