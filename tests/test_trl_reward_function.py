@@ -253,3 +253,11 @@ def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):
     assert mod.gpm_gpo is rf
     with pytest.raises(AttributeError, match="choose one of"):
         mod.nope  # noqa: B018
+    # the ready judges load as generative judges with their presets: pointwise (a reward each) and pairwise
+    monkeypatch.setenv("RMPLUGINS_QWEN3_RERANKER_MODEL", tiny("genrm_qwen3"))
+    monkeypatch.setenv("RMPLUGINS_RM_R1_MODEL", tiny("genrm_trained"))
+    reranker, rm_r1 = mod.qwen3_reranker, mod.rm_r1
+    assert (reranker.kind, reranker.pointwise, rm_r1.kind, rm_r1.pointwise) == ("genrm", True, "genrm", False)
+    want = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge="qwen3-reranker").score(P[:2], C[:2])
+    assert reranker(prompts=P[:2], completions=C[:2]) == want
+    assert rm_r1.model.spec.name == "rm-r1-reasoning" and rm_r1.model.spec.readout == "generate"

@@ -22,6 +22,10 @@ SPECS: dict[str, tuple[str, dict[str, Any]]] = {
     "pairrm": ("llm-blender/PairRM-hf", {}),
     "better_pairrm": ("mightbe/Better-PairRM", {}),
     "gpm_gpo": ("general-preference/GPM-Llama-3.1-8B", {}),
+    # generative judges (docs/judges.md): P("yes") of Qwen3-Reranker asked whether the response answers well, and
+    # RM-R1's reasoning judge over each pair of a prompt's group (generated verdicts: slow, every pair decoded)
+    "qwen3_reranker": ("Qwen/Qwen3-Reranker-4B", {"kind": "genrm", "judge": "qwen3-reranker"}),
+    "rm_r1": ("gaotang/RM-R1-DeepSeek-Distilled-Qwen-7B", {"kind": "genrm", "judge": "rm-r1-reasoning"}),
 }
 
 _INSTANCES: dict[str, Any] = {}
