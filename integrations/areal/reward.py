@@ -33,15 +33,19 @@ OTHER_ROUTES = ("/get_reward", "/score", "/pooling", "/remote_rm")  # the same s
 GROUP_KEYS = ("group_id", "uid")
 
 
+def _is_http(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # a port that is not a number raises
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _settings() -> tuple[str, float]:
     """The server's /classify URL and the timeout, or a ValueError that names the variable and what to set."""
     url = (os.environ.get("REWARD_MODEL_SERVICE_URL") or DEFAULT_URL).strip().rstrip("/")
     parts = urllib.parse.urlsplit(url)
-    try:
-        parts.port  # a port that is not a number raises
-    except ValueError:
-        parts = parts._replace(scheme="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not _is_http(parts):
         raise ValueError(f"REWARD_MODEL_SERVICE_URL: {url!r} is not an http(s) URL; set e.g. {DEFAULT_URL}")
     if parts.path in OTHER_ROUTES:
         raise ValueError(f"REWARD_MODEL_SERVICE_URL: {url!r} names the server's {parts.path} route, which speaks "

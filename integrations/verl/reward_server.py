@@ -55,15 +55,19 @@ def _reference(ground_truth, extra_info):
     return ground_truth if isinstance(ground_truth, str) and ground_truth else None
 
 
+def _is_http(parts: urllib.parse.SplitResult) -> bool:
+    try:
+        parts.port  # a port that is not a number raises
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def _url(url, name: str) -> str:
     """The server's /score URL, or a ValueError that says what to set."""
     url = url.strip().rstrip("/")
     parts = urllib.parse.urlsplit(url)
-    try:
-        parts.port  # a port that is not a number raises
-    except ValueError:
-        parts = parts._replace(scheme="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not _is_http(parts):
         raise ValueError(f"{name}: {url!r} is not an http(s) URL; set e.g. {DEFAULT_URL}")
     if parts.path in OTHER_ROUTES:
         raise ValueError(f"{name}: {url!r} names the server's {parts.path} route, which speaks another framework's "
