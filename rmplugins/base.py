@@ -260,12 +260,16 @@ class RewardModel:
             first.setdefault(c.response, c)
         return [first[r] for r in unique], back
 
-    def _check_groups(self, prompts, candidate_lists) -> None:
+    def _distinct_groups(self, prompts, candidate_lists) -> tuple[list[list[Conversation]], list[list[int]]]:
+        """``rank_many``'s groups, checked, each with its identical candidates once (scored or judged once), and
+        for each group where each candidate went (``ranking.expand_duplicates`` spreads a ranking back)."""
         if isinstance(prompts, (str, dict)) or isinstance(candidate_lists, (str, dict)):
             raise ValueError("rank_many takes a list of prompts and a list of candidate lists (one per prompt)")
         if len(prompts) != len(candidate_lists):
             raise ValueError(f"rank_many got {len(prompts)} prompts but {len(candidate_lists)} candidate lists; "
                              "give one list of candidates per prompt")
+        pairs = [self._distinct_candidates(self._candidates(p, c)) for p, c in zip(prompts, candidate_lists)]
+        return [distinct for distinct, _ in pairs], [back for _, back in pairs]
 
     def _check_method(self, method: str | None) -> str:
         method = method or self.rank_methods[0]
@@ -340,13 +344,7 @@ class PointwiseRewardModel(RewardModel):
 
     def rank_many(self, prompts, candidate_lists, method=None):
         self._check_method(method)
-        self._check_groups(prompts, candidate_lists)
-        groups, backs = [], []
-        for prompt, candidates in zip(prompts, candidate_lists):
-            # identical candidates are scored once
-            distinct, back = self._distinct_candidates(self._candidates(prompt, candidates))
-            groups.append(distinct)
-            backs.append(back)
+        groups, backs = self._distinct_groups(prompts, candidate_lists)
         rewards = self.rewards([c for g in groups for c in g]).tolist()  # one batched call for all groups
         return [expand_duplicates(from_scores(r, "score", 0), back)
                 for r, back in zip(split_sizes(rewards, [len(g) for g in groups]), backs)]
@@ -362,13 +360,7 @@ class PairwiseRewardModel(RewardModel):
         """The groups' tournaments (or round robins) run in lockstep: each round of all of them is one batched
         model call, and the prefix caches are kept across the rounds (each context runs once)."""
         method = self._check_method(method)
-        self._check_groups(prompts, candidate_lists)
-        groups, backs = [], []
-        for prompt, candidates in zip(prompts, candidate_lists):
-            # identical candidates are judged once
-            distinct, back = self._distinct_candidates(self._candidates(prompt, candidates))
-            groups.append(distinct)
-            backs.append(back)
+        groups, backs = self._distinct_groups(prompts, candidate_lists)
 
         def judge_many(pending: dict[int, list[tuple[int, int]]]) -> dict[int, list[float]]:
             convs_a = [groups[g][i] for g, pairs in pending.items() for i, _ in pairs]

@@ -172,15 +172,9 @@ class GPMRewardModel(RewardModel):
         """GPO scores per group: one forward per distinct candidate, all groups in one engine call (each prompt's
         candidates share its prefix), then an n x n table of small products per group."""
         self._check_method(method)
-        self._check_groups(prompts, candidate_lists)
-        groups = [self._candidates(p, c) for p, c in zip(prompts, candidate_lists)]
-        if not groups:
+        firsts, backs = self._distinct_groups(prompts, candidate_lists)
+        if not firsts:
             return []
-        firsts, backs = [], []
-        for convs in groups:
-            distinct, back = self._distinct_candidates(convs)
-            firsts.append(distinct)
-            backs.append(back)
         v_all, R_all = self.embeddings([c for f in firsts for c in f])
         out = []
         for v_group, R_group, back in zip(v_all.split([len(f) for f in firsts]),
