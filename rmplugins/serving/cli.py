@@ -204,6 +204,8 @@ def _serve_checked(args) -> int:
     rm = load_reward_model(args.model, kind=args.kind, device=device, dtype=args.dtype,
                            deterministic=args.deterministic, **options)
     logger.info("loaded %r", rm)
+    if rm.engine is not None and (took := rm.engine.warm_up()):  # before /health answers: no request waits on it
+        logger.info("compiled the fused CPU kernels before serving (%.1f s; cached on disk for the next start)", took)
     app = create_app(rm, policy_tokenizer=template, api_key=api_key, max_batch_size=args.max_batch_size,
                      max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                      max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
