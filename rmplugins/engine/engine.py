@@ -160,7 +160,8 @@ class ScoringEngine:
         of after up to half a minute of compiling, which a client's timeout would spend (AReaL gives a reward call
         15 s). Call it before scoring: nothing is counted, and the prompt cache is left empty. Returns the seconds
         it took (0 where nothing compiles: off CPU, or no fused kernels)."""
-        if self._fused_forwards() is None:
+        started = time.perf_counter()
+        if self._fused_forwards() is None:  # made here: its probes compile too
             return 0.0
         vocab = int(getattr(self.config, "vocab_size", 0) or 32)
         ids = [(7 * i + 3) % vocab for i in range(120)]
@@ -170,7 +171,6 @@ class ScoringEngine:
                  [prompt + ids[102:110]]]
         configured, fit, counted = torch.get_num_threads(), self.fit_threads, self.stats.as_dict()
         limit = self.prompt_cache_tokens
-        started = time.perf_counter()
         self.fit_threads = False
         try:
             for threads in dict.fromkeys([configured, 1] if fit else [configured]):
