@@ -460,6 +460,18 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
     assert threads.fitting_threads(2, 2, 1) == 1 and threads.fitting_threads(2, 2, 0) == 2
     assert threads.fitting_threads(4, 8, 2) == 4 and threads.fitting_threads(4, 4, 3) == 1
     assert threads.fitting_threads(2, 2, None) == 2  # no /proc/loadavg: as configured
+    # on more cores the counts lie on a ladder (each count is a compiled kernel of its own): all of the cores beside
+    # one busy process, never more than a quarter fewer than are free
+    assert threads.thread_counts(16) == [16, 15, 11, 8, 6, 4, 3, 2, 1] and threads.thread_counts(2) == [2, 1]
+    assert threads.thread_counts(5) == [5, 4, 3, 2, 1] and threads.thread_counts(1) == [1]
+    for configured in range(1, 129):
+        ladder = threads.thread_counts(configured)
+        assert ladder[0] == configured and ladder[-1] == 1 and len(ladder) <= 16
+        for busy in range(configured):
+            free = configured - busy
+            n = threads.fitting_threads(configured, configured, busy)
+            assert n in ladder and n <= free and (n >= 0.75 * free or n == free - 1 or free <= 2), (configured, busy)
+    assert threads.fitting_threads(16, 16, 1) == 15 and threads.fitting_threads(16, 16, 3) == 11
     loadavg = tmp_path / "loadavg"
     loadavg.write_text("1.31 1.02 0.98 5/412 98765\n")
     tasks = tmp_path / "task"  # /proc/self/task: this process's threads, two runnable (one named with ") S")

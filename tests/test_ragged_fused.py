@@ -362,6 +362,38 @@ def test_rmplugins_serve_warms_up_before_answering(tiny):
         assert engine["calls"] == 0 and engine["tokens_processed"] == 0
 
 
+LADDER_SCRIPT = """
+import json, logging, sys, torch
+from rmplugins import load_reward_model
+from rmplugins.engine import fused
+from rmplugins.engine.threads import thread_counts
+
+warnings = []
+logging.getLogger("rmplugins").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: warnings.append(
+    r.getMessage())})(logging.WARNING))
+rm = load_reward_model(sys.argv[1], device="cpu", dtype="bfloat16")
+rm.engine.fit_threads, rm.engine.prompt_cache_tokens = False, 100_000
+prompts, completions = ["What is 2+2?", "What is 2+2?", "Hi there"], ["4", "Four, since two and two make four.", "yo"]
+for threads in thread_counts(8):  # every count a forward may fall to on 8 cores
+    torch.set_num_threads(threads)
+    rm.score(prompts[:1], completions[:1]), rm.score(prompts, completions), rm.score(prompts[:1], ["x"])
+print(json.dumps({"compiled": [k.fast is not None for k in fused._compiled.values()], "warnings": warnings}))
+"""
+
+
+def test_every_thread_count_a_forward_falls_to_keeps_its_compiled_kernels(tiny):
+    """Each thread count is a graph of its own per kernel; with dynamo's default of 8 graphs per kernel the merge
+    of the engine attention ran eagerly for good from the fourth thread count on (measured on 4+ cores under a
+    changing load). Over every count of an 8-core machine's ladder, each kernel stays compiled, nothing warned."""
+    import json
+
+    res = subprocess.run([sys.executable, "-c", LADDER_SCRIPT, str(tiny("bt_qwen3"))], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out["compiled"]) >= 4 and all(out["compiled"]) and out["warnings"] == [], out
+
+
 def test_running_out_of_memory_is_not_the_compilers_failure():
     def out_of_memory(*args):
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -126,7 +126,8 @@ _broken: list[str] = []  # why compiling failed, once
 def compiled(fn, dtype: torch.dtype | None = None):
     """``torch.compile(fn)`` with dynamic shapes, made once per process and dtype; None when compiling is not
     possible. Each dtype compiles a copy of ``fn`` with a code object of its own: dynamo keeps a kernel's graphs,
-    and its limit of 8 of them, per code object, and every thread count a forward runs with is a graph too."""
+    and its limit on them (``GRAPHS_PER_KERNEL`` here), per code object, and every thread count a forward runs with
+    is a graph too."""
     if _broken:
         return None
     with _compile_lock:
@@ -137,21 +138,33 @@ def compiled(fn, dtype: torch.dtype | None = None):
         return _compiled[fn, dtype]
 
 
+GRAPHS_PER_KERNEL = 64  # dynamo's default is 8: thread counts (.threads.thread_counts) x shapes reach it
+
+
 @contextlib.contextmanager
-def _sizes_never_unified():
-    """Compile without "duck sizing" (two sizes, strides or offsets equal on the first call taken as always equal):
-    a slice's storage offset that happened to equal another input's would otherwise cost a graph of its own. Set
-    and restored around each call (3 us; ``config.patch`` costs 70)."""
-    config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
-    before = getattr(config, "use_duck_shape", None)
-    if before is None:
-        yield
-        return
-    config.use_duck_shape = False
+def _compile_settings():
+    """Set and restored around each call of a compiled kernel (3 us each; ``config.patch`` costs 70):
+
+    - no "duck sizing" (two sizes, strides or offsets equal on the first call taken as always equal): a slice's
+      storage offset that happened to equal another input's would otherwise cost a graph of its own;
+    - up to ``GRAPHS_PER_KERNEL`` graphs per kernel instead of dynamo's 8: every thread count a forward runs with
+      is a graph of its own, and a kernel past the limit would run eagerly for good (on 4 or more cores under a
+      changing load, measured). Only these calls see the higher limit, not the rest of the process."""
+    fx_config = getattr(getattr(torch.fx, "experimental", None), "_config", None)
+    dynamo_config = getattr(getattr(torch, "_dynamo", None), "config", None)
+    duck = getattr(fx_config, "use_duck_shape", None)
+    limit = getattr(dynamo_config, "recompile_limit", None)
+    if duck is not None:
+        fx_config.use_duck_shape = False
+    if limit is not None:
+        dynamo_config.recompile_limit = max(limit, GRAPHS_PER_KERNEL)
     try:
         yield
     finally:
-        config.use_duck_shape = before
+        if duck is not None:
+            fx_config.use_duck_shape = duck
+        if limit is not None:
+            dynamo_config.recompile_limit = limit
 
 
 class EagerOnFailure:
@@ -166,7 +179,7 @@ class EagerOnFailure:
     def __call__(self, *args):
         if self.fast is not None:
             try:
-                with _sizes_never_unified():
+                with _compile_settings():
                     return self.fast(*args)
             except torch.OutOfMemoryError:  # the forward's to handle (split and retry), not the compiler's
                 raise

@@ -11,6 +11,13 @@ forward, halved every other forward on a quiet machine: 7.8 s against 5.2 s) bef
 busy a moment ago costs one forward, not a whole call), and the configured number is restored after it. Only ever
 fewer threads than configured, never more; and not at all in a process pinned to part of a larger machine, whose
 runnable count is not about its cores.
+
+The counts lie on a ladder (:func:`thread_counts`: the configured count, one less, then three quarters of each
+step down to 1): every thread count a forward runs with is a compiled kernel of its own for each fused kernel
+(:mod:`.fused`), and a count per free core would compile a machine's cores over (and past dynamo's limit of graphs
+per kernel, after which a kernel ran eagerly for good: on 4 or more cores under a changing load, measured). A
+forward uses at most a quarter fewer cores than are free, and all of them beside one busy process; on 2 to 5 cores
+every count is on the ladder.
 """
 
 from __future__ import annotations
@@ -73,10 +80,23 @@ def runnable_elsewhere(path: str = "/proc/loadavg", task_dir: str = "/proc/self/
     return least
 
 
+def thread_counts(configured: int) -> list[int]:
+    """The thread counts a forward may run with, highest first: ``configured``, one less (the usual case: one other
+    busy process, a trainer beside the scorer), then three quarters of each step (rounded down, at least one less)
+    down to 1. 16 cores: 16, 15, 11, 8, 6, 4, 3, 2, 1."""
+    counts = [max(1, configured)]
+    while counts[-1] > 1:
+        step = counts[-1] - 1 if len(counts) == 1 else counts[-1] * 3 // 4
+        counts.append(max(1, min(counts[-1] - 1, step)))
+    return counts
+
+
 def fitting_threads(configured: int, available: int, busy: int | None) -> int:
+    """The highest count of :func:`thread_counts` that the cores other processes leave free can run."""
     if busy is None:
         return configured
-    return max(1, min(configured, available - busy))
+    free = max(1, min(configured, available - busy))
+    return next(n for n in thread_counts(configured) if n <= free)
 
 
 @contextmanager
