@@ -160,6 +160,10 @@ class ScoringEngine:
         of after up to half a minute of compiling, which a client's timeout would spend (AReaL gives a reward call
         15 s). Call it before scoring: nothing is counted, and the prompt cache is left empty. Returns the seconds
         it took (0 where nothing compiles: off CPU, or no fused kernels)."""
+        if not self._fused_wanted():
+            return 0.0
+        logger.info("rmplugins: compiling the engine's fused CPU kernels for the first calls (up to half a minute "
+                    "with an empty inductor cache, seconds with it filled)")
         started = time.perf_counter()
         if self._fused_forwards() is None:  # made here: its probes compile too
             return 0.0
@@ -305,11 +309,15 @@ class ScoringEngine:
             out.append(hidden[u][torch.as_tensor(rows, dtype=torch.long, device=hidden[u].device)])
         return out
 
+    def _fused_wanted(self) -> bool:
+        """``fused_kernels`` True, or None where they pay (:func:`.fused.pays`)."""
+        if self.fused_kernels is not None:
+            return bool(self.fused_kernels)
+        return fused_pays(self.device, self.dtype, getattr(self.backbone.config, "hidden_size", None))
+
     def _fused_forwards(self) -> FusedForwards | None:
-        """The fused kernels (:mod:`.fused`): ``fused_kernels`` True, or None where they pay (:func:`.fused.pays`)."""
-        on = self.fused_kernels
-        if on is None:
-            on = fused_pays(self.device, self.dtype, getattr(self.backbone.config, "hidden_size", None))
+        """The fused kernels (:mod:`.fused`) where :meth:`_fused_wanted`, once they are available."""
+        on = self._fused_wanted()
         if on and self._fused is None:
             self._fused = FusedForwards(self.backbone)
             if self._fused.available:
