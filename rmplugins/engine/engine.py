@@ -44,7 +44,7 @@ from .padded import run_plain, run_shared
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
 from .shapes import rounds
 from .state import CallState, EngineStats
-from .threads import threads_that_fit
+from .threads import thread_counts, threads_that_fit
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
@@ -153,7 +153,7 @@ class ScoringEngine:
 
     def warm_up(self) -> float:
         """Compile now what the first calls would compile: the fused CPU kernels (:mod:`.fused`), for the configured
-        thread count and for one thread (what a forward falls to beside a busy process, :mod:`.threads`), over the
+        thread count, one less and one (what a forward falls to beside busy processes, :mod:`.threads`), over the
         calls a server sees first: one sequence, the same again (its prompt from the prompt cache), a prompt shared
         by continuations long and short (a size of 1 is a graph of its own) beside a lone sequence, and one more
         continuation of the cached prompt alone. A server then answers its first requests in milliseconds instead
@@ -177,7 +177,7 @@ class ScoringEngine:
         limit = self.prompt_cache_tokens
         self.fit_threads = False
         try:
-            for threads in dict.fromkeys([configured, 1] if fit else [configured]):
+            for threads in dict.fromkeys([*thread_counts(configured)[:2], 1] if fit else [configured]):
                 torch.set_num_threads(threads)
                 self.prompt_cache_tokens = 0  # each thread count from an empty cache, as a server starts
                 self.prompt_cache_tokens = 4 * len(ids)
