@@ -3,6 +3,9 @@ registry (:mod:`rmplugins.registry`), and load it with its native implementation
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import inspect
 import logging
 import os
 from typing import Any
@@ -10,7 +13,7 @@ from typing import Any
 from .checkpoints import identify
 from .options import whole_number
 from .placement import check_attention, check_device, check_dtype, default_attention, default_device, resolve_dtype
-from .registry import family
+from .registry import FAMILIES, family
 
 logger = logging.getLogger("rmplugins")
 
@@ -57,6 +60,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
                          f"{checkpoint.kind!r}: add kind='genrm' to load it as a judge, or drop judge=")
     spec = family(checkpoint.kind)
     cls = spec.model_class()
+    check_options(cls, checkpoint.kind, engine, options)
     name = str(name_or_path)
     if engine == "vllm":
         rm = _load_on_vllm(cls, spec, checkpoint, name, device, dtype, vllm_args, options)
@@ -73,14 +77,56 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
     return rm
 
 
+# options load_reward_model takes itself (the rest go to the family's from_pretrained)
+OWN_OPTIONS = ("kind", "device", "dtype", "engine", "vllm_args", "deterministic", "variant")
+ENGINE_OPTIONS = {"asynchronous": "vllm"}  # options of one engine, not of a family
+
+
+def family_options(cls) -> list[str]:
+    """The options a family's ``from_pretrained`` takes (its signature: the one list, never a copy of it)."""
+    hidden = {"cls", "checkpoint", "name_or_path", "device", "dtype", "backend"}
+    return sorted(p.name for p in inspect.signature(cls.from_pretrained).parameters.values()
+                  if p.kind is p.KEYWORD_ONLY and p.name not in hidden)
+
+
+def check_options(cls, kind: str, engine: str, options: dict) -> None:
+    """Refuse an option the family does not take, before anything loads, saying where it belongs instead: another
+    engine's, another family's, or (for a generative judge) a field of its :class:`~rmplugins.judges.JudgeSpec`."""
+    from .judges.spec import JudgeSpec
+
+    accepted = set(family_options(cls)) | {o for o, e in ENGINE_OPTIONS.items() if e == engine}
+    unknown = [option for option in options if option not in accepted]
+    if not unknown:
+        return
+    option = unknown[0]
+    own = [o for o in OWN_OPTIONS if o != "variant" or kind == "pairrm"]
+    listed = ", ".join(sorted(accepted | set(own)))
+    message = f"load_reward_model: kind {kind!r} has no option {option!r} (its options: {listed})"
+    spec_fields = {f.name for f in dataclasses.fields(JudgeSpec)}
+    others = [o.kind for o in FAMILIES.values() if o.kind != kind and option in family_options(o.model_class())]
+    close = difflib.get_close_matches(option, sorted(accepted | set(own)), n=1)
+    if option in ENGINE_OPTIONS:
+        message += f"; {option} is an option of engine={ENGINE_OPTIONS[option]!r}"
+    elif kind == "genrm" and option in spec_fields:
+        judge = options.get("judge")
+        if isinstance(judge, (str, os.PathLike)) and str(judge).endswith(".json"):
+            where = f'add "{option}" to {judge}'
+        elif isinstance(judge, str):
+            where = f"pass judge=rmplugins.PRESETS[{judge!r}].with_options({option}=...)"
+        else:
+            where = f"pass judge=your_spec.with_options({option}=...)"
+        message += (f"; {option} is a field of the judge's spec: {where} (CLI: --judge takes a JSON file of "
+                    "JudgeSpec fields; docs/judges.md)")
+    elif others:
+        message += f"; {option} is an option of kind {' / '.join(repr(k) for k in others)}"
+    elif close:
+        message += f"; did you mean {close[0]!r}?"
+    raise TypeError(message)
+
+
 def _construct(cls, checkpoint, name: str, **options):
-    """``cls.from_pretrained`` with an unknown option reported as the family's, not as a TypeError deep inside."""
-    try:
-        return cls.from_pretrained(checkpoint, name_or_path=name, **options)
-    except TypeError as err:
-        if "unexpected keyword" in str(err):
-            raise TypeError(f"load_reward_model: option not supported for kind {checkpoint.kind!r}: {err}") from err
-        raise
+    """``cls.from_pretrained`` with the options :func:`check_options` let through."""
+    return cls.from_pretrained(checkpoint, name_or_path=name, **options)
 
 
 def _load_on_vllm(cls, spec, checkpoint, name: str, device, dtype, vllm_args, options: dict):

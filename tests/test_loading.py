@@ -100,9 +100,31 @@ def test_identity_file_is_validated(tiny, tmp_path):
         rmplugins.load_reward_model(str(path))
 
 
-def test_unknown_option_names_the_kind(tiny):
-    with pytest.raises(TypeError, match="not supported for kind 'bt'"):
+def test_unknown_option_names_the_kind_and_where_it_belongs(tiny, monkeypatch):
+    import rmplugins.loading
+
+    construct = rmplugins.loading._construct
+
+    def never(*args, **kwargs):  # refused before the family loads anything
+        raise AssertionError("loaded before the options were checked")
+
+    monkeypatch.setattr(rmplugins.loading, "_construct", never)
+    with pytest.raises(TypeError, match="kind 'bt' has no option 'tau' .*max_length.*option of kind 'gpm'"):
         rmplugins.load_reward_model(tiny("bt"), device="cpu", tau=0.5)
+    with pytest.raises(TypeError, match="'max_lenght'.*did you mean 'max_length'"):
+        rmplugins.load_reward_model(tiny("bt"), device="cpu", max_lenght=512)
+    with pytest.raises(TypeError, match="'asynchronous'.*option of engine='vllm'"):
+        rmplugins.load_reward_model(tiny("bt"), device="cpu", asynchronous=True)
+    with pytest.raises(TypeError, match=r"field of the judge's spec: pass judge=rmplugins.PRESETS\['mt-bench'\]"
+                                        r"\.with_options\(max_new_tokens=\.\.\.\)"):
+        rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge="mt-bench", max_new_tokens=64)
+    with pytest.raises(TypeError, match="add \"temperature\" to my-judge.json"):  # a pair-PM option too: not named
+        rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge="my-judge.json", temperature=0.7)
+    # what the message suggests loads
+    monkeypatch.setattr(rmplugins.loading, "_construct", construct)
+    rm = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", device="cpu",
+                                     judge=rmplugins.PRESETS["mt-bench"].with_options(max_new_tokens=64))
+    assert rm.spec.max_new_tokens == 64
     with pytest.raises(ValueError, match="variant='better' is a PairRM option.*kind 'bt'"):
         rmplugins.load_reward_model(tiny("bt"), device="cpu", variant="better")
 
