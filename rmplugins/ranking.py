@@ -12,6 +12,7 @@ runs the plans of many prompts in lockstep, so one round of all their tournament
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
@@ -44,11 +45,13 @@ class Ranking:
 
 
 def from_scores(scores: Sequence[float | None], method: str = "score", comparisons: int = 0) -> Ranking:
-    """Best and worst by score (ties to the earlier candidate); a None score (no verdict) is never best or worst."""
-    scores = [None if s is None else float(s) for s in scores]
+    """Best and worst by score (ties to the earlier candidate); a None or NaN score (no verdict) is None in the
+    ranking and never best or worst (NaN compares false with everything: kept, it would win any ``max``)."""
+    scores = [None if s is None or math.isnan(s) else float(s) for s in scores]
     scored = [i for i, s in enumerate(scores) if s is not None]
     if not scored:
-        raise ValueError("the judge gave no verdict for any pair of these candidates")
+        what = "any pair of these candidates" if comparisons or method != "score" else "any of these candidates"
+        raise ValueError(f"the judge gave no verdict for {what}")
     best = max(scored, key=lambda i: (scores[i], -i))
     worst = min(scored, key=lambda i: (scores[i], i))
     return Ranking(scores, best, worst, comparisons, method)

@@ -228,6 +228,9 @@ def test_no_verdict_is_none_with_its_reason_never_a_number(tiny, judges, caplog)
     pointwise = judges("genrm_qwen3", PRESETS["j1-pointwise"].with_options(max_new_tokens=6))
     rows = pointwise.score_rows([SINGLE], THREE[:1])
     assert rows.scores == [None] and "no verdict" in rows.reasons[0]
+    with pytest.raises(ValueError, match="no verdict for any of these candidates"):  # not candidate 0 as the best
+        pointwise.rank(SINGLE, THREE)
+    assert isinstance(pointwise.rank_rows([SINGLE], [THREE])[0], ValueError)
 
 
 # ------------------------------------------------------------------------------------------- specs and presets

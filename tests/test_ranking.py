@@ -8,6 +8,7 @@ import pytest
 from rmplugins.ranking import (
     PLANS,
     expand_duplicates,
+    from_scores,
     play_together,
     round_robin,
     tournament,
@@ -112,3 +113,15 @@ def test_plans_played_together_equal_each_played_alone_with_one_call_per_round(m
 def test_play_together_rejects_a_judge_answering_the_wrong_number():
     with pytest.raises(ValueError, match="answered 1 probabilities for 2 pairs"):
         play_together([PLANS["tournament"](4)], lambda pending: {g: [0.5] for g in pending})
+
+
+@pytest.mark.parametrize("scores,best,worst", [([float("nan"), 0.2, 0.9], 2, 1), ([0.4, float("nan"), 0.1], 0, 2),
+                                               ([None, float("nan"), 0.3], 2, 2)])
+def test_a_nan_score_is_no_verdict_never_best_or_worst(scores, best, worst):
+    """A pointwise judge's no-verdict reaches the ranking as NaN: it is None there, and NaN (which compares false
+    with everything, so a ``max`` keeps it when it comes first) never becomes the chosen or rejected candidate."""
+    ranking = from_scores(scores)
+    assert (ranking.best, ranking.worst) == (best, worst)
+    assert [s is None for s in ranking.scores] == [s is None or s != s for s in scores]
+    with pytest.raises(ValueError, match="no verdict for any of these candidates"):
+        from_scores([float("nan"), None])
