@@ -261,3 +261,11 @@ def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):
     want = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge="qwen3-reranker").score(P[:2], C[:2])
     assert reranker(prompts=P[:2], completions=C[:2]) == want
     assert rm_r1.model.spec.name == "rm-r1-reasoning" and rm_r1.model.spec.readout == "generate"
+
+
+def test_win_metrics_leave_out_prompts_without_a_verdict():
+    from rmplugins.trl.callbacks import win_metrics
+
+    assert win_metrics([0.9, 0.2, 0.5]) == pytest.approx({"win_rate": 0.5, "win_prob": 1.6 / 3})
+    got = win_metrics([0.9, None, 0.2, 0.5])  # before: None > 0.5 raised TypeError at the evaluation
+    assert got == pytest.approx({"win_rate": 0.5, "win_prob": 1.6 / 3, "win_no_verdict": 1.0})

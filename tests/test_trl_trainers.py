@@ -1,6 +1,7 @@
 """Real TRL trainers (GRPO, RLOO, online DPO) on CPU with the tiny policy and tiny reward models."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -114,6 +115,10 @@ def test_rloo_with_callbacks(tiny, tmp_path):
     breakdown = RewardBreakdownCallback([bt, pairrm], trainer=trainer, path=tmp_path / "breakdown.jsonl")
     judge = rmplugins.load_reward_model(tiny("pair_pm"), device="cpu")
     win = WinRateCallback(judge, trainer, prompts=QUESTIONS[:3], max_new_tokens=6, every_n_steps=1)
+    # an untrained generating judge writes no [[A]]/[[B]]: no verdict is left out and counted, not a crash or a loss
+    mute = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", device="cpu",
+                                       judge=rmplugins.PRESETS["mt-bench"].with_options(max_new_tokens=4))
+    unjudged = WinRateCallback(mute, trainer, prompts=QUESTIONS[:2], max_new_tokens=4, every_n_steps=2)
     trainer.train()
 
     logs = _metrics(trainer)
@@ -129,6 +134,8 @@ def test_rloo_with_callbacks(tiny, tmp_path):
     probs = judge.compare(QUESTIONS[:3], win.last_completions, win.reference)
     assert win.results[-1]["win_prob"] == pytest.approx(sum(probs) / 3, abs=1e-5)
     assert any("win_rate" in e for e in trainer.state.log_history)
+    (last,) = unjudged.results
+    assert last["win_no_verdict"] == 2 and math.isnan(last["win_rate"]) and math.isnan(last["win_prob"])
     # co-location: each scoring call acquired the model and offloaded it again
     events = [e for e, name, _ in colocate.history if name == bt.__name__]
     assert events[0] == "offload" and events.count("acquire") == bt.calls and events[-1] == "restore"

@@ -4,6 +4,7 @@ co-location (park it on the CPU while the policy trains and vLLM generates), and
 from __future__ import annotations
 
 import json
+import math
 import logging
 import os
 from collections.abc import Sequence
@@ -116,6 +117,22 @@ class CoLocationCallback(TrainerCallback):
         return control
 
 
+def win_metrics(probs: Sequence[float | None]) -> dict[str, float]:
+    """``win_rate`` (share won, ties half) and ``win_prob`` (mean P(policy beats reference)) over the prompts the
+    judge decided; a generating judge's no-verdict (None) is left out, counted in ``win_no_verdict`` and warned
+    about, never read as a loss or a tie (NaN for both when nothing was decided)."""
+    judged = [p for p in probs if p is not None]
+    missing = len(probs) - len(judged)
+    if missing:
+        logger.warning("WinRateCallback: the judge gave no verdict for %d of %d prompts; the win rate is over the "
+                       "%d it decided", missing, len(probs), len(judged))
+    if not judged:
+        return {"win_rate": math.nan, "win_prob": math.nan, "win_no_verdict": float(missing)}
+    wins = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in judged]
+    metrics = {"win_rate": sum(wins) / len(wins), "win_prob": sum(judged) / len(judged)}
+    return {**metrics, "win_no_verdict": float(missing)} if missing else metrics
+
+
 class WinRateCallback(TrainerCallback):
     """Win rate of the policy against reference completions, judged by an rmplugins model (TRL removed its
     ``WinRateCallback`` and judges).
@@ -201,9 +218,7 @@ class WinRateCallback(TrainerCallback):
     def _judge(self) -> dict[str, float]:
         completions = self._generate()
         self.last_completions = completions
-        probs = self.judge.compare(self.prompts, completions, self.reference)
-        wins = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in probs]
-        return {"win_rate": sum(wins) / len(wins), "win_prob": sum(probs) / len(probs)}
+        return win_metrics(self.judge.compare(self.prompts, completions, self.reference))
 
     # -------------------------------------------------------------- hooks
     def on_train_begin(self, args, state, control, **kwargs):
