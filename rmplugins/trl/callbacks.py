@@ -4,8 +4,8 @@ co-location (park it on the CPU while the policy trains and vLLM generates), and
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
