@@ -340,3 +340,26 @@ def test_a_recipe_iteration_ranked_by_a_judge(tiny, tmp_path):
     bad = subprocess.run(args[:-1] + ["--judge", "qwen3-reranker", "--pair-rule", "tournament"], capture_output=True,
                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and "does not apply to a 'genrm' reward model (pointwise" in bad.stderr
+
+
+def test_a_recipe_whose_judge_gives_no_verdict_finishes_and_says_so(tiny, tmp_path):
+    """An untrained judge writes no <score>: nothing is kept, the policy carries over, and the summary, the log and
+    the table say that no candidate was scored (they raised on the missing mean before)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("Say something nice.", "Hello?")))
+    spec = tmp_path / "judge.json"
+    spec.write_text(json.dumps({**PRESETS["j1-pointwise"].as_json(), "max_new_tokens": 4}))
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "rmplugins", "rejection-sampling", "--policy", tiny("policy"),
+                          "--reward-model", tiny("genrm_qwen3"), "--reward-kind", "genrm", "--judge", str(spec),
+                          "--prompts", str(prompts), "--output", str(out), "--iterations", "1", "--num-candidates",
+                          "2", "--max-new-tokens", "4", "--backend", "hf", "--no-progress"],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Logging error" not in res.stderr
+    assert "4 candidates without a verdict" in res.stderr and "no best.jsonl kept" in res.stderr
+    (row,) = [line.split() for line in res.stdout.splitlines() if line.strip().startswith("0 ")]
+    assert row[-3:] == ["-", "-", "0/2"]
+    summary = json.loads((out / "summary.json").read_text())["iterations"][0]
+    assert summary["unscored"] == 4 and summary["reward_mean"] is None

@@ -10,6 +10,7 @@ import sys
 from ..judges import PRESETS
 from ..registry import KINDS, variants
 from .selection import PAIR_RULES
+from .summary import number
 
 logger = logging.getLogger("rmplugins.recipes")
 
@@ -156,10 +157,8 @@ def format_table(summary: dict) -> str:
         policy = "initial" if i == 0 else f"after iter {i}"
         sel = it.get("selection", {})
         kept = f"{sel['kept']}/{sel['groups']}" if sel else "-"
-        mean = it.get("reward_mean")
-        mx = it.get("reward_max")
-        lines.append(f"{i:>9}  {policy:<14}  {mean if mean is None else format(mean, '.4f'):>11}  "
-                     f"{mx if mx is None else format(mx, '.4f'):>10}  {kept:>10}")
+        lines.append(f"{i:>9}  {policy:<14}  {number(it.get('reward_mean')):>11}  {number(it.get('reward_max')):>10}  "
+                     f"{kept:>10}")
     return "\n".join(lines)
 
 

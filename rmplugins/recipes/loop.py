@@ -293,7 +293,8 @@ class Recipe:
         best = [max(s for s in r["scores"] if s is not None) for r in rows if any(s is not None for s in r["scores"])]
         return self.mark(d, "score", {"seconds": seconds, "reward_kind": self.rm_kind,
                                       "reward": stats_of(values), "best_of_n_mean": stats_of(best)["mean"],
-                                      "comparisons": sum(r["comparisons"] for r in rows)})
+                                      "comparisons": sum(r["comparisons"] for r in rows),
+                                      "unscored": sum(s is None for r in rows for s in r["scores"])})
 
     def stage_select(self, d: Path) -> dict:
         if (info := self.done(d, "select")) is not None:

@@ -30,6 +30,7 @@ def iteration_summary(d: Path, done_stages: Callable[[Path], dict]) -> dict:
         out["reward_mean"] = stages["score"]["reward"]["mean"]
         out["reward_max"] = stages["score"]["reward"]["max"]
         out["best_of_n_mean"] = stages["score"]["best_of_n_mean"]
+        out["unscored"] = stages["score"].get("unscored", 0)  # candidates without a verdict (older markers: 0)
     if stages["select"]:
         sel = stages["select"]
         out["selection"] = {k: sel[k] for k in ("rule", "groups", "kept", "ties", "below_margin",
@@ -53,12 +54,19 @@ def run_summary(cfg: RecipeConfig, prompts: int, out: Path, done_stages: Callabl
     return summary
 
 
+def number(value: float | None, spec: str = ".4f") -> str:
+    """A reward for the log and the table; ``-`` where nothing was scored (a judge that gave no verdict at all)."""
+    return "-" if value is None else format(value, spec)
+
+
 def log_iteration(k: int, s: dict, select_file: str) -> None:
     sel = s.get("selection", {})
     secs = ", ".join(f"{n} {v:.1f}s" if v is not None else f"{n} (resumed)" for n, v in s["seconds"].items())
-    logger.info("iteration %d: candidate reward mean %.4f max %.4f; %s kept %d/%d (ties %d, below margin %d, "
-                "degenerate %d); %s", k, s["reward_mean"], s["reward_max"], select_file, sel.get("kept", 0),
-                sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0), sel.get("degenerate", 0), secs)
+    unscored = f"; {s['unscored']} candidates without a verdict" if s.get("unscored") else ""
+    logger.info("iteration %d: candidate reward mean %s max %s%s; %s kept %d/%d (ties %d, below margin %d, "
+                "degenerate %d); %s", k, number(s.get("reward_mean")), number(s.get("reward_max")), unscored,
+                select_file, sel.get("kept", 0), sel.get("groups", 0), sel.get("ties", 0), sel.get("below_margin", 0),
+                sel.get("degenerate", 0), secs)
 
 
 def score_row(row: dict, ranking, method) -> dict:
