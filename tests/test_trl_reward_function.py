@@ -131,6 +131,15 @@ def test_rows_that_cannot_be_scored_are_none(models, caplog):
         out, logged, _ = _call(rf, prompts, ["a", "b", C[0], C[1]])
     assert out[:2] == [None, None] and None not in out[2:]
     assert "must end with a user turn" in caplog.text and "2 of 4 rows" in caplog.text
+    assert "online DPO" not in caplog.text  # GRPO/RLOO (log_metric given) leave a None row out of its group
+    caplog.clear()
+    from transformers import TrainerState
+
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):  # the call online DPO makes: state, no log_metric
+        out = RewardFunction(models("pair_pm"))(prompts=[bad, P[3], bad, P[3]], completions=[C[0], C[3], C[1], C[4]],
+                                               completion_ids=None, trainer_state=TrainerState())
+    assert out[0] is out[2] is None and None not in (out[1], out[3])
+    assert "online DPO counts None as 0 and cannot skip a pair" in caplog.text
     assert logged[f"rewards/{rf.__name__}/none_frac"] == 0.5
     # a pairwise model cannot score a completion without a rival
     rf = RewardFunction(models("pairrm"))

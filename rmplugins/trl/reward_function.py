@@ -187,8 +187,12 @@ class RewardFunction(_BaseRewardFunction):
         missing = [i for i, r in enumerate(rewards) if r is None]
         if missing:
             first = missing[0]
-            logger.warning("%s: %d of %d rows have no reward (None); row %d: %s", self.__name__, len(missing), n,
-                           first, reasons.get(first, "not scorable"))
+            # TRL's online DPO (a trainer state, no log_metric) sums a None as 0 and has no way to skip a pair
+            online_dpo = trainer_state is not None and log_metric is None
+            logger.warning("%s: %d of %d rows have no reward (None); row %d: %s%s", self.__name__, len(missing), n,
+                           first, reasons.get(first, "not scorable"),
+                           "; TRL's online DPO counts None as 0 and cannot skip a pair: such a pair is still "
+                           "trained (both missing: the first completion chosen)" if online_dpo else "")
             metrics["none_frac"] = len(missing) / max(n, 1)
         self._record(metrics, log_metric)
         self.last_call = {"prompts": list(prompts), "completions": list(completions), "rewards": list(rewards),
