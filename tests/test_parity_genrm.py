@@ -269,9 +269,10 @@ def test_nemotron_genrm_takes_the_responses_as_roles(tiny, judges):
     rm = judges("genrm_nemotron", spec)
     text = rm.tokenizer.decode(rm.judge_ids(_context("Name a colour."), "Blue.", "A fruit."))
     assert "<|im_start|>response_1\nBlue.<|im_end|>" in text and "<|im_start|>response_2\nA fruit." in text
-    plain = judges("genrm_qwen3", spec)  # Qwen3's template renders no such roles: refused, not judged empty
+    # Qwen3's template renders no such roles: refused when the judge loads, not judged empty (nor, on a server,
+    # refused request by request after /health said ok)
     with pytest.raises(ValueError, match="did not render the response"):
-        plain.compare(["Name a colour."], ["Blue."], ["A fruit."])
+        judges("genrm_qwen3", spec)
 
 
 def test_a_judge_is_never_guessed(tiny):

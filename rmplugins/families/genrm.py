@@ -45,6 +45,9 @@ class JudgeCore:
         self.verdict_values = torch.tensor([float(v) for v in (spec.verdicts or {}).values()], dtype=torch.float64)
         self.judged = 0          # judgements asked for (each order of a pair counts once)
         self.no_verdict = 0      # ... of which without a verdict (generate readout)
+        # a template that cannot render the spec's chat fails here, not on every request of a server started on it
+        self.judge_ids([{"role": "user", "content": "Which answer is better?"}],
+                       *(["The first answer.", "The second answer."] if spec.pairwise else ["An answer."]))
         self.backend = (backend or engine_backend(token_budget))(self.model.get_decoder(), pad_or_eos(self.tokenizer),
                                                                  True)
 
