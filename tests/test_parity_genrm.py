@@ -247,6 +247,16 @@ def test_specs_are_checked_and_presets_render():
         JudgeSpec(template="{prompt} {response_a} {response_b}", verdicts={"A": 10, "B": 0})
     with pytest.raises(ValueError, match="temperature > 0"):
         JudgeSpec(template="{prompt} {response}", readout="generate", extract="(x)", samples=4)
+    # a JSON file's wrong types, by field name (before: 2.5 samples reached generate, a list of verdicts .items())
+    generated = {"template": "{prompt} {response}", "readout": "generate", "extract": "(x)", "temperature": 1.0}
+    for bad, message in [({"samples": 2.5}, "samples must be a whole number"),
+                         ({"max_new_tokens": "lots"}, "max_new_tokens must be a whole number"),
+                         ({"seed": -1}, "seed must be a whole number of at least 0"),
+                         ({"temperature": "hot"}, "temperature must be a number"),
+                         ({"thinking": "yes"}, "thinking must be true, false or null"),
+                         ({"readout": "logits", "extract": None, "verdicts": ["yes", "no"]}, "verdicts must map")]:
+        with pytest.raises(ValueError, match=message):
+            JudgeSpec(**{**generated, **bad})
     spec = PRESETS["nemotron-genrm"]
     assert spec.verdict('thinking</think>```json\n{"score_1": 2, "score_2": 5, "ranking": 6}\n```') == (0.0, None)
     assert spec.verdict('{"score_1": 5, "score_2": 1, "ranking": 1}')[0] == 1.0

@@ -24,6 +24,8 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
+from ..options import whole_number
+
 PAIRWISE_FIELDS = ("{prompt}", "{response_a}", "{response_b}")
 POINTWISE_FIELDS = ("{prompt}", "{response}")
 READOUTS = ("logits", "generate")
@@ -57,6 +59,7 @@ class JudgeSpec:
     name: str = "custom"
 
     def __post_init__(self):
+        self._check_types()
         if self.readout not in READOUTS:
             raise ValueError(f"JudgeSpec readout={self.readout!r}: choose one of {READOUTS}")
         fields = {f for f in PAIRWISE_FIELDS + POINTWISE_FIELDS if f in self.template}
@@ -102,13 +105,36 @@ class JudgeSpec:
                              "much better) to turn it into a preference")
         if self.scale is not None and (len(self.scale) != 2 or self.scale[0] == self.scale[1]):
             raise ValueError(f"JudgeSpec scale={self.scale!r}: two different numbers")
-        if int(self.max_new_tokens) < 1 or int(self.samples) < 1:
-            raise ValueError("JudgeSpec max_new_tokens and samples must be at least 1")
-        if not 0 <= float(self.temperature) < float("inf"):
+        if not 0 <= self.temperature < float("inf"):
             raise ValueError(f"JudgeSpec temperature={self.temperature!r}: 0 (greedy) or more")
-        if int(self.samples) > 1 and float(self.temperature) == 0:
+        if self.samples > 1 and self.temperature == 0:
             raise ValueError("JudgeSpec samples > 1 with temperature 0 would repeat one greedy answer: set "
                              "temperature > 0 (seeded by seed)")
+
+    def _check_types(self) -> None:
+        """Each field of its own type, so a JSON file's ``"samples": 2.5`` or ``"verdicts": ["yes", "no"]`` is refused
+        here by name, not met later as a Python error inside a generation."""
+        for name, least in (("max_new_tokens", 1), ("samples", 1), ("seed", 0)):
+            whole_number(f"JudgeSpec {name}", getattr(self, name), least)
+        for name in ("template", "system", "answer_prefix", "readout", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"JudgeSpec {name} must be text, got {getattr(self, name)!r}")
+        for name in ("extract", "json_field"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"JudgeSpec {name} must be text or None, got {getattr(self, name)!r}")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)):
+            raise ValueError(f"JudgeSpec temperature must be a number (0: greedy), got {self.temperature!r}")
+        if self.verdicts is not None and not isinstance(self.verdicts, Mapping):
+            raise ValueError(f"JudgeSpec verdicts must map each verdict's text to its value, e.g. "
+                             f'{{"yes": 1, "no": 0}}, got {self.verdicts!r}')
+        if self.thinking is not None and not isinstance(self.thinking, bool):
+            raise ValueError(f"JudgeSpec thinking must be true, false or null, got {self.thinking!r}")
+        if self.scale is not None and (isinstance(self.scale, (str, Mapping)) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in self.scale)):
+            raise ValueError(f"JudgeSpec scale must be two numbers, got {self.scale!r}")
+        if self.response_roles is not None and (isinstance(self.response_roles, (str, Mapping)) or not all(
+                isinstance(r, str) and r for r in self.response_roles)):
+            raise ValueError(f"JudgeSpec response_roles must be two role names, got {self.response_roles!r}")
 
     def __hash__(self) -> int:
         return hash(tuple((k, tuple(v.items()) if isinstance(v, Mapping) else v) for k, v in vars(self).items()
