@@ -135,6 +135,27 @@ def test_a_group_that_never_completes(group_models):
     assert prom[("rmplugins_groups_timed_out_total", (("outcome", "expired_408"),))] == 1
 
 
+def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(tiny, group_models):
+    """rmplugins' own client asks for ``partial`` answers: a group whose judge gave no verdict, and a lone sample
+    whose group never came, are null with the reason (the 422 / 408 a one-sample client gets), the request's other
+    samples answered."""
+    mute = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", device="cpu",
+                                       judge=rmplugins.PRESETS["mt-bench"].with_options(max_new_tokens=4))
+    (conv, responses), (lone_conv, lone) = _groups(2, 2, seed=7)
+    body = {"prompts": [conv, conv, lone_conv], "completions": [*responses, lone[0]]}
+    with BackgroundServer(create_app(mute, group_size=2, group_timeout=0.5)) as server:
+        status, answer = _post(server.url + "/score", body)
+        assert status == 422 and "no verdict" in answer["error"]
+        status, answer = _post(server.url + "/score", {**body, "partial": True})
+    assert status == 200 and answer["rewards"] == [None, None, None]
+    assert all("no verdict" in why for why in answer["errors"][:2]) and "only 1 of the 2" in answer["errors"][2]
+    rm = group_models("gpm")
+    with BackgroundServer(create_app(rm, group_size=2, group_timeout=0.5)) as server:
+        status, answer = _post(server.url + "/score", {**body, "partial": True})
+    assert status == 200 and answer["errors"][:2] == [None, None] and "only 1 of the 2" in answer["errors"][2]
+    assert all(close(got, want) for got, want in zip(answer["rewards"][:2], rm.rank(conv, responses).scores))
+
+
 def test_retried_samples_are_not_counted_twice(group_models):
     """A sample sent again with its sample id while it waits attaches to the first arrival, and after the answer
     gets the same reward at once; without ids, a sample whose client gave up is taken over by its retry."""

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from test_server import _post
 
 import rmplugins
 from rmplugins import RewardFunction
@@ -278,3 +279,29 @@ def test_win_metrics_leave_out_prompts_without_a_verdict():
     assert win_metrics([0.9, 0.2, 0.5]) == pytest.approx({"win_rate": 0.5, "win_prob": 1.6 / 3})
     got = win_metrics([0.9, None, 0.2, 0.5])  # before: None > 0.5 raised TypeError at the evaluation
     assert got == pytest.approx({"win_rate": 0.5, "win_prob": 1.6 / 3, "win_no_verdict": 1.0})
+
+
+def test_a_row_the_model_rejects_is_none_and_its_chunk_keeps_the_other_rewards(models, caplog):
+    """A row the reward model refuses (here a prompt ArmoRM cannot read whole; a generating judge without a verdict
+    alike) made the server answer 422 for the whole request, and the client raised: training stopped. The client
+    asks for partial answers: that row is None with the reason, the chunk's other rows are scored; OpenRLHF's
+    client, which never asks, still gets the 422."""
+    from rmplugins.serving import BackgroundServer, create_app
+
+    rm = models("armorm", deterministic=True)
+    long = "word " * 20000
+    prompts, completions = [P[0], long, P[3]], [C[0], "an answer", C[3]]
+    with BackgroundServer(create_app(rm, max_sample_chars=10 ** 6)) as server:
+        body = {"query": [p + c for p, c in zip(prompts, completions)], "prompts": prompts}
+        status, answer = _post(f"{server.url}/get_reward", body)
+        assert status == 422 and "too long" in answer["error"]
+        status, answer = _post(f"{server.url}/get_reward", {**body, "partial": True})
+        assert status == 200 and answer["rewards"][1] is None and "too long" in answer["errors"][1]
+        assert answer["errors"][0] is None and answer["rewards"][0] == rm.score(P[:1], C[:1])[0]
+        assert _post(f"{server.url}/get_reward", {**body, "partial": "yes"})[0] == 422
+        rf = AsyncRemoteRewardFunction(server.url, batch_size=4)
+        with caplog.at_level(logging.WARNING, logger="rmplugins"):
+            out = asyncio.run(rf(prompts=prompts, completions=completions))
+    good = rm.score([prompts[0], prompts[2]], [completions[0], completions[2]])
+    assert out == [good[0], None, good[1]]
+    assert "1 of 3 rows have no reward" in caplog.text and "too long" in caplog.text

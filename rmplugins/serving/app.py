@@ -35,7 +35,7 @@ from .groups import ClientGone, GroupBuffer
 from .metrics import Metrics, prometheus_text
 from .passthrough import PassThrough
 from .protocol import PAIRWISE_HELP, RequestError, RequestParser, parse_body
-from .scorer import RewardScorer
+from .scorer import RewardScorer, rejection
 from .vllm_api import VLLMRequests, error_body
 
 logger = logging.getLogger("rmplugins.server")
@@ -218,11 +218,13 @@ class RewardService:
             samples, options, cost, shared = await asyncio.get_running_loop().run_in_executor(
                 self._parsing, parse_and_cost, body, parse)
             metrics.samples += len(samples)
+            partial = options.get("partial", False)
             if self.groups is not None:
-                results = await self.groups.submit(samples, request.is_disconnected)
+                results = await self.groups.submit(samples, request.is_disconnected, partial=partial)
             else:
                 try:
-                    results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared)
+                    results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared,
+                                                        partial=partial)
                 except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
                     raise RequestError(422, f"the reward model rejected this sample: {err}") from None
             content = answer(results, options) if answer is not None else self.scorer.answer(results)
@@ -238,7 +240,9 @@ class RewardService:
             logger.exception("unexpected error")
             return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}", error_shape)
         metrics.answered(time.perf_counter() - started)
-        access(request, 200, started, f"{len(samples)} sample(s)")
+        rejected = [r for r in results if isinstance(r, BaseException)]  # a partial answer's null rewards
+        access(request, 200, started, f"{len(samples)} sample(s)"
+               + (f", {len(rejected)} rejected ({rejection(rejected[0])})" if rejected else ""))
         return reply
 
 

@@ -33,6 +33,7 @@ class Pending:
     cost: int = 0
     shared: dict = field(default_factory=dict)
     size: int = 0  # samples it holds (a group job is one item of several samples)
+    partial: bool = False  # an item that fails leaves its exception in place (the others answered), not the request
 
     def cost_beside(self, seen: dict) -> int:
         """Its cost in a batch already holding the shared parts in ``seen`` (which it then adds to)."""
@@ -83,9 +84,10 @@ class Batcher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None,
-                     size: int | None = None) -> list:
+                     size: int | None = None, partial: bool = False) -> list:
         """``run(items)`` for these items, batched with other requests'; ``size``: the samples they hold, for
-        the batch and queue limits (default: one per item)."""
+        the batch and queue limits (default: one per item); ``partial``: an item ``run`` cannot process gets its
+        exception in its place in the answer, instead of failing the request."""
         size = len(items) if size is None else int(size)
         if self._queue is None:
             raise RequestError(503, "the scoring queue is not running yet; retry in a moment")
@@ -94,7 +96,7 @@ class Batcher:
                                     f"(limit {self.max_queue_items}); retry later or add servers")
         future = asyncio.get_running_loop().create_future()
         self._queued += size
-        await self._queue.put(Pending(items, future, cost, shared or {}, size))
+        await self._queue.put(Pending(items, future, cost, shared or {}, size, partial))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
@@ -164,7 +166,7 @@ class Batcher:
             half = len(batch) // 2
             return self.run_batch(batch[:half]) + self.run_batch(batch[half:])
         outcomes = []
-        for part in split_sizes(results, [len(p.items) for p in batch]):
+        for pending, part in zip(batch, split_sizes(results, [len(p.items) for p in batch])):
             failed = next((r for r in part if isinstance(r, BaseException)), None)
-            outcomes.append(part if failed is None else failed)
+            outcomes.append(part if failed is None or pending.partial else failed)
         return outcomes

@@ -124,9 +124,11 @@ class GroupBuffer:
         self._refusal: RequestError | None = None  # set when the server stops: no group can complete any more
 
     # ---------------------------------------------------------------- joining
-    async def submit(self, samples: list[Sample], gone: Callable[[], Awaitable[bool]] | None) -> list[dict]:
+    async def submit(self, samples: list[Sample], gone: Callable[[], Awaitable[bool]] | None,
+                     partial: bool = False) -> list:
         """Each sample's reward within its group, in order; raises :class:`RequestError` (408 for a lone sample
-        whose group never came, 422 for a sample the model could not rank, 499-style when the client left)."""
+        whose group never came, 422 for a sample the model could not rank, 499-style when the client left);
+        ``partial``: those 408s and 422s are left in the sample's place instead, the others answered."""
         waiters = [await self.join(s, gone) for s in samples]
         deadline = time.monotonic() + self.timeout + self.request_timeout
         pending = {w.future for w in waiters}
@@ -151,7 +153,8 @@ class GroupBuffer:
         results = []
         for w in waiters:
             outcome = w.future.result()
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, BaseException) and not (
+                    partial and isinstance(outcome, RequestError) and outcome.status in (408, 422)):
                 raise outcome
             results.append(outcome)
         return results

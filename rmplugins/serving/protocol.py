@@ -136,6 +136,16 @@ def _with_ids(samples: list[Sample], data: dict) -> list[Sample]:
     return samples
 
 
+def partial_option(data: dict) -> dict:
+    """``{"partial": bool}``: rmplugins' own clients ask for a null reward and its reason in ``errors`` where the
+    model rejects a sample (a judge without a verdict), the others' rewards in the same answer, instead of a 422
+    for the whole request; OpenRLHF's client never sends it and gets the 422."""
+    partial = data.get("partial", False)
+    if not isinstance(partial, bool):
+        raise RequestError(422, f"field 'partial' must be true or false, got {partial!r}")
+    return {"partial": partial}
+
+
 def _list_field(data: dict, name: str, n: int | None, required: bool) -> list | None:
     value = data.get(name)
     if value is None:
@@ -204,7 +214,7 @@ class RequestParser:
             self._warned_builtin.add(builtin)
         return Sample(messages, response, recovered=1.0)
 
-    def openrlhf_samples(self, data: Any) -> list[Sample]:
+    def openrlhf_samples(self, data: Any) -> tuple[list[Sample], dict]:
         if not isinstance(data, dict):
             raise RequestError(422, "the body must be a JSON object {\"query\": [...], \"prompts\": [...], "
                                     "\"labels\": [...]}")
@@ -228,9 +238,9 @@ class RequestParser:
             sample = self._split(query, prompt, i)
             sample.reference = self._reference(label, i)
             samples.append(sample)
-        return _with_ids(samples, data)
+        return _with_ids(samples, data), partial_option(data)
 
-    def direct_samples(self, data: Any) -> list[Sample]:
+    def direct_samples(self, data: Any) -> tuple[list[Sample], dict]:
         """``/score``: ``{"prompts": [str | messages], "completions": [str], "references": [str | null]}``."""
         if not isinstance(data, dict):
             raise RequestError(422, "the body must be a JSON object {\"prompts\": [...], \"completions\": [...]}")
@@ -255,7 +265,7 @@ class RequestParser:
             self._check_size(sum(len(m["content"]) for m in sample.messages) + len(sample.response)
                              + len(sample.reference or ""), i)
             samples.append(sample)
-        return _with_ids(samples, data)
+        return _with_ids(samples, data), partial_option(data)
 
     def slime_samples(self, data: Any) -> list[Sample]:
         """slime's ``remote_rm``: ``{"prompt": str | messages, "response": str, "label": ...}``, one sample. A

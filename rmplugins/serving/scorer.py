@@ -89,7 +89,19 @@ class RewardScorer:
             results.append({"score": score, "logs": logs, "vector": [score]})
         return results
 
-    def answer(self, results: list[dict]) -> dict:
-        scores = [r["score"] for r in results]
-        return {"rewards": scores, "scores": list(scores),
-                "extra_logs": {k: [r["logs"].get(k, 0.0) for r in results] for k in self.log_keys}}
+    def answer(self, results: list) -> dict:
+        """OpenRLHF's answer; where a sample was rejected (a request that asked for ``partial`` answers), its reward
+        and logs are null and ``errors`` holds its reason (``errors`` only when one was)."""
+        rejected = [rejection(r) if isinstance(r, BaseException) else None for r in results]
+        scores = [None if why else r["score"] for r, why in zip(results, rejected)]
+        content = {"rewards": scores, "scores": list(scores),
+                   "extra_logs": {k: [None if why else r["logs"].get(k, 0.0) for r, why in zip(results, rejected)]
+                                  for k in self.log_keys}}
+        if any(rejected):
+            content["errors"] = rejected
+        return content
+
+
+def rejection(err: BaseException) -> str:
+    """Why a sample has no reward, as the whole request's 422 (or 408) would have said it."""
+    return getattr(err, "reason", None) or f"the reward model rejected this sample: {err}"

@@ -60,7 +60,8 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
     GRPO/RLOO run async reward functions in a background event loop, so scoring overlaps with other rewards and
     the reward model lives on other GPUs or hosts; TRL's async GRPO runs it in its rollout process. The batch is
     sent in chunks of ``batch_size`` rows, in parallel; a chunk that still fails after ``retries`` gives None (TRL:
-    NaN, no advantage) with a warning.
+    NaN, no advantage) with a warning, and so does a row the reward model rejects (a judge without a verdict: the
+    request asks for ``partial`` answers, so the chunk's other rows keep their rewards).
 
     ``policy_tokenizer`` (a path or tokenizer): render conversational prompts with the policy's chat template,
     for a server started with ``--policy-tokenizer`` (it recovers the whole conversation). Without it the
@@ -199,7 +200,8 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         results = await asyncio.gather(*(
             self._post(session, {"query": [queries[i] for i in ch], "prompts": [ptexts[i] for i in ch],
                                  "labels": [labels[i] if i < len(labels) else "" for i in ch],
-                                 "sample_ids": [sample_ids[i] for i in ch]})
+                                 "sample_ids": [sample_ids[i] for i in ch],
+                                 "partial": True})  # a row the model rejects: null with its reason, not a 422
             for ch in chunks), return_exceptions=True)
         fatal = next((r for r in results if isinstance(r, RemoteRewardError)), None)
         if fatal is not None:
@@ -216,8 +218,13 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
                 failure = RuntimeError(f"server answered {str(res)[:200]} for {len(ch)} rows")
                 continue
             extra = res.get("extra_logs") or {}
-            for j, (i, v) in enumerate(zip(ch, values)):
+            errors = res.get("errors")
+            errors = errors if isinstance(errors, list) and len(errors) == len(ch) else [None] * len(ch)
+            for j, (i, v, why) in enumerate(zip(ch, values, errors)):
                 raw[i] = None if v is None else float(v)
+                if v is None:  # rejected by the model (a judge without a verdict): this row only
+                    failure = failure or RuntimeError(f"the server rejected a row: {why or 'no reason given'}")
+                    continue
                 logs[i] = {k: vals[j] for k, vals in extra.items() if isinstance(vals, list) and j < len(vals)}
         return raw, logs, failure
 
