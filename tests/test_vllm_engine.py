@@ -269,6 +269,9 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
             finally:
                 agent.logger.removeHandler(handler)
             metrics = httpx.get(server.url + "/metrics.json").json()
+            # a partial answer (rmplugins' own client): the sample ArmoRM cannot read whole is null, its reason given
+            long = {"prompts": ["word " * 2000, "Name a color."], "completions": ["x", "Blue."], "partial": True}
+            partial = httpx.post(server.url + "/score", json=long, timeout=60).json()
     finally:
         rm.shutdown()
     assert not [m for m in retries if "error" in m.lower()], retries[:3]
@@ -280,6 +283,9 @@ def test_server_on_async_vllm_with_openrlhf_client(tiny, models):
     assert all(a["extra_logs"]["template_recovered"] == [1.0] for (a,) in answers)
     assert metrics["samples"] == 256 and metrics["errors"] == {}
     assert "engine" not in metrics  # no rmplugins engine to report: vLLM's own
+    assert partial["rewards"][0] is None and "too long" in partial["errors"][0] and partial["errors"][1] is None
+    assert partial["rewards"][1] == pytest.approx(
+        models("armorm", dtype=torch.float32).score(["Name a color."], ["Blue."])[0], abs=5e-5)
 
 
 def test_rmplugins_serve_engine_vllm_command(tiny, models):

@@ -34,8 +34,9 @@ class PassThrough:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def submit(self, items: list, cost: int, timeout: float | None, shared: dict | None = None,
-                     size: int | None = None) -> list:
-        """``run(items)``, with one request's failing item raised for it (the Batcher's contract)."""
+                     size: int | None = None, partial: bool = False) -> list:
+        """``run(items)``, with one request's failing item raised for it, or left in its place with ``partial``
+        (the Batcher's contract)."""
         size = len(items) if size is None else int(size)
         if self._queued + size > self.max_queue_items:
             raise RequestError(503, f"server overloaded: {self._queued} samples already in flight "
@@ -53,6 +54,6 @@ class PassThrough:
             self._queued -= size
         self.metrics.batch(size, loop.time() - started)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
+        if failed is not None and not partial:
             raise failed
         return results
