@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_server import _post
+from test_server import _get, _post
 
 import rmplugins
 from rmplugins import RewardFunction
@@ -302,6 +302,7 @@ def test_a_row_the_model_rejects_is_none_and_its_chunk_keeps_the_other_rewards(m
         rf = AsyncRemoteRewardFunction(server.url, batch_size=4)
         with caplog.at_level(logging.WARNING, logger="rmplugins"):
             out = asyncio.run(rf(prompts=prompts, completions=completions))
+        assert _get(f"{server.url}/metrics.json")[1]["samples_rejected"] == 2  # the raw partial request's, and this
     good = rm.score([prompts[0], prompts[2]], [completions[0], completions[2]])
     assert out == [good[0], None, good[1]]
     assert "1 of 3 rows have no reward" in caplog.text and "too long" in caplog.text

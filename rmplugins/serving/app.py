@@ -241,6 +241,7 @@ class RewardService:
             return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}", error_shape)
         metrics.answered(time.perf_counter() - started)
         rejected = [r for r in results if isinstance(r, BaseException)]  # a partial answer's null rewards
+        metrics.rejected += len(rejected)
         access(request, 200, started, f"{len(samples)} sample(s)"
                + (f", {len(rejected)} rejected ({rejection(rejected[0])})" if rejected else ""))
         return reply
