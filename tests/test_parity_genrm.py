@@ -208,6 +208,19 @@ def test_batched_generation_answers_like_one_at_a_time(tiny, judges):
     assert batched.score([SINGLE] * 5, responses) == alone.score([SINGLE] * 5, responses)
 
 
+def test_sampled_verdicts_depend_on_the_prompt_and_seed_not_on_what_is_judged_beside_them(tiny, judges):
+    """temperature > 0: each judge prompt is sampled alone from the spec's seed (as vLLM's per-request seed), so a
+    response's verdict is the same judged alone or in a batch (before: one stream for the batch, so the batch
+    mates decided the draws)."""
+    spec = PRESETS["j1-pointwise"].with_options(max_new_tokens=40, temperature=1.5, samples=2, seed=3)
+    rm = judges("genrm_trained", spec)
+    responses = ["good love thanks", "hate no", "lovely helpful honest good thanks love", "cannot not", "good"]
+    alone = [rm.score([SINGLE], [r])[0] for r in responses]
+    assert rm.score([SINGLE] * 5, responses) == alone
+    assert rm.score([SINGLE] * 2, responses[3:1:-1]) == alone[3:1:-1]
+    assert any(a is not None for a in alone)  # the trained judge answers in its format
+
+
 def test_no_verdict_is_none_with_its_reason_never_a_number(tiny, judges, caplog):
     spec = PRESETS["mt-bench"].with_options(max_new_tokens=6)  # an untrained judge writes no [[A]]/[[B]]
     rm = judges("genrm_qwen3", spec)

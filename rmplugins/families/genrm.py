@@ -140,8 +140,11 @@ class JudgeCore:
                                                seed=spec.seed)
         out: list[list[str] | None] = [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for lo in range(0, len(order), GENERATE_BATCH):
-            batch = order[lo: lo + GENERATE_BATCH]
+        # sampling draws from one seeded stream per call: a prompt alone in its call gets the answers that prompt and
+        # seed give, whatever else is judged beside it (as vLLM's per-request seed does); greedy calls are batched
+        step = 1 if spec.temperature > 0 else GENERATE_BATCH
+        for lo in range(0, len(order), step):
+            batch = order[lo: lo + step]
             answers = self._generate_batch([prompts[i] for i in batch], max(limits[i] for i in batch))
             for i, texts in zip(batch, answers):
                 out[i] = texts
