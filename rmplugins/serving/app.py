@@ -221,12 +221,9 @@ class RewardService:
             partial = options.get("partial", False)
             if self.groups is not None:
                 results = await self.groups.submit(samples, request.is_disconnected, partial=partial)
-            else:
-                try:
-                    results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared,
-                                                        partial=partial)
-                except (ValueError, TypeError) as err:  # the model could not score one of this request's samples
-                    raise RequestError(422, f"the reward model rejected this sample: {err}") from None
+            else:  # a sample the model refuses comes back as a 422 (protocol.refusal), a bug here as a 500
+                results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared,
+                                                    partial=partial)
             content = answer(results, options) if answer is not None else self.scorer.answer(results)
             reply = JSONResponse(content)  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:

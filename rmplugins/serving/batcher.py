@@ -18,7 +18,7 @@ from typing import Any
 
 from ..inputs import split_sizes
 from .metrics import Metrics
-from .protocol import RequestError
+from .protocol import RequestError, refusal
 
 logger = logging.getLogger("rmplugins.server")
 
@@ -122,7 +122,7 @@ class Batcher:
                 if pending.future.done():
                     continue
                 if isinstance(outcome, BaseException):
-                    pending.future.set_exception(outcome)
+                    pending.future.set_exception(refusal(outcome))
                 else:
                     pending.future.set_result(outcome)
 

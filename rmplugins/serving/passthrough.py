@@ -9,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from .metrics import Metrics
-from .protocol import RequestError
+from .protocol import RequestError, refusal
 
 
 class PassThrough:
@@ -47,6 +47,8 @@ class PassThrough:
         try:
             future = loop.run_in_executor(self._executor, self.run, items)
             results = await asyncio.wait_for(future, timeout)
+        except (ValueError, TypeError) as err:  # the model refused the request's samples
+            raise refusal(err) from None
         except asyncio.TimeoutError:
             raise RequestError(504, f"scoring did not finish within the per-request timeout of {timeout:g} s "
                                     "(server busy or a very long sample); retry or raise --request-timeout") from None
@@ -55,5 +57,5 @@ class PassThrough:
         self.metrics.batch(size, loop.time() - started)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None and not partial:
-            raise failed
+            raise refusal(failed)
         return results
