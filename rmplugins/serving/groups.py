@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .protocol import RequestError, Sample
+from .protocol import RequestError, Sample, refusal
 
 logger = logging.getLogger("rmplugins.server")
 RETRY_MEMORY_S = 600.0     # how long a computed reward waits for a retry of its sample
@@ -268,8 +268,8 @@ class GroupBuffer:
                                                                                   f"this group: {err}")
         for i, slot in enumerate(slots):
             result = outcome if isinstance(outcome, BaseException) else outcome[i]
-            if isinstance(result, ValueError) and not isinstance(result, RequestError):
-                result = RequestError(422, f"the reward model rejected this sample: {result}")
+            if isinstance(result, BaseException):
+                result = refusal(result)
             elif isinstance(result, dict):
                 result = {**result, "logs": {**result["logs"], "template_recovered": slot.sample.recovered}}
             self._deliver(group, slot, result)

@@ -5,7 +5,7 @@ response; pairwise kinds and GPM give P(response beats the reference the label c
 from typing import Any
 
 from .groups import GroupJob
-from .protocol import Sample
+from .protocol import Sample, refusal
 
 # Per-row values a family returns beside its score, in the order /pooling reports them after the score.
 VECTOR_EXTRAS = ("rewards", "gating_output", "step_rewards")
@@ -104,4 +104,4 @@ class RewardScorer:
 
 def rejection(err: BaseException) -> str:
     """Why a sample has no reward, as the whole request's 422 (or 408) would have said it."""
-    return getattr(err, "reason", None) or f"the reward model rejected this sample: {err}"
+    return getattr(refusal(err), "reason", None) or str(err)
