@@ -56,3 +56,17 @@ def models(tiny):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def references():
+    """``references(kind, make)`` -> ``make()``, built once per module and kind: a parity module checks the same
+    reference (a card's pipeline, a model of its own) against both engines, so it is loaded once, not per engine."""
+    built = {}
+
+    def get(kind, make):
+        if kind not in built:
+            built[kind] = make()
+        return built[kind]
+
+    return get

@@ -113,11 +113,11 @@ class ReferenceArmoRM:
 
 
 @pytest.fixture(scope="module", params=both(["armorm", "armorm_real_vocab"]))  # tiny and published vocabularies
-def setup(request, tiny):
+def setup(request, tiny, references):
     kind, engine = request.param
     path = tiny(kind)
     rm = engines.load(path, engine)
-    yield rm, ReferenceArmoRM(path)
+    yield rm, references(kind, lambda: ReferenceArmoRM(path))
     engines.close(rm)
 
 

@@ -82,11 +82,11 @@ class CardPipeline:
 
 
 @pytest.fixture(scope="module", params=both(KINDS))
-def setup(request, tiny):
+def setup(request, tiny, references):
     kind, engine = request.param
     path = tiny(kind)
     rm = engines.load(path, engine)
-    yield kind, rm, CardPipeline(path, system_role=kind in SYSTEM_ROLE)
+    yield kind, rm, references(kind, lambda: CardPipeline(path, system_role=kind in SYSTEM_ROLE))
     engines.close(rm)
 
 

@@ -155,11 +155,11 @@ class GPMPipeline:
 
 
 @pytest.fixture(scope="module", params=both(["gpm", "gpm_real_vocab"]))  # tiny and published vocabularies
-def setup(request, tiny):
+def setup(request, tiny, references):
     kind, engine = request.param
     path = tiny(kind)
     rm = engines.load(path, engine)
-    yield rm, GPMPipeline(path)
+    yield rm, references(kind, lambda: GPMPipeline(path))
     engines.close(rm)
 
 

@@ -83,11 +83,11 @@ class CardPairPM:
 
 
 @pytest.fixture(scope="module", params=both(["pair_pm", "pair_pm_real_vocab"]))  # tiny and published vocabularies
-def setup(request, tiny):
+def setup(request, tiny, references):
     kind, engine = request.param
     path = tiny(kind)
     rm = engines.load(path, engine)
-    yield rm, CardPairPM(path)
+    yield rm, references(kind, lambda: CardPairPM(path))
     engines.close(rm)
 
 
