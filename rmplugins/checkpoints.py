@@ -40,7 +40,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return Path(snapshot_download(str(name_or_path), allow_patterns=[
             "*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]))
     except Exception as err:
-        raise ValueError(f"cannot find checkpoint {name_or_path!r}: not a local directory, and the hub download "
+        if type(err).__name__ == "HFValidationError":  # cannot be a hub id either ('org/name')
+            raise ValueError(f"cannot find checkpoint {str(name_or_path)!r}: no such directory (and not a hub id such "
+                             "as 'org/name')") from None
+        raise ValueError(f"cannot find checkpoint {str(name_or_path)!r}: not a local directory, and the hub download "
                          f"failed ({type(err).__name__}: {err}). Pass a local path, or set HF_HOME to a cache "
                          "that has it.") from err
 
@@ -83,7 +86,8 @@ def tensor_shapes(path: str | os.PathLike) -> dict[str, list[int]]:
         if list(path.glob("*.bin")):
             raise ValueError(f"{path} has only PyTorch .bin weights; convert them to safetensors "
                              "(transformers' save_pretrained does) so the family can be detected safely")
-        raise ValueError(f"{path} has no *.safetensors weights")
+        raise ValueError(f"{path} has no *.safetensors weights: the download or copy left them out; fetch the "
+                         "checkpoint's *.safetensors files (with model.safetensors.index.json if it is sharded)")
     shapes: dict[str, list[int]] = {}
     for file in files:
         shapes.update(_safetensors_shapes(file))

@@ -81,8 +81,12 @@ def test_a_dtype_or_size_that_makes_no_sense_is_refused_before_any_work(tiny, tm
     for dtype in ("int8", torch.int8, "float8_e4m3fn", "bfloat", "complex64"):
         with pytest.raises(ValueError, match="is not one a model runs in; use 'float32', 'bfloat16' or 'float16'"):
             rmplugins.load_reward_model(tmp_path / "not-there", dtype=dtype)  # the dtype is refused first
-    with pytest.raises(ValueError, match="cannot find checkpoint"):
+    with pytest.raises(ValueError, match="cannot find checkpoint .*not-there': no such directory"):
         rmplugins.load_reward_model(tmp_path / "not-there", dtype="bfloat16")
+    partial = tmp_path / "copied-without-weights"  # a copy or download that left the weights out
+    shutil.copytree(tiny("bt_llama3"), partial, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(ValueError, match=r"has no \*.safetensors weights: the download or copy left them out"):
+        rmplugins.load_reward_model(partial)
     rm = rmplugins.load_reward_model(tiny("bt_llama3"), dtype=torch.bfloat16)
     assert next(rm.model.parameters()).dtype == torch.bfloat16
     # sizes that make no sense: max_length=0 was read as the default, 2.5 as 2, -5 failed at the first score
