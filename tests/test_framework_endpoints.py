@@ -174,11 +174,12 @@ def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, poli
     """AReaL's ``AsyncRewardWrapper`` runs ``integrations.areal.reward.rmplugins_reward`` in its process pool (in a
     process of its own: ``tests/areal_reward_script.py``), with the policy-templated prompt text and the decoded
     completion AReaL passes; the server (``--policy-tokenizer``) recovers the conversation and answers ArmoRM's
-    score."""
+    score, and ``--fallback-reward`` for the one it cannot read whole."""
     import json
     import subprocess
 
     convs = _conversations(4, seed=55)
+    convs.insert(2, ([{"role": "user", "content": "word " * 20000}], "an answer"))  # one ArmoRM cannot read whole
     rollouts = []
     for conv, response in convs:
         prompt_ids = policy_tok.apply_chat_template(conv, add_generation_prompt=True, tokenize=True,
@@ -188,14 +189,17 @@ def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, poli
                          completion_ids])
     (tmp_path / "rollouts.json").write_text(json.dumps(rollouts))
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "areal_reward_script.py")
-    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok)) as server:
+    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok, max_sample_chars=10 ** 6,
+                                     fallback_reward=-4.0)) as server:
         env = {**os.environ, "REWARD_MODEL_SERVICE_URL": server.url + "/classify"}
         run = subprocess.run([sys.executable, script, str(tmp_path / "rollouts.json")], capture_output=True,
                              text=True, timeout=300, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     rewards = json.loads(run.stdout.strip().splitlines()[-1])
-    want = armorm.score([c for c, _ in convs], [_decoded(policy_tok, r) for _, r in convs])
-    assert rewards == pytest.approx(want, abs=1e-6)
+    good = [i for i in range(len(convs)) if i != 2]
+    want = armorm.score([convs[i][0] for i in good], [_decoded(policy_tok, convs[i][1]) for i in good])
+    assert [rewards[i] for i in good] == pytest.approx(want, abs=1e-6)
+    assert rewards[2] == -4.0  # the server's --fallback-reward: AReaL would re-raise the refusal and stop
 
 
 async def _slime_remote_rm(url, sample):
@@ -239,6 +243,59 @@ def test_slime_remote_rm(tiny, armorm, policy_tok):
         reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
                                               {"prompt": prompt, "response": group[0], "label": group[1]}))
     assert close(reward, pair_pm.compare([context], [group[0]], [group[1]])[0])
+
+
+def test_a_sample_the_model_rejects_gets_the_fallback_reward_on_every_route(armorm, policy_tok):
+    """``--fallback-reward X`` for the clients that have no "no reward" value and stop their run on a refused
+    sample: a sample the model rejects (here a prompt ArmoRM cannot read whole; a judge without a verdict alike) is
+    answered X with ``no_reward`` = 1, the request's other samples their own rewards, on OpenRLHF's route (driven by
+    OpenRLHF's own HTTP client), verl's ``/score``, vLLM's ``/classify`` (validated by vLLM's classes) and slime's
+    ``/remote_rm``; a client asking for a partial answer still gets null; without the option the refusal says how to
+    get one or the other."""
+    from test_openrlhf_client import openrlhf_agent
+    from test_server import _openrlhf_payload
+
+    convs = _conversations(2, seed=58)
+    long = [{"role": "user", "content": "word " * 20000}]
+    score = armorm.score([c for c, _ in convs], [r for _, r in convs])
+    long_text = policy_tok.apply_chat_template(long, tokenize=False, add_generation_prompt=True)
+    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok, max_sample_chars=10 ** 6,
+                                     fallback_reward=-2.5)) as server:
+        payloads = [_openrlhf_payload(policy_tok, c, r) for c, r in [convs[0], (long, "an answer"), convs[1]]]
+        executor = openrlhf_agent().SingleTurnAgentExecutor(remote_rm_url=server.url + "/get_reward")
+
+        async def rollouts():
+            return await asyncio.gather(*(executor._fetch_rewards_via_http(p["query"], p["prompts"], p["labels"])
+                                          for p in payloads))
+
+        answers = [a for (a,) in asyncio.run(rollouts())]
+        assert [a["rewards"][0] for a in answers] == [score[0], -2.5, score[1]]
+        assert [a["extra_logs"]["no_reward"][0] for a in answers] == [0.0, 1.0, 0.0]
+        body = {"prompts": [convs[0][0], long], "completions": [convs[0][1], "an answer"]}
+        status, answer = _post(server.url + "/score", body)  # verl's integrations/verl/reward_server.py
+        assert status == 200 and answer["rewards"] == [score[0], -2.5] and "errors" not in answer
+        assert answer["extra_logs"]["no_reward"] == [0.0, 1.0] and answer["extra_logs"]["rm_score"][1] == 0.0
+        status, answer = _post(server.url + "/score", {**body, "partial": True})  # rmplugins' TRL client
+        assert answer["rewards"] == [score[0], None] and "too long" in answer["errors"][1]
+        status, answer = _post(server.url + "/classify", {"input": long_text + "an answer", "use_activation": False})
+        assert vllm_classify.ClassificationResponse.model_validate(answer).data[0].probs == [-2.5]  # AReaL, verl
+        reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
+                                              {"prompt": long_text, "response": "an answer", "label": ""}))
+        assert reward == -2.5
+        metrics = _get_json(server.url + "/metrics.json")
+        assert metrics["samples_fallback_reward"] == 4 and metrics["samples_rejected"] == 5
+        assert _get_json(server.url + "/health")["fallback_reward"] == -2.5
+    with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok, max_sample_chars=10 ** 6)) as server:
+        status, answer = _post(server.url + "/score", body)
+        assert status == 422 and "too long" in answer["error"] and "--fallback-reward X" in answer["error"]
+    with pytest.raises(ValueError, match="--fallback-reward nan: must be a finite number"):
+        create_app(armorm, fallback_reward=float("nan"))
+
+
+def _get_json(url):
+    import httpx
+
+    return httpx.get(url, timeout=30).json()
 
 
 def _doc_blocks() -> dict:

@@ -175,6 +175,7 @@ def test_serve_cli_errors_are_one_line_and_early(tiny):
         with pytest.raises(ValueError, match=f"cannot listen on {host}:0: .*--host must be an address of this"):
             bind(host, 0)
     for args, reason in [(["--model", "/nope/model"], "cannot find checkpoint"),
+                         (["--model", "/nope/model", "--fallback-reward", "nan"], "must be a finite number"),
                          (["--model", tiny("armorm"), "--kind", "gpm"], "cannot be loaded as kind 'gpm'"),
                          (["--model", tiny("armorm"), "--port", "99999"], "not a TCP port"),
                          (["--model", tiny("armorm"), "--api-key", ""], "API key is empty")]:

@@ -112,6 +112,29 @@ def test_verl_reward_without_prompt_or_with_a_wrong_key_fails_loudly(armorm, pol
             manager.loop.run_until_complete(manager.run_single(data[0:1]))
 
 
+def test_a_sample_the_model_rejects_gets_the_servers_fallback_reward_in_verl(armorm, policy_tok):
+    """verl has no "no reward" value: a server started with ``--fallback-reward`` gives a sample the model rejects
+    (a prompt ArmoRM cannot read whole) that score and ``no_reward`` = 1 in verl's ``reward_extra_info``; the
+    batch's other samples keep their own scores."""
+    convs = _short(12, seed=43)[:3]
+    with BackgroundServer(create_app(armorm, max_sample_chars=10 ** 6, fallback_reward=-3.0)) as server:
+        config = _config("compute_score_async", server.url + "/score", None)
+        manager = verl_reward.resolve_reward_manager_cls(config)(
+            config=config, tokenizer=policy_tok, compute_score=verl_reward.get_custom_reward_fn(config))
+        data = _batch(policy_tok, convs)
+        data.non_tensor_batch["extra_info"][1] = {"prompt": "word " * 20000}
+
+        async def score_all():
+            return await asyncio.gather(*(manager.run_single(data[i:i + 1]) for i in range(len(data))))
+
+        results = manager.loop.run_until_complete(score_all())
+    decoded = [policy_tok.decode(policy_tok(r, add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+               for _, r in convs]
+    good = armorm.score([convs[0][0], convs[2][0]], [decoded[0], decoded[2]])
+    assert [res["reward_score"] for res in results] == [good[0], -3.0, good[1]]
+    assert [res["reward_extra_info"]["no_reward"] for res in results] == [0.0, 1.0, 0.0]
+
+
 @pytest.mark.vllm
 def test_verl_reward_loop_classify_on_vllm_serve_with_the_plugin(tiny, policy_tok):
     """verl's own reward-model path, the one its trainer takes with ``reward.reward_model.enable`` and rollout

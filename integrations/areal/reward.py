@@ -17,6 +17,10 @@ A row's ``group_id`` or ``uid`` (a dataset column) keys its group when present; 
 Settings: ``REWARD_MODEL_SERVICE_URL`` (a bare http://host:port gets /classify appended), ``RMPLUGINS_API_KEY``,
 ``RMPLUGINS_REWARD_TIMEOUT`` (seconds, 14). They are checked when AReaL imports this module and on every call: a
 malformed one stops the run with its name, not a Python error in every rollout.
+
+A sample the reward model rejects (a generating judge that wrote no verdict, a prompt it cannot read whole) is
+refused with its reason, which AReaL re-raises (it has no "no reward" value); start the server with
+``--fallback-reward X`` to answer such a sample with the reward X instead.
 """
 
 from __future__ import annotations

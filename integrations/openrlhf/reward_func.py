@@ -12,6 +12,11 @@ this file and on every call, so a malformed one stops the run with its name, not
     RMPLUGINS_API_KEY         bearer key, when the server was started with --api-key
     RMPLUGINS_REWARD_TIMEOUT  seconds per attempt (default 180, as OpenRLHF's client)
     RMPLUGINS_REWARD_RETRIES  attempts for connection errors, 429 and 5xx answers (default 5; 4xx is not retried)
+
+A sample the reward model rejects (a generating judge that wrote no verdict, a prompt it cannot read whole) is
+refused by the server with its reason, and OpenRLHF has no "no reward" value: this raises, logged as an error here
+(OpenRLHF's executor logs it at INFO only). Start the server with ``--fallback-reward X`` to answer such a sample with
+the reward X (flagged ``no_reward`` = 1 in extra_logs) instead.
 """
 
 from __future__ import annotations
@@ -105,7 +110,9 @@ def _post(payload: dict) -> dict:
         except urllib.error.HTTPError as err:
             reason = err.read().decode(errors="replace")[:500]
             if 400 <= err.code < 500 and err.code not in (408, 429):  # our request is wrong: retrying won't help
-                raise RuntimeError(f"reward server {url} refused the request ({err.code}): {reason}") from None
+                message = f"reward server {url} refused the request ({err.code}): {reason}"
+                logger.error(message)  # OpenRLHF's executor catches the exception and logs it at INFO only
+                raise RuntimeError(message) from None
             last = f"{err.code}: {reason}"
         except (urllib.error.URLError, OSError, ValueError) as err:
             last = f"{type(err).__name__}: {err}"

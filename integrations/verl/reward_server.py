@@ -19,6 +19,10 @@ Settings (``reward_kwargs`` win over the environment): ``url`` / RMPLUGINS_SCORE
 http://127.0.0.1:5000/score; a bare http://host:port gets /score appended), ``api_key`` / RMPLUGINS_API_KEY,
 RMPLUGINS_REWARD_TIMEOUT (180 s), RMPLUGINS_REWARD_RETRIES (5 attempts). They are checked when verl loads this file
 and on every call: a malformed one stops the run with its name, not a Python error mid-training.
+
+A sample the reward model rejects (a generating judge that wrote no verdict, a prompt it cannot read whole) is
+refused by the server with its reason, which stops the run (verl has no "no reward" value); start the server with
+``--fallback-reward X`` to score such a sample X instead (``no_reward`` = 1 in its ``reward_extra_info``).
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ The route handlers are plain functions; what they share (model, parser, batcher,
 import asyncio
 import hmac
 import logging
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +35,7 @@ from .batcher import Batcher
 from .groups import ClientGone, GroupBuffer
 from .metrics import Metrics, prometheus_text
 from .passthrough import PassThrough
-from .protocol import PAIRWISE_HELP, RequestError, RequestParser, parse_body
+from .protocol import PAIRWISE_HELP, REJECTED, RequestError, RequestParser, parse_body
 from .scorer import RewardScorer, rejection
 from .vllm_api import VLLMRequests, error_body
 
@@ -42,6 +43,8 @@ logger = logging.getLogger("rmplugins.server")
 access_logger = logging.getLogger("rmplugins.server.access")
 PARSE_THREADS = 4
 UNAUTHORIZED = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+FALLBACK_HINT = (" (a client that can take no reward sends \"partial\": true; for one that cannot, start the server "
+                 "with --fallback-reward X to answer such a sample with the reward X)")
 
 
 def parse_and_cost(body: bytes, parse):
@@ -81,6 +84,17 @@ def prompt_cache_engine(rm: Any, tokens: int | None):
     return None if reason else backend
 
 
+def check_fallback_reward(value: Any) -> float | None:
+    """``--fallback-reward``: a finite number (the reward of a sample the model rejects, for clients that cannot
+    take a missing one), or None (such a sample is refused: 422, or null in a partial answer)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"--fallback-reward {value!r}: must be a finite number (the reward given to a sample the "
+                         "model rejects), or left unset so that such a sample is refused with its reason")
+    return float(value)
+
+
 def _policy_template(policy_tokenizer: Any) -> PolicyTemplate | None:
     if isinstance(policy_tokenizer, (str, os.PathLike)):
         return load_policy_template(str(policy_tokenizer))
@@ -92,23 +106,28 @@ def _policy_template(policy_tokenizer: Any) -> PolicyTemplate | None:
 class RewardService:
     """What every request needs: the model, the request parser, the batcher (or vLLM's pass-through), the
     metrics, the API key and the limits. ``prompt_cache_tokens``: the engine's prompt cache while the app runs
-    (None: a tenth of free memory; 0: off; always off for a deterministic model)."""
+    (None: a tenth of free memory; 0: off; always off for a deterministic model). ``fallback_reward``: the reward
+    of a sample the model rejects (a judge without a verdict, a prompt too long to read whole, a lone sample whose
+    group never completed), flagged ``no_reward`` = 1 in ``extra_logs``, for every client but one that asks for a
+    ``partial`` answer (which gets null); None: such a sample is refused (422, or 408 for the lone sample)."""
 
     def __init__(self, rm: Any, *, policy_tokenizer: Any = None, api_key: str | None = None, max_batch_size: int = 64,
                  max_batch_tokens: int = 32768, max_wait_ms: float = 5.0, max_request_samples: int = 256,
                  max_body_bytes: int = 8 << 20, max_queue_samples: int = 8192, request_timeout: float = 120.0,
                  objective_logs: bool = False, max_sample_chars: int | None = None,
                  prompt_cache_tokens: int | None = None, group_size: int | None = None,
-                 group_timeout: float = 120.0, group_method: str | None = None):
+                 group_timeout: float = 120.0, group_method: str | None = None,
+                 fallback_reward: float | None = None):
         if api_key is not None and not str(api_key).strip():
             raise ValueError("api_key is empty: pass a real key, or None for no authentication")
         grouped = check_group_options(rm, group_size, group_method)
+        self.fallback_reward = check_fallback_reward(fallback_reward)
         self.rm = rm
         self.template = _policy_template(policy_tokenizer)
         self.engine = prompt_cache_engine(rm, prompt_cache_tokens)
         self.prompt_cache_tokens = prompt_cache_tokens
         self.metrics = Metrics()
-        self.scorer = RewardScorer(rm, objective_logs, groups=grouped)
+        self.scorer = RewardScorer(rm, objective_logs, groups=grouped, fallback=self.fallback_reward is not None)
         if rm.backend.name == "vllm":  # vLLM's scheduler batches; an offline LLM takes one call at a time
             concurrent = rm.backend.concurrent
             self.batcher = PassThrough(self.scorer, max_concurrent=256 if concurrent else 1,
@@ -219,15 +238,21 @@ class RewardService:
                 self._parsing, parse_and_cost, body, parse)
             metrics.samples += len(samples)
             partial = options.get("partial", False)
+            fallback = self.fallback_reward is not None and not partial
             if self.groups is not None:
-                results = await self.groups.submit(samples, request.is_disconnected, partial=partial)
+                results = await self.groups.submit(samples, request.is_disconnected, partial=partial or fallback)
             else:  # a sample the model refuses comes back as a 422 (protocol.refusal), a bug here as a 500
                 results = await self.batcher.submit(samples, cost, self.request_timeout, shared=shared,
-                                                    partial=partial)
+                                                    partial=partial or fallback)
+            rejected = [r for r in results if isinstance(r, BaseException)]  # null, or given the fallback reward
+            if rejected and fallback:
+                results = [self.scorer.fallback(r, self.fallback_reward) if isinstance(r, BaseException) else r
+                           for r in results]
             content = answer(results, options) if answer is not None else self.scorer.answer(results)
             reply = JSONResponse(content)  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:
-            return self.fail(request, started, err.status, err.reason, error_shape)
+            reason = err.reason + (FALLBACK_HINT if err.reason.startswith(REJECTED) else "")
+            return self.fail(request, started, err.status, reason, error_shape)
         except (ClientDisconnect, ClientGone) as err:
             metrics.disconnects += 1
             access(request, 499, started, "client disconnected before sending the whole body"
@@ -237,10 +262,11 @@ class RewardService:
             logger.exception("unexpected error")
             return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}", error_shape)
         metrics.answered(time.perf_counter() - started)
-        rejected = [r for r in results if isinstance(r, BaseException)]  # a partial answer's null rewards
         metrics.rejected += len(rejected)
+        metrics.fallback_rewards += len(rejected) if fallback else 0
+        given = f", given --fallback-reward {self.fallback_reward:g}" if fallback else ""
         access(request, 200, started, f"{len(samples)} sample(s)"
-               + (f", {len(rejected)} rejected ({rejection(rejected[0])})" if rejected else ""))
+               + (f", {len(rejected)} rejected ({rejection(rejected[0])}){given}" if rejected else ""))
         return reply
 
 
@@ -298,7 +324,8 @@ async def health(request: Request):
     return {"status": "ok", "kind": service.scorer.kind, "model": service.model_name,
             "policy_template": service.template is not None, "needs_reference": service.scorer.needs_reference,
             "deterministic": bool(service.rm.deterministic), "extra_logs": service.scorer.log_keys,
-            "group_size": service.groups.size if service.groups is not None else None}
+            "group_size": service.groups.size if service.groups is not None else None,
+            "fallback_reward": service.fallback_reward}
 
 
 async def metrics(request: Request):

@@ -119,6 +119,13 @@ def register(subparsers) -> None:
     p.add_argument("--group-method", default=None, choices=("round_robin", "tournament", "circular", "gpo"),
                    help="with --group-size: how a group is ranked; default: round_robin for pairwise kinds and "
                         "judges, gpo (GPM's GPO score) for gpm")
+    p.add_argument("--fallback-reward", type=float, default=None, metavar="X",
+                   help="the reward of a sample the model rejects (a generating judge that wrote no verdict, a "
+                        "prompt it cannot read whole, a lone sample whose group never completed), flagged "
+                        "no_reward = 1 in extra_logs, for clients that have no 'no reward' value (OpenRLHF, verl, "
+                        "AReaL, slime: without it such a sample is refused with its reason, which stops their "
+                        "run). The number is yours to choose; a client that sends \"partial\": true (rmplugins' "
+                        "TRL reward) still gets null. Default: unset")
     p.add_argument("--objective-logs", action="store_true",
                    help="ArmoRM: add the 19 objective rewards to extra_logs (objective/<name>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars while the model loads")
@@ -187,7 +194,7 @@ def _serve_checked(args) -> int:
     from ..loading import load_reward_model
     from ..placement import check_device
     from ..policy_template import load_policy_template
-    from .app import DETERMINISTIC, ON_VLLM, create_app, refuse_prompt_cache
+    from .app import DETERMINISTIC, ON_VLLM, check_fallback_reward, create_app, refuse_prompt_cache
     from .transport import bind, reward_server, uvicorn_config
 
     device = check_device(args.device, "--device") if args.device is not None else None
@@ -197,7 +204,8 @@ def _serve_checked(args) -> int:
                        args.host)
     if args.group_size is not None or args.group_method is not None:
         check_group_method(args, options.get("judge"))
-    # create_app's refusal, given before a vLLM engine or a large model spends minutes starting
+    # create_app's refusals, given before a vLLM engine or a large model spends minutes starting
+    check_fallback_reward(args.fallback_reward)
     refuse_prompt_cache(args.prompt_cache_tokens, ON_VLLM if args.engine == "vllm" else
                         DETERMINISTIC if args.deterministic else None)
     sock = bind(args.host, args.port)  # before the model loads: a busy port fails in a second, not minutes
@@ -212,7 +220,8 @@ def _serve_checked(args) -> int:
                      max_queue_samples=args.max_queue_samples, request_timeout=args.request_timeout,
                      objective_logs=args.objective_logs, max_sample_chars=args.max_sample_chars,
                      prompt_cache_tokens=args.prompt_cache_tokens, group_size=args.group_size,
-                     group_timeout=args.group_timeout, group_method=args.group_method)
+                     group_timeout=args.group_timeout, group_method=args.group_method,
+                     fallback_reward=args.fallback_reward)
     logger.info("serving on http://%s:%d (POST /get_reward, /score, /classify, /pooling, /remote_rm; GET /health, "
                 "/metrics) (policy template: %s, auth: %s)", args.host, sock.getsockname()[1],
                 args.policy_tokenizer or "none; chat-templated text is recovered with the built-in templates or "

@@ -28,7 +28,8 @@ class Metrics:
     batched_samples: int = 0
     max_batch: int = 0
     disconnects: int = 0        # clients gone before their answer (not server errors)
-    rejected: int = 0           # samples answered null in a partial answer (the model rejected them)
+    rejected: int = 0           # samples the model rejected: null in a partial answer, or the fallback reward
+    fallback_rewards: int = 0   # of those, answered with --fallback-reward
     fallbacks: int = 0          # scored as plain text although a policy template was given
     template_refused: int = 0   # chat-templated text no template could recover: refused (4xx)
     template_builtin: dict = field(default_factory=dict)  # recovered with a built-in template, by name
@@ -94,6 +95,7 @@ class Metrics:
             "queue_samples": queue_samples,
             "client_disconnects": self.disconnects,
             "samples_rejected": self.rejected,
+            "samples_fallback_reward": self.fallback_rewards,
             "template_fallbacks": self.fallbacks,
             "template_refused": self.template_refused,
             "template_builtin": dict(self.template_builtin),
@@ -134,8 +136,10 @@ class ServiceCollector:
             errors.add_metric([status], n)
         yield errors
         yield counter("client_disconnects", "Clients gone before their answer", m.disconnects)
-        yield counter("samples_rejected", "Samples answered null in a partial answer (the model rejected them)",
-                      m.rejected)
+        yield counter("samples_rejected", "Samples the model rejected (null in a partial answer, or the fallback "
+                      "reward)", m.rejected)
+        yield counter("samples_fallback_reward", "Samples the model rejected, answered with --fallback-reward",
+                      m.fallback_rewards)
         yield counter("batches", "Scoring calls", m.batches)
         yield counter("model_seconds", "Seconds spent in scoring calls", m.model_seconds)
         yield gauge("queue_samples", "Samples waiting for a scoring call", service.batcher.queued)

@@ -28,11 +28,14 @@ class RequestError(Exception):
         self.status, self.reason = status, reason
 
 
+REJECTED = "the reward model rejected this sample"
+
+
 def refusal(err: BaseException) -> BaseException:
     """What a request gets for an error of its scoring: the model's refusal of a sample (a ValueError or TypeError
     from the model: too long, no verdict) as a 422 with the reason; anything else as it is (a 500 at the route)."""
     if isinstance(err, (ValueError, TypeError)):
-        return RequestError(422, f"the reward model rejected this sample: {err}")
+        return RequestError(422, f"{REJECTED}: {err}")
     return err
 
 

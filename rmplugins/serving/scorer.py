@@ -5,7 +5,7 @@ response; pairwise kinds and GPM give P(response beats the reference the label c
 from typing import Any
 
 from .groups import GroupJob
-from .protocol import Sample, refusal
+from .protocol import RequestError, Sample, refusal
 
 # Per-row values a family returns beside its score, in the order /pooling reports them after the score.
 VECTOR_EXTRAS = ("rewards", "gating_output", "step_rewards")
@@ -18,7 +18,7 @@ class RewardScorer:
     keys (``log_keys``) every time. ``vector`` is what ``/pooling`` returns: the score, then the family's named
     per-row values (ArmoRM: 19 objective rewards and 19 gating weights; a PRM: its step rewards)."""
 
-    def __init__(self, rm: Any, objective_logs: bool = False, groups: bool = False):
+    def __init__(self, rm: Any, objective_logs: bool = False, groups: bool = False, fallback: bool = False):
         self.rm = rm
         self.kind = rm.kind
         self.groups = groups
@@ -27,7 +27,7 @@ class RewardScorer:
         if objective_logs and self.kind == "armorm":
             self.objective_names = list(rm.objective_names)
         self.log_keys = (["rm_score", "template_recovered"] + [f"objective/{n}" for n in self.objective_names]
-                         + (["group_complete", "group_size"] if groups else []))
+                         + (["group_complete", "group_size"] if groups else []) + (["no_reward"] if fallback else []))
 
     def __call__(self, items: list) -> list:
         """One result per item; an item the model cannot score gets a ``ValueError`` with its reason (the others
@@ -88,6 +88,16 @@ class RewardScorer:
                     "group_size": float(len(job))}
             results.append({"score": score, "logs": logs, "vector": [score]})
         return results
+
+    def fallback(self, err: BaseException, reward: float) -> dict:
+        """The result of a sample the model rejected, answered with ``--fallback-reward``: that reward, every log
+        0 but ``no_reward`` = 1 (``/pooling``'s vector is the reward alone). Only a refusal (422, or a lone grouped
+        sample's 408) is answered so; anything else (a bug) is raised, never turned into a number."""
+        if not isinstance(refusal(err), RequestError) or refusal(err).status not in (408, 422):
+            raise err
+        logs = {key: 0.0 for key in self.log_keys}
+        logs["no_reward"] = 1.0
+        return {"score": reward, "logs": logs, "vector": [reward]}
 
     def answer(self, results: list) -> dict:
         """OpenRLHF's answer; where a sample was rejected (a request that asked for ``partial`` answers), its reward
