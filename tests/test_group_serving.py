@@ -138,7 +138,7 @@ def test_a_group_that_never_completes(group_models):
 def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(tiny, group_models):
     """rmplugins' own client asks for ``partial`` answers: a group whose judge gave no verdict, and a lone sample
     whose group never came, are null with the reason (the 422 / 408 a one-sample client gets), the request's other
-    samples answered."""
+    samples answered; a server with ``--fallback-reward`` answers them that reward instead."""
     mute = rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", device="cpu",
                                        judge=rmplugins.PRESETS["mt-bench"].with_options(max_new_tokens=4))
     (conv, responses), (lone_conv, lone) = _groups(2, 2, seed=7)
@@ -149,6 +149,10 @@ def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(ti
         status, answer = _post(server.url + "/score", {**body, "partial": True})
     assert status == 200 and answer["rewards"] == [None, None, None]
     assert all("no verdict" in why for why in answer["errors"][:2]) and "only 1 of the 2" in answer["errors"][2]
+    with BackgroundServer(create_app(mute, group_size=2, group_timeout=0.5, fallback_reward=-1.0)) as server:
+        status, answer = _post(server.url + "/score", body)  # a client with no "no reward" value: the fallback
+    assert status == 200 and answer["rewards"] == [-1.0, -1.0, -1.0] and "errors" not in answer
+    assert answer["extra_logs"]["no_reward"] == [1.0, 1.0, 1.0]
     rm = group_models("gpm")
     with BackgroundServer(create_app(rm, group_size=2, group_timeout=0.5)) as server:
         status, answer = _post(server.url + "/score", {**body, "partial": True})
