@@ -116,6 +116,26 @@ def test_a_tracker_that_is_not_installed_or_unknown_is_refused(tiny, prompts_fil
     assert not out.exists()
 
 
+def test_the_server_without_its_extra_says_which_to_install(tiny, tmp_path):
+    """``pip install rmplugins`` without ``[server]``: ``rmplugins serve`` and ``rmplugins.serving`` said
+    ``ModuleNotFoundError: No module named 'fastapi'`` in a traceback. A package that fails to import, first on the
+    path, stands for the missing one."""
+    for name in ("fastapi", "uvicorn"):
+        site = tmp_path / name
+        (site / name).mkdir(parents=True)
+        (site / name / "__init__.py").write_text(f"raise ModuleNotFoundError(\"No module named '{name}'\", "
+                                                 f"name={name!r})\n")
+        env = {"PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
+        res = _cli("serve", "--model", tiny("armorm"), "--port", "0", env=env)
+        _short_and_clean(res, "rmplugins serve: the reward server needs rmplugins' 'server' extra: pip install "
+                              f"'rmplugins[server]' ({name}: No module named '{name}')", lines=1)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "fastapi"), str(ROOT)])}
+    res = subprocess.run([sys.executable, "-c", "from rmplugins.serving import create_app"], capture_output=True,
+                         text=True, env={**os.environ, **env}, timeout=120)
+    assert "rmplugins.serving.create_app needs rmplugins' 'server' extra: pip install 'rmplugins[server]'" \
+        in res.stderr.splitlines()[-1], res.stderr[-2000:]
+
+
 def test_an_output_that_is_a_file_and_a_bad_number_answer_in_two_lines(tiny, prompts_file, tmp_path):
     file = tmp_path / "a-file"
     file.write_text("mine\n")

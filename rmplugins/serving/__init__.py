@@ -7,6 +7,7 @@ same interface in front of vLLM's scheduler), :mod:`.app` (routes, auth, access 
 """
 
 from ..lazy import lazy_exports
+from .cli import SERVER_PACKAGES
 
 _EXPORTS = {
     "create_app": ".app",
@@ -20,4 +21,4 @@ _EXPORTS = {
     "BackgroundServer": ".transport",
 }
 __all__ = sorted(_EXPORTS)
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, extra=("server", SERVER_PACKAGES))

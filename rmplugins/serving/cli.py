@@ -171,9 +171,26 @@ def _serve(args) -> int:
         return 2
 
 
+# the packages of the `server` extra (pyproject.toml) that the server's modules import
+SERVER_PACKAGES = ("fastapi", "starlette", "uvicorn", "prometheus_client")
+
+
+def require_server_packages() -> None:
+    """The `server` extra's packages import, or a ValueError that says to install it (a plain ``pip install
+    rmplugins`` has the library and the TRL reward, not the server)."""
+    try:
+        import fastapi  # noqa: F401
+        import prometheus_client  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"the reward server needs rmplugins' 'server' extra: pip install 'rmplugins[server]' "
+                         f"({err.name or 'import'}: {err})") from None
+
+
 def _serve_checked(args) -> int:
-    """Every option checked before the model loads (minutes for a large one): the key, the vLLM arguments, the
-    device, the policy tokenizer, the port; then the model, then the app."""
+    """Every option checked before the model loads (minutes for a large one): the server's packages, the key, the
+    vLLM arguments, the device, the policy tokenizer, the port; then the model, then the app."""
+    require_server_packages()
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV)
     if api_key is not None and not api_key.strip():
         raise ValueError("the API key is empty (--api-key '' or an empty $RMPLUGINS_API_KEY): give a real key, or "
