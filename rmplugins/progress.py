@@ -11,10 +11,13 @@ def silence_progress_bars() -> None:
     os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["TQDM_DISABLE"] = "1"  # tqdm >= 4.66 reads it: bars made by any library, vLLM's included
-    import datasets
     import huggingface_hub
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
     huggingface_hub.utils.disable_progress_bars()
+    try:  # datasets reads the variable above when it is first imported; a broken one is reported by the preflight
+        import datasets
+    except ImportError:
+        return
+    datasets.disable_progress_bars()

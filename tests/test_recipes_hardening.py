@@ -90,6 +90,22 @@ def test_a_missing_or_broken_vllm_is_reported_before_any_work(tiny, prompts_file
     assert not (out / "run.json").exists()
 
 
+@pytest.mark.parametrize("package,body", [
+    ("trl", "raise ImportError(\"cannot import name 'PreTrainedModel' from 'transformers'\")"),
+    ("datasets", "raise ModuleNotFoundError(\"No module named 'datasets'\", name='datasets')")])
+def test_a_broken_trl_or_datasets_is_reported_before_any_work(tiny, prompts_file, tmp_path, package, body):  # noqa: F811
+    """TRL and datasets train each iteration: a TRL that does not match the installed transformers (or a missing
+    datasets) raised a traceback after the candidates were generated and scored, with --no-progress at once."""
+    broken = tmp_path / "site" / package
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text(body + "\n")
+    out = tmp_path / "run"
+    res = _cli(_args(tiny, prompts_file, out), {"PYTHONPATH": os.pathsep.join([str(broken.parent), str(ROOT)])})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert f"the recipes train with TRL on datasets, and `import {package}` fails here" in res.stderr
+    assert "pip install 'trl>=1.16,<2' 'datasets>=3.0'" in res.stderr and not out.exists()
+
+
 def _mount_tmpfs(path: Path, size: str):
     path.mkdir()
     res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)

@@ -43,6 +43,24 @@ def check_report_to(report_to: str) -> None:
                              "or use --report-to none")
 
 
+def check_training_packages() -> None:
+    """TRL and datasets (rmplugins' own dependencies, which train each iteration) import: a missing or broken one
+    (a TRL that does not match the installed transformers) failed after the candidates were generated and scored."""
+    def broken(name: str, err: ImportError) -> ValueError:
+        return ValueError(f"the recipes train with TRL on datasets, and `import {name}` fails here "
+                          f"({type(err).__name__}: {err}); reinstall them as rmplugins requires: pip install "
+                          "'trl>=1.16,<2' 'datasets>=3.0'")
+
+    try:
+        import datasets  # noqa: F401
+    except ImportError as err:
+        raise broken("datasets", err) from None
+    try:
+        import trl  # noqa: F401
+    except ImportError as err:
+        raise broken("trl", err) from None
+
+
 def check_run(cfg: RecipeConfig, rule_for_kind) -> str:
     """Every check that can fail, in the order a user fixes them; returns the reward model's kind."""
     check_output(cfg.output)
@@ -81,4 +99,5 @@ def check_run(cfg: RecipeConfig, rule_for_kind) -> str:
         except ValueError as err:
             raise ValueError(f"--judge: {err}") from None
     check_rule(rule_for_kind(checkpoint.kind), checkpoint.kind, judge)
+    check_training_packages()  # last: the import takes seconds, the checks above none
     return checkpoint.kind
