@@ -93,7 +93,8 @@ class RewardScorer:
         """The result of a sample the model rejected, answered with ``--fallback-reward``: that reward, every log
         0 but ``no_reward`` = 1 (``/pooling``'s vector is the reward alone). Only a refusal (422, or a lone grouped
         sample's 408) is answered so; anything else (a bug) is raised, never turned into a number."""
-        if not isinstance(refusal(err), RequestError) or refusal(err).status not in (408, 422):
+        refused = refusal(err)
+        if not isinstance(refused, RequestError) or refused.status not in (408, 422):
             raise err
         logs = {key: 0.0 for key in self.log_keys}
         logs["no_reward"] = 1.0
