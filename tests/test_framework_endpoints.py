@@ -24,7 +24,7 @@ import aiohttp
 import numpy as np
 import pytest
 from reference_helpers import close
-from test_server import _conversations, _post
+from test_server import _conversations, _get, _post
 from test_verl_reward_loop import _batch, _short
 
 import rmplugins
@@ -282,20 +282,14 @@ def test_a_sample_the_model_rejects_gets_the_fallback_reward_on_every_route(armo
         reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
                                               {"prompt": long_text, "response": "an answer", "label": ""}))
         assert reward == -2.5
-        metrics = _get_json(server.url + "/metrics.json")
+        metrics = _get(server.url + "/metrics.json")[1]
         assert metrics["samples_fallback_reward"] == 4 and metrics["samples_rejected"] == 5
-        assert _get_json(server.url + "/health")["fallback_reward"] == -2.5
+        assert _get(server.url + "/health")[1]["fallback_reward"] == -2.5
     with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok, max_sample_chars=10 ** 6)) as server:
         status, answer = _post(server.url + "/score", body)
         assert status == 422 and "too long" in answer["error"] and "--fallback-reward X" in answer["error"]
     with pytest.raises(ValueError, match="--fallback-reward nan: must be a finite number"):
         create_app(armorm, fallback_reward=float("nan"))
-
-
-def _get_json(url):
-    import httpx
-
-    return httpx.get(url, timeout=30).json()
 
 
 def _doc_blocks() -> dict:
