@@ -271,6 +271,8 @@ def test_a_sample_the_model_rejects_gets_the_fallback_reward_on_every_route(armo
         answers = [a for (a,) in asyncio.run(rollouts())]
         assert [a["rewards"][0] for a in answers] == [score[0], -2.5, score[1]]
         assert [a["extra_logs"]["no_reward"][0] for a in answers] == [0.0, 1.0, 0.0]
+        # the policy template was undone for every sample, the rejected one too: its rate is not skewed by refusals
+        assert [a["extra_logs"]["template_recovered"][0] for a in answers] == [1.0, 1.0, 1.0]
         body = {"prompts": [convs[0][0], long], "completions": [convs[0][1], "an answer"]}
         status, answer = _post(server.url + "/score", body)  # verl's integrations/verl/reward_server.py
         assert status == 200 and answer["rewards"] == [score[0], -2.5] and "errors" not in answer

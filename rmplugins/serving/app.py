@@ -246,8 +246,8 @@ class RewardService:
                                                     partial=partial or fallback)
             rejected = [r for r in results if isinstance(r, BaseException)]  # null, or given the fallback reward
             if rejected and fallback:
-                results = [self.scorer.fallback(r, self.fallback_reward) if isinstance(r, BaseException) else r
-                           for r in results]
+                results = [self.scorer.fallback(r, self.fallback_reward, s) if isinstance(r, BaseException) else r
+                           for r, s in zip(results, samples)]
             content = answer(results, options) if answer is not None else self.scorer.answer(results)
             reply = JSONResponse(content)  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:

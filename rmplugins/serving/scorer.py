@@ -89,15 +89,16 @@ class RewardScorer:
             results.append({"score": score, "logs": logs, "vector": [score]})
         return results
 
-    def fallback(self, err: BaseException, reward: float) -> dict:
-        """The result of a sample the model rejected, answered with ``--fallback-reward``: that reward, every log
-        0 but ``no_reward`` = 1 (``/pooling``'s vector is the reward alone). Only a refusal (422, or a lone grouped
-        sample's 408) is answered so; anything else (a bug) is raised, never turned into a number."""
+    def fallback(self, err: BaseException, reward: float, sample: Sample) -> dict:
+        """The result of ``sample``, which the model rejected, answered with ``--fallback-reward``: that reward,
+        ``no_reward`` = 1, ``template_recovered`` as the sample's, the model's logs 0 (``/pooling``'s vector is the
+        reward alone). Only a refusal (422, or a lone grouped sample's 408) is answered so; anything else (a bug) is
+        raised, never turned into a number."""
         refused = refusal(err)
         if not isinstance(refused, RequestError) or refused.status not in (408, 422):
             raise err
         logs = {key: 0.0 for key in self.log_keys}
-        logs["no_reward"] = 1.0
+        logs.update(no_reward=1.0, template_recovered=sample.recovered)
         return {"score": reward, "logs": logs, "vector": [reward]}
 
     def answer(self, results: list) -> dict:
