@@ -318,7 +318,7 @@ def test_the_docs_configurations_are_the_tested_ones(tiny, monkeypatch):
     from rmplugins.serving import cli
 
     blocks = _doc_blocks()
-    assert set(blocks) == {"openrlhf", "verl", "areal", "slime", "trl"}
+    assert set(blocks) == {"openrlhf", "verl", "areal", "slime", "nemo_gym", "trl"}
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())
     routes = {r.path for r in create_app(rmplugins.load_reward_model(tiny("bt"), device="cpu")).routes}
@@ -331,11 +331,17 @@ def test_the_docs_configurations_are_the_tested_ones(tiny, monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     table = readme[readme.index("## Serve every framework"):readme.index("## Models")]
     assert {path for path in re.findall(r"http://127\.0\.0\.1:5000(/\w+)", table)} == \
-        {"/get_reward", "/classify", "/remote_rm"} <= routes
+        {"/get_reward", "/classify", "/remote_rm", "/score"} <= routes
     openrlhf = blocks["openrlhf"]
     assert re.search(r"--group-size (\d+)", openrlhf).group(1) == \
         re.search(r"--rollout.n_samples_per_prompt (\d+)", openrlhf).group(1)
     assert "/remote_rm --group-rm" in blocks["slime"]
+    nemo_gym = blocks["nemo_gym"]  # the server, then NeMo-Gym's config of the copied directory naming its /score
+    args = parser.parse_args(shlex.split(nemo_gym.splitlines()[0])[1:])
+    copied = Path(__file__).resolve().parents[1] / re.search(r"cp -r (\S+) ", nemo_gym).group(1)
+    config = re.search(r"config_paths=\[resources_servers/(\S+?)\]", nemo_gym).group(1)
+    assert args.group_size and copied.is_dir() and (copied.parent / config).is_file()
+    assert f"url: http://127.0.0.1:{args.port}/score" in (copied.parent / config).read_text()
 
     verl = blocks["verl"]
     assert re.search(r"RMPLUGINS_SCORE_URL=http://127.0.0.1:\d+(/\w+)", verl).group(1) in routes

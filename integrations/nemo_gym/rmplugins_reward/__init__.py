@@ -1,0 +1,1 @@
+"""rmplugins as a NeMo-Gym resources server (see app.py)."""
