@@ -32,8 +32,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PIP_INSTALL) -c constraints.txt ray tensordict omegaconf codetiming orjson colorlog
 	# NeMo-Gym 0.7.0's resources-server classes for integrations/nemo_gym (NeMo-RL's environments): it declares
 	# Python >= 3.13, and the server classes the tests run import and run unchanged on 3.11; with the modules its
-	# import reaches (hydra, scipy and wandb among them), not its trainer-side stack
-	$(PIP_INSTALL) --no-deps --ignore-requires-python nemo-gym==0.7.0 hydra-core==1.3.8 antlr4-python3-runtime==4.9.3 \
+	# import reaches (hydra, scipy and wandb among them), not its trainer-side stack. --no-compile: most of these
+	# files (its 145 other resources servers) are never imported; compiling them cost about 10 s of every set-up
+	$(PIP_INSTALL) --no-deps --no-compile --ignore-requires-python nemo-gym==0.7.0 hydra-core==1.3.8 antlr4-python3-runtime==4.9.3 \
 		pydot==4.0.1 yappi==1.7.6 itsdangerous==2.2.0 devtools==0.13.0 scipy==1.17.1 wandb==0.31.0
 	# OpenRLHF's own reward server (openrlhf/cli/serve_rm.py), the peer in the tests and benchmarks, imports
 	# deepspeed, peft and pylatexenc. deepspeed is a source release: built here against the installed torch with

@@ -37,8 +37,10 @@ async def run_case(module, case):
     except ValidationError as err:
         return [["config", str(err)]]
     server = module.RmpluginsRewardServer.model_construct(config=config, server_client=None)
-    transport = httpx.ASGITransport(app=server.setup_webserver(), raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://nemo-gym", timeout=300) as client:
+    app = server.setup_webserver()
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with app.router.lifespan_context(app), \
+            httpx.AsyncClient(transport=transport, base_url="http://nemo-gym", timeout=300) as client:
         async def post(body):
             answer = await client.post("/verify", json=body)
             try:
@@ -50,8 +52,7 @@ async def run_case(module, case):
             out = await asyncio.gather(*(post(b) for b in case["requests"]))
         else:
             out = [await post(b) for b in case["requests"]]
-    if server._session is not None:
-        await server._session.close()
+    assert server._session is None, "the app's shutdown closes the session to the reward server"
     return out
 
 

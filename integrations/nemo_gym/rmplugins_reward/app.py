@@ -34,10 +34,11 @@ import asyncio
 import json
 import logging
 import urllib.parse
+from contextlib import asynccontextmanager
 from typing import Any, Optional
 
 import aiohttp
-from fastapi import HTTPException
+from fastapi import FastAPI, HTTPException
 from nemo_gym.base_resources_server import (
     BaseResourcesServerConfig,
     BaseVerifyRequest,
@@ -187,6 +188,27 @@ class RmpluginsRewardServer(SimpleResourcesServer):
             if body.rollout_index is not None:
                 payload["sample_ids"] = [f"{key}#rollout{body.rollout_index}"]
         return payload
+
+    def setup_webserver(self) -> FastAPI:
+        """NeMo-Gym's app, closing this server's HTTP session to the reward server when the app stops."""
+        app = super().setup_webserver()
+        previous = app.router.lifespan_context
+
+        @asynccontextmanager
+        async def lifespan(app):
+            async with previous(app) as state:
+                try:
+                    yield state
+                finally:
+                    await self.aclose()
+
+        app.router.lifespan_context = lifespan
+        return app
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def checked(self, answer: Any) -> dict:
         """rmplugins serve's ``/score`` answer (one reward, or null), or the refusal of whatever else answered."""
