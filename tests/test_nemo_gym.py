@@ -26,6 +26,7 @@ pytestmark = pytest.mark.skipif(__import__("importlib.util").util.find_spec("nem
 SERVER = Path(__file__).resolve().parents[1] / "integrations" / "nemo_gym" / "rmplugins_reward"
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nemo_gym_verify_script.py")
 KEY = "nemo-gym-test-key"
+REFERENCE = "A reference answer, plain and short."
 
 
 def _response(text_parts, reasoning=None, rid="resp"):
@@ -79,7 +80,8 @@ def served(tiny, tmp_path_factory):
     other = FastAPI()  # some other service on the configured address, answering 200
     other.post("/score")(lambda: {"score": 1.0})
     with BackgroundServer(create_app(armorm, api_key=KEY, max_sample_chars=10 ** 6, objective_logs=True)) as a, \
-            BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o:
+            BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o, \
+            BackgroundServer(create_app(gpm)) as p:
         cases = [
             {"config": {"url": a.url, "api_key": KEY}, "requests": pointwise},
             {"config": {"url": g.url + "/score"}, "requests": grouped, "together": True},
@@ -98,6 +100,7 @@ def served(tiny, tmp_path_factory):
                       "requests": [{**row, "response": _response(["A short answer."], rid=f"ex{i}")}
                                    for i, row in enumerate(rows)]})
         cases.append({"config": {"url": o.url}, "requests": pointwise[:1]})
+        cases.append({"config": {"url": p.url}, "requests": [{**pointwise[0], "reference": REFERENCE}, pointwise[1]]})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
         run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
@@ -110,8 +113,9 @@ def served(tiny, tmp_path_factory):
                 + [{"role": m["role"], "content": m["content"]} for m in r["responses_create_params"]["input"]]
                 for r in rows]
     want_examples = armorm.score(examples, ["A short answer."] * len(examples))
-    return {"results": results, "pointwise": want_pointwise, "examples": want_examples, "groups": want_groups,
-            "grouped": grouped, "armorm": armorm}
+    want_reference = gpm.compare([convs[0][0]], [convs[0][1]], [REFERENCE])[0]
+    return {"results": results, "pointwise": want_pointwise, "examples": want_examples, "reference": want_reference,
+            "groups": want_groups, "grouped": grouped, "armorm": armorm}
 
 
 def test_nemo_gym_verify_gives_armorms_reward_and_masks_what_it_cannot_read(served):
@@ -170,3 +174,11 @@ def test_the_shipped_config_and_example_data_run_as_nemo_gym_reads_them(served):
     answers = served["results"][8]
     assert [status for status, _ in answers] == [200] * 3
     assert all(close(body["reward"], want) for (_, body), want in zip(answers, served["examples"]))
+
+
+def test_a_pairwise_model_without_groups_compares_with_the_rows_reference(served):
+    """GPM served without ``--group-size``: a row's ``reference`` response gives P(response beats reference); a row
+    without one fails its rollout with the server's reason (never a masked sample: the setting is wrong)."""
+    (status, body), (missing, refused) = served["results"][10]
+    assert status == 200 and close(body["reward"], served["reference"]) and not body["mask_sample"]
+    assert missing == 502 and "has no reward for a lone response" in refused["detail"]

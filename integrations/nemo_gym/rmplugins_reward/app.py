@@ -16,7 +16,9 @@ assistant messages (its reasoning items left out: a reward model reads the answe
 Groups: pairwise families and judges rank a prompt's whole group when the reward server runs with ``--group-size
 N`` (N = the rollouts per prompt). Each request carries its group: NeMo-Gym's ``_ng_group_id`` (with its
 ``_ng_group_attempt``: a retried group is a new one), else ``_ng_task_index``, else none and the server groups by
-prompt; ``_ng_rollout_index`` names the sample, so a retried request never counts twice.
+prompt; ``_ng_rollout_index`` names the sample, so a retried request never counts twice. Without ``--group-size``
+a pairwise family compares the response with the row's ``reference`` response (its reward: P(response beats
+reference)); a row without one fails its rollout with the server's reason.
 
 A sample the reward model refuses (a judge that wrote no verdict, a prompt it cannot read whole, a grouped sample
 whose group never completed) is answered with ``mask_sample`` true, NeMo-Gym's "this reward is not a valid
@@ -96,6 +98,7 @@ class RmpluginsVerifyRequest(BaseVerifyRequest):
     group_attempt: int = Field(default=0, alias="_ng_group_attempt", ge=0)
     task_index: Optional[int] = Field(default=None, alias="_ng_task_index")
     rollout_index: Optional[int] = Field(default=None, alias="_ng_rollout_index")
+    reference: Optional[str] = None  # a reference response, for a pairwise family served without --group-size
 
 
 class RmpluginsVerifyResponse(BaseVerifyResponse):
@@ -182,6 +185,8 @@ class RmpluginsRewardServer(SimpleResourcesServer):
     def payload(self, body: RmpluginsVerifyRequest) -> dict:
         payload = {"prompts": [conversation(body.responses_create_params)],
                    "completions": [response_text(body.response)], "partial": True}
+        if body.reference is not None:
+            payload["references"] = [body.reference]
         key = group_key(body)
         if key is not None:
             payload["group_ids"] = [key]
