@@ -69,7 +69,8 @@ def served(tiny, tmp_path_factory):
     pointwise = [_body(c, [r[:len(r) // 2], r[len(r) // 2:]], reasoning="Let me think." if i else None,
                        rid=f"p{i}", _ng_task_index=i, _ng_rollout_index=0) for i, (c, r) in enumerate(convs)]
     long = [{"role": "user", "content": "word " * 20000}]  # a prompt ArmoRM cannot read whole
-    pointwise.append(_body(long, ["an answer"], rid="long", _ng_task_index=9, _ng_rollout_index=0))
+    pointwise.append(_body(long, ["an answer"], rid="long", _ng_task_index=9, _ng_rollout_index=0,
+                           instance_config={"seed": 4}))
     group_convs = _conversations(1, seed=72) * 2  # one prompt in two groups (two steps): the group id keys them
     rng = random.Random(3)
     responses = [[" ".join(rng.sample(c[1].split() * 3, 6)) for _ in range(3)] for c in group_convs]
@@ -132,6 +133,10 @@ def test_nemo_gym_verify_gives_armorms_reward_and_masks_what_it_cannot_read(serv
         assert body["_ng_rollout_index"] == 0 and body["response"]["id"].startswith("p")  # the row echoed
     _, masked = answers[3]
     assert masked["mask_sample"] is True and masked["reward"] == 0.0
+    # NeMo-RL's GRPO reads the flag from instance_config (nemo_rl/experience/rollouts.py, 2026-08): the row's own
+    # settings there are kept
+    assert masked["instance_config"] == {"seed": 4, "mask_sample": True}
+    assert all("instance_config" not in body for _, body in answers[:3])
     assert masked["failure_kind"] == "verifier_error" and "too long" in masked["failure_reason"]
 
 
@@ -158,6 +163,7 @@ def test_nemo_gym_wrong_settings_fail_loudly_and_an_unreachable_server_masks(ser
     assert status == 502 and "401" in body["detail"]
     _, body = results[3][0]
     assert body["mask_sample"] is True and body["failure_kind"] == "transport_unreachable"
+    assert body["instance_config"] == {"mask_sample": True}
     assert "unreachable after 1 attempts" in body["failure_reason"]
     assert results[4][0][0] == "config" and "speaks another framework's protocol" in results[4][0][1]
     assert results[5][0][0] == "config" and "is not an http(s) URL" in results[5][0][1]

@@ -22,7 +22,8 @@ reference)); a row without one fails its rollout with the server's reason.
 
 A sample the reward model refuses (a judge that wrote no verdict, a prompt it cannot read whole, a grouped sample
 whose group never completed) is answered with ``mask_sample`` true, NeMo-Gym's "this reward is not a valid
-measurement", reward 0, a ``failure_kind`` and the server's reason; the other samples get their rewards. A reward
+measurement" (also in ``instance_config``, where NeMo-RL's GRPO reads it and zeroes the sample's loss), reward 0, a
+``failure_kind`` and the server's reason; the other samples get their rewards. A reward
 server that cannot be reached in ``retries`` attempts masks the sample the same way (``transport_unreachable``,
 logged as an error), as NeMo-Gym masks an unavailable judge. A request the server refuses as wrong (a malformed or
 unauthorized request: a wrong ``url`` route or ``api_key``) fails the rollout with the server's reason: a wrong
@@ -248,6 +249,15 @@ class RmpluginsRewardServer(SimpleResourcesServer):
                 await asyncio.sleep(min(8.0, 0.5 * 2 ** attempt))
         raise ConnectionError(f"reward server {cfg.url} unreachable after {cfg.retries} attempts: {last}")
 
+    @staticmethod
+    def masked(echoed: dict, kind: str, reason: str) -> "RmpluginsVerifyResponse":
+        """No reward for this sample: NeMo-Gym's ``mask_sample``, and the same flag in ``instance_config``, where
+        NeMo-RL's GRPO reads it (``nemo_rl/experience/rollouts.py``; NeMo-Gym's own judge failsafe sets both)."""
+        config = echoed.get("instance_config")
+        return RmpluginsVerifyResponse.model_validate(
+            echoed | {"reward": 0.0, "mask_sample": True, "failure_kind": kind, "failure_reason": reason,
+                      "instance_config": {**(config if isinstance(config, dict) else {}), "mask_sample": True}})
+
     async def verify(self, body: RmpluginsVerifyRequest) -> RmpluginsVerifyResponse:
         echoed = body.model_dump(by_alias=True)
         try:
@@ -261,15 +271,11 @@ class RmpluginsRewardServer(SimpleResourcesServer):
             raise HTTPException(status_code=502, detail=str(err)) from None
         except ConnectionError as err:
             logger.error("rmplugins_reward: %s; the sample is masked", err)
-            return RmpluginsVerifyResponse.model_validate(
-                echoed | {"reward": 0.0, "mask_sample": True, "failure_kind": "transport_unreachable",
-                          "failure_reason": str(err)})
+            return self.masked(echoed, "transport_unreachable", str(err))
         reward = answer["rewards"][0]
         if reward is None:
             reason = (answer.get("errors") or ["the reward model gave no reward"])[0]
-            return RmpluginsVerifyResponse.model_validate(
-                echoed | {"reward": 0.0, "mask_sample": True, "failure_kind": failure_kind(reason),
-                          "failure_reason": reason})
+            return self.masked(echoed, failure_kind(reason), reason)
         logs = {name: values[0] for name, values in answer.get("extra_logs", {}).items()}
         return RmpluginsVerifyResponse.model_validate(echoed | logs | {"reward": float(reward)})
 
