@@ -27,6 +27,7 @@ SERVER = Path(__file__).resolve().parents[1] / "integrations" / "nemo_gym" / "rm
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nemo_gym_verify_script.py")
 KEY = "nemo-gym-test-key"
 REFERENCE = "A reference answer, plain and short."
+BIG = 120  # one group larger than aiohttp's default cap of 100 connections
 
 
 def _response(text_parts, reasoning=None, rid="resp"):
@@ -82,7 +83,8 @@ def served(tiny, tmp_path_factory):
     other.post("/score")(lambda: {"score": 1.0})
     with BackgroundServer(create_app(armorm, api_key=KEY, max_sample_chars=10 ** 6, objective_logs=True)) as a, \
             BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o, \
-            BackgroundServer(create_app(gpm)) as p:
+            BackgroundServer(create_app(gpm)) as p, \
+            BackgroundServer(create_app(gpm, group_size=BIG, group_timeout=30)) as big:
         cases = [
             {"config": {"url": a.url, "api_key": KEY}, "requests": pointwise},
             {"config": {"url": g.url + "/score"}, "requests": grouped, "together": True},
@@ -102,6 +104,9 @@ def served(tiny, tmp_path_factory):
                                    for i, row in enumerate(rows)]})
         cases.append({"config": {"url": o.url}, "requests": pointwise[:1]})
         cases.append({"config": {"url": p.url}, "requests": [{**pointwise[0], "reference": REFERENCE}, pointwise[1]]})
+        many = [_body(group_convs[0][0], [f"{responses[0][k % 3]} {k}"], rid=f"big{k}", _ng_group_id="big",
+                      _ng_rollout_index=k) for k in range(BIG)]
+        cases.append({"config": {"url": big.url}, "requests": many, "together": True})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
         run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
@@ -188,3 +193,11 @@ def test_a_pairwise_model_without_groups_compares_with_the_rows_reference(served
     (status, body), (missing, refused) = served["results"][10]
     assert status == 200 and close(body["reward"], served["reference"]) and not body["mask_sample"]
     assert missing == 502 and "has no reward for a lone response" in refused["detail"]
+
+
+def test_a_group_larger_than_a_connection_pool_completes(served):
+    """A group of 120 rollouts in flight at once (NeMo-RL sends a step's rollouts together; each waits for its group
+    on its connection): every one is answered from the complete group, none waits for --group-timeout."""
+    answers = served["results"][11]
+    assert [status for status, _ in answers] == [200] * BIG
+    assert {(body["group_complete"], body["group_size"]) for _, body in answers} == {(1.0, float(BIG))}

@@ -16,7 +16,9 @@ assistant messages (its reasoning items left out: a reward model reads the answe
 Groups: pairwise families and judges rank a prompt's whole group when the reward server runs with ``--group-size
 N`` (N = the rollouts per prompt). Each request carries its group: NeMo-Gym's ``_ng_group_id`` (with its
 ``_ng_group_attempt``: a retried group is a new one), else ``_ng_task_index``, else none and the server groups by
-prompt; ``_ng_rollout_index`` names the sample, so a retried request never counts twice. Without ``--group-size``
+prompt; ``_ng_rollout_index`` names the sample, so a retried request never counts twice. Each grouped rollout holds
+its connection until its group is complete, so start the server with ``--max-connections`` above the rollouts in
+flight (NeMo-RL: prompts per step x generations per prompt; 1024 by default). Without ``--group-size``
 a pairwise family compares the response with the row's ``reference`` response (its reward: P(response beats
 reference)); a row without one fails its rollout with the server's reason.
 
@@ -231,7 +233,11 @@ class RmpluginsRewardServer(SimpleResourcesServer):
         if cfg.api_key:
             headers["Authorization"] = f"Bearer {cfg.api_key}"
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=cfg.timeout_s))
+            # no cap on connections (aiohttp's default is 100): a grouped sample holds its connection until its
+            # group is complete, so a cap below the rollouts in flight would keep a group's last members queued
+            # here until --group-timeout ranked the group without them
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                  timeout=aiohttp.ClientTimeout(total=cfg.timeout_s))
         last = None
         for attempt in range(cfg.retries):
             try:
