@@ -38,7 +38,8 @@ def _response(text_parts, reasoning=None, rid="resp"):
         output.append({"type": "reasoning", "id": f"rs_{rid}", "summary": [{"type": "summary_text",
                                                                            "text": reasoning}]})
     output.append({"type": "message", "id": f"msg_{rid}", "role": "assistant", "status": "completed",
-                   "content": [{"type": "output_text", "text": t, "annotations": []} for t in text_parts]})
+                   "content": [{"type": "refusal", "refusal": t[len("REFUSAL:"):]} if t.startswith("REFUSAL:")
+                               else {"type": "output_text", "text": t, "annotations": []} for t in text_parts]})
     return {"id": rid, "created_at": 0.0, "model": "policy", "object": "response", "output": output,
             "parallel_tool_calls": False, "tool_choice": "auto", "tools": []}
 
@@ -67,8 +68,9 @@ def served(tiny, tmp_path_factory):
     armorm = rmplugins.load_reward_model(tiny("armorm"), device="cpu", deterministic=True)
     gpm = rmplugins.load_reward_model(tiny("gpm"), device="cpu", deterministic=True)
     convs = _conversations(3, seed=71)  # a system message (-> instructions), single- and multi-turn
-    pointwise = [_body(c, [r[:len(r) // 2], r[len(r) // 2:]], reasoning="Let me think." if i else None,
-                       rid=f"p{i}", _ng_task_index=i, _ng_rollout_index=0) for i, (c, r) in enumerate(convs)]
+    pointwise = [_body(c, [r[:len(r) // 2], r[len(r) // 2:] if i < 2 else "REFUSAL:" + r[len(r) // 2:]],
+                       reasoning="Let me think." if i else None, rid=f"p{i}", _ng_task_index=i, _ng_rollout_index=0)
+                 for i, (c, r) in enumerate(convs)]  # the last one's second part written as a refusal part
     long = [{"role": "user", "content": "word " * 20000}]  # a prompt ArmoRM cannot read whole
     pointwise.append(_body(long, ["an answer"], rid="long", _ng_task_index=9, _ng_rollout_index=0,
                            instance_config={"seed": 4}))
@@ -126,9 +128,9 @@ def served(tiny, tmp_path_factory):
 
 def test_nemo_gym_verify_gives_armorms_reward_and_masks_what_it_cannot_read(served):
     """Each rollout's reward is ArmoRM's score of the conversation (``instructions`` as the system message) and the
-    assistant text (its parts joined, the reasoning item left out); the server's logs come back as top-level
-    fields (``--objective-logs``: its 19 objectives); the prompt ArmoRM cannot read whole is masked (NeMo-Gym's
-    ``mask_sample``), the others are not."""
+    assistant text (its parts joined, a refusal part's text too, the reasoning item left out); the server's logs
+    come back as top-level fields (``--objective-logs``: its 19 objectives); the prompt ArmoRM cannot read whole is
+    masked (NeMo-Gym's ``mask_sample``), the others are not."""
     answers = served["results"][0]
     assert [status for status, _ in answers] == [200] * 4
     for (_, body), want in zip(answers, served["pointwise"]):

@@ -111,7 +111,7 @@ class RmpluginsVerifyResponse(BaseVerifyResponse):
 
 
 def _text(content: Any) -> str:
-    """A message's text: a string, or its text parts (input_text / output_text) joined."""
+    """A message's text: a string, or its text parts (input_text / output_text; a refusal's text) joined."""
     if isinstance(content, str):
         return content
     parts = []
@@ -119,6 +119,8 @@ def _text(content: Any) -> str:
         part = part.model_dump() if hasattr(part, "model_dump") else part
         if isinstance(part, dict) and part.get("type") in ("input_text", "output_text", "text"):
             parts.append(part.get("text") or "")
+        elif isinstance(part, dict) and part.get("type") == "refusal":
+            parts.append(part.get("refusal") or "")
     return "".join(parts)
 
 
@@ -134,7 +136,7 @@ def conversation(params: Any) -> list[dict]:
         return messages + [{"role": "user", "content": items}]
     for item in items or []:
         item = item.model_dump() if hasattr(item, "model_dump") else item
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
+        if not isinstance(item, dict) or (item.get("type") or "message") != "message":
             continue
         role = ROLES.get(item.get("role"))
         if role is None:
