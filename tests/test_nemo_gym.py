@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from reference_helpers import close
 from test_server import _conversations
 
@@ -76,9 +77,11 @@ def served(tiny, tmp_path_factory):
     rng.shuffle(grouped)
     other = FastAPI()  # some other service on the configured address, answering 200
     other.post("/score")(lambda: {"score": 1.0})
+    html = FastAPI()  # and one answering 200 with a web page
+    html.post("/score")(lambda: HTMLResponse("<html>hello</html>"))
     with BackgroundServer(create_app(armorm, api_key=KEY, max_sample_chars=10 ** 6, objective_logs=True)) as a, \
             BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o, \
-            BackgroundServer(create_app(gpm)) as p, \
+            BackgroundServer(create_app(gpm)) as p, BackgroundServer(html) as h, \
             BackgroundServer(create_app(gpm, group_size=BIG, group_timeout=60)) as big:
         cases = [
             {"config": {"url": a.url, "api_key": KEY}, "requests": pointwise},
@@ -102,6 +105,7 @@ def served(tiny, tmp_path_factory):
         many = [_body(group_convs[0][0], [f"{responses[0][k % 3]} {k}"], rid=f"big{k}", _ng_group_id="big",
                       _ng_rollout_index=k) for k in range(BIG)]
         cases.append({"config": {"url": big.url}, "requests": many, "together": True})
+        cases.append({"config": {"url": h.url, "retries": 2}, "requests": pointwise[:1]})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
         run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
@@ -171,6 +175,8 @@ def test_nemo_gym_wrong_settings_fail_loudly_and_an_unreachable_server_masks(ser
     assert status == 422 and "must end with a user" in body["detail"]
     status, body = results[9][0]  # a 200 from something that is not rmplugins serve is no reward either
     assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"]
+    status, body = results[12][0]  # not even JSON: the same, not retried and masked as a lost connection
+    assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"] and "hello" in body["detail"]
 
 
 def test_the_shipped_config_and_example_data_run_as_nemo_gym_reads_them(served):

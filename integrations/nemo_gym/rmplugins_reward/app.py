@@ -220,8 +220,13 @@ class RmpluginsRewardServer(SimpleResourcesServer):
             await self._session.close()
             self._session = None
 
-    def checked(self, answer: Any) -> dict:
-        """rmplugins serve's ``/score`` answer (one reward, or null), or the refusal of whatever else answered."""
+    def checked(self, text: str) -> dict:
+        """rmplugins serve's ``/score`` answer (one reward, or null), or the refusal of whatever else answered 200
+        (JSON or not: a wrong address is a wrong setting, never a lost connection to retry and mask)."""
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = text
         rewards = answer.get("rewards") if isinstance(answer, dict) else None
         if not isinstance(rewards, list) or len(rewards) != 1:
             raise RefusedRequest(f"{self.config.url} answered 200 with something that is not rmplugins serve's "
@@ -246,7 +251,7 @@ class RmpluginsRewardServer(SimpleResourcesServer):
                 async with self._session.post(cfg.url, data=json.dumps(payload), headers=headers) as answer:
                     text = await answer.text()
                     if answer.status == 200:
-                        return self.checked(json.loads(text))
+                        return self.checked(text)
                     if not _retryable(answer.status):
                         raise RefusedRequest(f"reward server {cfg.url} refused the request ({answer.status}): "
                                              f"{text[:500]}")
