@@ -68,8 +68,8 @@ def rows_of_parity(device: str, root: str) -> list[dict]:
             out = {}
             for dtype in ("float32", "bfloat16"):
                 rm = load_reward_model(path, device=device, dtype=dtype, **options)
-                if device == "cpu" and rm.engine is not None:  # --dry-run: the engine's fused CPU kernels are a
-                    rm.engine.fused_kernels = False  # path a GPU never takes; compiling them (30 s cold) is not checked here
+                if device == "cpu" and rm.engine is not None:  # --dry-run: the engine's fused CPU kernels are
+                    rm.engine.fused_kernels = False  # a path no GPU takes (test_ragged_fused compiles them)
                 if rm.pointwise:
                     values = rm.score([p for p, a in zip(prompts, answers) for _ in a], [x for a in answers for x in a])
                 else:

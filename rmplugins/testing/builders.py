@@ -62,16 +62,33 @@ def _write_config(cfg_dict: dict, path: Path) -> None:
     (path / "config.json").write_text(json.dumps(cfg_dict, indent=2, sort_keys=True))
 
 
-def causal_lm_step(model, optimizer, rows: list[list[int]], labels: list[list[int]], pad: int) -> torch.Tensor:
-    """One supervised step of a tiny causal LM (the demo policy's and the trained judges' warm-ups): the rows padded
-    to one width, the labels with -100 where nothing is learnt; returns the loss."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
-    lab = torch.tensor([lb + [-100] * (width - len(lb)) for lb in labels])
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    loss = model(input_ids=ids, attention_mask=mask, labels=lab).loss
+def causal_lm_step(model, optimizer, rows: list[list[int]], labels: list[list[int]], pad: int,
+                   by_length: bool = False) -> torch.Tensor:
+    """One supervised step of a tiny causal LM (the demo policy's and the trained judges' warm-ups), the labels -100
+    where nothing is learnt; returns the loss. The rows are padded to one width; with ``by_length``, rows of similar
+    length are padded together, a forward and backward each, their gradients summed over the whole step's label
+    tokens: the same step up to rounding, without the cost of padding short rows to the longest (the judge's three
+    prompt formats, 190-420 tokens: half the time)."""
+    groups = [list(range(len(rows)))]
+    options = {}
+    if by_length:
+        groups = []
+        for i in sorted(range(len(rows)), key=lambda i: len(rows[i])):
+            if groups and len(rows[i]) <= 1.2 * len(rows[groups[-1][0]]):
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+        options["num_items_in_batch"] = sum(sum(x != -100 for x in lb[1:]) for lb in labels)  # after the shift
     optimizer.zero_grad()
-    loss.backward()
+    loss = torch.zeros(())
+    for group in groups:
+        width = max(len(rows[i]) for i in group)
+        ids = torch.tensor([rows[i] + [pad] * (width - len(rows[i])) for i in group])
+        lab = torch.tensor([labels[i] + [-100] * (width - len(labels[i])) for i in group])
+        mask = torch.tensor([[1] * len(rows[i]) + [0] * (width - len(rows[i])) for i in group])
+        part = model(input_ids=ids, attention_mask=mask, labels=lab, **options).loss
+        part.backward()
+        loss += part.detach()
     optimizer.step()
     return loss
 

@@ -135,7 +135,7 @@ def build_genrm_trained(path: Path, seed: int = 16, steps: int = 300) -> None:
                 tail = tokenizer(answer, add_special_tokens=False)["input_ids"] + [end]
                 rows.append(head + tail)
                 labels.append([-100] * len(head) + tail)
-        loss = causal_lm_step(model, opt, rows, labels, pad)
+        loss = causal_lm_step(model, opt, rows, labels, pad, by_length=True)
     model.eval()
     model.to(torch.bfloat16).save_pretrained(str(path))
     (path / "training.json").write_text(json.dumps({"steps": steps, "final_loss": loss.item()}, indent=2))
