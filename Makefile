@@ -14,7 +14,7 @@ export TOKENIZERS_PARALLELISM := false
 # waits as soon as anything else runs beside them; two single-threaded processes keep both cores busy.
 TEST_WORKERS ?= 2
 
-.PHONY: setup demo test lint bench bench-server gpu-check clean
+.PHONY: setup demo test lint bench bench-server gpu-check gpu-wheels clean
 
 setup: $(VENV)/.installed
 
@@ -65,10 +65,19 @@ bench: setup
 	$(PY) benchmarks/bench_projections.py
 
 # The one prepared command for a machine lent a GPU, which has its own torch and transformers and no virtual
-# environment (TRL travels as a wheel: docs/development.md). `make test` runs its --dry-run.
+# environment: what it lacks for the GRPO step travels as wheels (`make gpu-wheels` here, installed there into a
+# folder on PYTHONPATH: docs/development.md). `make test` runs this target with GPU_CHECK_ARGS=--dry-run.
 GPU_PY ?= python3
+GPU_CHECK_ARGS ?=
 gpu-check:
-	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py
+	PYTHONPATH=.$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
+# TRL and what the GPU image (Python 3.12; accelerate, pandas, pyarrow, xxhash there) lacks for it: datasets needs
+# dill and multiprocess, which it does not have (checked against the image's package list)
+GPU_WHEELS := trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 bench-server: setup
 	$(PY) benchmarks/bench_server.py

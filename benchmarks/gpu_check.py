@@ -1,6 +1,6 @@
 """``make gpu-check``: the one prepared command for a session that is lent a GPU (an H200 here: torch 2.11 and
-transformers 5.17, no TRL and no vLLM; TRL travels as a wheel in ``.whl``). It prints one table, within about 8
-minutes:
+transformers 5.17, no TRL and no vLLM; TRL travels as wheels, ``make gpu-wheels``). It prints one table, within
+about 8 minutes:
 
 1. **bf16 parity**: every family's tiny checkpoint (built offline, real layout) scored on the GPU in bf16 against
    the same model in float32 there. It catches a family that fails or goes wrong in bf16 (an exception, a dtype
@@ -18,7 +18,7 @@ minutes:
 rot before the day a GPU is there. ``--json PATH`` also writes the rows.
 
     make gpu-check                                   # on the GPU machine
-    python benchmarks/gpu_check.py --dry-run         # anywhere
+    make gpu-check GPU_CHECK_ARGS=--dry-run          # anywhere
 """
 
 from __future__ import annotations
@@ -186,10 +186,14 @@ def rows_of_throughput(device: str, dry: bool, peak: float) -> list[dict]:
 def rows_of_colocation(device: str, dry: bool, root: str) -> list[dict]:
     start = time.perf_counter()
     try:
-        import trl  # noqa: F401
-    except ImportError:
+        import trl
+    except ImportError as err:
+        if err.name != "trl":  # TRL is there, something it needs is not
+            return [{"check": "co-located GRPO step", "value": f"TRL cannot be imported ({err}): carry the wheels "
+                     "of `make gpu-wheels` (docs/development.md)", "ok": False, "seconds": 0.0}]
         return [{"check": "co-located GRPO step", "value": "skipped: TRL is not installed (bring it as a wheel: "
-                 "docs/development.md)", "ok": True, "seconds": 0.0}]
+                 "`make gpu-wheels`, docs/development.md)", "ok": True, "seconds": 0.0}]
+    origin = f"TRL {trl.__version__} from {Path(trl.__file__).parent.parent}"
     try:
         from datasets import Dataset
         from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -234,11 +238,11 @@ def rows_of_colocation(device: str, dry: bool, root: str) -> list[dict]:
         trainer.train()
         where = [event for event, _, _ in callback.history]
         memory = ", ".join(f"{k} peak {v:.2f} GiB" for k, v in peaks.items()) or "CPU: no device memory to report"
-        return [{"check": "co-located GRPO step", "value": f"{memory}; reward model moves: {where}",
+        return [{"check": "co-located GRPO step", "value": f"{memory}; reward model moves: {where}; {origin}",
                  "ok": "offload" in where, "seconds": time.perf_counter() - start}]
     except Exception as err:  # noqa: BLE001
-        return [{"check": "co-located GRPO step", "value": f"{type(err).__name__}: {err}"[:200], "ok": False,
-                 "seconds": time.perf_counter() - start}]
+        return [{"check": "co-located GRPO step", "value": f"{type(err).__name__}: {err}"[:200] + f" ({origin})",
+                 "ok": False, "seconds": time.perf_counter() - start}]
 
 
 def main(argv=None) -> int:
