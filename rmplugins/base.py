@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
@@ -27,36 +27,40 @@ import torch
 from .engine import ScoringEngine
 from .inputs import Conversation, check_lists, split_sizes, to_conversation, to_conversations
 from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
+from .refusals import NO_VERDICT, UNREADABLE, kind_of
 
 logger = logging.getLogger("rmplugins")
 
 
 @dataclass
 class RowScores:
-    """One entry per row: ``scores[i]`` (None where row i could not be scored) and ``reasons[i]`` why; ``extras``
-    are named per-row values beyond the score (ArmoRM: ``rewards`` and ``coefficients``, 19 each; None for a
-    failed row)."""
+    """One entry per row: ``scores[i]`` (None where row i could not be scored), ``reasons[i]`` why and ``kinds[i]``
+    what kind of refusal (:mod:`rmplugins.refusals`); ``extras`` are named per-row values beyond the score (ArmoRM:
+    ``rewards`` and ``coefficients``, 19 each; None for a failed row)."""
 
     scores: list[float | None]
     reasons: dict[int, str]
     extras: dict[str, list]
+    kinds: dict[int, str] = field(default_factory=dict)
 
     @classmethod
-    def place(cls, n: int, ok: list[int], out: dict[str, torch.Tensor], reasons: dict[int, str]) -> "RowScores":
+    def place(cls, n: int, ok: list[int], out: dict[str, torch.Tensor], reasons: dict[int, str],
+              kinds: dict[int, str]) -> "RowScores":
         """Spread a batched call's outputs over the rows ``ok`` of ``n``; a NaN score (a generating judge gave no
         verdict) becomes None with that reason."""
         scores: list[float | None] = [None] * n
-        reasons = dict(reasons)
+        reasons, kinds = dict(reasons), dict(kinds)
         extras: dict[str, list] = {name: [None] * n for name in out if name != "score"}
         for j, i in enumerate(ok):
             value = float(out["score"][j])
             if value != value:
                 reasons[i] = "the judge gave no verdict (its answer did not hold one; the log has the answer's end)"
+                kinds[i] = NO_VERDICT
                 continue
             scores[i] = value
             for name in extras:
                 extras[name][i] = out[name][j]
-        return cls(scores, reasons, extras)
+        return cls(scores, reasons, extras, kinds)
 
 
 Backend = Any  # ScoringEngine or VLLMBackend: name, device, dtype, keep_prefixes, without_kept_prefixes, to, ...
@@ -152,9 +156,9 @@ class RewardModel:
             return self.encode_pair(to_conversation(prompts[i], completions_a[i], i),
                                     to_conversation(prompts[i], completions_b[i], i))
 
-        ok, encoded, reasons = self._encode_rows(len(prompts), encode)
+        ok, encoded, reasons, kinds = self._encode_rows(len(prompts), encode)
         probs = self._batched(self.pair_probs, encoded) if encoded else torch.zeros(0)
-        return RowScores.place(len(prompts), ok, {"score": probs}, reasons)
+        return RowScores.place(len(prompts), ok, {"score": probs}, reasons, kinds)
 
     def win_probs(self, convs_a: Sequence[Conversation], convs_b: Sequence[Conversation]) -> torch.Tensor:
         """float32 CPU tensor [N]: P(a_i beats b_i) for pairs sharing a context (raises on the first pair that
@@ -239,16 +243,17 @@ class RewardModel:
         return torch.cat(parts)
 
     @staticmethod
-    def _encode_rows(n: int, encode) -> tuple[list[int], list, dict[int, str]]:
-        """(rows that encoded, their encodings, the reason of each row that did not)."""
-        ok, encoded, reasons = [], [], {}
+    def _encode_rows(n: int, encode) -> tuple[list[int], list, dict[int, str], dict[int, str]]:
+        """(rows that encoded, their encodings, the reason and the kind of each row that did not: its own where it
+        was raised with one (too long), else unreadable: the model cannot read that conversation)."""
+        ok, encoded, reasons, kinds = [], [], {}, {}
         for i in range(n):
             try:
                 encoded.append(encode(i))
                 ok.append(i)
             except ValueError as err:
-                reasons[i] = str(err)
-        return ok, encoded, reasons
+                reasons[i], kinds[i] = str(err), kind_of(err, UNREADABLE)
+        return ok, encoded, reasons, kinds
 
     @staticmethod
     def _distinct_candidates(convs: list[Conversation]) -> tuple[list[Conversation], list[int]]:
@@ -328,10 +333,10 @@ class PointwiseRewardModel(RewardModel):
         """``score``, row by row: a row that cannot be scored gets None and its reason; the others are scored in
         one batched call. ``extras`` holds the family's named per-row values (ArmoRM's objectives)."""
         check_lists(prompts, completions)
-        ok, encoded, reasons = self._encode_rows(
+        ok, encoded, reasons, kinds = self._encode_rows(
             len(prompts), lambda i: self.encode_row(to_conversation(prompts[i], completions[i], i)))
         out = self._forward(encoded) if encoded else {"score": torch.zeros(0)}
-        return RowScores.place(len(prompts), ok, out, reasons)
+        return RowScores.place(len(prompts), ok, out, reasons, kinds)
 
     def encode_pair(self, a, b):
         return self.encode_row(a), self.encode_row(b)

@@ -16,6 +16,8 @@ import math
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 
+from .refusals import NO_VERDICT, Unscorable
+
 PairJudge = Callable[[list[tuple[int, int]]], Sequence[float]]
 Pairs = list[tuple[int, int]]
 Plan = Generator[Pairs, Sequence[float], "Ranking"]
@@ -51,7 +53,7 @@ def from_scores(scores: Sequence[float | None], method: str = "score", compariso
     scored = [i for i, s in enumerate(scores) if s is not None]
     if not scored:
         what = "any pair of these candidates" if comparisons or method != "score" else "any of these candidates"
-        raise ValueError(f"the judge gave no verdict for {what}")
+        raise Unscorable(f"the judge gave no verdict for {what}", NO_VERDICT)
     best = max(scored, key=lambda i: (scores[i], -i))
     worst = min(scored, key=lambda i: (scores[i], i))
     return Ranking(scores, best, worst, comparisons, method)
@@ -73,8 +75,9 @@ def _mean_win(n: int, wins: dict[tuple[int, int], float]) -> list[float | None]:
 
 def _decided(p: float, a: int, b: int) -> float:
     if p != p:
-        raise ValueError(f"the judge gave no verdict for candidates {a} and {b}, and a tournament needs every match "
-                         "decided; rank with method='round_robin' or 'circular', which leave undecided pairs out")
+        raise Unscorable(f"the judge gave no verdict for candidates {a} and {b}, and a tournament needs every match "
+                         "decided; rank with method='round_robin' or 'circular', which leave undecided pairs out",
+                         NO_VERDICT)
     return p
 
 

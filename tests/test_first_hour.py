@@ -238,7 +238,7 @@ def test_a_gpm_prompt_longer_than_max_length_is_refused_not_a_silent_tie(tiny):
     with pytest.raises(ValueError, match="would leave none of the response, and every response would tie"):
         rm.compare([long_prompt], [a], [b])
     rows = rm.compare_rows([long_prompt, "Short question?"], [a, a], [b, b])
-    assert rows.scores[0] is None and "max_length is 96" in rows.reasons[0]
+    assert rows.scores[0] is None and "max_length is 96" in rows.reasons[0] and rows.kinds == {0: "too_long"}
     assert rows.scores[1] is not None and rows.scores[1] != 0.5
     with pytest.raises(ValueError, match="would leave none of the response"):
         rm.rank(long_prompt, [a, b, "Third."])

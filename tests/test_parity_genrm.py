@@ -221,6 +221,16 @@ def test_sampled_verdicts_depend_on_the_prompt_and_seed_not_on_what_is_judged_be
     assert any(a is not None for a in alone)  # the trained judge answers in its format
 
 
+def test_a_judge_prompt_longer_than_max_length_is_refused_as_too_long(tiny, judges):
+    """A cut judge prompt would judge another question: the row is refused (kind too_long), the other judged."""
+    spec = PRESETS["j1-pointwise"].with_options(max_new_tokens=6)
+    short = judges("genrm_qwen3", spec).encode_row(rmplugins.inputs.to_conversation(SINGLE, "ok", 0))
+    rm = judges("genrm_qwen3", spec, max_length=len(short) + 40)
+    rows = rm.score_rows([SINGLE, SINGLE], ["ok", "word " * 200])
+    assert rows.kinds.get(0) != "too_long" and rows.kinds[1] == "too_long"
+    assert f"more than max_length={len(short) + 40}" in rows.reasons[1]
+
+
 def test_no_verdict_is_none_with_its_reason_never_a_number(tiny, judges, caplog):
     spec = PRESETS["mt-bench"].with_options(max_new_tokens=6)  # an untrained judge writes no [[A]]/[[B]]
     rm = judges("genrm_qwen3", spec)
@@ -229,12 +239,13 @@ def test_no_verdict_is_none_with_its_reason_never_a_number(tiny, judges, caplog)
     assert "no verdict" in caplog.text
     rows = rm.compare_rows([SINGLE, SINGLE], THREE[:2], THREE[1:])
     assert rows.scores == [None, None] and "no verdict" in rows.reasons[0]
+    assert rows.kinds == {0: "no_verdict", 1: "no_verdict"}
     assert rm.metrics()["judge"]["no_verdict"] >= 4
     with pytest.raises(ValueError, match="no verdict for any pair"):
         rm.rank(SINGLE, THREE, method="round_robin")
     with pytest.raises(ValueError, match="a tournament needs every match decided"):
         rm.rank(SINGLE, THREE, method="tournament")
-    assert isinstance(rm.rank_rows([SINGLE], [THREE])[0], ValueError)
+    assert getattr(rm.rank_rows([SINGLE], [THREE])[0], "kind", None) == "no_verdict"
     rf = rmplugins.RewardFunction(rm, num_generations=3)
     rewards = rf(prompts=[SINGLE] * 3, completions=THREE)
     assert rewards == [None, None, None] and "no verdict" in rf.last_call["reasons"][0]

@@ -121,6 +121,15 @@ def test_step_separator_and_system_prompt_are_options(tiny, card):
 def test_a_response_carrying_the_step_marker_is_refused_alone(prm):
     rows = prm.score_rows(["Q?", "Q?"], ["fine.", "sneaky <extra_0> marker"])
     assert rows.scores[0] is not None and rows.scores[1] is None and "<extra_0>" in rows.reasons[1]
+    assert rows.kinds == {1: "unreadable"}  # the model cannot read it as steps; not a length, not a verdict
+
+
+def test_a_conversation_longer_than_max_length_is_refused_as_too_long(tiny):
+    """Steps past max_length would have no reward: that row is refused (kind too_long), the other scored."""
+    rm = load_reward_model(tiny("prm"), device="cpu", max_length=64)
+    rows = rm.score_rows(["Q?", "Q?"], ["fine.", "\n\n".join(["a step that goes on and on"] * 12)])
+    assert rows.scores[0] is not None and rows.scores[1] is None
+    assert "more than max_length=64" in rows.reasons[1] and rows.kinds == {1: "too_long"}
 
 
 def test_deterministic_mode_gives_the_same_steps(tiny, prm):

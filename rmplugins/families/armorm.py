@@ -21,6 +21,7 @@ from ..base import PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
 from ..inputs import to_conversations
 from ..placement import model_kwargs
+from ..refusals import TOO_LONG, Unscorable
 from .common import pad_or_eos, read_tensors
 
 OBJECTIVE_NAMES = [
@@ -184,11 +185,11 @@ class ArmoRMRewardModel(PointwiseRewardModel):
         if found is not None:
             return found
         if len(ids) >= self.max_length:
-            raise ValueError(
+            raise Unscorable(
                 f"ArmoRM: the conversation is too long: it has more than max_length={self.max_length} tokens, and "
                 "cutting it there (on the right, as the model card's pipeline does) removed the end of the last "
                 "user turn, where the gating network reads. Shorten the prompt, or load with a larger "
-                "max_length=... (the model was trained on 4096)")
+                "max_length=... (the model was trained on 4096)", TOO_LONG)
         raise ValueError("ArmoRM: the gating pattern <|eot_id|><|start_header_id|>assistant<|end_header_id|> is not "
                          "in the rendered conversation (was it truncated? conversations must end with an "
                          "assistant turn after a user turn)")

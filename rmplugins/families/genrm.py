@@ -24,6 +24,7 @@ from ..base import PairwiseRewardModel, PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
 from ..judges import judge_spec
 from ..placement import model_kwargs
+from ..refusals import TOO_LONG, Unscorable
 from .common import pad_or_eos
 
 logger = logging.getLogger("rmplugins")
@@ -71,8 +72,9 @@ class JudgeCore:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         room = max((len(v) for v in self.verdict_ids), default=0) if self.spec.readout == "logits" else 1
         if len(ids) + room > self.max_length:
-            raise ValueError(f"the judge prompt has {len(ids)} tokens, more than max_length={self.max_length} leaves "
-                             "for the verdict; shorten the prompt or responses, or load with a larger max_length=...")
+            raise Unscorable(f"the judge prompt has {len(ids)} tokens, more than max_length={self.max_length} leaves "
+                             "for the verdict; shorten the prompt or responses, or load with a larger max_length=...",
+                             TOO_LONG)
         return ids
 
     # ---------------------------------------------------------------- readouts

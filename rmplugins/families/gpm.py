@@ -21,6 +21,7 @@ from ..base import RewardModel, engine_backend
 from ..chat import load_chat_tokenizer
 from ..placement import model_kwargs
 from ..ranking import Ranking, from_scores
+from ..refusals import TOO_LONG, Unscorable
 from .common import pad_or_eos, positive_temperature
 
 ARCHITECTURE = "GPMLlamaForPreference"  # GPM's checkpoints say LlamaForCausalLM; vLLM runs this name as the plugin
@@ -123,11 +124,11 @@ class GPMRewardModel(RewardModel):
         if len(full) > self.max_length:
             context = len(self._tokens(messages[:-1]))
             if context >= self.max_length - 1:  # the last kept token is overwritten with eos
-                raise ValueError(
+                raise Unscorable(
                     f"GPM: the conversation before the response has {context} tokens, and max_length is "
                     f"{self.max_length}: cutting it on the right, as the reference pipeline does, would leave none of "
                     "the response, and every response would tie. Shorten the prompt, or load with a larger "
-                    "max_length=... (the model was trained on 4096)")
+                    "max_length=... (the model was trained on 4096)", TOO_LONG)
         ids = self._truncate(full, side="right")
         ids[-1] = self.tokenizer.eos_token_id
         prompt_len = len(self._truncate(self._tokens(messages[:1]), side="right"))

@@ -19,6 +19,7 @@ from ..base import PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
 from ..inputs import to_conversations
 from ..placement import model_kwargs
+from ..refusals import TOO_LONG, Unscorable
 from .common import mlp_score_head, pad_or_eos, quiet_transformers, score_head
 
 STEP_TOKEN = "<extra_0>"
@@ -98,8 +99,9 @@ class ProcessRewardModel(PointwiseRewardModel):
         if len(positions) != len(steps):
             raise ValueError(f"expected {len(steps)} {STEP_TOKEN} markers after tokenizing, found {len(positions)}")
         if len(ids) > self.max_length:
-            raise ValueError(f"the conversation has {len(ids)} tokens, more than max_length={self.max_length}: the "
-                             "steps past it would have no reward; shorten it or load with a larger max_length=...")
+            raise Unscorable(f"the conversation has {len(ids)} tokens, more than max_length={self.max_length}: the "
+                             "steps past it would have no reward; shorten it or load with a larger max_length=...",
+                             TOO_LONG)
         return ids, positions
 
     def forward_rows(self, encoded):
