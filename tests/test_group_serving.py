@@ -128,6 +128,7 @@ def test_a_group_that_never_completes(group_models):
         assert body["extra_logs"]["group_complete"] == [0.0] and body["extra_logs"]["group_size"] == [3.0]
     status, body = answers[3]
     assert status == 408 and "only 1 of the 4 samples" in body["error"] and "--group-timeout" in body["error"]
+    assert body["kind"] == "group_incomplete"
     assert 1.5 < waited < 60
     assert metrics == {"waiting": 0, "completed": 0, "timed_out": 2, "partial": 1, "expired": 1, "retries": 0,
                        "spills": 0}
@@ -145,10 +146,16 @@ def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(ti
     body = {"prompts": [conv, conv, lone_conv], "completions": [*responses, lone[0]]}
     with BackgroundServer(create_app(mute, group_size=2, group_timeout=0.5)) as server:
         status, answer = _post(server.url + "/score", body)
-        assert status == 422 and "no verdict" in answer["error"]
+        assert status == 422 and "no verdict" in answer["error"] and answer["kind"] == "no_verdict"
         status, answer = _post(server.url + "/score", {**body, "partial": True})
+        refusals = _get(server.url + "/metrics.json")[1]["refusals"]
+        prom = _prometheus(server.url)
     assert status == 200 and answer["rewards"] == [None, None, None]
     assert all("no verdict" in why for why in answer["errors"][:2]) and "only 1 of the 2" in answer["errors"][2]
+    assert answer["error_kinds"] == ["no_verdict", "no_verdict", "group_incomplete"]
+    # the first request's 422 (its first refusal) and the partial answer's three, by kind
+    assert refusals == {"no_verdict": 3, "group_incomplete": 1}
+    assert prom[("rmplugins_refusals_total", (("kind", "no_verdict"),))] == 3
     with BackgroundServer(create_app(mute, group_size=2, group_timeout=0.5, fallback_reward=-1.0)) as server:
         status, answer = _post(server.url + "/score", body)  # a client with no "no reward" value: the fallback
     assert status == 200 and answer["rewards"] == [-1.0, -1.0, -1.0] and "errors" not in answer
@@ -157,6 +164,7 @@ def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(ti
     with BackgroundServer(create_app(rm, group_size=2, group_timeout=0.5)) as server:
         status, answer = _post(server.url + "/score", {**body, "partial": True})
     assert status == 200 and answer["errors"][:2] == [None, None] and "only 1 of the 2" in answer["errors"][2]
+    assert answer["error_kinds"] == [None, None, "group_incomplete"]
     assert all(close(got, want) for got, want in zip(answer["rewards"][:2], rm.rank(conv, responses).scores))
 
 

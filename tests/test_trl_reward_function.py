@@ -294,9 +294,10 @@ def test_a_row_the_model_rejects_is_none_and_its_chunk_keeps_the_other_rewards(m
     with BackgroundServer(create_app(rm, max_sample_chars=10 ** 6)) as server:
         body = {"query": [p + c for p, c in zip(prompts, completions)], "prompts": prompts}
         status, answer = _post(f"{server.url}/get_reward", body)
-        assert status == 422 and "too long" in answer["error"]
+        assert status == 422 and "too long" in answer["error"] and answer["kind"] == "too_long"
         status, answer = _post(f"{server.url}/get_reward", {**body, "partial": True})
         assert status == 200 and answer["rewards"][1] is None and "too long" in answer["errors"][1]
+        assert answer["error_kinds"] == [None, "too_long", None]
         assert answer["errors"][0] is None and answer["rewards"][0] == rm.score(P[:1], C[:1])[0]
         assert _post(f"{server.url}/get_reward", {**body, "partial": "yes"})[0] == 422
         rf = AsyncRemoteRewardFunction(server.url, batch_size=4)

@@ -35,7 +35,7 @@ from .batcher import Batcher
 from .groups import ClientGone, GroupBuffer
 from .metrics import Metrics, prometheus_text
 from .passthrough import PassThrough
-from .protocol import PAIRWISE_HELP, REJECTED, RequestError, RequestParser, parse_body
+from .protocol import PAIRWISE_HELP, REJECTED, RequestError, RequestParser, parse_body, refusal_kind
 from .scorer import RewardScorer, rejection
 from .vllm_api import VLLMRequests, error_body
 
@@ -198,11 +198,17 @@ class RewardService:
             return False
         return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, self.key)
 
-    def fail(self, request: Request, started: float, status: int, reason: str, shape=None) -> JSONResponse:
-        """An error answer: ``{"error": reason, "status": status}``, or the route's own error shape (vLLM's)."""
+    def fail(self, request: Request, started: float, status: int, reason: str, shape=None,
+             kind: str | None = None) -> JSONResponse:
+        """An error answer: ``{"error": reason, "status": status}`` (and ``"kind"`` where a sample was refused:
+        :mod:`rmplugins.refusals`), or the route's own error shape (vLLM's)."""
         self.metrics.error(status)
+        if kind is not None:
+            self.metrics.refused(kind)
         access(request, status, started, reason)
         body = shape(status, reason) if shape is not None else {"error": reason, "status": status}
+        if kind is not None and shape is None:
+            body["kind"] = kind
         return JSONResponse(body, status_code=status)
 
     async def read_body(self, request: Request) -> bytes:
@@ -252,7 +258,7 @@ class RewardService:
             reply = JSONResponse(content)  # refuses NaN/inf: reported below, not a bare 500
         except RequestError as err:
             reason = err.reason + (FALLBACK_HINT if err.reason.startswith(REJECTED) else "")
-            return self.fail(request, started, err.status, reason, error_shape)
+            return self.fail(request, started, err.status, reason, error_shape, err.kind)
         except (ClientDisconnect, ClientGone) as err:
             metrics.disconnects += 1
             access(request, 499, started, "client disconnected before sending the whole body"
@@ -264,9 +270,12 @@ class RewardService:
         metrics.answered(time.perf_counter() - started)
         metrics.rejected += len(rejected)
         metrics.fallback_rewards += len(rejected) if fallback else 0
+        for err in rejected:
+            metrics.refused(refusal_kind(err))
         given = f", given --fallback-reward {self.fallback_reward:g}" if fallback else ""
         access(request, 200, started, f"{len(samples)} sample(s)"
-               + (f", {len(rejected)} rejected ({rejection(rejected[0])}){given}" if rejected else ""))
+               + (f", {len(rejected)} rejected ({refusal_kind(rejected[0])}: {rejection(rejected[0])}){given}"
+                  if rejected else ""))
         return reply
 
 

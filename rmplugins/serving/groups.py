@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..refusals import GROUP_INCOMPLETE, kind_of
 from .protocol import RequestError, Sample, refusal
 
 logger = logging.getLogger("rmplugins.server")
@@ -253,7 +254,7 @@ class GroupBuffer:
         error = RequestError(408, f"only 1 of the {self.size} samples of this prompt's group arrived within "
                                   f"--group-timeout {self.timeout:g} s, and a group-relative reward needs the group: "
                                   "send every sample of the group (n_samples_per_prompt = --group-size), or raise "
-                                  "--group-timeout")
+                                  "--group-timeout", GROUP_INCOMPLETE)
         for slot in group.slots:
             self._deliver(group, slot, error)
 
@@ -265,7 +266,7 @@ class GroupBuffer:
             (outcome,) = await self.batcher.submit([job], cost, self.request_timeout, size=len(slots))
         except Exception as err:  # noqa: BLE001 - every waiter gets the reason
             outcome = err if isinstance(err, RequestError) else RequestError(422, f"the reward model could not rank "
-                                                                                  f"this group: {err}")
+                                                                                  f"this group: {err}", kind_of(err))
         for i, slot in enumerate(slots):
             result = outcome if isinstance(outcome, BaseException) else outcome[i]
             if isinstance(result, BaseException):

@@ -30,6 +30,7 @@ class Metrics:
     disconnects: int = 0        # clients gone before their answer (not server errors)
     rejected: int = 0           # samples the model rejected: null in a partial answer, or the fallback reward
     fallback_rewards: int = 0   # of those, answered with --fallback-reward
+    refusals: dict = field(default_factory=dict)  # every sample the model refused (rejected or 422/408), by kind
     fallbacks: int = 0          # scored as plain text although a policy template was given
     template_refused: int = 0   # chat-templated text no template could recover: refused (4xx)
     template_builtin: dict = field(default_factory=dict)  # recovered with a built-in template, by name
@@ -56,6 +57,9 @@ class Metrics:
 
     def error(self, status: int) -> None:
         self.errors[str(status)] = self.errors.get(str(status), 0) + 1
+
+    def refused(self, kind: str) -> None:
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
 
     def answered(self, seconds: float) -> None:
         self.latencies.append(seconds)
@@ -96,6 +100,7 @@ class Metrics:
             "client_disconnects": self.disconnects,
             "samples_rejected": self.rejected,
             "samples_fallback_reward": self.fallback_rewards,
+            "refusals": dict(self.refusals),
             "template_fallbacks": self.fallbacks,
             "template_refused": self.template_refused,
             "template_builtin": dict(self.template_builtin),
@@ -140,6 +145,11 @@ class ServiceCollector:
                       "reward)", m.rejected)
         yield counter("samples_fallback_reward", "Samples the model rejected, answered with --fallback-reward",
                       m.fallback_rewards)
+        refusals = CounterMetricFamily("rmplugins_refusals", "Samples the model refused (null, the fallback reward, "
+                                       "or a 422/408), by kind (rmplugins.refusals)", labels=["kind"])
+        for kind, n in sorted(m.refusals.items()):
+            refusals.add_metric([kind], n)
+        yield refusals
         yield counter("batches", "Scoring calls", m.batches)
         yield counter("model_seconds", "Seconds spent in scoring calls", m.model_seconds)
         yield gauge("queue_samples", "Samples waiting for a scoring call", service.batcher.queued)

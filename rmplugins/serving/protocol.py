@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..inputs import text_of, to_conversation
+from ..refusals import REJECTED as REJECTED_KIND
+from ..refusals import kind_of
 from .metrics import Metrics
 
 logger = logging.getLogger("rmplugins.server")
@@ -21,11 +23,12 @@ PAIRWISE_HELP = ("judges pairs of responses and has no reward for a lone respons
 
 
 class RequestError(Exception):
-    """An answer with an HTTP status and a reason for the client."""
+    """An answer with an HTTP status and a reason for the client; ``kind`` where it is a sample's refusal
+    (:mod:`rmplugins.refusals`: sent beside the reason, for programs)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, kind: str | None = None):
         super().__init__(reason)
-        self.status, self.reason = status, reason
+        self.status, self.reason, self.kind = status, reason, kind
 
 
 REJECTED = "the reward model rejected this sample"
@@ -33,10 +36,16 @@ REJECTED = "the reward model rejected this sample"
 
 def refusal(err: BaseException) -> BaseException:
     """What a request gets for an error of its scoring: the model's refusal of a sample (a ValueError or TypeError
-    from the model: too long, no verdict) as a 422 with the reason; anything else as it is (a 500 at the route)."""
+    from the model: too long, no verdict) as a 422 with the reason and its kind; anything else as it is (a 500 at
+    the route)."""
     if isinstance(err, (ValueError, TypeError)):
-        return RequestError(422, f"{REJECTED}: {err}")
+        return RequestError(422, f"{REJECTED}: {err}", kind_of(err))
     return err
+
+
+def refusal_kind(err: BaseException) -> str:
+    """The kind of a sample's refusal (:mod:`rmplugins.refusals`), as its 422 or 408 would say it."""
+    return getattr(refusal(err), "kind", None) or REJECTED_KIND
 
 
 @dataclass

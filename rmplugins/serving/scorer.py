@@ -4,8 +4,9 @@ response; pairwise kinds and GPM give P(response beats the reference the label c
 
 from typing import Any
 
+from ..refusals import NO_VERDICT, REJECTED, Unscorable
 from .groups import GroupJob
-from .protocol import RequestError, Sample, refusal
+from .protocol import RequestError, Sample, refusal, refusal_kind
 
 # Per-row values a family returns beside its score, in the order /pooling reports them after the score.
 VECTOR_EXTRAS = ("rewards", "gating_output", "step_rewards")
@@ -53,7 +54,8 @@ class RewardScorer:
         out: list = []
         for i, (sample, score) in enumerate(zip(samples, rows.scores)):
             if score is None:
-                out.append(ValueError(rows.reasons.get(i, "the reward model could not score this sample")))
+                out.append(Unscorable(rows.reasons.get(i, "the reward model could not score this sample"),
+                                      rows.kinds.get(i, REJECTED)))
                 continue
             logs = {"rm_score": score, "template_recovered": sample.recovered}
             if self.objective_names:
@@ -82,7 +84,8 @@ class RewardScorer:
         results: list = []
         for score in scores:
             if score is None:
-                results.append(ValueError("the judge decided none of this response's comparisons in its group"))
+                results.append(Unscorable("the judge decided none of this response's comparisons in its group",
+                                          NO_VERDICT))
                 continue
             logs = {"rm_score": score, "template_recovered": 1.0, "group_complete": float(job.complete),
                     "group_size": float(len(job))}
@@ -103,7 +106,8 @@ class RewardScorer:
 
     def answer(self, results: list) -> dict:
         """OpenRLHF's answer; where a sample was rejected (a request that asked for ``partial`` answers), its reward
-        and logs are null and ``errors`` holds its reason (``errors`` only when one was)."""
+        and logs are null, ``errors`` holds its reason and ``error_kinds`` its kind (:mod:`rmplugins.refusals`;
+        both only when one was, null for the scored samples)."""
         rejected = [rejection(r) if isinstance(r, BaseException) else None for r in results]
         scores = [None if why else r["score"] for r, why in zip(results, rejected)]
         content = {"rewards": scores, "scores": list(scores),
@@ -111,6 +115,7 @@ class RewardScorer:
                                   for k in self.log_keys}}
         if any(rejected):
             content["errors"] = rejected
+            content["error_kinds"] = [refusal_kind(r) if isinstance(r, BaseException) else None for r in results]
         return content
 
 
