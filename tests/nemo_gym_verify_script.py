@@ -2,7 +2,8 @@
 ``/verify`` route with its middlewares and judge failsafe) around ``integrations/nemo_gym/rmplugins_reward/app.py``.
 argv[1] is a JSON file of cases ``{"config": {...}, "requests": [verify bodies], "together": bool}``; each case's
 requests are posted to ``/verify`` as NeMo-Gym's agent posts them (all at once where ``together``), and the script
-prints ``[[status, body], ...]`` per case as JSON; a config NeMo-Gym refuses gives ``[["config", reason]]``.
+prints ``[[status, body], ...]`` per case as JSON; a config NeMo-Gym refuses gives ``[["config", reason]]``. A case
+``{"kinds": [...]}`` gives ``[[kind, its failure_kind, whether NeMo-Gym's vocabulary accepts that name], ...]``.
 A process of its own because NeMo-Gym registers OmegaConf resolvers and warnings filters in whatever imports it."""
 
 import asyncio
@@ -27,7 +28,16 @@ def server_module():
     return module
 
 
+def failure_kinds(module, kinds):
+    from nemo_gym.failure_kinds import is_namespaced, is_registered
+
+    return [[kind, module.failure_kind(kind), is_registered(module.failure_kind(kind))
+             or is_namespaced(module.failure_kind(kind))] for kind in kinds]
+
+
 async def run_case(module, case):
+    if "kinds" in case:
+        return failure_kinds(module, case["kinds"])
     import httpx
     from pydantic import ValidationError
 

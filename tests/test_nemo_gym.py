@@ -19,6 +19,7 @@ from reference_helpers import close
 from test_server import _conversations
 
 import rmplugins
+from rmplugins.refusals import KINDS
 from rmplugins.serving import BackgroundServer, create_app
 
 pytestmark = pytest.mark.skipif(__import__("importlib.util").util.find_spec("nemo_gym") is None,
@@ -82,7 +83,8 @@ def served(tiny, tmp_path_factory):
     with BackgroundServer(create_app(armorm, api_key=KEY, max_sample_chars=10 ** 6, objective_logs=True)) as a, \
             BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o, \
             BackgroundServer(create_app(gpm)) as p, BackgroundServer(html) as h, \
-            BackgroundServer(create_app(gpm, group_size=BIG, group_timeout=60)) as big:
+            BackgroundServer(create_app(gpm, group_size=BIG, group_timeout=60)) as big, \
+            BackgroundServer(create_app(gpm, group_size=2, group_timeout=0.5)) as lone:
         cases = [
             {"config": {"url": a.url, "api_key": KEY}, "requests": pointwise},
             {"config": {"url": g.url + "/score"}, "requests": grouped, "together": True},
@@ -106,6 +108,9 @@ def served(tiny, tmp_path_factory):
                       _ng_rollout_index=k) for k in range(BIG)]
         cases.append({"config": {"url": big.url}, "requests": many, "together": True})
         cases.append({"config": {"url": h.url, "retries": 2}, "requests": pointwise[:1]})
+        cases.append({"config": {"url": lone.url}, "requests": [_body(group_convs[0][0], ["alone"], rid="lone",
+                                                                      _ng_group_id="never", _ng_rollout_index=0)]})
+        cases.append({"kinds": list(KINDS) + ["a kind of a later server"]})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
         run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
@@ -141,7 +146,8 @@ def test_nemo_gym_verify_gives_armorms_reward_and_masks_what_it_cannot_read(serv
     # settings there are kept
     assert masked["instance_config"] == {"seed": 4, "mask_sample": True}
     assert all("instance_config" not in body for _, body in answers[:3])
-    assert masked["failure_kind"] == "verifier_error" and "too long" in masked["failure_reason"]
+    # the server's kind of refusal (too_long), namespaced as NeMo-Gym asks for a kind it has no shared name for
+    assert masked["failure_kind"] == "rmplugins:too_long" and "too long" in masked["failure_reason"]
 
 
 def test_nemo_gym_groups_get_gpms_group_rewards(served):
@@ -177,6 +183,21 @@ def test_nemo_gym_wrong_settings_fail_loudly_and_an_unreachable_server_masks(ser
     assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"]
     status, body = results[12][0]  # not even JSON: the same, not retried and masked as a lost connection
     assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"] and "hello" in body["detail"]
+
+
+def test_refusals_get_nemo_gyms_failure_kinds_from_the_servers_kind(served):
+    """The failure kind comes from the server's ``error_kinds``, never from its reason's words: a grouped rollout
+    whose group never completed is NeMo-Gym's ``cohort_incomplete``; every kind of refusal rmplugins has maps to a
+    name NeMo-Gym's own vocabulary accepts (shared, or namespaced ``rmplugins:...``), an unknown one to
+    ``verifier_error``."""
+    ((status, body),) = served["results"][13]
+    assert status == 200 and body["mask_sample"] is True and body["reward"] == 0.0
+    assert body["failure_kind"] == "cohort_incomplete" and "--group-timeout" in body["failure_reason"]
+    mapped = {kind: (name, accepted) for kind, name, accepted in served["results"][14]}
+    assert mapped["no_verdict"][0] == "judge_unparseable" and mapped["group_incomplete"][0] == "cohort_incomplete"
+    assert mapped["too_long"][0] == "rmplugins:too_long" and mapped["unreadable"][0] == "rmplugins:unreadable"
+    assert mapped["rejected"][0] == mapped["a kind of a later server"][0] == "verifier_error"
+    assert all(accepted for _, accepted in mapped.values())
 
 
 def test_the_shipped_config_and_example_data_run_as_nemo_gym_reads_them(served):

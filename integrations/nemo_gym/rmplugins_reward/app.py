@@ -25,7 +25,8 @@ reference)); a row without one fails its rollout with the server's reason.
 A sample the reward model refuses (a judge that wrote no verdict, a prompt it cannot read whole, a grouped sample
 whose group never completed) is answered with ``mask_sample`` true, NeMo-Gym's "this reward is not a valid
 measurement" (also in ``instance_config``, where NeMo-RL's GRPO reads it and zeroes the sample's loss), reward 0, a
-``failure_kind`` and the server's reason; the other samples get their rewards. A reward
+``failure_kind`` (from the server's ``error_kinds``, never from the reason's words: ``FAILURE_KINDS``) and the server's
+reason; the other samples get their rewards. A reward
 server that cannot be reached in ``retries`` attempts masks the sample the same way (``transport_unreachable``,
 logged as an error), as NeMo-Gym masks an unavailable judge. A request the server refuses as wrong (a malformed or
 unauthorized request: a wrong ``url`` route or ``api_key``) fails the rollout with the server's reason: a wrong
@@ -57,9 +58,10 @@ logger = logging.getLogger(__name__)
 ROUTE = "/score"
 OTHER_ROUTES = ("/get_reward", "/classify", "/pooling", "/remote_rm")  # the same server's routes for other clients
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# why the reward server refused a sample (its reason's words) -> NeMo-Gym's shared failure kinds
-FAILURE_KINDS = (("verdict", "judge_unparseable"), ("decided none", "judge_unparseable"),
-                 ("--group-timeout", "cohort_incomplete"))
+# the kind of the reward server's refusal (its answer's error_kinds: rmplugins.refusals) -> NeMo-Gym's failure kind:
+# a shared one where NeMo-Gym has it, else namespaced "<server>:<kind>" (nemo_gym.failure_kinds)
+FAILURE_KINDS = {"no_verdict": "judge_unparseable", "group_incomplete": "cohort_incomplete",
+                 "too_long": "rmplugins:too_long", "unreadable": "rmplugins:unreadable"}
 
 
 class RmpluginsRewardConfig(BaseResourcesServerConfig):
@@ -169,9 +171,9 @@ def group_key(body: RmpluginsVerifyRequest) -> Optional[str]:
     return None
 
 
-def failure_kind(reason: str) -> str:
-    reason = reason.lower()
-    return next((kind for words, kind in FAILURE_KINDS if words in reason), "verifier_error")
+def failure_kind(kind: Optional[str]) -> str:
+    """NeMo-Gym's failure kind for the reward server's kind of refusal (any other refusal: ``verifier_error``)."""
+    return FAILURE_KINDS.get(kind, "verifier_error")
 
 
 def _retryable(status: int) -> bool:
@@ -288,7 +290,7 @@ class RmpluginsRewardServer(SimpleResourcesServer):
         reward = answer["rewards"][0]
         if reward is None:
             reason = (answer.get("errors") or ["the reward model gave no reward"])[0]
-            return self.masked(echoed, failure_kind(reason), reason)
+            return self.masked(echoed, failure_kind((answer.get("error_kinds") or [None])[0]), reason)
         logs = {name: values[0] for name, values in answer.get("extra_logs", {}).items()}
         return RmpluginsVerifyResponse.model_validate(echoed | logs | {"reward": float(reward)})
 
