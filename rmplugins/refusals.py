@@ -27,6 +27,9 @@ class Unscorable(ValueError):
         super().__init__(reason)
         self.kind = kind
 
+    def __reduce__(self):  # pickled as it was made (a ValueError pickles its message alone): across processes too
+        return type(self), (str(self), self.kind)
+
 
 def kind_of(err: BaseException, default: str = REJECTED) -> str:
     """The kind of a refusal: its own where it was raised as :class:`Unscorable`, else ``default``."""

@@ -177,3 +177,18 @@ def test_broken_checkpoint_files_name_the_file(tiny, tmp_path):
     (fresh / "tokenizer.json").unlink()
     with pytest.raises(ValueError, match="has no tokenizer files"):
         rmplugins.load_reward_model(str(fresh), device="cpu")
+
+
+def test_a_refusal_keeps_its_kind_through_pickling_and_unknown_kinds_are_refused():
+    """A refusal's kind travels with it (a process pool, a distributed gather); a kind outside the vocabulary is a
+    bug at the raising site, said at once."""
+    import pickle
+
+    from rmplugins.refusals import KINDS, TOO_LONG, Unscorable, kind_of
+
+    err = pickle.loads(pickle.dumps(Unscorable("the judge prompt has 9000 tokens", TOO_LONG)))
+    assert isinstance(err, ValueError) and str(err) == "the judge prompt has 9000 tokens" and kind_of(err) == TOO_LONG
+    assert kind_of(ValueError("anything else")) == "rejected" and kind_of(ValueError("x"), "unreadable") == "unreadable"
+    assert len(set(KINDS)) == 5
+    with pytest.raises(ValueError, match="unknown refusal kind 'long'"):
+        Unscorable("x", "long")
