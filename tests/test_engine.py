@@ -509,6 +509,8 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
     seen = []
     hook = engine.backbone.layers[0].register_forward_hook(lambda *args: seen.append(torch.get_num_threads()))
     before = torch.get_num_threads()
+    # torch's own setter: a vLLM CPU worker started in this test process earlier replaced it (checked below)
+    monkeypatch.setattr(torch, "set_num_threads", torch._C.set_num_threads)
     monkeypatch.setattr(threads, "cores", lambda: 2)
     monkeypatch.setattr(threads, "whole_machine", lambda: True)
     monkeypatch.setattr(threads, "runnable_elsewhere", lambda: 1)
@@ -535,7 +537,16 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
         monkeypatch.setattr(threads, "whole_machine", lambda: False)  # pinned to 2 cores of a 64-core host: the
         engine.hidden_at([[5, 6, 7, 10]], [[-1]])  # machine-wide count is not about ours
         assert seen[-1] == 2
+        # vLLM's CPU worker, once it has bound its threads to cores, replaces torch.set_num_threads with a no-op that
+        # warns (vllm/v1/worker/cpu_worker.py): the count is vLLM's there, and the engine leaves it alone, warm-up
+        # included, instead of a warning for every change and a fitting that never happens
+        monkeypatch.setattr(threads, "whole_machine", lambda: True)
+        refused = []
+        monkeypatch.setattr(torch, "set_num_threads", refused.append)
+        engine.hidden_at([[5, 6, 7, 12]], [[-1]])
+        engine.warm_up()
+        assert refused == [] and seen[-1] == 2 and torch.get_num_threads() == 2
     finally:
         engine.fit_threads = True
         hook.remove()
-        torch.set_num_threads(before)
+        torch._C.set_num_threads(before)

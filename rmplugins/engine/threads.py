@@ -18,15 +18,24 @@ step down to 1): every thread count a forward runs with is a compiled kernel of 
 per kernel, after which a kernel ran eagerly for good: on 4 or more cores under a changing load, measured). A
 forward uses at most a quarter fewer cores than are free, and all of them beside one busy process; on 2 to 5 cores
 every count is on the ladder.
+
+A process where vLLM's CPU worker runs (an in-process ``engine="vllm"`` model beside this engine's) has its OpenMP
+threads bound to cores by vLLM, which then replaces ``torch.set_num_threads`` with a no-op that warns: the thread
+count is vLLM's, and the engine leaves it alone there (:func:`owned_elsewhere`; logged once), instead of a warning
+for every change and a fitting that never happens.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from contextlib import contextmanager
 
 import torch
+
+logger = logging.getLogger("rmplugins")
+_said_owned: list[bool] = []
 
 SAMPLES = 2  # reads of the runnable count, half a millisecond apart: the least is kept (a blip is not load)
 
@@ -91,6 +100,18 @@ def thread_counts(configured: int) -> list[int]:
     return counts
 
 
+def owned_elsewhere() -> bool:
+    """Whether another library has taken this process's thread count: ``torch.set_num_threads`` is no longer
+    torch's own (vLLM's CPU worker replaces it once it has bound its OpenMP threads to cores)."""
+    owned = torch.set_num_threads is not torch._C.set_num_threads
+    if owned and not _said_owned:
+        _said_owned.append(True)
+        logger.info("rmplugins: torch.set_num_threads was replaced in this process (vLLM's CPU worker binds its "
+                    "threads to cores and then refuses changes): the engine keeps the thread count as it is "
+                    "(%d) instead of fitting it to the load", torch.get_num_threads())
+    return owned
+
+
 def fitting_threads(configured: int, available: int, busy: int | None) -> int:
     """The highest count of :func:`thread_counts` that the cores other processes leave free can run."""
     if busy is None:
@@ -105,7 +126,7 @@ def threads_that_fit(enabled: bool = True, layers=()):
     again before each of ``layers`` (a forward of thousands of tokens takes seconds, and other processes come and
     go meanwhile)."""
     configured = torch.get_num_threads()
-    if not (enabled and configured > 1 and whole_machine()):
+    if not (enabled and configured > 1 and whole_machine() and not owned_elsewhere()):
         yield configured
         return
 
