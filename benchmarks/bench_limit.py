@@ -14,10 +14,11 @@ sequence's last token. For each model, every path on the same token ids:
 
 The matmul peak is measured here, on the model's own MLP shape, in each dtype, once before and once in every
 interleaved round (the best is the peak: on a shared machine a single measurement read 2,069 to 3,238 GFLOP/s in
-bf16 on different runs, and every fraction printed is over it); the floor's FLOPs are 2 x the
-backbone's matmul parameters x the floor's tokens (the last layer's queries, output projection and MLP only at the
-read positions) plus the attention's QK/PV products. The paths are interleaved
-(every repeat runs each once in a shuffled order) and repeated; best and median are printed with the load average.
+bf16 on different runs, and every fraction printed is over it); the floor's FLOPs are 2 x the backbone's matmul
+parameters x the floor's tokens (the last layer's queries, output projection and MLP only at the read positions)
+plus the attention's QK/PV products over every key each floor token sees (``common.floor_flops``). The paths are
+interleaved (every repeat runs each once in a shuffled order) and repeated; best and median are printed with the
+load average.
 ``--competing-load`` runs one CPU-bound process beside the whole run (the case of a trainer beside the scorer).
 
     python benchmarks/bench_limit.py                      # CPU: about 10 minutes on 2 cores
@@ -43,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import _words, host_load  # noqa: E402
+from common import _words, floor_flops, host_load  # noqa: E402
 
 SHAPES = {
     "qwen3": ("qwen3", {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
@@ -104,27 +105,6 @@ def matmul_peak(hidden: int, inner: int, dtype: torch.dtype, tokens: int = 2048,
             count += 1
         best = max(best, 2 * tokens * hidden * inner * count / (time.perf_counter() - start) / 1e9)
     return best
-
-
-def floor_flops(config, seqs: list[list[int]]) -> tuple[int, float]:
-    """(the unique-token floor, its FLOPs): what a perfect plan computes for a reward read at each sequence's last
-    token. Every layer but the last runs its matmuls on every floor token and attends causally (a prefix counted
-    once); the last layer needs keys and values everywhere but queries, output projection and MLP only at the read
-    positions (one per sequence), as the engine runs it."""
-    from rmplugins.engine.prefix import unique_token_floor
-
-    floor = unique_token_floor(seqs)
-    h, layers, heads, kv = (config.hidden_size, config.num_hidden_layers, config.num_attention_heads,
-                            config.num_key_value_heads)
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    q_o = 2 * h * heads * head_dim
-    k_v = 2 * h * kv * head_dim
-    mlp = 3 * h * config.intermediate_size
-    reads = len({tuple(s) for s in seqs})
-    pairs = sum(len(s) * (len(s) + 1) // 2 for s in {tuple(s) for s in seqs}) * floor / max(1, sum(map(len, seqs)))
-    matmuls = (layers - 1) * floor * (q_o + k_v + mlp) + floor * k_v + reads * (q_o + mlp)
-    attention = (layers - 1) * pairs + sum(len(s) for s in {tuple(s) for s in seqs})
-    return floor, 2.0 * matmuls + 4.0 * attention * heads * head_dim
 
 
 def linear_layers_alone(backbone, rows: int, reads: int, dtype: torch.dtype):

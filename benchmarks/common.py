@@ -151,6 +151,33 @@ def matmul_params(config) -> int:
     return layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
 
 
+def floor_flops(config, seqs, last_layer_at_reads: bool = True) -> tuple[int, float]:
+    """(the unique-token floor, its FLOPs): what a perfect plan computes for a reward read at each sequence's last
+    token. Each node of the token trie (a distinct prefix: a shared prompt once, each continuation once) runs every
+    layer's matmuls once and attends to itself and every token before it (its depth, counted exactly: a
+    continuation over its whole prompt); with ``last_layer_at_reads`` (as the engine runs it), the last layer needs
+    keys and values everywhere but queries, output projection and MLP only at the read positions (one per distinct
+    sequence). A layer's matmul FLOPs use the attention's own width (heads x head_dim: Qwen3-0.6B's is twice its
+    hidden size)."""
+    from itertools import pairwise
+
+    from rmplugins.engine.prefix import common_prefix_len
+
+    unique = sorted({tuple(s) for s in seqs})
+    shared = [0] + [common_prefix_len(a, b) for a, b in pairwise(unique)]
+    floor = sum(len(s) - k for s, k in zip(unique, shared))
+    pairs = sum(len(s) * (len(s) + 1) // 2 - k * (k + 1) // 2 for s, k in zip(unique, shared))
+    h, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or h // heads
+    q_o, k_v = 2 * h * heads * head_dim, 2 * h * config.num_key_value_heads * head_dim
+    mlp = 3 * h * config.intermediate_size
+    if not last_layer_at_reads:
+        return floor, 2.0 * layers * floor * (q_o + k_v + mlp) + 4.0 * layers * pairs * heads * head_dim
+    reads = sum(len(s) for s in unique)  # each read query attends to its whole sequence
+    matmuls = (layers - 1) * floor * (q_o + k_v + mlp) + floor * k_v + len(unique) * (q_o + mlp)
+    return floor, 2.0 * matmuls + 4.0 * ((layers - 1) * pairs + reads) * heads * head_dim
+
+
 def attention_flops(config, query_key_pairs: int) -> int:
     """QK^T and AV: 4 * hidden FLOPs per (query, visible key) pair and layer."""
     return 4 * config.hidden_size * config.num_hidden_layers * query_key_pairs

@@ -10,7 +10,8 @@ about 8 minutes:
    CPU (GPM's GPO scores the most), where trained models stay near 1e-2.
 2. **Engine throughput**: random-weight Bradley-Terry models of the Qwen3-0.6B and Llama-3-8B shapes, P prompts x n
    candidates of rollout lengths, through the engine (its attention and the model's own), tokens/s and MFU at the
-   unique-token floor against this GPU's measured bf16 matmul peak.
+   unique-token floor (its matmuls and attention, ``common.floor_flops``) against this GPU's measured bf16 matmul
+   peak.
 3. **Co-located GRPO step**: a Qwen3-shaped policy and reward model on one GPU, the reward model offloaded to the
    CPU between phases (``CoLocationCallback``), the peak memory of each phase (skipped, and said so, without TRL).
 
@@ -33,6 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -140,8 +142,9 @@ def random_backbone(model_type: str, shape: dict, device: str, dtype: torch.dtyp
 def rows_of_throughput(device: str, dry: bool, peak: float) -> list[dict]:
     import random
 
+    from common import floor_flops
+
     from rmplugins.engine import ScoringEngine
-    from rmplugins.engine.prefix import unique_token_floor
 
     rows = []
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -153,12 +156,11 @@ def rows_of_throughput(device: str, dry: bool, peak: float) -> list[dict]:
         for _ in range(n):
             length = answer_len if dry else rng.randint(*answer_len)
             seqs.append(head + [rng.randrange(10, 32000) for _ in range(length)])
-    floor = unique_token_floor(seqs)
     for name, (model_type, shape) in SHAPES.items():
         start = time.perf_counter()
         try:
             backbone = random_backbone(model_type, TINY if dry else shape, device, dtype)
-            params = sum(p.numel() for n_, p in backbone.named_parameters() if "embed" not in n_ and p.dim() == 2)
+            floor, flops = floor_flops(backbone.config, seqs)  # the matmuls and the attention a perfect plan needs
             for attention in (True, False):
                 engine = ScoringEngine(backbone, 0, engine_attention=attention)
                 positions = [[-1] for _ in seqs]
@@ -170,7 +172,7 @@ def rows_of_throughput(device: str, dry: bool, peak: float) -> list[dict]:
                     engine.hidden_at(seqs, positions)
                     sync(device)
                     best = min(best, time.perf_counter() - t)
-                mfu = 2 * params * floor / best / peak
+                mfu = flops / best / peak
                 rows.append({"check": f"engine {name} ({'engine' if attention else 'model'} attention)",
                              "value": f"{floor / best:,.0f} floor tokens/s, MFU {mfu:.2f} ({floor} tokens in "
                                       f"{best:.2f} s)", "ok": True, "seconds": time.perf_counter() - start})

@@ -42,3 +42,45 @@ def test_every_benchmark_parses_its_options_and_explains_them():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["failed"] == {}
     assert result["unexplained"] == {}
+
+
+def _bench_common():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_common", ROOT / "benchmarks" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_floor_counts_every_distinct_prefix_and_every_key_it_sees():
+    """The fractions of the peak that bench_limit and gpu_check print are over these FLOPs. Counted here the slow
+    way: every distinct prefix is one token a perfect plan runs, attending to as many keys as the prefix is long.
+    (An earlier estimate scaled each sequence's causal pairs by floor / total tokens and missed 31 % of the
+    attention of bench_limit's workload: a continuation sees its whole prompt.)"""
+    from types import SimpleNamespace
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    floor_flops = _bench_common().floor_flops
+    config = SimpleNamespace(hidden_size=8, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                             head_dim=4, intermediate_size=12)  # heads x head_dim (16) != hidden (8), as Qwen3's
+    per_token = 2 * 8 * 16 + 2 * 8 * 8 + 3 * 8 * 12  # q and o, k and v, the gated MLP
+
+    @settings(max_examples=200, deadline=None, database=None)
+    @given(st.lists(st.lists(st.integers(0, 3), min_size=1, max_size=12), min_size=1, max_size=8))
+    def check(seqs):
+        prefixes = {tuple(s[:i + 1]) for s in seqs for i in range(len(s))}
+        pairs = sum(len(p) for p in prefixes)
+        floor, flops = floor_flops(config, seqs, last_layer_at_reads=False)
+        assert floor == len(prefixes)
+        assert flops == 2 * 3 * per_token * floor + 4 * 3 * pairs * 16
+        distinct = {tuple(s) for s in seqs}
+        _, cut = floor_flops(config, seqs)  # the last layer: keys and values everywhere, the rest at the reads
+        last_full = 2 * per_token * floor + 4 * pairs * 16
+        last_cut = (2 * (2 * 8 * 8) * floor + 2 * (2 * 8 * 16 + 3 * 8 * 12) * len(distinct)
+                    + 4 * sum(map(len, distinct)) * 16)
+        assert cut == flops - last_full + last_cut
+
+    check()
