@@ -177,16 +177,16 @@ class RewardModel:
         """float32 CPU tensor [N]: P(a beats b) for encoded pairs, in one batched model call."""
         raise NotImplementedError
 
-    def check_group(self, prompt: Any, candidates: Sequence[Any]) -> str | None:
-        """Why ``rank(prompt, candidates)`` would fail on its input, or None: every candidate is encoded against
-        the first (tokenization only, no forward), so a group that cannot be ranked is known before the model
-        call that ranks the others."""
+    def check_group(self, prompt: Any, candidates: Sequence[Any]) -> ValueError | None:
+        """Why ``rank(prompt, candidates)`` would fail on its input (the error: its message says why, its kind
+        which refusal), or None: every candidate is encoded against the first (tokenization only, no forward), so a
+        group that cannot be ranked is known before the model call that ranks the others."""
         try:
             convs = self._candidates(prompt, candidates)
             for other in convs[1:] or convs:
                 self.encode_pair(convs[0], other)
         except ValueError as err:
-            return str(err)
+            return err
         return None
 
     def rank(self, prompt: Any, candidates: Sequence[Any], method: str | None = None) -> Ranking:

@@ -25,6 +25,7 @@ from test_server import _conversations, _get, _openrlhf_payload, _post
 
 import rmplugins
 from rmplugins.serving import BackgroundServer, create_app
+from rmplugins.trl import AsyncRemoteRewardFunction
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +151,17 @@ def test_partial_answers_leave_a_rejected_or_lone_sample_null_with_its_reason(ti
         status, answer = _post(server.url + "/score", {**body, "partial": True})
         refusals = _get(server.url + "/metrics.json")[1]["refusals"]
         prom = _prometheus(server.url)
+        logged = {}  # rmplugins' TRL client: the same rows None, counted by kind in TRL's logs
+        rf = AsyncRemoteRewardFunction(server.url)
+        out = asyncio.run(rf(prompts=["Name a color.", "Name a color.", "Count to three."],
+                             completions=["Blue.", "Red, like a rose.", "One, two, three."],
+                             log_metric=lambda key, value: logged.setdefault(key, value)))
     assert status == 200 and answer["rewards"] == [None, None, None]
     assert all("no verdict" in why for why in answer["errors"][:2]) and "only 1 of the 2" in answer["errors"][2]
     assert answer["error_kinds"] == ["no_verdict", "no_verdict", "group_incomplete"]
+    assert out == [None, None, None] and logged[f"rewards/{rf.__name__}/none_frac"] == 1.0
+    assert logged[f"rewards/{rf.__name__}/none_frac/no_verdict"] == pytest.approx(2 / 3)
+    assert logged[f"rewards/{rf.__name__}/none_frac/group_incomplete"] == pytest.approx(1 / 3)
     # the first request's 422 (its first refusal) and the partial answer's three, by kind
     assert refusals == {"no_verdict": 3, "group_incomplete": 1}
     assert prom[("rmplugins_refusals_total", (("kind", "no_verdict"),))] == 3

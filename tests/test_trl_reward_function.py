@@ -133,6 +133,8 @@ def test_rows_that_cannot_be_scored_are_none(models, caplog):
     assert out[:2] == [None, None] and None not in out[2:]
     assert "must end with a user turn" in caplog.text and "2 of 4 rows" in caplog.text
     assert "online DPO" not in caplog.text  # GRPO/RLOO (log_metric given) leave a None row out of its group
+    assert logged[f"rewards/{rf.__name__}/none_frac"] == logged[f"rewards/{rf.__name__}/none_frac/unreadable"] == 0.5
+    assert rf.last_call["kinds"] == {0: "unreadable", 1: "unreadable"} and set(rf.last_call["reasons"]) == {0, 1}
     caplog.clear()
     from transformers import TrainerState
 
@@ -145,8 +147,28 @@ def test_rows_that_cannot_be_scored_are_none(models, caplog):
     # a pairwise model cannot score a completion without a rival
     rf = RewardFunction(models("pairrm"))
     with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
-        out, _, _ = _call(rf, [P[0], P[3]], [C[0], C[3]])
+        out, logged, _ = _call(rf, [P[0], P[3]], [C[0], C[3]])
     assert out == [None, None] and "group of one" in caplog.text
+    assert logged[f"rewards/{rf.__name__}/none_frac/group_incomplete"] == 1.0
+
+
+def test_none_rows_are_counted_by_kind(tiny):
+    """TRL's logs say why rows have no reward, by the refusal's kind (``none_frac/<kind>``), not only how many:
+    GPM's prompt longer than max_length (refused before any forward: a cut would tie every response) is too_long;
+    the pair layout's partner of a refused row is refused with the same kind."""
+    rm = rmplugins.load_reward_model(tiny("gpm"), device="cpu", max_length=96)
+    long_prompt = "Tell me about the books of the city and the world, please. " * 30
+    rf = RewardFunction(rm, num_generations=2)
+    out, logged, _ = _call(rf, [long_prompt, long_prompt, P[0], P[0]], [C[0], C[1], C[0], C[1]])
+    assert out[:2] == [None, None] and None not in out[2:]
+    assert rf.last_call["kinds"] == {0: "too_long", 1: "too_long"} and "max_length is 96" in rf.last_call["reasons"][0]
+    assert logged[f"rewards/{rf.__name__}/none_frac"] == logged[f"rewards/{rf.__name__}/none_frac/too_long"] == 0.5
+    assert not any(key.endswith(("/unreadable", "/rejected")) for key in logged)
+    dpo = RewardFunction(rm)  # online DPO's layout: row i against row i + B
+    out = dpo(prompts=[long_prompt, P[0], long_prompt, P[0]], completions=[C[0], C[0], C[1], C[1]],
+              completion_ids=None, trainer_state=None)
+    assert out[0] is out[2] is None and None not in (out[1], out[3])
+    assert dpo.last_call["kinds"] == {0: "too_long", 2: "too_long"}
 
 
 def test_tool_call_completions_are_tolerated(models, tiny, caplog):

@@ -192,3 +192,10 @@ def test_grpo_two_processes_group_straddles(tiny, tmp_path):
         expected += rm.rank(prompts[s], completions[s:s + 2], method="round_robin").scores
     assert rewards == pytest.approx(expected, abs=1e-4)
     assert results[0]["trainer_rewards"] == pytest.approx(rewards, abs=1e-4)
+    # refusals across the processes keep their kind: rank 0's unreadable row, rank 1's row left without a rival
+    first, second = results[0]["refused"], results[1]["refused"]
+    assert first["rewards"][2] is None and None not in first["rewards"][:2] and first["kinds"] == {"2": "unreadable"}
+    assert second["rewards"][0] is None and None not in second["rewards"][1:]
+    assert second["kinds"] == {"0": "group_incomplete"}
+    assert first["logged"]["none_frac/unreadable"] == pytest.approx(1 / 3)
+    assert second["logged"]["none_frac/group_incomplete"] == pytest.approx(1 / 3)

@@ -27,11 +27,23 @@ trainer.train()
 rank = trainer.accelerator.process_index
 call = rf.last_call
 breakdown = rf.pop_breakdown()
+# then a call as GRPO makes it whose straddling group has an unreadable row on rank 0: rank 1's row of that group is
+# left without a rival; each process logs its own rows' kinds
+cat, color, count = ([{"role": "user", "content": q}] for q in ("What is a cat?", "Name a color.", "Count to three."))
+said = [[{"role": "assistant", "content": a}] for a in ("A pet.", "An animal.", "Blue.", "One, two.", "1 2 3.")]
+unreadable = [{"role": "assistant", "content": 42}]
+rows = ([cat, cat, color], [said[0], said[1], unreadable]) if trainer.accelerator.process_index == 0 else (
+    [color, count, count], [said[2], said[3], said[4]])
+logged = {}
+refused = rf(prompts=rows[0], completions=rows[1], completion_ids=None, log_metric=lambda k, v: logged.update({k: v}))
 with open(f"{out}/rank{rank}.json", "w") as fh:
     json.dump({"prompts": call["prompts"], "completions": call["completions"], "rewards": call["rewards"],
                "lengths": trainer.accelerator.gather_for_metrics([len(call["prompts"])], use_gather_object=True),
                "gathered": breakdown.get(f"{rf.__name__}/gathered") == 1.0,
-               "trainer_rewards": list(trainer._logs["rewards"][rf.__name__])}, fh)
+               "trainer_rewards": list(trainer._logs["rewards"][rf.__name__]),
+               "refused": {"rewards": refused, "kinds": {str(k): v for k, v in rf.last_call["kinds"].items()},
+                           "logged": {k.rsplit("/", 2)[-2] + "/" + k.rsplit("/", 1)[-1]: v for k, v in logged.items()
+                                      if "none_frac" in k}}}, fh)
 # Leave no process group (and its gloo threads) for interpreter shutdown: torchrun reports an abort otherwise.
 trainer.accelerator.wait_for_everyone()
 torch.distributed.destroy_process_group()

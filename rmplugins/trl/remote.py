@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..options import whole_number
+from ..refusals import KINDS, REJECTED
 from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name
 
 logger = logging.getLogger("rmplugins.trl")
@@ -48,6 +49,14 @@ async def _close_with_loop(session):
         yield
     finally:
         await session.close()
+
+
+UNANSWERED = "unanswered"  # none_frac/unanswered: rows of a request that failed after the server had answered before
+
+
+def _per_row(values: Any, n: int) -> list:
+    """A partial answer's per-row list (``errors``, ``error_kinds``), or Nones where it is missing or malformed."""
+    return values if isinstance(values, list) and len(values) == n else [None] * n
 
 
 # the reward server's other routes (other frameworks' protocols): a URL naming one is a mistake, not a base URL
@@ -186,9 +195,11 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             _raise_for_status(self.url, err.code, err.read()[:300].decode(errors="replace"))
 
     async def fetch(self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict
-                    ) -> tuple[list[float | None], list[dict | None], BaseException | None]:
-        """(raw reward per row, the server's ``extra_logs`` per row, the last failure): one request per chunk of
-        ``batch_size`` rows, in parallel; rows of a chunk that failed are None."""
+                    ) -> tuple[list[float | None], list[dict | None], dict[int, str], BaseException | None]:
+        """(raw reward per row, the server's ``extra_logs`` per row, why each row without one has none, the last
+        failure): one request per chunk of ``batch_size`` rows, in parallel. A row the model refused has the
+        server's refusal kind (``error_kinds``: ``too_long``, ``no_verdict``, ...); a row of a chunk whose request
+        failed is None with the kind ``unanswered``."""
         if len(prompts) != len(completions):
             raise ValueError(f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions")
         n = len(prompts)
@@ -208,32 +219,32 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             raise fatal  # training on without rewards would be silent: a wrong key, URL or request is an error
         raw: list[float | None] = [None] * n
         logs: list[dict | None] = [None] * n
+        kinds: dict[int, str] = {}
         failure = None
         for ch, res in zip(chunks, results):
-            if isinstance(res, BaseException):
-                failure = res
-                continue
-            values = res.get("rewards", res.get("scores"))
-            if not isinstance(values, list) or len(values) != len(ch):
-                failure = RuntimeError(f"server answered {str(res)[:200]} for {len(ch)} rows")
+            values = None if isinstance(res, BaseException) else res.get("rewards", res.get("scores"))
+            if isinstance(res, BaseException) or not isinstance(values, list) or len(values) != len(ch):
+                failure = res if isinstance(res, BaseException) else RuntimeError(
+                    f"server answered {str(res)[:200]} for {len(ch)} rows")
+                kinds.update(dict.fromkeys(ch, UNANSWERED))
                 continue
             extra = res.get("extra_logs") or {}
-            errors = res.get("errors")
-            errors = errors if isinstance(errors, list) and len(errors) == len(ch) else [None] * len(ch)
+            errors, why_kind = _per_row(res.get("errors"), len(ch)), _per_row(res.get("error_kinds"), len(ch))
             for j, (i, v, why) in enumerate(zip(ch, values, errors)):
                 raw[i] = None if v is None else float(v)
                 if v is None:  # rejected by the model (a judge without a verdict): this row only
                     failure = failure or RuntimeError(f"the server rejected a row: {why or 'no reason given'}")
+                    kinds[i] = why_kind[j] if why_kind[j] in KINDS else REJECTED
                     continue
                 logs[i] = {k: vals[j] for k, vals in extra.items() if isinstance(vals, list) and j < len(vals)}
-        return raw, logs, failure
+        return raw, logs, kinds, failure
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any],
                        completion_ids: Sequence | None = None, log_metric: Callable | None = None,
                        log_extra: Callable | None = None, trainer_state: Any = None,
                        **kwargs: Any) -> list[float | None]:
         n = len(prompts)
-        raw, logs, failure = await self.fetch(prompts, completions, kwargs)
+        raw, logs, kinds, failure = await self.fetch(prompts, completions, kwargs)
         extras: dict[str, list[float]] = defaultdict(list)
         for row in logs:
             for k, v in (row or {}).items():
@@ -247,9 +258,12 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         rewards, shaping = self._shape(raw, completions, completion_ids, reduce_stats=False)
         metrics.update(shaping)
         if failure is not None:
-            missing = sum(r is None for r in rewards)
-            logger.warning("%s: %d of %d rows have no reward (None): %s", self.__name__, missing, n, failure)
-            metrics["none_frac"] = missing / max(n, 1)
+            missing = [i for i, r in enumerate(rewards) if r is None]
+            logger.warning("%s: %d of %d rows have no reward (None): %s", self.__name__, len(missing), n, failure)
+            metrics["none_frac"] = len(missing) / max(n, 1)
+            for i in missing:  # none_frac/<kind>: the server's refusal kinds, or unanswered
+                key = f"none_frac/{kinds.get(i, REJECTED)}"
+                metrics[key] = metrics.get(key, 0.0) + 1 / n
         self._record(metrics, log_metric)
         return rewards
 
@@ -319,7 +333,7 @@ class RemoteObjective:
         return f"RemoteObjective(name={self.__name__!r})"
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        raw, logs, failure = await self.parent.rows(prompts, completions, kwargs)
+        raw, logs, _, failure = await self.parent.rows(prompts, completions, kwargs)
         if self.objective == "score":
             return raw
         field = f"objective/{self.objective}"

@@ -21,21 +21,48 @@ import torch
 from ..inputs import to_conversation
 from ..loading import load_reward_model
 from ..options import whole_number
+from ..refusals import GROUP_INCOMPLETE, NO_VERDICT, REJECTED, UNREADABLE, kind_of
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
 from .shaping import _BaseRewardFunction, _sanitize, _unique_name
 
 logger = logging.getLogger("rmplugins.trl")
 
 
-def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> dict[int, str]:
+class Refusals(dict):
+    """The rows of a call without a reward: row -> why (``last_call["reasons"]``), and ``kinds``: row -> its
+    :data:`rmplugins.refusals.KINDS` entry, which TRL's logs count (``none_frac/<kind>``). A row keeps the first
+    reason it is given."""
+
+    def __init__(self):
+        super().__init__()
+        self.kinds: dict[int, str] = {}
+
+    def refuse(self, row: int, reason: str, kind: str) -> None:
+        if row not in self:
+            self[row], self.kinds[row] = reason, kind
+
+    def refuse_error(self, row: int, err: BaseException, default: str) -> None:
+        """``err``'s message and kind (``default`` where it carries none)."""
+        self.refuse(row, str(err), kind_of(err, default))
+
+    def fractions(self, rows: Sequence[int], n: int) -> dict[str, float]:
+        """``none_frac`` of ``rows`` (those without a reward) and ``none_frac/<kind>`` for each kind among them."""
+        out = {"none_frac": len(rows) / max(n, 1)}
+        for row in rows:
+            key = f"none_frac/{self.kinds.get(row, REJECTED)}"
+            out[key] = out.get(key, 0.0) + 1 / max(n, 1)
+        return out
+
+
+def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> Refusals:
     """Rows whose prompt or completion breaks the input contract, with the reason (they get None, not an error:
     one bad row must not stop a training step)."""
-    reasons = {}
+    reasons = Refusals()
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         try:
             to_conversation(prompt, completion, i)
         except ValueError as err:
-            reasons[i] = str(err)
+            reasons.refuse_error(i, err, UNREADABLE)
     return reasons
 
 
@@ -164,7 +191,7 @@ class RewardFunction(_BaseRewardFunction):
             raise ValueError(f"{self.__name__}: got {len(prompts)} prompts but {len(completions)} completions")
         self.calls += 1
         n = len(prompts)
-        reasons: dict[int, str] = {}  # row -> why it has no reward (filled by the paths below)
+        reasons = Refusals()  # row -> why it has no reward, and its kind (filled by the paths below)
         metrics: dict[str, float] = {}
         placement = self._placement
         if placement is not None:
@@ -193,10 +220,10 @@ class RewardFunction(_BaseRewardFunction):
                            first, reasons.get(first, "not scorable"),
                            "; TRL's online DPO counts None as 0 and cannot skip a pair: such a pair is still "
                            "trained (both missing: the first completion chosen)" if online_dpo else "")
-            metrics["none_frac"] = len(missing) / max(n, 1)
+            metrics.update(reasons.fractions(missing, n))
         self._record(metrics, log_metric)
         self.last_call = {"prompts": list(prompts), "completions": list(completions), "rewards": list(rewards),
-                          "raw": raw, "reasons": reasons,
+                          "raw": raw, "reasons": dict(reasons), "kinds": dict(reasons.kinds),
                           "completion_ids": list(completion_ids) if completion_ids is not None else None}
         return rewards
 
@@ -211,7 +238,7 @@ class RewardFunction(_BaseRewardFunction):
             return raw
         rows = self.model.score_rows([prompts[i] for i in idx], [completions[i] for i in idx])
         for j, reason in rows.reasons.items():
-            reasons[idx[j]] = reason
+            reasons.refuse(idx[j], reason, rows.kinds.get(j, REJECTED))
         scored = [j for j, score in enumerate(rows.scores) if score is not None]
         for j in scored:
             raw[idx[j]] = rows.scores[j]
@@ -250,7 +277,8 @@ class RewardFunction(_BaseRewardFunction):
             layout = "pairs" if (not own_layout and not self.num_generations and is_pair_layout(keys)) else "groups"
         if layout == "pairs":
             return self._pairs(prompts, completions, keys, reasons, metrics)
-        reasons.update(input_reasons(prompts, completions))  # a bad row must not join its group's ranking
+        for i, reason in (bad := input_reasons(prompts, completions)).items():  # not to join its group's ranking
+            reasons.refuse(i, reason, bad.kinds[i])
         rank, world = dist_info()
         if world > 1 and in_trainer:
             return self._groups_distributed(prompts, completions, reasons, metrics, rank)
@@ -267,14 +295,17 @@ class RewardFunction(_BaseRewardFunction):
         for i in range(b):
             if i not in idx:
                 for j in (i, i + b):
-                    reasons.setdefault(j, f"its pair partner (row {i if j != i else i + b}) could not be scored")
+                    partner = i if j != i else i + b
+                    reasons.refuse(j, f"its pair partner (row {partner}) could not be scored",
+                                   reasons.kinds.get(partner, REJECTED))
         probs: list = []
         if idx:  # pairs the model cannot render get None and their reason, the others are judged in one call
             rows = self.model.compare_rows([prompts[i] for i in idx], [completions[i] for i in idx],
                                            [completions[i + b] for i in idx])
             probs = rows.scores
             for j, reason in rows.reasons.items():
-                reasons[idx[j]] = reasons[idx[j] + b] = reason
+                for row in (idx[j], idx[j] + b):
+                    reasons.refuse(row, reason, rows.kinds.get(j, REJECTED))
         if idx:
             for i, p in zip(idx, probs):
                 if p is None:
@@ -295,14 +326,14 @@ class RewardFunction(_BaseRewardFunction):
             valid = [i for i in group if i not in reasons]
             if len(valid) < 2:
                 for i in group:
-                    reasons.setdefault(i, "no other completion of its prompt in the batch to compare against "
-                                          "(group of one); set num_generations or keep a prompt's completions "
-                                          "together")
+                    reasons.refuse(i, "no other completion of its prompt in the batch to compare against (group "
+                                      "of one); set num_generations or keep a prompt's completions together",
+                                   GROUP_INCOMPLETE)
                 continue
-            reason = self.model.check_group(prompts[valid[0]], [completions[i] for i in valid])
-            if reason is not None:  # a group the model's format cannot render: None with the reason, before the call
+            err = self.model.check_group(prompts[valid[0]], [completions[i] for i in valid])
+            if err is not None:  # a group the model's format cannot render: None with the reason, before the call
                 for i in group:
-                    reasons.setdefault(i, reason)
+                    reasons.refuse_error(i, err, UNREADABLE)
                 continue
             ready.append((group, valid))
         # all groups together: one model call per tournament round for the whole batch
@@ -311,11 +342,11 @@ class RewardFunction(_BaseRewardFunction):
         for (group, valid), ranking in zip(ready, rankings):
             if isinstance(ranking, ValueError):  # this group only (a judge without any verdict)
                 for i in group:
-                    reasons.setdefault(i, str(ranking))
+                    reasons.refuse_error(i, ranking, NO_VERDICT)
                 continue
             for i, s in zip(valid, ranking.scores):
                 if s is None:
-                    reasons.setdefault(i, "the judge gave no verdict in any comparison of this completion")
+                    reasons.refuse(i, "the judge gave no verdict in any comparison of this completion", NO_VERDICT)
                 else:
                     out[i] = float(s)
             comparisons += ranking.comparisons
@@ -343,12 +374,14 @@ class RewardFunction(_BaseRewardFunction):
         all_completions = [c for part in parts for c in part[1]]
         offset = sum(lengths[:rank])
         all_reasons = input_reasons(all_prompts, all_completions)
-        all_reasons.update({offset + i: reason for i, reason in reasons.items()})  # this process's own wording
+        for i, reason in reasons.items():  # this process's own wording first
+            all_reasons.pop(offset + i, None)
+            all_reasons.refuse(offset + i, reason, reasons.kinds[i])
         all_keys = [prompt_key(p) for p in all_prompts]
         scored = self._score_groups(all_prompts, all_completions, all_keys, all_reasons, metrics,
                                     range(offset, offset + n))
         for i in range(n):
             if offset + i in all_reasons:
-                reasons.setdefault(i, all_reasons[offset + i])
+                reasons.refuse(i, all_reasons[offset + i], all_reasons.kinds[offset + i])
         metrics["gathered"] = 1.0
         return scored[offset:offset + n]
