@@ -174,6 +174,65 @@ def test_generic_path_and_portable_math_agree(models, kind, monkeypatch):
     assert max_diff(truth, rm.engine.hidden_at(seqs, positions)) < TOL
 
 
+def _pre_gqa_kernel(q, k, v, causal, mask, scale):
+    """PyTorch's CPU kernel as written before its GQA support would read fewer key heads than query heads: query
+    head h from key head h, by the key tensor's own head stride (past its heads, into the row's other numbers)."""
+    from rmplugins.engine import cpu_flash
+
+    k, v = (t.as_strided((t.shape[0], q.shape[1], *t.shape[2:]), t.stride(), t.storage_offset()) for t in (k, v))
+    return cpu_flash.flash(q, k, v, causal, mask, scale)
+
+
+def _equal_heads_only(q, k, v, causal, mask, scale):
+    from rmplugins.engine import cpu_flash
+
+    if k.shape[1] != q.shape[1]:
+        raise RuntimeError("expected key heads to equal query heads")
+    return cpu_flash.flash(q, k, v, causal, mask, scale)
+
+
+def test_the_cpu_flash_kernel_is_checked_before_it_serves_grouped_heads():
+    """PyTorch's CPU flash kernel reads grouped key/value heads only since 2.9; pyproject admits older torch.
+    The kernel is probed once per dtype against a float32 softmax: this PyTorch's is used as it is; a kernel that
+    misreads grouped heads or refuses them gets them repeated; one that fails or is wrong either way is not used."""
+    from rmplugins.engine import cpu_flash
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert cpu_flash.check(dtype) == cpu_flash.verdict(dtype) == cpu_flash.GROUPED
+        assert cpu_flash.check(dtype, _pre_gqa_kernel) == cpu_flash.REPEATED
+        assert cpu_flash.check(dtype, _equal_heads_only) == cpu_flash.REPEATED
+
+    def fails(*args):
+        raise RuntimeError("no such kernel in this build")
+
+    def off_by_a_little(*args):
+        out, lse = cpu_flash.flash(*args)
+        return out * 1.01, lse
+
+    assert cpu_flash.check(torch.float32, fails) == cpu_flash.check(torch.float32, off_by_a_little) == cpu_flash.MATH
+
+
+@pytest.mark.parametrize("how", ["repeated", "math"])
+def test_the_engine_is_exact_however_the_kernel_serves_grouped_heads(models, how, monkeypatch, caplog):
+    """Where the probe finds the kernel needs repeated heads, or cannot be used, the engine's hidden states are
+    those of each sequence alone, as with the kernel reading grouped heads (2 query heads over 1 here)."""
+    import logging
+
+    from rmplugins.engine import cpu_flash
+
+    engine = models("bt_qwen3").engine
+    seqs, positions = awkward_batch(seed=3)
+    truth = alone(engine.backbone, seqs, positions)
+    grouped = engine.hidden_at(seqs, positions)
+    monkeypatch.setattr(cpu_flash, "_verdicts", {})
+    monkeypatch.setattr(cpu_flash, "check", lambda dtype, kernel=None: how)
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        served = engine.hidden_at(seqs, positions)
+    assert cpu_flash._verdicts == {torch.float32: how}
+    assert max_diff(truth, served) < TOL and max_diff(grouped, served) < TOL
+    assert "reads grouped key/value heads in place from 2.9 on" in caplog.text
+
+
 def test_small_budget_splits_groups_across_suffix_batches(models):
     engine = models("armorm").engine
     seqs, positions = awkward_batch(seed=2)

@@ -32,6 +32,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+from . import cpu_flash
 from .ragged import RaggedLayout
 
 logger = logging.getLogger("rmplugins")
@@ -117,18 +118,21 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     ``heads // kv_heads`` consecutive query heads; ``causal``: query ``i`` sees keys ``<= i``, aligned top-left as
     in SDPA: with more queries than keys, those past the last key see every key).
 
-    On CPU PyTorch's fused flash kernel returns both (and reads grouped heads in place); elsewhere, with
-    ``fused=False`` and with soft-capping (which the fused kernel lacks) the math runs in float32 chunks of queries
-    over repeated key/value heads. ``key_count``: only the first ``key_count`` keys are attended to (the rest pad
-    the keys to the kernel's vector width, :func:`padded_keys`)."""
+    On CPU PyTorch's fused flash kernel returns both (and reads grouped heads in place, where a probe found it
+    does so right: :mod:`.cpu_flash`); elsewhere, with ``fused=False`` and with soft-capping (which the fused
+    kernel lacks) the math runs in float32 chunks of queries over repeated key/value heads. ``key_count``: only the
+    first ``key_count`` keys are attended to (the rest pad the keys to the kernel's vector width,
+    :func:`padded_keys`)."""
     if fused is None:
         fused = query.device.type == "cpu"
     k_len = key.shape[-2]
     hidden_keys = key_count is not None and key_count < k_len
-    if fused and not softcap:
+    how = cpu_flash.verdict(query.dtype) if fused and not softcap else cpu_flash.MATH
+    if how != cpu_flash.MATH:  # the kernel as this PyTorch's reads grouped heads (checked once per dtype)
         mask = _hidden_keys_mask(key_count, k_len, query.dtype, query.device) if hidden_keys else None
-        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, causal,
-                                                                           attn_mask=mask, scale=scale)
+        if how == cpu_flash.REPEATED:
+            key, value = cpu_flash.repeated(key, query.shape[1]), cpu_flash.repeated(value, query.shape[1])
+        return cpu_flash.flash(query, key, value, causal, mask, scale)
     rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, rep), repeat_kv(value, rep)
     q_len = query.shape[-2]
