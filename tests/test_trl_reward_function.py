@@ -256,6 +256,9 @@ def test_async_remote_reward_function_against_real_server(models):
         bad = AsyncRemoteRewardFunction(server.url, api_key="wrong", retries=2)
         with pytest.raises(RuntimeError, match="answered 401.*api_key="):  # not [None, None]: training would go on
             asyncio.run(bad(prompts=P[:2], completions=C[:2]))
+    logged = {}  # the server answered before and is gone now: the rows it lost are None, counted as unanswered
+    out = asyncio.run(rf(prompts=P[:3], completions=C[:3], log_metric=lambda key, value: logged.setdefault(key, value)))
+    assert out == [None] * 3 and logged[f"rewards/{rf.__name__}/none_frac/unanswered"] == 1.0
     with socket.socket() as s:  # a port nothing listens on, held bound so that no other test can take it meanwhile
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
