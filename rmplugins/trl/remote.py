@@ -17,7 +17,7 @@ import math
 import os
 import uuid
 import weakref
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -261,9 +261,8 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             missing = [i for i, r in enumerate(rewards) if r is None]
             logger.warning("%s: %d of %d rows have no reward (None): %s", self.__name__, len(missing), n, failure)
             metrics["none_frac"] = len(missing) / max(n, 1)
-            for i in missing:  # none_frac/<kind>: the server's refusal kinds, or unanswered
-                key = f"none_frac/{kinds.get(i, REJECTED)}"
-                metrics[key] = metrics.get(key, 0.0) + 1 / n
+            counts = Counter(kinds.get(i, REJECTED) for i in missing)  # the server's refusal kinds, or unanswered
+            metrics.update({f"none_frac/{kind}": count / n for kind, count in counts.items()})
         self._record(metrics, log_metric)
         return rewards
 

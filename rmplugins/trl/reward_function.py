@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -47,11 +48,8 @@ class Refusals(dict):
 
     def fractions(self, rows: Sequence[int], n: int) -> dict[str, float]:
         """``none_frac`` of ``rows`` (those without a reward) and ``none_frac/<kind>`` for each kind among them."""
-        out = {"none_frac": len(rows) / max(n, 1)}
-        for row in rows:
-            key = f"none_frac/{self.kinds.get(row, REJECTED)}"
-            out[key] = out.get(key, 0.0) + 1 / max(n, 1)
-        return out
+        counts = Counter(self.kinds.get(row, REJECTED) for row in rows)
+        return {"none_frac": len(rows) / max(n, 1)} | {f"none_frac/{k}": c / max(n, 1) for k, c in counts.items()}
 
 
 def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> Refusals:
