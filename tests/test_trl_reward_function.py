@@ -131,7 +131,8 @@ def test_rows_that_cannot_be_scored_are_none(models, caplog):
     with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
         out, logged, _ = _call(rf, prompts, ["a", "b", C[0], C[1]])
     assert out[:2] == [None, None] and None not in out[2:]
-    assert "must end with a user turn" in caplog.text and "2 of 4 rows" in caplog.text
+    assert "must end with a user turn" in caplog.text
+    assert "2 of 4 rows have no reward (None: 2 unreadable)" in caplog.text
     assert "online DPO" not in caplog.text  # GRPO/RLOO (log_metric given) leave a None row out of its group
     assert logged[f"rewards/{rf.__name__}/none_frac"] == logged[f"rewards/{rf.__name__}/none_frac/unreadable"] == 0.5
     assert rf.last_call["kinds"] == {0: "unreadable", 1: "unreadable"} and set(rf.last_call["reasons"]) == {0, 1}
@@ -152,15 +153,16 @@ def test_rows_that_cannot_be_scored_are_none(models, caplog):
     assert logged[f"rewards/{rf.__name__}/none_frac/group_incomplete"] == 1.0
 
 
-def test_none_rows_are_counted_by_kind(tiny):
+def test_none_rows_are_counted_by_kind(tiny, caplog):
     """TRL's logs say why rows have no reward, by the refusal's kind (``none_frac/<kind>``), not only how many:
     GPM's prompt longer than max_length (refused before any forward: a cut would tie every response) is too_long;
     the pair layout's partner of a refused row is refused with the same kind."""
     rm = rmplugins.load_reward_model(tiny("gpm"), device="cpu", max_length=96)
     long_prompt = "Tell me about the books of the city and the world, please. " * 30
     rf = RewardFunction(rm, num_generations=2)
-    out, logged, _ = _call(rf, [long_prompt, long_prompt, P[0], P[0]], [C[0], C[1], C[0], C[1]])
-    assert out[:2] == [None, None] and None not in out[2:]
+    with caplog.at_level(logging.WARNING, logger="rmplugins.trl"):
+        out, logged, _ = _call(rf, [long_prompt, long_prompt, P[0], P[0]], [C[0], C[1], C[0], C[1]])
+    assert out[:2] == [None, None] and None not in out[2:] and "(None: 2 too_long)" in caplog.text
     assert rf.last_call["kinds"] == {0: "too_long", 1: "too_long"} and "max_length is 96" in rf.last_call["reasons"][0]
     assert logged[f"rewards/{rf.__name__}/none_frac"] == logged[f"rewards/{rf.__name__}/none_frac/too_long"] == 0.5
     assert not any(key.endswith(("/unreadable", "/rejected")) for key in logged)

@@ -259,9 +259,10 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         metrics.update(shaping)
         if failure is not None:
             missing = [i for i, r in enumerate(rewards) if r is None]
-            logger.warning("%s: %d of %d rows have no reward (None): %s", self.__name__, len(missing), n, failure)
-            metrics["none_frac"] = len(missing) / max(n, 1)
             counts = Counter(kinds.get(i, REJECTED) for i in missing)  # the server's refusal kinds, or unanswered
+            logger.warning("%s: %d of %d rows have no reward (None: %s): %s", self.__name__, len(missing), n,
+                           ", ".join(f"{c} {k}" for k, c in counts.most_common()), failure)
+            metrics["none_frac"] = len(missing) / max(n, 1)
             metrics.update({f"none_frac/{kind}": count / n for kind, count in counts.items()})
         self._record(metrics, log_metric)
         return rewards

@@ -46,10 +46,14 @@ class Refusals(dict):
         """``err``'s message and kind (``default`` where it carries none)."""
         self.refuse(row, str(err), kind_of(err, default))
 
+    def tally(self, rows: Sequence[int]) -> Counter:
+        """How many of ``rows`` (those without a reward) were refused for each kind."""
+        return Counter(self.kinds.get(row, REJECTED) for row in rows)
+
     def fractions(self, rows: Sequence[int], n: int) -> dict[str, float]:
         """``none_frac`` of ``rows`` (those without a reward) and ``none_frac/<kind>`` for each kind among them."""
-        counts = Counter(self.kinds.get(row, REJECTED) for row in rows)
-        return {"none_frac": len(rows) / max(n, 1)} | {f"none_frac/{k}": c / max(n, 1) for k, c in counts.items()}
+        return ({"none_frac": len(rows) / max(n, 1)}
+                | {f"none_frac/{k}": c / max(n, 1) for k, c in self.tally(rows).items()})
 
 
 def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> Refusals:
@@ -214,8 +218,9 @@ class RewardFunction(_BaseRewardFunction):
             first = missing[0]
             # TRL's online DPO (a trainer state, no log_metric) sums a None as 0 and has no way to skip a pair
             online_dpo = trainer_state is not None and log_metric is None
-            logger.warning("%s: %d of %d rows have no reward (None); row %d: %s%s", self.__name__, len(missing), n,
-                           first, reasons.get(first, "not scorable"),
+            logger.warning("%s: %d of %d rows have no reward (None: %s); row %d: %s%s", self.__name__, len(missing),
+                           n, ", ".join(f"{c} {k}" for k, c in reasons.tally(missing).most_common()), first,
+                           reasons.get(first, "not scorable"),
                            "; TRL's online DPO counts None as 0 and cannot skip a pair: such a pair is still "
                            "trained (both missing: the first completion chosen)" if online_dpo else "")
             metrics.update(reasons.fractions(missing, n))
