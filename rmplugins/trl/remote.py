@@ -17,14 +17,14 @@ import math
 import os
 import uuid
 import weakref
-from collections import Counter, OrderedDict, defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 from ..options import whole_number
 from ..refusals import KINDS, REJECTED
-from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name
+from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name, none_by_kind
 
 logger = logging.getLogger("rmplugins.trl")
 
@@ -259,11 +259,10 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
         metrics.update(shaping)
         if failure is not None:
             missing = [i for i, r in enumerate(rewards) if r is None]
-            counts = Counter(kinds.get(i, REJECTED) for i in missing)  # the server's refusal kinds, or unanswered
+            summary, none_metrics = none_by_kind(missing, kinds, n)  # the server's refusal kinds, or unanswered
             logger.warning("%s: %d of %d rows have no reward (None: %s): %s", self.__name__, len(missing), n,
-                           ", ".join(f"{c} {k}" for k, c in counts.most_common()), failure)
-            metrics["none_frac"] = len(missing) / max(n, 1)
-            metrics.update({f"none_frac/{kind}": count / n for kind, count in counts.items()})
+                           summary, failure)
+            metrics.update(none_metrics)
         self._record(metrics, log_metric)
         return rewards
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +23,7 @@ from ..loading import load_reward_model
 from ..options import whole_number
 from ..refusals import GROUP_INCOMPLETE, NO_VERDICT, REJECTED, UNREADABLE, kind_of
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
-from .shaping import _BaseRewardFunction, _sanitize, _unique_name
+from .shaping import _BaseRewardFunction, _sanitize, _unique_name, none_by_kind
 
 logger = logging.getLogger("rmplugins.trl")
 
@@ -45,15 +44,6 @@ class Refusals(dict):
     def refuse_error(self, row: int, err: BaseException, default: str) -> None:
         """``err``'s message and kind (``default`` where it carries none)."""
         self.refuse(row, str(err), kind_of(err, default))
-
-    def tally(self, rows: Sequence[int]) -> Counter:
-        """How many of ``rows`` (those without a reward) were refused for each kind."""
-        return Counter(self.kinds.get(row, REJECTED) for row in rows)
-
-    def fractions(self, rows: Sequence[int], n: int) -> dict[str, float]:
-        """``none_frac`` of ``rows`` (those without a reward) and ``none_frac/<kind>`` for each kind among them."""
-        return ({"none_frac": len(rows) / max(n, 1)}
-                | {f"none_frac/{k}": c / max(n, 1) for k, c in self.tally(rows).items()})
 
 
 def input_reasons(prompts: Sequence[Any], completions: Sequence[Any]) -> Refusals:
@@ -218,12 +208,12 @@ class RewardFunction(_BaseRewardFunction):
             first = missing[0]
             # TRL's online DPO (a trainer state, no log_metric) sums a None as 0 and has no way to skip a pair
             online_dpo = trainer_state is not None and log_metric is None
+            summary, none_metrics = none_by_kind(missing, reasons.kinds, n)
             logger.warning("%s: %d of %d rows have no reward (None: %s); row %d: %s%s", self.__name__, len(missing),
-                           n, ", ".join(f"{c} {k}" for k, c in reasons.tally(missing).most_common()), first,
-                           reasons.get(first, "not scorable"),
+                           n, summary, first, reasons.get(first, "not scorable"),
                            "; TRL's online DPO counts None as 0 and cannot skip a pair: such a pair is still "
                            "trained (both missing: the first completion chosen)" if online_dpo else "")
-            metrics.update(reasons.fractions(missing, n))
+            metrics.update(none_metrics)
         self._record(metrics, log_metric)
         self.last_call = {"prompts": list(prompts), "completions": list(completions), "rewards": list(rewards),
                           "raw": raw, "reasons": dict(reasons), "kinds": dict(reasons.kinds),

@@ -6,10 +6,11 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..refusals import REJECTED
 from .grouping import all_gather_objects, dist_info
 
 logger = logging.getLogger("rmplugins.trl")
@@ -40,6 +41,16 @@ def _response_text(completion: Any) -> str:
             c = m.get("content")
             return c if isinstance(c, str) else ""
     return ""
+
+
+def none_by_kind(missing: Sequence[int], kinds: Mapping[int, str], n: int) -> tuple[str, dict[str, float]]:
+    """Rows without a reward (``missing``, of ``n``) by their refusal kind (``kinds``; ``rejected`` where a row has
+    none): the warning's summary ("2 unreadable, 1 no_verdict") and TRL's metrics, ``none_frac`` and
+    ``none_frac/<kind>``."""
+    counts = Counter(kinds.get(row, REJECTED) for row in missing)
+    summary = ", ".join(f"{count} {kind}" for kind, count in counts.most_common())
+    n = max(n, 1)
+    return summary, {"none_frac": len(missing) / n} | {f"none_frac/{k}": c / n for k, c in counts.items()}
 
 
 class _RunningStats:
