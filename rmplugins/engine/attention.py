@@ -128,13 +128,12 @@ def attention_with_lse(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
     k_len = key.shape[-2]
     hidden_keys = key_count is not None and key_count < k_len
     how = cpu_flash.verdict(query.dtype) if fused and not softcap else cpu_flash.MATH
-    if how != cpu_flash.MATH:  # the kernel as this PyTorch's reads grouped heads (checked once per dtype)
+    if how != cpu_flash.GROUPED:  # each key/value head repeated for its query heads (a copy)
+        rep = query.shape[1] // key.shape[1]
+        key, value = repeat_kv(key, rep), repeat_kv(value, rep)
+    if how != cpu_flash.MATH:  # the kernel, as the probe found it reads them (checked once per dtype)
         mask = _hidden_keys_mask(key_count, k_len, query.dtype, query.device) if hidden_keys else None
-        if how == cpu_flash.REPEATED:
-            key, value = cpu_flash.repeated(key, query.shape[1]), cpu_flash.repeated(value, query.shape[1])
         return cpu_flash.flash(query, key, value, causal, mask, scale)
-    rep = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, rep), repeat_kv(value, rep)
     q_len = query.shape[-2]
     chunk = max(1, MATH_CHUNK_ELEMENTS // max(1, query.shape[0] * query.shape[1] * k_len))
     outs, lses = [], []

@@ -17,6 +17,7 @@ import logging
 import threading
 
 import torch
+from transformers.integrations.sdpa_attention import repeat_kv
 
 logger = logging.getLogger("rmplugins")
 
@@ -33,15 +34,10 @@ def flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, causal: b
     return out, lse
 
 
-def repeated(tensor: torch.Tensor, heads: int) -> torch.Tensor:
-    """Each key/value head repeated for the query heads it serves (``heads`` query heads in all)."""
-    rep = heads // tensor.shape[1]
-    return tensor if rep == 1 else tensor.repeat_interleave(rep, dim=1)
-
-
 def _reference(query, key, value, causal, mask, scale):
     """Softmax attention in float32, the plainest way (grouped heads repeated, masks added)."""
-    q, k, v = query.float(), repeated(key, query.shape[1]).float(), repeated(value, query.shape[1]).float()
+    rep = query.shape[1] // key.shape[1]
+    q, k, v = query.float(), repeat_kv(key, rep).float(), repeat_kv(value, rep).float()
     scores = q @ k.transpose(-1, -2) * scale
     if mask is not None:
         scores = scores + mask.float()
@@ -68,7 +64,7 @@ def _agrees(kernel, dtype: torch.dtype, repeat: bool) -> bool:
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     for q, k, v, causal, mask in _probes(dtype):
         if repeat:
-            k, v = repeated(k, q.shape[1]), repeated(v, q.shape[1])
+            k, v = repeat_kv(k, q.shape[1] // k.shape[1]), repeat_kv(v, q.shape[1] // v.shape[1])
         out, lse = kernel(q, k, v, causal, mask, 0.17)
         ref_out, ref_lse = _reference(q, k, v, causal, mask, 0.17)
         if not (out.shape == ref_out.shape and (out.float() - ref_out).abs().max() <= tol
