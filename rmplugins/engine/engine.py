@@ -44,7 +44,7 @@ from .padded import run_plain, run_shared
 from .prefix import PrefixGroup, plan_groups, unique_token_floor
 from .shapes import rounds
 from .state import CallState, EngineStats
-from .threads import owned_elsewhere, thread_counts, threads_that_fit
+from .threads import owned_elsewhere, set_threads, thread_counts, threads_that_fit
 from .worker import BackboneWorker
 
 logger = logging.getLogger("rmplugins")
@@ -179,15 +179,13 @@ class ScoringEngine:
         try:
             ladder = fit and not owned_elsewhere()  # the counts forwards fit to, unless vLLM owns the count here
             for threads in dict.fromkeys([*thread_counts(configured)[:2], 1] if ladder else [configured]):
-                if threads != torch.get_num_threads():
-                    torch.set_num_threads(threads)
+                set_threads(threads)
                 self.prompt_cache_tokens = 0  # each thread count from an empty cache, as a server starts
                 self.prompt_cache_tokens = 4 * len(ids)
                 for sequences in calls:
                     self.hidden_at(sequences, [[-1]] * len(sequences))
         finally:
-            if torch.get_num_threads() != configured:
-                torch.set_num_threads(configured)
+            set_threads(configured)
             self.fit_threads = fit
             self.prompt_cache_tokens = 0
             self.prompt_cache_tokens = limit

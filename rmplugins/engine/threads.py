@@ -112,6 +112,13 @@ def owned_elsewhere() -> bool:
     return owned
 
 
+def set_threads(n: int) -> None:
+    """``torch.set_num_threads(n)`` only where the count differs: a count in place is not set again (vLLM's
+    replacement of the setter warns at every call)."""
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+
+
 def fitting_threads(configured: int, available: int, busy: int | None) -> int:
     """The highest count of :func:`thread_counts` that the cores other processes leave free can run."""
     if busy is None:
@@ -131,9 +138,7 @@ def threads_that_fit(enabled: bool = True, layers=()):
         return
 
     def fit(*_):
-        n = fitting_threads(configured, cores(), runnable_elsewhere())
-        if n != torch.get_num_threads():
-            torch.set_num_threads(n)
+        set_threads(fitting_threads(configured, cores(), runnable_elsewhere()))
 
     fit()
     hooks = [layer.register_forward_pre_hook(fit) for layer in layers]
@@ -142,5 +147,4 @@ def threads_that_fit(enabled: bool = True, layers=()):
     finally:
         for hook in hooks:
             hook.remove()
-        if torch.get_num_threads() != configured:
-            torch.set_num_threads(configured)
+        set_threads(configured)
