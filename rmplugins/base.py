@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 from .engine import ScoringEngine
+from .finite import check_finite
 from .inputs import Conversation, check_lists, split_sizes, to_conversation, to_conversations
 from .ranking import PLANS, Ranking, expand_duplicates, from_scores, play_together, unique_candidates
 from .refusals import NO_VERDICT, UNREADABLE, kind_of
@@ -47,7 +48,7 @@ class RowScores:
     def place(cls, n: int, ok: list[int], out: dict[str, torch.Tensor], reasons: dict[int, str],
               kinds: dict[int, str]) -> "RowScores":
         """Spread a batched call's outputs over the rows ``ok`` of ``n``; a NaN score (a generating judge gave no
-        verdict) becomes None with that reason."""
+        verdict: the only NaN that gets past ``_batched``) becomes None with that reason."""
         scores: list[float | None] = [None] * n
         reasons, kinds = dict(reasons), dict(kinds)
         extras: dict[str, list] = {name: [None] * n for name in out if name != "score"}
@@ -79,6 +80,7 @@ class RewardModel:
     kind: str = ""
     pointwise: bool = False
     rank_methods: tuple[str, ...] = ("score",)
+    nan_is_no_verdict: bool = False  # a NaN score means "no verdict" (a generating judge), not a broken forward
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name_or_path: str, max_length: int):
         """The family's ``__init__`` ends with ``self.backend = backend(backbone, pad_token_id, causal)`` (the
@@ -219,11 +221,15 @@ class RewardModel:
     def _batched(self, forward, rows: list):
         """``forward(rows)`` (a family's batched model call over encoded rows), or, in deterministic mode,
         ``forward`` on each distinct row alone, concatenated in order. Returns what ``forward`` returns (a tensor,
-        a tuple or a dict of tensors) with one leading row per input row."""
+        a tuple or a dict of tensors) with one leading row per input row, every value finite (:mod:`.finite`)."""
         if not self.deterministic:
-            return forward(rows)
-        with self.backend.without_kept_prefixes():
-            return self._each_alone(forward, rows)
+            out = forward(rows)
+        else:
+            with self.backend.without_kept_prefixes():
+                out = self._each_alone(forward, rows)
+        check_finite(out, model=f"the {self.kind} model {self.name_or_path!r}", dtype=self.dtype,
+                     nan_allowed=self.nan_is_no_verdict)
+        return out
 
     @staticmethod
     def _each_alone(forward, rows: list):

@@ -52,6 +52,10 @@ class JudgeCore:
         self.backend = (backend or engine_backend(token_budget))(self.model.get_decoder(), pad_or_eos(self.tokenizer),
                                                                  True)
 
+    @property
+    def nan_is_no_verdict(self) -> bool:  # a generated answer without a verdict scores NaN; read logits never do
+        return self.spec.readout != "logits"
+
     def metrics(self) -> dict:
         return {"judge": {"preset": self.spec.name, "readout": self.spec.readout, "judged": self.judged,
                           "no_verdict": self.no_verdict}}

@@ -1,0 +1,106 @@
+"""A model whose forward gives NaN or infinity raises, naming the model, its dtype and what to try: never a reward of
+None (read as a judge's missing verdict), 0 (TRL's sum over reward functions) or NaN. The checkpoints are the tiny
+real-layout ones with NaN written into their weights on disk, loaded the way a hub id is; the server is a real one on
+localhost."""
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_server import _get, _openrlhf_payload, _post_all
+
+import rmplugins
+from rmplugins import JudgeSpec
+from rmplugins.finite import NonFiniteOutput, check_finite
+from rmplugins.inputs import to_conversation
+from rmplugins.serving import BackgroundServer, create_app
+from rmplugins.trl import RewardFunction
+
+PROMPT = [{"role": "user", "content": "Describe a sunset."}]
+CLEAN = "Orange and pink light over the sea."
+POISONED = "Zebras quietly juggle xylophones."
+
+
+def _with_nan_embeddings(src: str, dst: Path, rows: list[int] | None = None) -> str:
+    """A copy of checkpoint ``src`` whose token embeddings hold NaN (only ``rows``, or all of them)."""
+    shutil.copytree(src, dst)
+    weights = load_file(dst / "model.safetensors")
+    name = next(k for k in weights if k.endswith(("embed_tokens.weight", "word_embeddings.weight")))
+    table = weights[name].clone()
+    table[rows if rows is not None else slice(None)] = float("nan")
+    weights[name] = table
+    save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
+    return str(dst)
+
+
+@pytest.mark.parametrize("kind", ["bt", "armorm", "prm", "pair_pm", "pairrm", "gpm"])
+def test_nan_weights_raise_in_every_family_and_every_call(kind, tiny, tmp_path):
+    rm = rmplugins.load_reward_model(_with_nan_embeddings(tiny(kind), tmp_path / kind), device="cpu")
+    prompts, a, b = [PROMPT] * 2, [CLEAN, POISONED], [POISONED, CLEAN]
+    calls = [lambda: rm.rank(PROMPT, [CLEAN, POISONED, "A third one."])]
+    if rm.pointwise:
+        calls += [lambda: rm.score(prompts, a), lambda: rm.score_rows(prompts, a)]
+    else:
+        calls += [lambda: rm.compare(prompts, a, b), lambda: rm.compare_rows(prompts, a, b)]
+    for call in calls:
+        with pytest.raises(NonFiniteOutput, match=rf"the {kind} model .* gave \d+ NaN values .* in float32: no "
+                                                  r"reward is returned rather than a wrong one; its checkpoint may "
+                                                  r"hold NaN"):
+            call()
+
+
+def test_a_judge_reading_logits_raises_and_a_generating_judge_keeps_its_no_verdict(tiny, tmp_path):
+    path = _with_nan_embeddings(tiny("genrm_qwen3"), tmp_path / "judge")
+    logits = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs it helpful? Yes or No.",
+                       verdicts={"Yes": 1.0, "No": 0.0}, name="yes-no")
+    rm = rmplugins.load_reward_model(path, kind="genrm", judge=logits, device="cpu")
+    assert not rm.nan_is_no_verdict
+    with pytest.raises(NonFiniteOutput, match="the genrm model"):
+        rm.score([PROMPT], [CLEAN])
+    generating = JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"Score: (\d)",
+                           max_new_tokens=4)
+    rm = rmplugins.load_reward_model(path, kind="genrm", judge=generating, device="cpu")
+    assert rm.nan_is_no_verdict  # its NaN score is an answer without a verdict, counted and told as that
+    rows = rm.score_rows([PROMPT], [CLEAN])
+    assert rows.scores == [None] and rows.kinds == {0: "no_verdict"}
+
+
+def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_tok):
+    """Only the tokens of one completion are NaN: a call holding it raises, a clean one gets the unpoisoned
+    model's reward bit for bit; through a real server its request gets a 500 naming the fault, the requests batched
+    with it their rewards, and the server stays up."""
+    healthy = rmplugins.load_reward_model(tiny("bt"), device="cpu", deterministic=True)  # whatever the batch
+    clean_ids = set(healthy.encode_row(to_conversation(PROMPT, CLEAN)))
+    rows = sorted(set(healthy.encode_row(to_conversation(PROMPT, POISONED))) - clean_ids)
+    assert rows
+    rm = rmplugins.load_reward_model(_with_nan_embeddings(tiny("bt"), tmp_path / "bt", rows), device="cpu",
+                                     deterministic=True)
+    assert rm.score([PROMPT], [CLEAN]) == healthy.score([PROMPT], [CLEAN])
+    with pytest.raises(NonFiniteOutput, match=r"1 of 2 rows, first row 1"):
+        rm.score_rows([PROMPT] * 2, [CLEAN, POISONED])
+    with pytest.raises(NonFiniteOutput):  # TRL's step stops with the reason instead of training on a reward of 0
+        RewardFunction(rm)(prompts=[PROMPT] * 2, completions=[CLEAN, POISONED])
+
+    payloads = [_openrlhf_payload(policy_tok, PROMPT, r) for r in (CLEAN, POISONED, CLEAN)]
+    with BackgroundServer(create_app(rm, policy_tokenizer=policy_tok, max_wait_ms=50)) as server:
+        answers = asyncio.run(_post_all(server.url + "/get_reward", payloads, 3))
+        assert [status for status, _ in answers] == [200, 500, 200], answers
+        assert answers[0][1]["rewards"] == answers[2][1]["rewards"] == healthy.score([PROMPT], [CLEAN])
+        assert "NonFiniteOutput" in answers[1][1]["error"] and "NaN" in answers[1][1]["error"]
+        assert _get(server.url + "/health")[0] == 200
+
+
+def test_the_check_itself():
+    nan, inf = float("nan"), float("inf")
+    check_finite({"score": torch.tensor([1.0, 2.0]), "ids": torch.tensor([1, 2])}, model="m", dtype=torch.float32)
+    check_finite(torch.tensor([1.0, nan]), model="m", dtype=torch.float32, nan_allowed=True)  # a judge's marker
+    with pytest.raises(NonFiniteOutput, match=r"m gave 1 infinite values \(1 of 2 rows, first row 1\)"):
+        check_finite(torch.tensor([nan, -inf]), model="m", dtype=torch.float32, nan_allowed=True)
+    with pytest.raises(NonFiniteOutput, match=r"gave 1 NaN, 2 infinite values \(2 of 3 rows, first row 0\) in "
+                                              r"float16: .* float16 overflows above 65,504"):
+        check_finite((torch.zeros(3, 2), [torch.tensor([[nan, inf], [0.0, 0.0], [inf, 1.0]])]), model="m",
+                     dtype=torch.float16)
+    assert issubclass(NonFiniteOutput, RuntimeError) and not issubclass(NonFiniteOutput, ValueError)
