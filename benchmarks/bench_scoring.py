@@ -41,6 +41,7 @@ from common import (
     attention_flops,
     best_and_median,
     build_bench_checkpoint,
+    floor_flops,
     host_load,
     matmul_params,
     peak_flops,
@@ -349,24 +350,8 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
     peak = peak_flops(name)
     params = matmul_params(cfg)
 
-    def flops_of(seqs_by_group):
-        """Useful FLOPs at the floor: each group's prompt once, each candidate once, with causal attention."""
-        total_tokens, pairs = 0, 0
-        for prefix_len, suffix_lens in seqs_by_group:
-            total_tokens += prefix_len + sum(suffix_lens)
-            pairs += prefix_len * (prefix_len + 1) // 2
-            pairs += sum(s * prefix_len + s * (s + 1) // 2 for s in suffix_lens)
-        return 2 * params * total_tokens + attention_flops(cfg, pairs), total_tokens
-
-    from rmplugins.engine.prefix import common_prefix_len
-
-    def structure(groups):
-        out = []
-        for p, cands in groups:
-            ids = [rm.encode(to_conversation(p, c).messages) for c in cands]
-            pre = min(common_prefix_len(ids[0], s) for s in ids[1:])
-            out.append((pre, [len(s) - pre for s in ids]))
-        return out
+    def floor_of(groups):  # the unique-token floor and its FLOPs, counted as gpu_check and bench_limit count them
+        return floor_flops(cfg, [rm.encode(to_conversation(p, c).messages) for p, cands in groups for c in cands])
 
     lines = [f"{name}, {dtype}, attention {attn}, {size} shape, token budget {rm.engine.budget()}"]
     small = synthetic_groups(8, 8, seed=args.seed)
@@ -375,7 +360,7 @@ def bench_gpu_8b(args, device: str = "cuda", size: str = "llama3-8b", dtype=torc
     big = synthetic_groups(n_prompts, 8, seed=args.seed + 1)
     prompts = [p for p, c in big for _ in c]
     completions = [c for _, cs in big for c in cs]
-    useful_flops, useful_tokens = flops_of(structure(big))
+    useful_tokens, useful_flops = floor_of(big)
     default_attention = rm.engine.engine_attention
     for engine_attention in sorted({default_attention, True}):  # on GPU the engine attention uses portable math
         rm.engine.engine_attention = engine_attention

@@ -147,8 +147,8 @@ def matmul_params(config) -> int:
     """Parameters a token multiplies through in the backbone (no embedding table): the 2*params*tokens FLOPs."""
     h, inter, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    kv = config.num_key_value_heads * head_dim
-    return layers * (2 * h * h + 2 * h * kv + 3 * h * inter)
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim  # Qwen3-0.6B: q = 2 h
+    return layers * (2 * h * q + 2 * h * kv + 3 * h * inter)
 
 
 def floor_flops(config, seqs, last_layer_at_reads: bool = True) -> tuple[int, float]:
@@ -179,8 +179,9 @@ def floor_flops(config, seqs, last_layer_at_reads: bool = True) -> tuple[int, fl
 
 
 def attention_flops(config, query_key_pairs: int) -> int:
-    """QK^T and AV: 4 * hidden FLOPs per (query, visible key) pair and layer."""
-    return 4 * config.hidden_size * config.num_hidden_layers * query_key_pairs
+    """QK^T and AV: 4 * heads * head_dim FLOPs per (query, visible key) pair and layer."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return 4 * config.num_attention_heads * head_dim * config.num_hidden_layers * query_key_pairs
 
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
