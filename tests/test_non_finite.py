@@ -52,7 +52,10 @@ def test_nan_weights_raise_in_every_family_and_every_call(kind, tiny, tmp_path):
             call()
 
 
-def test_a_judge_reading_logits_raises_and_a_generating_judge_keeps_its_no_verdict(tiny, tmp_path):
+def test_judges_raise_whether_they_read_logits_or_generate(tiny, tmp_path):
+    """A judge reading logits gets NaN verdict probabilities; a generating one NaN next-token scores, on which
+    greedy decoding would write token 0 on and on: an answer without a verdict, a NaN score that is a generating
+    judge's own no-verdict marker. Both raise instead."""
     path = _with_nan_embeddings(tiny("genrm_qwen3"), tmp_path / "judge")
     logits = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs it helpful? Yes or No.",
                        verdicts={"Yes": 1.0, "No": 0.0}, name="yes-no")
@@ -63,9 +66,9 @@ def test_a_judge_reading_logits_raises_and_a_generating_judge_keeps_its_no_verdi
     generating = JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"Score: (\d)",
                            max_new_tokens=4)
     rm = rmplugins.load_reward_model(path, kind="genrm", judge=generating, device="cpu")
-    assert rm.nan_is_no_verdict  # its NaN score is an answer without a verdict, counted and told as that
-    rows = rm.score_rows([PROMPT], [CLEAN])
-    assert rows.scores == [None] and rows.kinds == {0: "no_verdict"}
+    assert rm.nan_is_no_verdict
+    with pytest.raises(NonFiniteOutput, match=r"the genrm model .* gave \d+ NaN values \(1 of 1 rows"):
+        rm.score_rows([PROMPT], [CLEAN])
 
 
 def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_tok):

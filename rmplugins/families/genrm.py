@@ -18,10 +18,11 @@ import logging
 import math
 
 import torch
-from transformers import AutoModelForCausalLM, GenerationConfig
+from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from ..base import PairwiseRewardModel, PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
+from ..finite import check_finite
 from ..judges import judge_spec
 from ..placement import model_kwargs
 from ..refusals import TOO_LONG, Unscorable
@@ -167,9 +168,11 @@ class JudgeCore:
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample,
                                   temperature=spec.temperature if sample else None, top_p=None, top_k=None,
                                   num_return_sequences=spec.samples, eos_token_id=stops, pad_token_id=pad)
+        finite = LogitsProcessorList([FiniteLogits(f"the genrm model {self.name_or_path!r}", self.dtype)])
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(spec.seed)
-            new = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, width:]
+            new = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                      logits_processor=finite)[:, width:]
         texts = [tok.decode(_until_stop(row.tolist(), stops), skip_special_tokens=False) for row in new]
         return [texts[i * spec.samples:(i + 1) * spec.samples] for i in range(len(prompts))]
 
@@ -179,6 +182,19 @@ class JudgeCore:
         if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
             ids.append(self.tokenizer.eos_token_id)
         return ids
+
+
+class FiniteLogits(LogitsProcessor):
+    """Stops a generation whose next-token scores hold NaN or +inf (a broken forward, :mod:`rmplugins.finite`):
+    greedy decoding would pick token 0 on and on, and the answer would read as a judge without a verdict. A -inf
+    score is a processor's ban on a token, not a fault."""
+
+    def __init__(self, model: str, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        check_finite(scores.masked_fill(scores == float("-inf"), 0.0), model=self.model, dtype=self.dtype)
+        return scores
 
 
 def _until_stop(tokens: list[int], stops: list[int]) -> list[int]:
