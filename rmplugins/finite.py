@@ -10,9 +10,13 @@ A generating judge's NaN score is its own marker of an answer without a verdict,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a check runs: the remote client reads NON_FINITE without it
+    import torch
+
+
+NON_FINITE = "non_finite"  # the server's 500 body says ``"fault": "non_finite"``: rmplugins' client stops, not retries
 
 
 class NonFiniteOutput(RuntimeError):
@@ -20,6 +24,8 @@ class NonFiniteOutput(RuntimeError):
 
 
 def _tensors(out: Any):
+    import torch
+
     if isinstance(out, torch.Tensor):
         yield out
     elif isinstance(out, dict):
@@ -34,6 +40,8 @@ def check_finite(out: Any, *, model: str, dtype: torch.dtype, nan_allowed: bool 
     """Raise :class:`NonFiniteOutput` if a floating tensor in ``out`` (a tensor, or a dict, tuple or list of them, as a
     family's batched call returns) holds infinity, or NaN unless ``nan_allowed`` (a generating judge's no-verdict
     score). ``model`` and ``dtype`` name what gave it, for the message."""
+    import torch
+
     for tensor in _tensors(out):
         if not tensor.is_floating_point() or tensor.numel() == 0:
             continue

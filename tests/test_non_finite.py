@@ -17,7 +17,8 @@ from rmplugins import JudgeSpec
 from rmplugins.finite import NonFiniteOutput, check_finite
 from rmplugins.inputs import to_conversation
 from rmplugins.serving import BackgroundServer, create_app
-from rmplugins.trl import RewardFunction
+from rmplugins.trl import AsyncRemoteRewardFunction, RewardFunction
+from rmplugins.trl.remote import RemoteRewardError
 
 PROMPT = [{"role": "user", "content": "Describe a sunset."}]
 CLEAN = "Orange and pink light over the sea."
@@ -92,8 +93,32 @@ def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_to
         answers = asyncio.run(_post_all(server.url + "/get_reward", payloads, 3))
         assert [status for status, _ in answers] == [200, 500, 200], answers
         assert answers[0][1]["rewards"] == answers[2][1]["rewards"] == healthy.score([PROMPT], [CLEAN])
-        assert "NonFiniteOutput" in answers[1][1]["error"] and "NaN" in answers[1][1]["error"]
+        assert answers[1][1]["error"].startswith("model fault: NonFiniteOutput: the bt model")
+        assert answers[1][1]["fault"] == "non_finite" and "NaN" in answers[1][1]["error"]
         assert _get(server.url + "/health")[0] == 200
+        # rmplugins' own client stops at once (no retry helps) instead of leaving the rows' rewards None
+        remote = AsyncRemoteRewardFunction(server.url, policy_tokenizer=policy_tok, retries=3)
+        with pytest.raises(RemoteRewardError, match=r"every retry would too.*NonFiniteOutput"):
+            asyncio.run(remote(prompts=[PROMPT] * 2, completions=[CLEAN, POISONED]))
+
+
+def test_a_group_with_a_broken_forward_is_a_fault_not_a_refusal_given_the_fallback_reward(tiny, tmp_path,
+                                                                                          policy_tok):
+    """GPM ranks a group in one call: a NaN in it fails the group's requests with a 500, even with
+    --fallback-reward (which answers refusals only): before, any error of a group became a 422 refusal, and so the
+    fallback reward."""
+    healthy = rmplugins.load_reward_model(tiny("gpm"), device="cpu")
+    clean_ids = set(healthy.encode(to_conversation(PROMPT, CLEAN).messages)[0])
+    rows = sorted(set(healthy.encode(to_conversation(PROMPT, POISONED).messages)[0]) - clean_ids)
+    rm = rmplugins.load_reward_model(_with_nan_embeddings(tiny("gpm"), tmp_path / "gpm", rows), device="cpu")
+    payloads = [_openrlhf_payload(policy_tok, PROMPT, r) for r in (CLEAN, POISONED)]
+    app = create_app(rm, policy_tokenizer=policy_tok, group_size=2, group_timeout=60, fallback_reward=-5.0)
+    with BackgroundServer(app) as server:
+        answers = asyncio.run(_post_all(server.url + "/get_reward", payloads, 2))
+        assert [status for status, _ in answers] == [500, 500], answers
+        assert all(body["fault"] == "non_finite" for _, body in answers)
+        metrics = _get(server.url + "/metrics.json")[1]
+    assert metrics["samples_fallback_reward"] == 0
 
 
 def test_the_check_itself():

@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
+from ..finite import NON_FINITE, NonFiniteOutput
 from ..policy_template import PolicyTemplate, load_policy_template
 from .batcher import Batcher
 from .groups import ClientGone, GroupBuffer
@@ -199,16 +200,17 @@ class RewardService:
         return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, self.key)
 
     def fail(self, request: Request, started: float, status: int, reason: str, shape=None,
-             kind: str | None = None) -> JSONResponse:
+             kind: str | None = None, fault: str | None = None) -> JSONResponse:
         """An error answer: ``{"error": reason, "status": status}`` (and ``"kind"`` where a sample was refused:
-        :mod:`rmplugins.refusals`), or the route's own error shape (vLLM's)."""
+        :mod:`rmplugins.refusals`; ``"fault"`` where the model failed in a way no retry changes: ``non_finite``),
+        or the route's own error shape (vLLM's)."""
         self.metrics.error(status)
         if kind is not None:
             self.metrics.refused(kind)
         access(request, status, started, reason)
         body = shape(status, reason) if shape is not None else {"error": reason, "status": status}
-        if kind is not None and shape is None:
-            body["kind"] = kind
+        if shape is None:
+            body.update({name: v for name, v in (("kind", kind), ("fault", fault)) if v is not None})
         return JSONResponse(body, status_code=status)
 
     async def read_body(self, request: Request) -> bytes:
@@ -264,6 +266,10 @@ class RewardService:
             access(request, 499, started, "client disconnected before sending the whole body"
                    if isinstance(err, ClientDisconnect) else "client disconnected while its group was waiting")
             return JSONResponse({"error": "client disconnected"}, status_code=400)
+        except NonFiniteOutput as err:  # the model's forward, not the request: the same on every retry
+            logger.error("model fault: %s", err)
+            return self.fail(request, started, 500, f"model fault: NonFiniteOutput: {err}", error_shape,
+                             fault=NON_FINITE)
         except Exception as err:  # noqa: BLE001 - never let one request take the server down
             logger.exception("unexpected error")
             return self.fail(request, started, 500, f"internal error: {type(err).__name__}: {err}", error_shape)

@@ -265,8 +265,9 @@ class GroupBuffer:
         try:
             (outcome,) = await self.batcher.submit([job], cost, self.request_timeout, size=len(slots))
         except Exception as err:  # noqa: BLE001 - every waiter gets the reason
-            outcome = err if isinstance(err, RequestError) else RequestError(422, f"the reward model could not rank "
-                                                                                  f"this group: {err}", kind_of(err))
+            outcome = err  # a fault (a broken forward, a bug) stays one: a 500, never a refusal given a fallback
+            if isinstance(err, (ValueError, TypeError)):  # the model refused the group (as protocol.refusal reads it)
+                outcome = RequestError(422, f"the reward model could not rank this group: {err}", kind_of(err))
         for i, slot in enumerate(slots):
             result = outcome if isinstance(outcome, BaseException) else outcome[i]
             if isinstance(result, BaseException):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..finite import NON_FINITE
 from ..options import whole_number
 from ..refusals import KINDS, REJECTED
 from .shaping import _BaseRewardFunction, _response_text, _sanitize, _unique_name, none_by_kind
@@ -33,7 +34,22 @@ class RemoteRewardError(RuntimeError):
     """The reward server refused the request (401/403/4xx) or was never reachable: raised, not turned into None."""
 
 
+def _fault(text: str) -> str | None:
+    """The ``fault`` of an rmplugins server's error body (``non_finite``: its model's forward gave NaN), if any."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return None
+    return body.get("fault") if isinstance(body, dict) else None
+
+
 def _raise_for_status(url: str, status: int, text: str) -> None:
+    """Raise for an error answer: RemoteRewardError where retrying cannot help (refused, or the server's model
+    failed for good), else RuntimeError (retried)."""
+    if _fault(text) == NON_FINITE:
+        raise RemoteRewardError(f"the reward model behind {url} failed ({status}; every retry would too): "
+                                f"{text[:1000]}")
+    text = text[:300]
     if status in (401, 403):
         raise RemoteRewardError(f"reward server {url} answered {status} (API key missing or wrong): pass "
                                 f"api_key= the key the server was started with (--api-key); server said: {text}")
@@ -165,7 +181,7 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
                 if session is not None:
                     async with session.post(self.url, json=body, headers=headers) as resp:
                         if resp.status != 200:
-                            _raise_for_status(self.url, resp.status, (await resp.text())[:300])
+                            _raise_for_status(self.url, resp.status, (await resp.text())[:65536])
                         answer = await resp.json()
                 else:
                     answer = await asyncio.to_thread(self._post_blocking, body, headers)
@@ -192,7 +208,7 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as err:
-            _raise_for_status(self.url, err.code, err.read()[:300].decode(errors="replace"))
+            _raise_for_status(self.url, err.code, err.read(65536).decode(errors="replace"))
 
     async def fetch(self, prompts: Sequence[Any], completions: Sequence[Any], kwargs: dict
                     ) -> tuple[list[float | None], list[dict | None], dict[int, str], BaseException | None]:
