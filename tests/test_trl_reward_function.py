@@ -277,6 +277,27 @@ def test_async_remote_reward_function_against_real_server(models):
             AsyncRemoteRewardFunction(dead, **{option: bad})
 
 
+def test_a_server_that_errs_before_it_ever_scored_is_named_so_not_unreachable(models):
+    """A server that is up but answers its first requests with a 500 (its model ran out of memory) is not "could
+    not be reached... start it": the client says it answered, and where the reason is."""
+    from rmplugins.serving import BackgroundServer, create_app
+
+    rm = models("bt")
+
+    class OutOfMemory:  # the real model, failing the way an accelerator out of memory does
+        kind, pointwise, name_or_path, deterministic = rm.kind, True, rm.name_or_path, False
+        backend, max_length = rm.backend, rm.max_length
+
+        def score_rows(self, prompts, completions):
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    with BackgroundServer(create_app(OutOfMemory())) as server:
+        rf = AsyncRemoteRewardFunction(server.url, retries=1)
+        with pytest.raises(RuntimeError, match=r"answered every attempt \(2\) with an error and has not scored yet; "
+                                               r"its log says why. Last answer: HTTP 500: .*out of memory"):
+            asyncio.run(rf(prompts=P[:2], completions=C[:2]))
+
+
 def test_ready_rewards_module_is_lazy_and_resolves(tiny, monkeypatch):
     import importlib
     import sys

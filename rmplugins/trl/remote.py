@@ -55,7 +55,11 @@ def _raise_for_status(url: str, status: int, text: str) -> None:
                                 f"api_key= the key the server was started with (--api-key); server said: {text}")
     if 400 <= status < 500 and status not in (408, 429):
         raise RemoteRewardError(f"reward server {url} refused the request ({status}): {text}")
-    raise RuntimeError(f"HTTP {status}: {text}")
+    raise ServerError(f"HTTP {status}: {text}")
+
+
+class ServerError(RuntimeError):
+    """The server answered with an error a retry may clear (5xx, 408, 429): it was reached."""
 
 
 async def _close_with_loop(session):
@@ -193,6 +197,10 @@ class AsyncRemoteRewardFunction(_BaseRewardFunction):
                 last = err
                 if attempt < self.retries:
                     await asyncio.sleep(min(0.5 * 2 ** attempt, 5.0))
+        if not self._reached and isinstance(last, ServerError):  # up, but it never scored: its log says why
+            raise RemoteRewardError(f"{self.__name__}: the reward server {self.url} answered every attempt "
+                                    f"({self.retries + 1}) with an error and has not scored yet; its log says why. "
+                                    f"Last answer: {last}")
         if not self._reached:  # never reached: a wrong URL or a server that is not up, not a passing hiccup
             raise RemoteRewardError(f"{self.__name__}: the reward server {self.url} could not be reached "
                                     f"({self.retries + 1} attempts; last error: {last}); start it (rmplugins serve) "
