@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,16 @@ def test_too_long_sequences_are_truncated_with_one_warning(tiny, caplog):
     assert scores[0] != pytest.approx(full.score(["hi"], [long])[0], abs=1e-4)
     ids = rm.encode(to_conversation("hi", long).messages)
     assert len(ids) == 24
+
+
+def test_max_length_beyond_the_trained_positions_is_warned(tiny, caplog):
+    trained = json.loads((Path(tiny("bt_llama3")) / "config.json").read_text())["max_position_embeddings"]
+    with caplog.at_level(logging.WARNING, logger="rmplugins"):
+        rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu", max_length=trained)
+        assert not [r for r in caplog.records if "positions the model was trained for" in r.getMessage()]
+        rmplugins.load_reward_model(tiny("bt_llama3"), device="cpu", max_length=trained + 1)
+    (warning,) = [r.getMessage() for r in caplog.records if "positions the model was trained for" in r.getMessage()]
+    assert f"max_length {trained + 1} is beyond the {trained} positions" in warning
 
 
 def test_armorm_truncation_that_removes_the_gating_token_is_explained(tiny):
