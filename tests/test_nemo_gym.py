@@ -16,6 +16,7 @@ import yaml
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from reference_helpers import close
+from test_non_finite import POISONED, PROMPT, bt_with_nan_tokens
 from test_server import _conversations
 
 import rmplugins
@@ -84,7 +85,9 @@ def served(tiny, tmp_path_factory):
             BackgroundServer(create_app(gpm, group_size=3, group_timeout=60)) as g, BackgroundServer(other) as o, \
             BackgroundServer(create_app(gpm)) as p, BackgroundServer(html) as h, \
             BackgroundServer(create_app(gpm, group_size=BIG, group_timeout=60)) as big, \
-            BackgroundServer(create_app(gpm, group_size=2, group_timeout=0.5)) as lone:
+            BackgroundServer(create_app(gpm, group_size=2, group_timeout=0.5)) as lone, \
+            BackgroundServer(create_app(rmplugins.load_reward_model(bt_with_nan_tokens(
+                tiny, tmp_path_factory.mktemp("nan") / "bt"), device="cpu"))) as broken:
         cases = [
             {"config": {"url": a.url, "api_key": KEY}, "requests": pointwise},
             {"config": {"url": g.url + "/score"}, "requests": grouped, "together": True},
@@ -111,6 +114,9 @@ def served(tiny, tmp_path_factory):
         cases.append({"config": {"url": lone.url}, "requests": [_body(group_convs[0][0], ["alone"], rid="lone",
                                                                       _ng_group_id="never", _ng_rollout_index=0)]})
         cases.append({"kinds": list(KINDS) + ["a kind of a later server"]})
+        cases.append({"config": {"url": broken.url, "retries": 3},
+                      "requests": [_body([{"role": "user", "content": PROMPT[0]["content"]}], [POISONED], rid="nan",
+                                         _ng_task_index=0, _ng_rollout_index=0)]})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
         run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
@@ -183,6 +189,8 @@ def test_nemo_gym_wrong_settings_fail_loudly_and_an_unreachable_server_masks(ser
     assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"]
     status, body = results[12][0]  # not even JSON: the same, not retried and masked as a lost connection
     assert status == 502 and "is not rmplugins serve's /score answer" in body["detail"] and "hello" in body["detail"]
+    status, body = results[15][0]  # a reward model whose forward gives NaN: no reward, not masked as a lost server
+    assert status == 502 and "model fault: NonFiniteOutput" in body["detail"], body
 
 
 def test_refusals_get_nemo_gyms_failure_kinds_from_the_servers_kind(served):

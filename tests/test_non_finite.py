@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_server import _get, _openrlhf_payload, _post_all
+from test_server import INTEGRATIONS, ROOT, _get, _load_by_path, _openrlhf_payload, _post_all
 
 import rmplugins
 from rmplugins import JudgeSpec
@@ -35,6 +35,16 @@ def _with_nan_embeddings(src: str, dst: Path, rows: list[int] | None = None) -> 
     weights[name] = table
     save_file(weights, dst / "model.safetensors", metadata={"format": "pt"})
     return str(dst)
+
+
+def bt_with_nan_tokens(tiny, dst: Path, completion: str = POISONED) -> str:
+    """The tiny Bradley-Terry checkpoint with NaN embeddings for the tokens of ``completion`` that a conversation
+    of :data:`PROMPT` and :data:`CLEAN` does not hold: a forward gives NaN exactly where ``completion`` is read."""
+    healthy = rmplugins.load_reward_model(tiny("bt"), device="cpu")
+    clean_ids = set(healthy.encode_row(to_conversation(PROMPT, CLEAN)))
+    rows = sorted(set(healthy.encode_row(to_conversation(PROMPT, completion))) - clean_ids)
+    assert rows
+    return _with_nan_embeddings(tiny("bt"), dst, rows)
 
 
 @pytest.mark.parametrize("kind", ["bt", "armorm", "prm", "pair_pm", "pairrm", "gpm"])
@@ -77,11 +87,7 @@ def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_to
     model's reward bit for bit; through a real server its request gets a 500 naming the fault, the requests batched
     with it their rewards, and the server stays up."""
     healthy = rmplugins.load_reward_model(tiny("bt"), device="cpu", deterministic=True)  # whatever the batch
-    clean_ids = set(healthy.encode_row(to_conversation(PROMPT, CLEAN)))
-    rows = sorted(set(healthy.encode_row(to_conversation(PROMPT, POISONED))) - clean_ids)
-    assert rows
-    rm = rmplugins.load_reward_model(_with_nan_embeddings(tiny("bt"), tmp_path / "bt", rows), device="cpu",
-                                     deterministic=True)
+    rm = rmplugins.load_reward_model(bt_with_nan_tokens(tiny, tmp_path / "bt"), device="cpu", deterministic=True)
     assert rm.score([PROMPT], [CLEAN]) == healthy.score([PROMPT], [CLEAN])
     with pytest.raises(NonFiniteOutput, match=r"1 of 2 rows, first row 1"):
         rm.score_rows([PROMPT] * 2, [CLEAN, POISONED])
@@ -100,6 +106,27 @@ def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_to
         remote = AsyncRemoteRewardFunction(server.url, policy_tokenizer=policy_tok, retries=3)
         with pytest.raises(RemoteRewardError, match=r"every retry would too.*NonFiniteOutput"):
             asyncio.run(remote(prompts=[PROMPT] * 2, completions=[CLEAN, POISONED]))
+
+
+@pytest.mark.parametrize("framework", ["openrlhf", "verl", "areal"])
+def test_the_frameworks_client_files_stop_at_a_broken_model_without_retrying(framework, tiny, tmp_path, policy_tok,
+                                                                            monkeypatch):
+    """OpenRLHF's and verl's files retry a 500 (a server restarting); a 500 naming a fault fails at once with the
+    server's reason, as a refused request does (before: five attempts with back-off, then "unreachable")."""
+    file, variable, route, _ = INTEGRATIONS[framework]
+    rm = rmplugins.load_reward_model(bt_with_nan_tokens(tiny, tmp_path / "bt"), device="cpu")
+    prompt_text = policy_tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    with BackgroundServer(create_app(rm, policy_tokenizer=policy_tok)) as server:
+        monkeypatch.setenv(variable, server.url + route)
+        monkeypatch.setenv("RMPLUGINS_REWARD_RETRIES", "5")
+        module = _load_by_path(ROOT / file, f"{framework}_reward_file")
+        if hasattr(module, "time"):
+            monkeypatch.setattr(module.time, "sleep", lambda s: pytest.fail("retried a broken model"))
+        calls = {"openrlhf": lambda: module.reward_func([prompt_text + POISONED], [prompt_text], [""]),
+                 "verl": lambda: module.compute_score("ds", POISONED, "", {"prompt": PROMPT}),
+                 "areal": lambda: module.rmplugins_reward(prompt_text, POISONED)}
+        with pytest.raises(RuntimeError, match=r"\(500\): .*NonFiniteOutput|answered 500: .*NonFiniteOutput"):
+            calls[framework]()
 
 
 def test_a_group_with_a_broken_forward_is_a_fault_not_a_refusal_given_the_fallback_reward(tiny, tmp_path,

@@ -93,6 +93,14 @@ def _next_url() -> str:
         return next(_cycles[raw])
 
 
+def _fault(body: str) -> str | None:
+    """The ``fault`` an rmplugins server names in a 500 (``non_finite``: its model's forward gave NaN), if any."""
+    try:
+        return json.loads(body).get("fault")
+    except (ValueError, AttributeError):
+        return None
+
+
 def _post(payload: dict) -> dict:
     body = json.dumps(payload).encode()
     headers = {"Content-Type": "application/json"}
@@ -108,12 +116,13 @@ def _post(payload: dict) -> dict:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
-            reason = err.read().decode(errors="replace")[:500]
-            if 400 <= err.code < 500 and err.code not in (408, 429):  # our request is wrong: retrying won't help
-                message = f"reward server {url} refused the request ({err.code}): {reason}"
+            reason = err.read().decode(errors="replace")
+            # our request is wrong, or (a 500 naming a "fault") the reward model is broken: retrying won't help
+            if 400 <= err.code < 500 and err.code not in (408, 429) or _fault(reason):
+                message = f"reward server {url} refused the request ({err.code}): {reason[:1000]}"
                 logger.error(message)  # OpenRLHF's executor catches the exception and logs it at INFO only
                 raise RuntimeError(message) from None
-            last = f"{err.code}: {reason}"
+            last = f"{err.code}: {reason[:500]}"
         except (urllib.error.URLError, OSError, ValueError) as err:
             last = f"{type(err).__name__}: {err}"
         logger.warning("reward server %s failed (attempt %d/%d): %s", url, attempt + 1, attempts, last)

@@ -111,9 +111,14 @@ def _unreachable(url, attempts, last) -> RuntimeError:
     return RuntimeError(f"reward server {url} unreachable after {attempts} attempts: {last}")
 
 
-def _retryable(code: int) -> bool:
-    """4xx answers say the request is wrong (retrying cannot help), except a timeout (408) or back-pressure (429)."""
-    return not (400 <= code < 500 and code not in (408, 429))
+def _retryable(code: int, body: str) -> bool:
+    """4xx answers say the request is wrong (retrying cannot help), except a timeout (408) or back-pressure (429);
+    a 500 whose body names a ``fault`` says the reward model is broken (its forward gave NaN): no retry helps."""
+    try:
+        fault = json.loads(body).get("fault")
+    except (ValueError, AttributeError):
+        fault = None
+    return not fault and not (400 <= code < 500 and code not in (408, 429))
 
 
 def _post(payload: dict, url=None, api_key=None) -> dict:
@@ -125,10 +130,10 @@ def _post(payload: dict, url=None, api_key=None) -> dict:
             with urllib.request.urlopen(req, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
-            reason = err.read().decode(errors="replace")[:500]
-            if not _retryable(err.code):
-                raise _refused(url, err.code, reason) from None
-            last = f"{err.code}: {reason}"
+            reason = err.read().decode(errors="replace")
+            if not _retryable(err.code, reason):
+                raise _refused(url, err.code, reason[:1000]) from None
+            last = f"{err.code}: {reason[:500]}"
         except (urllib.error.URLError, OSError, ValueError) as err:
             last = f"{type(err).__name__}: {err}"
         if attempt + 1 < attempts:
@@ -154,8 +159,8 @@ async def _post_async(payload: dict, url=None, api_key=None) -> dict:
                 body = await response.text()
                 if response.status == 200:
                     return json.loads(body)
-                if not _retryable(response.status):
-                    raise _refused(url, response.status, body[:500])
+                if not _retryable(response.status, body):
+                    raise _refused(url, response.status, body[:1000])
                 last = f"{response.status}: {body[:500]}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
             last = f"{type(err).__name__}: {err}"

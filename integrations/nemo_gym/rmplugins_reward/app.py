@@ -30,7 +30,8 @@ reason; the other samples get their rewards. A reward
 server that cannot be reached in ``retries`` attempts masks the sample the same way (``transport_unreachable``,
 logged as an error), as NeMo-Gym masks an unavailable judge. A request the server refuses as wrong (a malformed or
 unauthorized request: a wrong ``url`` route or ``api_key``) fails the rollout with the server's reason: a wrong
-setting is never turned into rewards. The server's per-sample logs (``rm_score``, ArmoRM's objectives,
+setting is never turned into rewards; nor is a broken reward model (a 500 with ``"fault"``: its forward gave NaN).
+The server's per-sample logs (``rm_score``, ArmoRM's objectives,
 ``group_complete``...) come back as top-level fields, where NeMo-Gym's aggregate metrics read them.
 """
 
@@ -176,13 +177,20 @@ def failure_kind(kind: Optional[str]) -> str:
     return FAILURE_KINDS.get(kind, "verifier_error")
 
 
-def _retryable(status: int) -> bool:
-    """4xx answers say the request is wrong (retrying cannot help), except a timeout (408) or back-pressure (429)."""
-    return not (400 <= status < 500 and status not in (408, 429))
+def _retryable(status: int, text: str) -> bool:
+    """4xx answers say the request is wrong (retrying cannot help), except a timeout (408) or back-pressure (429);
+    a 500 whose body names a ``fault`` says the reward model itself is broken (``non_finite``: its forward gives NaN),
+    which no retry changes either."""
+    try:
+        fault = json.loads(text).get("fault")
+    except (ValueError, AttributeError):
+        fault = None
+    return not fault and not (400 <= status < 500 and status not in (408, 429))
 
 
 class RefusedRequest(RuntimeError):
-    """The reward server refused the request itself (malformed, unauthorized): a setting is wrong."""
+    """The reward server refused the request itself (malformed, unauthorized: a setting is wrong), or its reward
+    model is broken (a fault): no reward, and no retry would give one."""
 
 
 class RmpluginsRewardServer(SimpleResourcesServer):
@@ -254,9 +262,9 @@ class RmpluginsRewardServer(SimpleResourcesServer):
                     text = await answer.text()
                     if answer.status == 200:
                         return self.checked(text)
-                    if not _retryable(answer.status):
+                    if not _retryable(answer.status, text):
                         raise RefusedRequest(f"reward server {cfg.url} refused the request ({answer.status}): "
-                                             f"{text[:500]}")
+                                             f"{text[:1000]}")
                     last = f"{answer.status}: {text[:500]}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as err:
                 last = f"{type(err).__name__}: {err}"
