@@ -7,6 +7,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
+import engines
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -63,23 +64,25 @@ def test_nan_weights_raise_in_every_family_and_every_call(kind, tiny, tmp_path):
             call()
 
 
-def test_judges_raise_whether_they_read_logits_or_generate(tiny, tmp_path):
+@pytest.mark.parametrize("engine", engines.ENGINES)
+def test_judges_raise_whether_they_read_logits_or_generate(engine, tiny, tmp_path):
     """A judge reading logits gets NaN verdict probabilities; a generating one NaN next-token scores, on which
-    greedy decoding would write token 0 on and on: an answer without a verdict, a NaN score that is a generating
-    judge's own no-verdict marker. Both raise instead."""
+    greedy decoding (transformers' and vLLM's) writes token 0 on and on: an answer without a verdict, a NaN score
+    that is a generating judge's own no-verdict marker. Both raise instead."""
     path = _with_nan_embeddings(tiny("genrm_qwen3"), tmp_path / "judge")
     logits = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs it helpful? Yes or No.",
                        verdicts={"Yes": 1.0, "No": 0.0}, name="yes-no")
-    rm = rmplugins.load_reward_model(path, kind="genrm", judge=logits, device="cpu")
-    assert not rm.nan_is_no_verdict
-    with pytest.raises(NonFiniteOutput, match="the genrm model"):
-        rm.score([PROMPT], [CLEAN])
     generating = JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"Score: (\d)",
                            max_new_tokens=4)
-    rm = rmplugins.load_reward_model(path, kind="genrm", judge=generating, device="cpu")
-    assert rm.nan_is_no_verdict
-    with pytest.raises(NonFiniteOutput, match=r"the genrm model .* gave \d+ NaN values \(1 of 1 rows"):
-        rm.score_rows([PROMPT], [CLEAN])
+    for spec, raised in ((logits, "the genrm model"), (generating, r"the (genrm model .*|judge on vLLM) gave \d+ NaN "
+                                                                  r"values \(1 of 1 rows")):
+        rm = engines.load(path, engine, kind="genrm", judge=spec)
+        try:
+            assert rm.nan_is_no_verdict == (spec is generating)
+            with pytest.raises(NonFiniteOutput, match=raised):
+                rm.score_rows([PROMPT], [CLEAN])
+        finally:
+            engines.close(rm)
 
 
 def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_tok):

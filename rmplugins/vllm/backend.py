@@ -30,6 +30,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ..finite import check_finite
 from . import settings
 
 logger = logging.getLogger("rmplugins")
@@ -131,9 +132,14 @@ class VLLMBackend:
         in the text (a judge's think block), the stop token left out."""
         from vllm import SamplingParams
 
+        # logprobs=0: each answer's log-probability, NaN where the forward gave NaN scores (vLLM then writes token 0
+        # on and on, which would read as a judge without a verdict): raised instead (rmplugins.finite)
         params = [SamplingParams(n=samples, temperature=temperature, seed=seed, max_tokens=limit,
-                                 skip_special_tokens=False) for limit in max_tokens]
-        return [[c.text for c in o.outputs] for o in self._generate(_prompts(sequences), params)]
+                                 skip_special_tokens=False, logprobs=0) for limit in max_tokens]
+        outputs = self._generate(_prompts(sequences), params)
+        logps = torch.tensor([c.cumulative_logprob for o in outputs for c in o.outputs], dtype=torch.float64)
+        check_finite(logps.masked_fill(logps == float("-inf"), 0.0), model="the judge on vLLM", dtype=self.dtype)
+        return [[c.text for c in o.outputs] for o in outputs]
 
 
 class AsyncVLLMBackend(VLLMBackend):
