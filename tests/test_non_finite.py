@@ -162,3 +162,18 @@ def test_the_check_itself():
         check_finite((torch.zeros(3, 2), [torch.tensor([[nan, inf], [0.0, 0.0], [inf, 1.0]])]), model="m",
                      dtype=torch.float16)
     assert issubclass(NonFiniteOutput, RuntimeError) and not issubclass(NonFiniteOutput, ValueError)
+
+
+def test_rmplugins_serve_refuses_to_start_on_a_broken_model(tiny, tmp_path):
+    """One probe sample before /health answers: a model whose every forward gives NaN stops the start with the
+    reason (exit 2), before a trainer spends its first rollouts on it."""
+    import subprocess
+    import sys
+
+    path = _with_nan_embeddings(tiny("bt"), tmp_path / "bt")
+    run = subprocess.run([sys.executable, "-m", "rmplugins", "serve", "--model", path, "--port", "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "rmplugins serve: the bt model" in run.stderr and "NaN values" in run.stderr
+    assert "serving on" not in run.stderr
+

@@ -189,8 +189,7 @@ class ScoringEngine:
             self.fit_threads = fit
             self.prompt_cache_tokens = 0
             self.prompt_cache_tokens = limit
-            for name, value in counted.items():
-                setattr(self.stats, name, value)
+            self.stats.restore(counted)
         return time.perf_counter() - started
 
     @contextmanager

@@ -42,6 +42,12 @@ class EngineStats:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def restore(self, counted: dict[str, int]) -> None:
+        """Back to ``counted`` (an earlier ``as_dict()``): calls since then were not the caller's (a warm-up, a
+        start-up probe)."""
+        for name, value in counted.items():
+            setattr(self, name, value)
+
 
 @dataclass
 class CallState:

@@ -1,9 +1,11 @@
 """``rmplugins serve``: load a reward model and serve it in OpenRLHF's remote reward protocol."""
 
+import contextlib
 import logging
 import os
 import sys
 
+from ..finite import NonFiniteOutput
 from ..judges import PRESETS
 from ..registry import KINDS, variants
 
@@ -166,9 +168,29 @@ def check_group_method(args, judge) -> None:
 def _serve(args) -> int:
     try:
         return _serve_checked(args)
-    except (ValueError, OSError, TypeError) as err:
+    except (ValueError, OSError, TypeError, NonFiniteOutput) as err:
         print(f"rmplugins serve: {err}", file=sys.stderr)
         return 2
+
+
+def check_forward(rm) -> None:
+    """One short sample through the model before the server answers /health: a model whose forward gives NaN
+    (NaN weights, float16 overflow) stops the start with :class:`~rmplugins.finite.NonFiniteOutput`, not the
+    trainer's first step after its first rollouts. A judge is left out (a generating one's probe would write for
+    seconds, and its counts are its clients'); a refused probe is no error here, and the probe is not counted."""
+    if rm.kind == "genrm":
+        return
+    conversation, engine = [{"role": "user", "content": "Say hello."}], rm.engine
+    counted = engine.stats.as_dict() if engine is not None else None
+    with engine.without_kept_prefixes() if engine is not None else contextlib.nullcontext():
+        try:
+            if rm.pointwise:
+                rm.score_rows([conversation], ["Hello! How can I help you today?"])
+            else:
+                rm.compare_rows([conversation], ["Hello! How can I help you today?"], ["Hi."])
+        finally:
+            if engine is not None:
+                engine.stats.restore(counted)
 
 
 # the packages of the `server` extra (pyproject.toml) that the server's modules import
@@ -231,6 +253,7 @@ def _serve_checked(args) -> int:
     logger.info("loaded %r", rm)
     if rm.engine is not None and (took := rm.engine.warm_up()):  # before /health answers: no request waits on it
         logger.info("compiled the fused CPU kernels before serving (%.1f s; cached on disk for the next start)", took)
+    check_forward(rm)
     app = create_app(rm, policy_tokenizer=template, api_key=api_key, max_batch_size=args.max_batch_size,
                      max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
                      max_request_samples=args.max_request_samples, max_body_bytes=args.max_body_bytes,
