@@ -34,6 +34,10 @@ class RemoteRewardError(RuntimeError):
     """The reward server refused the request (401/403/4xx) or was never reachable: raised, not turned into None."""
 
 
+class ServerError(RuntimeError):
+    """The server answered with an error a retry may clear (5xx, 408, 429): it was reached."""
+
+
 def _fault(text: str) -> str | None:
     """The ``fault`` of an rmplugins server's error body (``non_finite``: its model's forward gave NaN), if any."""
     try:
@@ -45,7 +49,7 @@ def _fault(text: str) -> str | None:
 
 def _raise_for_status(url: str, status: int, text: str) -> None:
     """Raise for an error answer: RemoteRewardError where retrying cannot help (refused, or the server's model
-    failed for good), else RuntimeError (retried)."""
+    failed for good), else ServerError (retried)."""
     if _fault(text) == NON_FINITE:
         raise RemoteRewardError(f"the reward model behind {url} failed ({status}; every retry would too): "
                                 f"{text[:1000]}")
@@ -56,10 +60,6 @@ def _raise_for_status(url: str, status: int, text: str) -> None:
     if 400 <= status < 500 and status not in (408, 429):
         raise RemoteRewardError(f"reward server {url} refused the request ({status}): {text}")
     raise ServerError(f"HTTP {status}: {text}")
-
-
-class ServerError(RuntimeError):
-    """The server answered with an error a retry may clear (5xx, 408, 429): it was reached."""
 
 
 async def _close_with_loop(session):
