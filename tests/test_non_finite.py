@@ -64,25 +64,27 @@ def test_nan_weights_raise_in_every_family_and_every_call(kind, tiny, tmp_path):
             call()
 
 
-@pytest.mark.parametrize("engine", engines.ENGINES)
-def test_judges_raise_whether_they_read_logits_or_generate(engine, tiny, tmp_path):
+LOGITS = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs it helpful? Yes or No.",
+                   verdicts={"Yes": 1.0, "No": 0.0}, name="yes-no")
+GENERATING = JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"Score: (\d)", max_new_tokens=4)
+
+
+@pytest.mark.parametrize("engine, spec", [("transformers", LOGITS), ("transformers", GENERATING),
+                                          pytest.param("vllm", GENERATING, marks=pytest.mark.vllm)],
+                         ids=["logits", "generate", "generate-vllm"])
+def test_judges_raise_whether_they_read_logits_or_generate(engine, spec, tiny, tmp_path):
     """A judge reading logits gets NaN verdict probabilities; a generating one NaN next-token scores, on which
     greedy decoding (transformers' and vLLM's) writes token 0 on and on: an answer without a verdict, a NaN score
-    that is a generating judge's own no-verdict marker. Both raise instead."""
-    path = _with_nan_embeddings(tiny("genrm_qwen3"), tmp_path / "judge")
-    logits = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs it helpful? Yes or No.",
-                       verdicts={"Yes": 1.0, "No": 0.0}, name="yes-no")
-    generating = JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"Score: (\d)",
-                           max_new_tokens=4)
-    for spec, raised in ((logits, "the genrm model"), (generating, r"the (genrm model .*|judge on vLLM) gave \d+ NaN "
-                                                                  r"values \(1 of 1 rows")):
-        rm = engines.load(path, engine, kind="genrm", judge=spec)
-        try:
-            assert rm.nan_is_no_verdict == (spec is generating)
-            with pytest.raises(NonFiniteOutput, match=raised):
-                rm.score_rows([PROMPT], [CLEAN])
-        finally:
-            engines.close(rm)
+    that is a generating judge's own no-verdict marker. Both raise instead. (A logits judge on vLLM reads prompt
+    log-probabilities through the same checked call as every family.)"""
+    rm = engines.load(_with_nan_embeddings(tiny("genrm_qwen3"), tmp_path / "judge"), engine, kind="genrm", judge=spec)
+    try:
+        assert rm.nan_is_no_verdict == (spec is GENERATING)
+        with pytest.raises(NonFiniteOutput, match=r"the (genrm model .*|judge on vLLM) gave \d+ NaN values \(1 of 1 "
+                                                  r"rows"):
+            rm.score_rows([PROMPT], [CLEAN])
+    finally:
+        engines.close(rm)
 
 
 def test_one_poisoned_token_fails_its_own_request_only(tiny, tmp_path, policy_tok):
