@@ -36,10 +36,12 @@ def _tensors(out: Any):
             yield from _tensors(value)
 
 
-def check_finite(out: Any, *, model: str, dtype: torch.dtype, nan_allowed: bool = False) -> None:
+def check_finite(out: Any, *, model: str, dtype: torch.dtype, nan_allowed: bool = False,
+                 neg_inf_allowed: bool = False) -> None:
     """Raise :class:`NonFiniteOutput` if a floating tensor in ``out`` (a tensor, or a dict, tuple or list of them, as a
     family's batched call returns) holds infinity, or NaN unless ``nan_allowed`` (a generating judge's no-verdict
-    score). ``model`` and ``dtype`` name what gave it, for the message."""
+    score); ``neg_inf_allowed``: -inf is no fault there (a token banned from generation, an answer's log-probability
+    after one). ``model`` and ``dtype`` name what gave it, for the message."""
     import torch
 
     for tensor in _tensors(out):
@@ -48,6 +50,8 @@ def check_finite(out: Any, *, model: str, dtype: torch.dtype, nan_allowed: bool 
         bad = ~torch.isfinite(tensor)
         if nan_allowed:
             bad &= ~torch.isnan(tensor)
+        if neg_inf_allowed:
+            bad &= tensor != float("-inf")
         if not bool(bad.any()):
             continue
         found = tensor[bad]

@@ -193,7 +193,7 @@ class FiniteLogits(LogitsProcessor):
         self.model, self.dtype = model, dtype
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        check_finite(scores.masked_fill(scores == float("-inf"), 0.0), model=self.model, dtype=self.dtype)
+        check_finite(scores, model=self.model, dtype=self.dtype, neg_inf_allowed=True)
         return scores
 
 

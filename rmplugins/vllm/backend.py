@@ -138,7 +138,7 @@ class VLLMBackend:
                                  skip_special_tokens=False, logprobs=0) for limit in max_tokens]
         outputs = self._generate(_prompts(sequences), params)
         logps = torch.tensor([c.cumulative_logprob for o in outputs for c in o.outputs], dtype=torch.float64)
-        check_finite(logps.masked_fill(logps == float("-inf"), 0.0), model="the judge on vLLM", dtype=self.dtype)
+        check_finite(logps, model="the judge on vLLM", dtype=self.dtype, neg_inf_allowed=True)
         return [[c.text for c in o.outputs] for o in outputs]
 
 
