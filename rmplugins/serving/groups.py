@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..refusals import GROUP_INCOMPLETE, kind_of
-from .protocol import RequestError, Sample, refusal
+from .protocol import RequestError, Sample, refusal, refused
 
 logger = logging.getLogger("rmplugins.server")
 RETRY_MEMORY_S = 600.0     # how long a computed reward waits for a retry of its sample
@@ -266,7 +266,7 @@ class GroupBuffer:
             (outcome,) = await self.batcher.submit([job], cost, self.request_timeout, size=len(slots))
         except Exception as err:  # noqa: BLE001 - every waiter gets the reason
             outcome = err  # a fault (a broken forward, a bug) stays one: a 500, never a refusal given a fallback
-            if isinstance(err, (ValueError, TypeError)):  # the model refused the group (as protocol.refusal reads it)
+            if refused(err):  # the model refused the group
                 outcome = RequestError(422, f"the reward model could not rank this group: {err}", kind_of(err))
         for i, slot in enumerate(slots):
             result = outcome if isinstance(outcome, BaseException) else outcome[i]

@@ -34,11 +34,16 @@ class RequestError(Exception):
 REJECTED = "the reward model rejected this sample"
 
 
+def refused(err: BaseException) -> bool:
+    """Whether an error of scoring is the model's refusal of what it was given (a ValueError or TypeError from the
+    model: too long, no verdict), not a fault (a broken forward, a bug: a 500, never a fallback reward)."""
+    return isinstance(err, (ValueError, TypeError))
+
+
 def refusal(err: BaseException) -> BaseException:
-    """What a request gets for an error of its scoring: the model's refusal of a sample (a ValueError or TypeError
-    from the model: too long, no verdict) as a 422 with the reason and its kind; anything else as it is (a 500 at
-    the route)."""
-    if isinstance(err, (ValueError, TypeError)):
+    """What a request gets for an error of its scoring: the model's refusal of a sample (:func:`refused`) as a 422
+    with the reason and its kind; anything else as it is (a 500 at the route)."""
+    if refused(err):
         return RequestError(422, f"{REJECTED}: {err}", kind_of(err))
     return err
 
