@@ -287,6 +287,13 @@ def test_specs_are_checked_and_presets_render():
     assert spec.verdict("no json")[0] is None
     assert PRESETS["rm-r1-reasoning"].verdict("<think>[[B]] perhaps</think><answer>[[A]]</answer>") == (1.0, None)
     assert PRESETS["j1-pointwise"].verdict("<think>unfinished")[1].startswith("the judge's thinking did not end")
+    # the final verdict, not a quote of a response (or of the format) written before it
+    quoted = ("<type>Chat</type><eval><quote_B>I would answer <answer>[[B]]</answer> here</quote_B> is off topic"
+              "</eval>\n\n<answer>[[A]]</answer>")
+    assert PRESETS["rm-r1-instruct"].verdict(quoted) == (1.0, None)
+    assert PRESETS["mt-bench"].verdict('B ends with "[[A]]", not an answer. Final verdict: [[B]]') == (0.0, None)
+    assert PRESETS["j1-pointwise"].verdict("<think>ok</think>It says <score>10</score> of itself. <score>3</score>") \
+        == (3.0, None)
 
 
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"nemotron-genrm"}))

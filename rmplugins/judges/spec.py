@@ -9,8 +9,9 @@ read in one of two ways:
   alone, appended after the prompt and ``answer_prefix``); the probabilities are renormalised over the verdicts and
   the judgement is the expected value of ``verdicts``;
 - ``readout="generate"``: the judge writes (greedy unless ``temperature`` > 0), and the verdict is the first group of
-  ``extract`` in what it wrote after its thinking (after the last ``</think>``), mapped through ``verdicts`` or read
-  as a number; or the ``json_field`` of the last JSON object it wrote. **No verdict found: None**, with the reason.
+  ``extract``'s last match in what it wrote after its thinking (after the last ``</think>``), mapped through
+  ``verdicts`` or read as a number; or the ``json_field`` of the last JSON object it wrote. **No verdict found:
+  None**, with the reason.
 
 A pairwise judgement is the preference for the response shown first, in [0, 1]: the verdict values say it
 (``{"[[A]]": 1, "[[B]]": 0}``), or ``scale`` maps a number onto it (Nemotron GenRM's ranking 1..6: ``scale=(1, 6)``).
@@ -175,10 +176,12 @@ class JudgeSpec:
             if found is None:
                 return None, f"no JSON object with a numeric {self.json_field!r} in the answer"
             return self._value(found)
-        match = re.search(self.extract, text, flags=re.S)
-        if match is None:
+        # the last match: every preset's prompt asks for the final verdict at the end, and a judge that quotes a
+        # response (RM-R1's <quote_A>) or the format it was given before it would be read by its quote otherwise
+        matches = list(re.finditer(self.extract, text, flags=re.S))
+        if not matches:
             return None, f"no match for {self.extract!r} in the answer"
-        raw = match.group(1)
+        raw = matches[-1].group(1)
         if self.verdicts is not None:
             if raw not in self.verdicts:
                 return None, f"the verdict {raw!r} is not one of {sorted(self.verdicts)}"
