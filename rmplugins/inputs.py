@@ -39,8 +39,11 @@ def _content(message: Any, where: str) -> str:
         raise ValueError(f"{where}: a {message['role']!r} message has no 'content' (only an assistant turn with "
                          "'tool_calls' may omit it)")
     content = message.get("content")
-    if content is None:  # assistant tool-call turns carry no text
-        return ""
+    if content is None:  # assistant tool-call turns carry no text; any other None is a missing value, not ""
+        if message.get("tool_calls"):
+            return ""
+        raise ValueError(f"{where}: a {message['role']!r} message has content None (a missing value in the data?); "
+                         "only an assistant turn with 'tool_calls' may carry no text")
     if isinstance(content, list):  # multimodal-style [{"type": "text", "text": ...}] parts: keep the text
         texts = [part.get("text", "") for part in content if isinstance(part, dict)]
         if not all(isinstance(t, str) for t in texts):
@@ -72,6 +75,10 @@ def prompt_messages(prompt: Any, index: int = 0) -> list[Message]:
         )
     messages = [_plain(m, where) for m in prompt]
     roles = [m["role"] for m in messages]
+    for i, role in enumerate(roles):
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ValueError(f"{where}: unknown role {role!r} in message {i}; use 'system', 'user', 'assistant' or "
+                             "'tool'")
     if roles[-1] != "user":
         raise ValueError(
             f"{where}: a prompt must end with a user turn (roles are {roles}); move the assistant "
@@ -80,8 +87,6 @@ def prompt_messages(prompt: Any, index: int = 0) -> list[Message]:
     for i, role in enumerate(roles):
         if role == "system" and i != 0:
             raise ValueError(f"{where}: a system message is only allowed as the first message (roles {roles})")
-        if role not in ("system", "user", "assistant", "tool"):
-            raise ValueError(f"{where}: unknown role {role!r} in message {i}")
     return messages
 
 

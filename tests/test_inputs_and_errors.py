@@ -41,6 +41,21 @@ def test_prompt_must_end_with_user_turn():
         to_conversation([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "c")
 
 
+def test_a_missing_content_or_an_unknown_role_is_refused_not_scored_as_empty_text():
+    """A message whose content is None (a dataset's missing value) was scored as an empty turn, and a misspelled
+    role was reported as a prompt not ending with a user turn; only an assistant tool-call turn carries no text."""
+    for prompt in ([{"role": "user", "content": None}],
+                   [{"role": "system", "content": None}, {"role": "user", "content": "u"}],
+                   [{"role": "user", "content": "u"}, {"role": "assistant", "content": None},
+                    {"role": "user", "content": "v"}]):
+        with pytest.raises(ValueError, match="has content None"):
+            to_conversation(prompt, "c")
+    with pytest.raises(ValueError, match="completion 0: a 'assistant' message has content None"):
+        to_conversation("u", [{"role": "assistant", "content": None}])
+    with pytest.raises(ValueError, match="unknown role 'usr' in message 0"):
+        to_conversation([{"role": "usr", "content": "u"}], "c")
+
+
 def test_system_message_only_first():
     to_conversation([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], "c")
     with pytest.raises(ValueError, match="only allowed as the first"):
