@@ -5,6 +5,7 @@ formatter that shows defaults, and a parser whose errors are two lines (argparse
 from __future__ import annotations
 
 import argparse
+import math
 import operator
 from typing import Any
 
@@ -45,6 +46,18 @@ def whole_number(option: str, value: Any, least: int, hint: str = "") -> int:
         number = None
     if number is None or number < least:
         raise ValueError(f"{option} must be a whole number of at least {least}{hint}, got {value!r}")
+    return number
+
+
+def real_number(option: str, value: Any, hint: str = "") -> float:
+    """``value`` as a finite float (numpy numbers too); a string, a bool, NaN or infinity is refused: ``clip=nan``
+    clipped nothing and ``length_penalty=nan`` made every reward NaN, without a word."""
+    try:
+        number = None if isinstance(value, (bool, str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{option} must be a finite number{hint}, got {value!r}")
     return number
 
 

@@ -70,6 +70,17 @@ def test_armorm_logs_objectives_and_steers(models):
         RewardFunction(rm, objective_weights={"nope": 1.0})
     with pytest.raises(ValueError, match="ArmoRM only"):
         RewardFunction(models("bt"), objective_weights={"helpsteer-helpfulness": 1.0})
+    # before: NaN weights gave NaN rewards, all-zero weights a reward of 0 for everything, silently
+    with pytest.raises(ValueError, match=r"objective_weights\['beavertails-is_safe'\] must be a finite number"):
+        RewardFunction(rm, objective_weights={"beavertails-is_safe": math.nan})
+    with pytest.raises(ValueError, match=r"objective_weights\[3\] must be a finite number"):
+        RewardFunction(rm, objective_weights=[0.0] * 3 + [math.inf] + [0.0] * 15)
+    with pytest.raises(ValueError, match="objective_weights are all 0"):
+        RewardFunction(rm, objective_weights=[0] * 19)
+    with pytest.raises(ValueError, match="top_objectives applies to ArmoRM only"):
+        RewardFunction(models("bt"), top_objectives=2)
+    with pytest.raises(ValueError, match="top_objectives must be a whole number of at least 0"):
+        RewardFunction(rm, top_objectives=-1)
 
 
 def test_a_group_size_that_makes_no_sense_is_refused_before_the_model_loads(models, tmp_path):
@@ -221,6 +232,30 @@ def test_shaping_length_penalty_normalisation_clipping(models):
     assert rf.stats.std == pytest.approx(math.sqrt(sum((r - sum(allr) / 9) ** 2 for r in allr) / 9), abs=1e-5)
     with pytest.raises(ValueError, match="clip"):
         RewardFunction(rm, clip=(1, 0))
+
+
+def test_shaping_options_that_make_no_sense_are_refused_before_the_model_loads(models, tmp_path):
+    """Before: ``clip=nan`` clipped nothing, ``length_penalty=nan`` made every reward NaN, ``normalize="false"``
+    normalised; all without a word. NumPy numbers from a config stay numbers."""
+    import numpy as np
+
+    for options, message in [({"clip": math.nan}, "clip must be a finite number"),
+                             ({"clip": (-math.inf, 1.0)}, "clip must be a finite number"),
+                             ({"clip": -1}, "clip must be a positive number"),
+                             ({"clip": "1"}, "clip must be a finite number"),
+                             ({"clip": (1, 2, 3)}, "a \\(low, high\\) pair"),
+                             ({"length_penalty": math.nan}, "length_penalty must be a finite number"),
+                             ({"length_penalty": "0.1"}, "length_penalty must be a finite number"),
+                             ({"normalize": "false"}, "normalize must be True or False")]:
+        with pytest.raises(ValueError, match=message):
+            RewardFunction(tmp_path / "not-there", **options)  # refused before the (missing) model
+        with pytest.raises(ValueError, match=message):
+            AsyncRemoteRewardFunction("http://127.0.0.1:9", **options)
+    rm = models("bt")
+    raw = rm.score(P, C)
+    rf = RewardFunction(rm, clip=np.float32(2.0), length_penalty=np.float64(0.25))
+    assert rf(prompts=P, completions=C, completion_ids=[[0]] * 6) == pytest.approx(
+        [max(-2.0, min(2.0, r - 0.25)) for r in raw], abs=1e-5)
 
 
 def test_errors_are_clear(models):

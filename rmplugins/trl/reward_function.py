@@ -20,7 +20,7 @@ import torch
 
 from ..inputs import to_conversation
 from ..loading import load_reward_model
-from ..options import whole_number
+from ..options import real_number, whole_number
 from ..refusals import GROUP_INCOMPLETE, NO_VERDICT, REJECTED, UNREADABLE, kind_of
 from .grouping import all_gather_objects, dist_info, group_indices, is_pair_layout, layout_hint, prompt_key
 from .shaping import _BaseRewardFunction, _sanitize, _unique_name, none_by_kind
@@ -76,7 +76,8 @@ class RewardFunction(_BaseRewardFunction):
         length_penalty: subtracted per completion token (TRL's ``completion_ids``).
         objective_weights: ArmoRM only: ``{objective_name: weight}`` (or 19 weights) replacing the gating
             network, reward = sum_k w_k * objective_reward_k (steer by objective).
-        top_objectives: ArmoRM: how many top contributing objectives to show in the completions table.
+        top_objectives: ArmoRM only: how many top contributing objectives to show in the completions table
+            (default 3; 0 shows none).
         distributed: ``"gather"`` (gather groups that straddle processes) or ``"refuse"`` (raise with the batch
             settings that fix it).
         kind, device, dtype, **load_options: passed to ``load_reward_model`` when ``model`` is a path.
@@ -85,7 +86,7 @@ class RewardFunction(_BaseRewardFunction):
     def __init__(self, model: Any, *, name: str | None = None, num_generations: int | None = None,
                  method: str | None = None, layout: str = "auto", normalize: bool = False,
                  clip: float | tuple[float, float] | None = None, length_penalty: float = 0.0,
-                 objective_weights: dict[str, float] | Sequence[float] | None = None, top_objectives: int = 3,
+                 objective_weights: dict[str, float] | Sequence[float] | None = None, top_objectives: int | None = None,
                  distributed: str = "gather", kind: str | None = None, device: Any = None, dtype: Any = None,
                  **load_options: Any):
         super().__init__(normalize=normalize, clip=clip, length_penalty=length_penalty)
@@ -127,7 +128,10 @@ class RewardFunction(_BaseRewardFunction):
         self.method = method
         self.layout = layout
         self.distributed = distributed
-        self.top_objectives = int(top_objectives)
+        if top_objectives is not None and self.kind != "armorm":
+            raise ValueError(f"top_objectives applies to ArmoRM only (its objectives in TRL's completions table), not "
+                             f"kind {self.kind!r}")
+        self.top_objectives = 3 if top_objectives is None else whole_number("top_objectives", top_objectives, 0)
         self.objective_weights = self._objective_weights(objective_weights)
         base = name or f"{self.kind}_{_sanitize(os.path.basename(str(model.name_or_path).rstrip('/')))}"
         self.__name__ = name if name else _unique_name(base)
@@ -146,11 +150,13 @@ class RewardFunction(_BaseRewardFunction):
             unknown = sorted(set(weights) - set(names))
             if unknown:
                 raise ValueError(f"unknown ArmoRM objectives {unknown}; the objectives are {names}")
-            vec = [float(weights.get(n, 0.0)) for n in names]
+            vec = [real_number(f"objective_weights[{n!r}]", weights.get(n, 0.0)) for n in names]
         else:
-            vec = [float(w) for w in weights]
+            vec = [real_number(f"objective_weights[{i}]", w) for i, w in enumerate(weights)]
             if len(vec) != len(names):
                 raise ValueError(f"objective_weights needs {len(names)} weights (one per objective), got {len(vec)}")
+        if not any(vec):  # every reward would be 0: nothing to learn from, and no error anywhere else
+            raise ValueError("objective_weights are all 0: give at least one objective a weight")
         return torch.tensor(vec, dtype=torch.float32)
 
     def _objective_names(self) -> list[str]:

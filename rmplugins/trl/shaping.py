@@ -10,6 +10,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..options import real_number
 from ..refusals import REJECTED
 from .grouping import all_gather_objects, dist_info
 
@@ -81,13 +82,24 @@ class _BaseRewardFunction:
     __name__: str
 
     def __init__(self, *, normalize: bool, clip: float | tuple[float, float] | None, length_penalty: float):
+        what = "a positive number c (for [-c, c]) or a (low, high) pair"
         if clip is not None and not isinstance(clip, (tuple, list)):
-            clip = (-abs(float(clip)), abs(float(clip)))
-        if clip is not None and (len(clip) != 2 or clip[0] >= clip[1]):
-            raise ValueError(f"clip must be a positive number c (for [-c, c]) or a (low, high) pair, got {clip!r}")
-        self.normalize = bool(normalize)
-        self.clip = tuple(float(c) for c in clip) if clip is not None else None
-        self.length_penalty = float(length_penalty)
+            c = real_number("clip", clip, f": {what}")
+            if c <= 0:
+                raise ValueError(f"clip must be {what}, got {clip!r}")
+            clip = (-c, c)
+        if clip is not None:
+            if len(clip) != 2:
+                raise ValueError(f"clip must be {what}, got {clip!r}")
+            clip = (real_number("clip", clip[0], f": {what}"), real_number("clip", clip[1], f": {what}"))
+            if clip[0] >= clip[1]:
+                raise ValueError(f"clip must be {what}, got {clip!r}")
+        if not isinstance(normalize, bool):  # normalize="false" would have normalised
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        self.normalize = normalize
+        self.clip = clip
+        self.length_penalty = real_number("length_penalty", length_penalty,
+                                          " (subtracted per completion token; 0 turns it off)")
         self.stats = _RunningStats()
         self._breakdown: dict[str, list[float]] = defaultdict(list)
         self._breakdown_lock = threading.Lock()
