@@ -269,6 +269,10 @@ def test_specs_are_checked_and_presets_render():
         JudgeSpec(template="{prompt} {response}", readout="generate", extract=r"\d+")
     with pytest.raises(ValueError, match="preference for the first response"):
         JudgeSpec(template="{prompt} {response_a} {response_b}", verdicts={"A": 10, "B": 0})
+    with pytest.raises(ValueError, match="every verdict has the same value"):  # a constant reward, before
+        JudgeSpec(template="{prompt} {response}", verdicts={"yes": 1, "no": 1})
+    with pytest.raises(ValueError, match="every verdict has the same value"):
+        JudgeSpec(template="{prompt} {response}", readout="generate", extract="(yes)", verdicts={"yes": 1})
     with pytest.raises(ValueError, match="temperature > 0"):
         JudgeSpec(template="{prompt} {response}", readout="generate", extract="(x)", samples=4)
     # a JSON file's wrong types, by field name (before: 2.5 samples reached generate, a list of verdicts .items())

@@ -96,6 +96,9 @@ class JudgeSpec:
                         not math.isfinite(value):
                     raise ValueError(f"JudgeSpec verdicts: {text!r} -> {value!r}; each verdict is non-empty text "
                                      "with a finite number")
+            if len(set(self.verdicts.values())) < 2:  # every judgement would be that one value: a constant reward
+                raise ValueError(f"JudgeSpec verdicts={dict(self.verdicts)!r}: every verdict has the same value, so "
+                                 "every judgement would be that number; give the verdicts different values")
         if self.pairwise and self.scale is None and self.verdicts is not None and \
                 any(not 0 <= v <= 1 for v in self.verdicts.values()):
             raise ValueError("a pairwise judge's verdict values are the preference for the first response, in [0, 1] "
