@@ -178,7 +178,8 @@ def test_serve_cli_errors_are_one_line_and_early(tiny):
                          (["--model", "/nope/model", "--fallback-reward", "nan"], "must be a finite number"),
                          (["--model", tiny("armorm"), "--kind", "gpm"], "cannot be loaded as kind 'gpm'"),
                          (["--model", tiny("armorm"), "--port", "99999"], "not a TCP port"),
-                         (["--model", tiny("armorm"), "--api-key", ""], "API key is empty")]:
+                         (["--model", tiny("armorm"), "--api-key", ""], "API key is empty"),
+                         (["--model", tiny("bt"), "--objective-logs"], "kind 'bt', which has none")]:
         res = _serve(*args, "--port", "0") if "--port" not in args else _serve(*args)
         assert res.returncode == 2 and reason in res.stderr and "Traceback" not in res.stderr, res.stderr[-800:]
     res = _serve("--model", "m", "--max-batch-size", "0")

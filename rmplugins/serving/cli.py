@@ -165,6 +165,16 @@ def check_group_method(args, judge) -> None:
         raise ValueError(f"--group-method {args.group_method}: kind {kind!r} ranks a group with one of {list(methods)}")
 
 
+def check_objective_logs(args) -> None:
+    """--objective-logs names ArmoRM's objectives: on another family it would log nothing, said nowhere."""
+    from ..checkpoints import identify
+
+    kind = identify(args.model, kind=args.kind, variant=args.variant).kind
+    if kind != "armorm":
+        raise ValueError(f"--objective-logs adds ArmoRM's 19 objective rewards to extra_logs; {args.model} is kind "
+                         f"{kind!r}, which has none: drop --objective-logs")
+
+
 def _serve(args) -> int:
     try:
         return _serve_checked(args)
@@ -243,6 +253,8 @@ def _serve_checked(args) -> int:
                        args.host)
     if args.group_size is not None or args.group_method is not None:
         check_group_method(args, options.get("judge"))
+    if args.objective_logs:
+        check_objective_logs(args)
     # create_app's refusals, given before a vLLM engine or a large model spends minutes starting
     check_fallback_reward(args.fallback_reward)
     refuse_prompt_cache(args.prompt_cache_tokens, ON_VLLM if args.engine == "vllm" else
