@@ -142,6 +142,22 @@ def test_full_disk_and_read_only_media(tiny, prompts_file, tmp_path):  # noqa: F
         subprocess.run(["umount", str(media)], check=False)
 
 
+def test_gpu_memory_utilization_is_an_option_of_the_vllm_backend(tiny, prompts_file, tmp_path):  # noqa: F811
+    """Given with the hf backend it was accepted and ignored."""
+    from rmplugins.cli import build_parser
+    from rmplugins.recipes.cli import config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(_args(tiny, prompts_file, tmp_path / "run", extra=("--gpu-memory-utilization", "0.7")))
+    with pytest.raises(ValueError, match="--gpu-memory-utilization is vLLM's share of GPU memory: an option of"):
+        config_from_args(args, "rejection-sampling")
+    args = parser.parse_args(_args(tiny, prompts_file, tmp_path / "run", extra=(
+        "--backend", "vllm", "--gpu-memory-utilization", "0.7")))
+    assert config_from_args(args, "rejection-sampling").gpu_memory_utilization == 0.7
+    args = parser.parse_args(_args(tiny, prompts_file, tmp_path / "run", extra=("--backend", "vllm")))
+    assert config_from_args(args, "rejection-sampling").gpu_memory_utilization == 0.5
+
+
 def test_report_to_reaches_the_config(tiny, prompts_file, tmp_path):  # noqa: F811
     from rmplugins.cli import build_parser
     from rmplugins.recipes.cli import config_from_args

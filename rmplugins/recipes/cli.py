@@ -98,9 +98,10 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
     d = p.add_argument_group("devices")
     d.add_argument("--device", default=None, help="policy device for generation/training (default: cuda if any)")
     d.add_argument("--rm-device", default=None, help="reward model device (default: cuda if any)")
-    d.add_argument("--gpu-memory-utilization", type=probability, default=0.5,
-                   help="vLLM's share of GPU memory (default 0.5, leaving room for the reward model); on vLLM's "
-                        "CPU build the KV cache gets 1 GiB instead (set kv_cache_memory_bytes in --vllm-engine-args)")
+    d.add_argument("--gpu-memory-utilization", type=probability, default=None,
+                   help="with --backend vllm: vLLM's share of GPU memory (default 0.5, leaving room for the reward "
+                        "model); on vLLM's CPU build the KV cache gets 1 GiB instead (set kv_cache_memory_bytes in "
+                        "--vllm-engine-args)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.add_argument("--report-to", default="none", metavar="TRACKER",
                    help="where TRL logs training metrics: none, wandb, tensorboard, trackio, all, ... (passed to the "
@@ -110,6 +111,8 @@ def add_recipe_arguments(p: argparse.ArgumentParser, recipe: str) -> None:
 def config_from_args(args: argparse.Namespace, recipe: str):
     from .config import RecipeConfig
 
+    if args.gpu_memory_utilization is not None and args.backend != "vllm":  # hf generation would ignore it
+        raise ValueError("--gpu-memory-utilization is vLLM's share of GPU memory: an option of --backend vllm")
     return RecipeConfig(
         recipe=recipe, policy=args.policy, reward_model=args.reward_model, prompts=args.prompts, output=args.output,
         iterations=args.iterations, num_candidates=args.num_candidates, max_new_tokens=args.max_new_tokens,
@@ -119,7 +122,7 @@ def config_from_args(args: argparse.Namespace, recipe: str):
         beta=getattr(args, "beta", 0.1), label_smoothing=getattr(args, "label_smoothing", 0.1),
         batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
         max_length=args.max_length, openrlhf_keys=args.openrlhf_keys, eval_final=args.eval_final,
-        rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
+        rm_device=args.rm_device, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization or 0.5,
         chunk_size=args.chunk_size, generation_batch_size=args.generation_batch_size,
         vllm_engine_args=args.vllm_engine_args,
         show_progress=not args.no_progress, report_to=args.report_to,
