@@ -390,3 +390,15 @@ def test_a_row_the_model_rejects_is_none_and_its_chunk_keeps_the_other_rewards(m
     good = rm.score([prompts[0], prompts[2]], [completions[0], completions[2]])
     assert out == [good[0], None, good[1]]
     assert "1 of 3 rows have no reward" in caplog.text and "too long" in caplog.text
+
+
+def test_win_rate_callback_numbers_that_make_no_sense_are_refused_before_the_judge_loads(tmp_path):
+    """Before: batch_size=0 ran as 1, num_prompts=0 judged every prompt, max_new_tokens=2.5 generated 2."""
+    from rmplugins.trl import WinRateCallback
+
+    for options, message in [({"batch_size": 0}, "batch_size must be a whole number of at least 1"),
+                             ({"num_prompts": 0}, "num_prompts must be a whole number of at least 1"),
+                             ({"max_new_tokens": 2.5}, "max_new_tokens must be a whole number of at least 1"),
+                             ({"every_n_steps": 0}, "every_n_steps must be a whole number of at least 1")]:
+        with pytest.raises(ValueError, match=message):
+            WinRateCallback(tmp_path / "no-judge-here", None, prompts=["Hi"], **options)

@@ -14,6 +14,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..loading import load_reward_model
+from ..options import whole_number
 from .reward_function import RewardFunction
 from .shaping import _BaseRewardFunction
 
@@ -147,6 +148,13 @@ class WinRateCallback(TrainerCallback):
     def __init__(self, judge: Any, trainer: Any, prompts: Sequence[Any] | None = None,
                  reference_completions: Sequence[Any] | None = None, *, max_new_tokens: int = 64,
                  every_n_steps: int | None = None, batch_size: int = 8, num_prompts: int | None = None):
+        # whole numbers, checked before a judge loads: batch_size=0 was run as 1, num_prompts=0 as every prompt
+        max_new_tokens, batch_size = whole_number("max_new_tokens", max_new_tokens, 1), whole_number(
+            "batch_size", batch_size, 1)
+        if every_n_steps is not None:
+            every_n_steps = whole_number("every_n_steps", every_n_steps, 1, " (or None: at evaluations only)")
+        if num_prompts is not None:
+            num_prompts = whole_number("num_prompts", num_prompts, 1, " (or None: every prompt)")
         if isinstance(judge, RewardFunction):
             judge = judge.model
         elif isinstance(judge, (str, os.PathLike)):
@@ -160,16 +168,16 @@ class WinRateCallback(TrainerCallback):
             if dataset is None or "prompt" not in dataset.column_names:
                 raise ValueError("WinRateCallback needs prompts=, or a trainer dataset with a 'prompt' column")
             prompts = dataset["prompt"]
-        prompts = list(prompts)[:num_prompts] if num_prompts else list(prompts)
+        prompts = list(prompts)[:num_prompts] if num_prompts is not None else list(prompts)
         if not prompts:
             raise ValueError("WinRateCallback needs at least one prompt")
         if reference_completions is not None and len(reference_completions) != len(prompts):
             raise ValueError(f"got {len(prompts)} prompts but {len(reference_completions)} reference completions")
         self.prompts = prompts
         self.reference = list(reference_completions) if reference_completions is not None else None
-        self.max_new_tokens = int(max_new_tokens)
+        self.max_new_tokens = max_new_tokens
         self.every_n_steps = every_n_steps
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = batch_size
         self.results: list[dict[str, float]] = []
         self._pending: dict[str, float] = {}
         self.last_completions: list[Any] = []
