@@ -139,6 +139,9 @@ class RewardModel:
             "to score a group of candidates against each other"
         )
 
+    def score_rows(self, prompts: Sequence[Any], completions: Sequence[Any]) -> RowScores:
+        return self.score(prompts, completions)  # the same TypeError: rows of a pointwise reward
+
     def score_details(self, prompts: Sequence[Any], completions: Sequence[Any]):
         raise TypeError(f"score_details is only available for kind 'armorm', not {self.kind!r}")
 

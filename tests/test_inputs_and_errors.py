@@ -81,6 +81,8 @@ def test_score_on_pairwise_kinds_points_to_compare_and_rank(tiny):
         rm = rmplugins.load_reward_model(tiny(kind), device="cpu")
         with pytest.raises(TypeError, match=r"rm\.compare.*rm\.rank"):
             rm.score(["p"], ["c"])
+        with pytest.raises(TypeError, match=r"rm\.compare.*rm\.rank"):  # before: AttributeError, no guidance
+            rm.score_rows(["p"], ["c"])
 
 
 def test_score_details_only_for_armorm(tiny):
