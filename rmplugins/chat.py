@@ -35,11 +35,30 @@ def load_tokenizer(path: Any, name: str) -> Any:
 
 def load_chat_tokenizer(path: Any, name: str, chat_template: str | None = None) -> Any:
     """The checkpoint's tokenizer, with ``chat_template`` overriding its own; a clear error when it has none."""
+    if chat_template is not None and (not isinstance(chat_template, str) or not chat_template.strip()):
+        raise ValueError(f"{name}: chat_template must be the text of a Jinja chat template, got {chat_template!r:.80}")
     tokenizer = load_tokenizer(path, name)
     if chat_template:
         tokenizer.chat_template = chat_template
+        check_template_keeps_text(tokenizer, name)
     require_chat_template(tokenizer, name)
     return tokenizer
+
+
+def check_template_keeps_text(tokenizer: Any, name: str) -> None:
+    """A given ``chat_template`` must write the messages' text: one that leaves a message out (``"hello"``, a wrong
+    variable name) gave every conversation the same text, so one reward for everything. A template that cannot
+    render a user and an assistant turn at all is left to the scoring call's error, which names the roles."""
+    probe = [{"role": "user", "content": "RmpProbeQuestionZq"}, {"role": "assistant", "content": "RmpProbeAnswerZq"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:  # noqa: BLE001 - any template error: the scoring call reports it with its roles
+        return
+    missing = [m["role"] for m in probe if m["content"] not in str(text)]
+    if missing:
+        raise ValueError(f"{name}: the chat_template given leaves out the text of the {' and the '.join(missing)} "
+                         f"message (a user and an assistant turn rendered as {str(text)[:120]!r}), so every "
+                         "conversation would get one reward; the template must write each message's content")
 
 
 def require_chat_template(tokenizer: Any, name: str) -> None:

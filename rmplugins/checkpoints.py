@@ -27,6 +27,9 @@ IDENTITY_FILE = "rmplugins.json"
 # ----------------------------------------------------------------------------- files
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     """A local directory as is; otherwise a hub id fetched (or found in the cache) with huggingface_hub."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():  # "" read as "."
+        raise ValueError(f"the reward model must be a checkpoint directory or a hub id such as 'org/name', got "
+                         f"{name_or_path!r}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

@@ -157,6 +157,25 @@ def test_missing_hub_id_says_what_to_do(monkeypatch, tmp_path):
         rmplugins.load_reward_model("nobody/no-such-model", device="cpu")
 
 
+def test_an_empty_name_and_a_chat_template_that_drops_the_text_are_refused(tiny):
+    """Before: "" was read as the current directory, and chat_template="hello" scored every conversation as the
+    text "hello" (one reward for everything); a template that writes each message is accepted."""
+    for name in ("", "  ", None):
+        with pytest.raises(ValueError, match="must be a checkpoint directory or a hub id"):
+            rmplugins.load_reward_model(name)
+    for template, message in [("hello", "leaves out the text of the user and the assistant message"),
+                              ("{% for m in messages %}{{ m['role'] }}: {{ m['text'] }}\n{% endfor %}",
+                               "leaves out the text of the user and the assistant message"),
+                              ("{{ messages[0]['content'] }}", "leaves out the text of the assistant message"),
+                              (5, "chat_template must be the text of a Jinja chat template"),
+                              ("", "chat_template must be the text of a Jinja chat template")]:
+        with pytest.raises(ValueError, match=message):
+            rmplugins.load_reward_model(tiny("bt"), chat_template=template)
+    own = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    rm = rmplugins.load_reward_model(tiny("bt"), chat_template=own)
+    assert rm.score(["Hi"], ["Hello"]) != rm.score(["Hi"], ["Bye"])
+
+
 def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, caplog):
     """float32 is the reference's precision, so it stays the CPU default; where the CPU multiplies bf16 in hardware
     the user is told once that dtype='bfloat16' is there, and never where it is not."""
