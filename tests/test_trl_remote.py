@@ -104,6 +104,8 @@ def test_remote_objectives_refuse_what_cannot_work(tiny, armorm):
         RemoteObjectives("http://127.0.0.1:1", ["score", "score"])
     with pytest.raises(ValueError, match="a list of ArmoRM objective names"):
         RemoteObjectives("http://127.0.0.1:1", "helpsteer-helpfulness")
+    with pytest.raises(ValueError, match=r"\['clip', 'normalize'\] would not apply"):  # before: silently unshaped
+        RemoteObjectives("http://127.0.0.1:1", ["score"], normalize=True, clip=1.0)
     with BackgroundServer(create_app(armorm)) as server:  # no --objective-logs
         func = RemoteObjectives(server.url, OBJECTIVES[:1]).functions[0]
         with pytest.raises(RuntimeError, match="--objective-logs"):

@@ -308,6 +308,11 @@ class RemoteObjectives:
                              "'beavertails-is_safe']) or 'score'")
         if len(set(objectives)) != len(objectives):
             raise ValueError(f"objectives {list(objectives)} name one objective twice")
+        shaping = sorted(set(options) & {"normalize", "clip", "length_penalty"})
+        if shaping:  # each objective is returned as the server gave it: the option would do nothing, silently
+            raise ValueError(f"RemoteObjectives returns each objective as the server computes it; {shaping} would "
+                             "not apply. Normalise per group with GRPOConfig(multi_objective_aggregation="
+                             "'normalize_then_sum'), or use AsyncRemoteRewardFunction for one shaped reward")
         self.client = AsyncRemoteRewardFunction(url, name=options.pop("name", None) or _unique_name("armorm"),
                                                 **options)
         self.objectives = list(objectives)
