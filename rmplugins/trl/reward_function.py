@@ -73,7 +73,8 @@ class RewardFunction(_BaseRewardFunction):
         layout: ``"auto"`` (online DPO's pair blocks are detected), ``"groups"`` or ``"pairs"``.
         normalize: divide by a running std after subtracting a running mean (all rewards seen so far).
         clip: ``c`` for [-c, c] or ``(low, high)``, applied last.
-        length_penalty: subtracted per completion token (TRL's ``completion_ids``).
+        length_penalty: subtracted per completion token (TRL's ``completion_ids``; called without them,
+            per whitespace-separated word).
         objective_weights: ArmoRM only: ``{objective_name: weight}`` (or 19 weights) replacing the gating
             network, reward = sum_k w_k * objective_reward_k (steer by objective).
         top_objectives: ArmoRM only: how many top contributing objectives to show in the completions table
