@@ -176,6 +176,13 @@ def test_an_empty_name_and_a_chat_template_that_drops_the_text_are_refused(tiny)
     assert rm.score(["Hi"], ["Hello"]) != rm.score(["Hi"], ["Bye"])
 
 
+def test_options_pairrm_takes_but_never_uses_are_refused(tiny):
+    """max_length= and chat_template= were accepted by PairRM and ignored (its variant fixes both)."""
+    for options in ({"max_length": 512}, {"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}):
+        with pytest.raises(ValueError, match=f"{next(iter(options))}= does not apply to PairRM"):
+            rmplugins.load_reward_model(tiny("pairrm"), **options)
+
+
 def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, caplog):
     """float32 is the reference's precision, so it stays the CPU default; where the CPU multiplies bf16 in hardware
     the user is told once that dtype='bfloat16' is there, and never where it is not."""

@@ -102,6 +102,10 @@ class PairRMRewardModel(PairwiseRewardModel):
         """The variant comes from the checkpoint (its rmplugins.json, its hub id, or the variant option given to
         ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is not used)."""
         variant = checkpoint.variant
+        for option, value in (("max_length", max_length), ("chat_template", chat_template)):
+            if value is not None:  # taken so the loader can pass every family the same options; never used here
+                raise ValueError(f"{option}= does not apply to PairRM: its input format and lengths are its variant's "
+                                 "(source and candidate limits, Better-PairRM's conversation text); drop it")
         tokenizer = load_tokenizer(checkpoint.path, name_or_path)
         if variant is None:
             raise ValueError(
