@@ -300,6 +300,29 @@ def test_specs_are_checked_and_presets_render():
         == (3.0, None)
 
 
+def test_a_think_block_opened_by_the_prompt_must_close_before_a_verdict_is_read(tiny, judges):
+    """DeepSeek-R1 distills' templates (RM-R1's reasoning judges) end the generation prompt with ``<think>``: the
+    answer has no opening tag, and one cut by max_new_tokens inside its thinking was read for a verdict its
+    reasoning wrote. A ``<think>`` quoted inside a non-thinking judge's answer no longer hides its verdict."""
+    from rmplugins.testing import QWEN3_CHAT_TEMPLATE
+
+    spec = PRESETS["rm-r1-reasoning"]
+    cut = "Chatbot A looks right, so <answer>[[A]]</answer> perhaps; but the units in B"
+    assert spec.verdict(cut)[0] == 1.0  # no think block in sight: read as written
+    value, reason = spec.verdict(cut, thinking_opened=True)
+    assert value is None and reason.startswith("the judge's thinking did not end")
+    assert spec.verdict(cut + "... B is right.\n</think>\n\n<answer>[[B]]</answer>", thinking_opened=True) == \
+        (0.0, None)
+    assert PRESETS["mt-bench"].verdict("B begins with <think> and never closes it. [[A]]") == (1.0, None)
+    # the judge prompt's own end tells: the checkpoint's template (no), the same template opening a think block (yes)
+    opening = QWEN3_CHAT_TEMPLATE.replace("'<|im_start|>assistant\n'", "'<|im_start|>assistant\n<think>\n'")
+    assert opening != QWEN3_CHAT_TEMPLATE
+    plain, thinking = judges("genrm_qwen3", spec), judges("genrm_qwen3", spec, chat_template=opening)
+    context = _context("Name a colour.")
+    assert not plain.opens_thinking(plain.judge_ids(context, "Blue.", "Red."))
+    assert thinking.opens_thinking(thinking.judge_ids(context, "Blue.", "Red."))
+
+
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"nemotron-genrm"}))
 def test_every_preset_builds_its_judge_prompt(name, tiny, judges):
     rm = judges("genrm_qwen3", PRESETS[name])

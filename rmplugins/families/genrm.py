@@ -125,10 +125,11 @@ class JudgeCore:
 
     def _from_generation(self, prompts: list[list[int]]) -> torch.Tensor:
         out = []
-        for texts in self.generate(prompts):
+        for ids, texts in zip(prompts, self.generate(prompts)):
+            opened = self.opens_thinking(ids)
             values, reasons = [], []
             for text in texts:
-                value, reason = self.spec.verdict(text)
+                value, reason = self.spec.verdict(text, opened)
                 (values if value is not None else reasons).append(value if value is not None else reason)
             if not values:
                 self.no_verdict += 1
@@ -137,6 +138,11 @@ class JudgeCore:
                                    self.no_verdict, texts[0][-200:])
             out.append(sum(values) / len(values) if values else math.nan)
         return torch.tensor(out, dtype=torch.float64)
+
+    def opens_thinking(self, ids: list[int]) -> bool:
+        """Whether the judge prompt ends inside a think block it opened (DeepSeek-R1 distills' generation prompt
+        ends with ``<think>``): the answer then starts with thinking that has no opening tag of its own."""
+        return self.tokenizer.decode(ids[-8:], skip_special_tokens=False).rstrip().endswith("<think>")
 
     def generate(self, prompts: list[list[int]]) -> list[list[str]]:
         """``samples`` answers per judge prompt: greedy when ``temperature`` is 0, else sampled with ``seed``."""

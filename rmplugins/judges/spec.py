@@ -169,9 +169,11 @@ class JudgeSpec:
         return ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": text}]
 
-    def verdict(self, generated: str) -> tuple[float | None, str | None]:
-        """(the judgement, None) from a generated answer, or (None, why) when it holds no verdict."""
-        text, thinking_open = after_thinking(generated)
+    def verdict(self, generated: str, thinking_opened: bool = False) -> tuple[float | None, str | None]:
+        """(the judgement, None) from a generated answer, or (None, why) when it holds no verdict.
+        ``thinking_opened``: the judge prompt itself ended with ``<think>`` (DeepSeek-R1 distills' templates), so
+        the answer is thinking until its ``</think>``."""
+        text, thinking_open = after_thinking(generated, thinking_opened)
         if thinking_open:
             return None, "the judge's thinking did not end (no </think>) within max_new_tokens"
         if self.json_field:
@@ -223,11 +225,13 @@ def transcript(context: list[dict]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
 
 
-def after_thinking(text: str) -> tuple[str, bool]:
-    """(the answer after the judge's thinking, whether a think block was opened and never closed)."""
+def after_thinking(text: str, opened: bool = False) -> tuple[str, bool]:
+    """(the answer after the judge's thinking, whether a think block was opened and never closed). A block is
+    opened by the answer's first words, or by the prompt (``opened``): an answer cut inside it holds no verdict, even
+    where its reasoning already wrote one; a ``<think>`` quoted later in an answer opens nothing."""
     if "</think>" in text:
         return text.rsplit("</think>", 1)[1], False
-    return text, "<think>" in text
+    return text, opened or text.lstrip().startswith("<think>")
 
 
 def last_json_field(text: str, name: str) -> float | None:
