@@ -130,6 +130,16 @@ def test_missing_policy_directory_is_a_clear_error(tmp_path):
                      prompts="p.jsonl", output=str(tmp_path))
 
 
+def test_one_candidate_per_prompt_is_refused_by_both_recipes(tmp_path):
+    """Rejection sampling accepted --num-candidates 1 and fine-tuned on every sample, none rejected."""
+    common = {"policy": "org/policy", "reward_model": "org/rm", "prompts": "p.jsonl", "output": str(tmp_path),
+              "num_candidates": 1}
+    with pytest.raises(ValueError, match="rejection sampling keeps the best of --num-candidates; with 1"):
+        RecipeConfig(recipe="rejection-sampling", **common)
+    with pytest.raises(ValueError, match="iterative DPO needs --num-candidates of at least 2"):
+        RecipeConfig(recipe="iterative-dpo", **common)
+
+
 # ----------------------------------------------------------------------------- resume bookkeeping
 def test_partial_file_drops_a_torn_last_line(tmp_path):
     final = tmp_path / "candidates.jsonl"

@@ -76,6 +76,9 @@ class RecipeConfig:
             raise ValueError(f"--min-margin must be 0 or more, got {self.min_margin!r}")
         if self.recipe == "iterative-dpo" and self.num_candidates < 2:
             raise ValueError("iterative DPO needs --num-candidates of at least 2 to form a pair")
+        if self.recipe == "rejection-sampling" and self.num_candidates < 2:  # the best of one rejects nothing
+            raise ValueError("rejection sampling keeps the best of --num-candidates; with 1 it would keep every "
+                             "sample unjudged: use 2 or more")
         if self.reference not in ("initial", "previous"):
             raise ValueError(f"--reference must be 'initial' or 'previous', got {self.reference!r}")
         for name in ("policy", "reward_model"):
