@@ -146,33 +146,35 @@ def group_size(text: str) -> int:
     return value
 
 
-def check_group_method(args, judge) -> None:
-    """--group-size / --group-method against the checkpoint's family, before the model loads (headers only)."""
+def check_family_options(args, judge) -> None:
+    """The options that apply to some families only, against the checkpoint's family, before the model loads: its
+    kind is read once, from the checkpoint's headers."""
+    if args.group_method is not None and args.group_size is None:
+        raise ValueError("--group-method applies with --group-size (group rewards); add --group-size N")
+    if args.group_size is None and not args.objective_logs:
+        return
     from ..checkpoints import identify
+
+    kind = identify(args.model, kind=args.kind, variant=args.variant).kind
+    if args.group_size is not None:
+        check_group_method(args.group_method, kind, judge)
+    if args.objective_logs and kind != "armorm":  # it would log nothing, said nowhere
+        raise ValueError(f"--objective-logs adds ArmoRM's 19 objective rewards to extra_logs; {args.model} is kind "
+                         f"{kind!r}, which has none: drop --objective-logs")
+
+
+def check_group_method(method: str | None, kind: str, judge) -> None:
+    """--group-method against the family's ranking methods (a generative judge's by its spec)."""
     from ..registry import family
 
-    if args.group_size is None:
-        raise ValueError("--group-method applies with --group-size (group rewards); add --group-size N")
-    kind = identify(args.model, kind=args.kind, variant=args.variant).kind
     cls = family(kind).model_class()
     if kind == "genrm" and judge is not None:
         from ..families.genrm import PairwiseJudge, PointwiseJudge
 
         cls = PairwiseJudge if judge.pairwise else PointwiseJudge
     methods = tuple(getattr(cls, "rank_methods", ()))
-    if args.group_method is not None and methods and not getattr(cls, "pointwise", False) \
-            and args.group_method not in methods:
-        raise ValueError(f"--group-method {args.group_method}: kind {kind!r} ranks a group with one of {list(methods)}")
-
-
-def check_objective_logs(args) -> None:
-    """--objective-logs names ArmoRM's objectives: on another family it would log nothing, said nowhere."""
-    from ..checkpoints import identify
-
-    kind = identify(args.model, kind=args.kind, variant=args.variant).kind
-    if kind != "armorm":
-        raise ValueError(f"--objective-logs adds ArmoRM's 19 objective rewards to extra_logs; {args.model} is kind "
-                         f"{kind!r}, which has none: drop --objective-logs")
+    if method is not None and methods and not getattr(cls, "pointwise", False) and method not in methods:
+        raise ValueError(f"--group-method {method}: kind {kind!r} ranks a group with one of {list(methods)}")
 
 
 def _serve(args) -> int:
@@ -251,10 +253,7 @@ def _serve_checked(args) -> int:
     if not _is_loopback(args.host) and not api_key:
         logger.warning("binding %s without --api-key: anyone who can reach this port can use the reward model",
                        args.host)
-    if args.group_size is not None or args.group_method is not None:
-        check_group_method(args, options.get("judge"))
-    if args.objective_logs:
-        check_objective_logs(args)
+    check_family_options(args, options.get("judge"))
     # create_app's refusals, given before a vLLM engine or a large model spends minutes starting
     check_fallback_reward(args.fallback_reward)
     refuse_prompt_cache(args.prompt_cache_tokens, ON_VLLM if args.engine == "vllm" else
