@@ -87,12 +87,22 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     return chosen
 
 
-def default_attention(device: str, config: dict[str, Any] | None = None) -> str:
-    """flash-attention 2 on CUDA when installed, else SDPA; eager on CPU for a model whose attention logits are
-    soft-capped (Gemma-2), which transformers' SDPA path ignores."""
-    if str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+def default_attention(device: str, config: dict[str, Any] | None = None) -> str | None:
+    """flash-attention 2 on CUDA when installed and the model's class takes it; else eager for a model whose
+    attention logits are soft-capped (Gemma-2), which transformers' SDPA path ignores; else None: transformers'
+    own choice, SDPA where the class supports it and eager where not (GPT-OSS's attention sinks)."""
+    if (str(device).startswith("cuda") and importlib.util.find_spec("flash_attn") is not None
+            and getattr(_model_class(config), "_supports_flash_attn", False)):
         return "flash_attention_2"
-    return "eager" if soft_capped(config) else "sdpa"
+    return "eager" if soft_capped(config) else None
+
+
+def _model_class(config: dict[str, Any] | None):
+    """The transformers class the checkpoint names first in ``architectures`` (None when it names none there)."""
+    import transformers
+
+    names = (config or {}).get("architectures") or [None]
+    return getattr(transformers, names[0], None) if isinstance(names[0], str) else None
 
 
 def soft_capped(config: dict[str, Any] | None) -> bool:
