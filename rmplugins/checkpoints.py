@@ -168,6 +168,13 @@ class Checkpoint:
     source: str           # where the kind (and variant) came from, for the log
     variant: str | None   # PairRM only; None means not known (loading then asks for it)
 
+    @property
+    def text(self) -> dict[str, Any]:
+        """The language model's own config: ``text_config`` of a vision-language checkpoint (a Qwen3.5
+        classifier keeps its hidden size and positions there), else the config itself."""
+        inner = self.config.get("text_config")
+        return inner if isinstance(inner, dict) else self.config
+
 
 def identify(name_or_path: str | os.PathLike, *, kind: str | None = None, variant: str | None = None) -> Checkpoint:
     """Find the checkpoint and tell its family (explicit options, then its identity file or known hub id, then

@@ -73,7 +73,7 @@ def load_reward_model(name_or_path: str | os.PathLike, *, kind: str | None = Non
         logger.info("loading %s as kind %r%s (from %s) on %s (%s)", name_or_path, checkpoint.kind, variant,
                     checkpoint.source, device, str(dtype).replace("torch.", ""))
         rm = _construct(cls, checkpoint, name, device=device, dtype=dtype, **options)
-    trained = checkpoint.config.get("max_position_embeddings")
+    trained = checkpoint.text.get("max_position_embeddings")
     if options.get("max_length") and isinstance(trained, int) and options["max_length"] > trained:
         logger.warning("%s: max_length %d is beyond the %d positions the model was trained for "
                        "(max_position_embeddings): a longer conversation is scored at positions it never saw, and its "

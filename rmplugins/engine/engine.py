@@ -41,7 +41,7 @@ from .fused import FusedForwards
 from .fused import pays as fused_pays
 from .packing import pack
 from .padded import run_plain, run_shared
-from .prefix import PrefixGroup, plan_groups, unique_token_floor
+from .prefix import PrefixGroup, keys_and_values_only, plan_groups, unique_token_floor
 from .shapes import rounds
 from .state import CallState, EngineStats
 from .threads import owned_elsewhere, set_threads, thread_counts, threads_that_fit
@@ -75,7 +75,9 @@ class ScoringEngine:
         self.backbone = backbone
         self.causal = causal
         self.token_budget = token_budget
-        self.prefix_reuse = prefix_reuse and causal
+        self.prefix_reuse = prefix_reuse and causal and keys_and_values_only(self.config)
+        if prefix_reuse and causal and not self.prefix_reuse:  # (a hybrid: .prefix.keys_and_values_only)
+            logger.info("%s keeps a recurrent state in some layers: each sequence runs whole", type(backbone).__name__)
         supported = causal and supports_engine_attention(backbone)
         if engine_attention and not supported:
             raise ValueError(f"engine_attention=True is not available for {type(backbone).__name__} (checked on "
@@ -109,8 +111,9 @@ class ScoringEngine:
         return next(self.backbone.parameters()).dtype
 
     @property
-    def config(self):
-        return getattr(self.backbone, "config", None)
+    def config(self):  # the language model's: a vision-language backbone's (Gemma-3, Qwen3.5) is its text_config
+        config = getattr(self.backbone, "config", None)
+        return config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
 
     # ---------------------------------------------------------------- what every backend offers
     @property
@@ -313,7 +316,7 @@ class ScoringEngine:
         """``fused_kernels`` True, or None where they pay (:func:`.fused.pays`)."""
         if self.fused_kernels is not None:
             return bool(self.fused_kernels)
-        return fused_pays(self.device, self.dtype, getattr(self.backbone.config, "hidden_size", None))
+        return fused_pays(self.device, self.dtype, getattr(self.config, "hidden_size", None))
 
     def _fused_forwards(self) -> FusedForwards | None:
         """The fused kernels (:mod:`.fused`) where :meth:`_fused_wanted`, once they are available."""
@@ -328,15 +331,17 @@ class ScoringEngine:
         return self._fused if on and self._fused.available else None
 
     def _prefix_reuse_possible(self, seqs: list[list[int]]) -> bool:
-        """The backbone must take a cache and explicit positions; a sliding window (Mistral) must cover every
+        """The backbone must keep keys and values in every layer (not a recurrent state: :func:`.prefix
+        .keys_and_values_only`), take a cache and explicit positions; a sliding window (Mistral) must cover every
         sequence, since the cache built here is a plain full-attention one."""
+        if not keys_and_values_only(self.config):
+            return False
         params = inspect.signature(self.backbone.forward).parameters
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_kwargs and not {"past_key_values", "position_ids"} <= set(params):
             return False
         if not self._window_covers(seqs):
-            logger.debug("prefix reuse off: a sequence is longer than the sliding window (%s)",
-                         self.config.sliding_window)
+            logger.debug("prefix reuse off: a sequence is longer than the window (%s)", self.config.sliding_window)
             return False
         return True
 

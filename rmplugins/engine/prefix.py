@@ -90,3 +90,16 @@ def plan_groups(sequences: Sequence[Sequence[int]], min_saved: int = MIN_SAVED_T
         return []
     _, plan = solve(0, len(order), 0)
     return [PrefixGroup(p, [order[k] for k in range(lo, hi)]) for lo, hi, p in plan]
+
+
+# What a layer keeps of the tokens before it, by transformers' ``layer_types`` (cache_utils'
+# DYNAMIC_LAYER_TYPE_MAPPING): only these are keys and values a continuation can attend to.
+KEYS_AND_VALUES = {"full_attention", "sliding_attention"}
+
+
+def keys_and_values_only(config) -> bool:
+    """Every layer of the backbone's (text) config keeps keys and values (no ``layer_types``: full attention). A
+    hybrid backbone (Qwen3.5 and Qwen3-Next's gated delta rule, Jamba's and Zamba's Mamba, LFM2's convolutions)
+    carries a recurrent state through the sequence instead, which a prefix's keys and values do not hold: its
+    sequences run whole."""
+    return set(getattr(config, "layer_types", None) or ["full_attention"]) <= KEYS_AND_VALUES

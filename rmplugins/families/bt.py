@@ -41,7 +41,7 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
-        hidden = int(checkpoint.config.get("hidden_size") or 0)
+        hidden = int(checkpoint.text.get("hidden_size") or 0)
         head = score_head(checkpoint.shapes, hidden, labels=1)
         # transformers' classifier has a linear `score`: for an MLP head its load report would call score.0/score.2
         # unexpected and a fresh score.weight missing, before the head below replaces it with the real one
@@ -52,7 +52,7 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
             model.score = mlp_score_head(checkpoint.path, hidden, model.score.weight.device, dtype)
             logger.info("%s: Linear -> ReLU -> Linear score head (score.0, score.2) read from the checkpoint",
                         name_or_path)
-        limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
+        limit = max_length or checkpoint.text.get("max_position_embeddings") or 4096
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget,
                    backend=backend)
 
@@ -60,7 +60,7 @@ class BradleyTerryRewardModel(PointwiseRewardModel):
     def vllm_engine_args(checkpoint, name_or_path) -> dict:
         """vLLM's own sequence classifier; INF-ORM's MLP head is refused (vLLM's classifier would read a linear
         head)."""
-        hidden = int(checkpoint.config.get("hidden_size") or 0)
+        hidden = int(checkpoint.text.get("hidden_size") or 0)
         if score_head(checkpoint.shapes, hidden, labels=1) == "mlp":
             raise ValueError(f"{name_or_path}: this classifier's head is Linear -> ReLU -> Linear (INF-ORM), which "
                              "vLLM's sequence classifier does not load (it would read a linear score head); use "

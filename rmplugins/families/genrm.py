@@ -251,7 +251,7 @@ class GenerativeJudge:
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype, attn_implementation,
                                                                                       device_map))
-        limit = max_length or checkpoint.config.get("max_position_embeddings") or 8192
+        limit = max_length or checkpoint.text.get("max_position_embeddings") or 8192
         judge_class = PairwiseJudge if spec.pairwise else PointwiseJudge
         return judge_class(model, tokenizer, spec, name_or_path=name_or_path, max_length=limit,
                            token_budget=token_budget, backend=backend)

@@ -55,7 +55,7 @@ class PairPMRewardModel(PairwiseRewardModel):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype,
                                                                                      attn_implementation, device_map))
-        limit = max_length or checkpoint.config.get("max_position_embeddings") or 8192
+        limit = max_length or checkpoint.text.get("max_position_embeddings") or 8192
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=limit, token_budget=token_budget,
                    temperature=temperature, backend=backend)
 

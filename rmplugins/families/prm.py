@@ -60,7 +60,7 @@ class ProcessRewardModel(PointwiseRewardModel):
                         device_map=None, max_length=None, token_budget=None, chat_template=None,
                         step_separator="\n\n", aggregate="min", system_prompt=CARD_SYSTEM, backend=None):
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
-        hidden = int(checkpoint.config.get("hidden_size") or 0)
+        hidden = int(checkpoint.text.get("hidden_size") or 0)
         if score_head(checkpoint.shapes, hidden, labels=2) != "mlp":
             raise ValueError(f"{name_or_path}: a process reward model needs the Linear -> ReLU -> Linear(h, 2) head "
                              "(score.0, score.2); this checkpoint has a linear score.weight")
@@ -68,7 +68,7 @@ class ProcessRewardModel(PointwiseRewardModel):
             backbone = AutoModel.from_pretrained(checkpoint.path,
                                                  **model_kwargs(device, dtype, attn_implementation, device_map))
         head = mlp_score_head(checkpoint.path, hidden, backbone.embed_tokens.weight.device, dtype, labels=2)
-        limit = max_length or checkpoint.config.get("max_position_embeddings") or 4096
+        limit = max_length or checkpoint.text.get("max_position_embeddings") or 4096
         return cls(backbone, head, tokenizer, name_or_path=name_or_path, max_length=limit,
                    token_budget=token_budget, step_separator=step_separator, aggregate=aggregate,
                    system_prompt=system_prompt, backend=backend)

@@ -19,6 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .backbones import build_bt_deepseek_v3, build_bt_gemma3, build_bt_gpt_oss, build_bt_qwen3_moe, build_bt_qwen35
 from .builders import (
     build_armorm,
     build_bt,
@@ -52,6 +53,9 @@ BUILDERS = {
     # Bradley-Terry on the backbones 2025-26 reward models ship on
     "bt_qwen3": lambda path: build_bt_qwen(path, "3"), "bt_qwen25": lambda path: build_bt_qwen(path, "2.5"),
     "bt_gemma2": build_bt_gemma2, "bt_inform": build_bt_inform, "bt_llama32": build_bt_llama32, "prm": build_prm,
+    # ... and on those that are not plain attention stacks (.backbones): hybrid, vision-language, MoE, MLA, sinks
+    "bt_qwen35": build_bt_qwen35, "bt_gemma3": build_bt_gemma3, "bt_qwen3_moe": build_bt_qwen3_moe,
+    "bt_gpt_oss": build_bt_gpt_oss, "bt_deepseek_v3": build_bt_deepseek_v3,
     # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
     "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
     "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
@@ -77,6 +81,8 @@ DIR_NAMES = {
     "genrm_qwen3": "judges/Qwen3-judge", "genrm_nemotron": "judges/Qwen3-Nemotron-GenRM-style",
     "genrm_gemma2": "judges/Gemma-2-judge", "genrm_mistral": "judges/Mistral-judge",
     "genrm_trained": "judges/Qwen3-judge-trained",
+    "bt_qwen35": "backbones/Qwen3.5-RM", "bt_gemma3": "backbones/Gemma-3-RM", "bt_qwen3_moe": "backbones/Qwen3-MoE-RM",
+    "bt_gpt_oss": "backbones/gpt-oss-RM", "bt_deepseek_v3": "backbones/DeepSeek-V3-RM",
 }
 
 

@@ -1,0 +1,93 @@
+"""Bradley-Terry classifiers on the 2026 backbones that are not plain attention stacks, as
+``AutoModelForSequenceClassification`` makes them from a base model: each is transformers' own class saved in its
+own layout (bf16 weights, ``config.json`` with ``architectures``), so the engine meets exactly what a hub checkpoint
+holds.
+
+- Qwen3.5 (``Qwen3_5ForSequenceClassification``): vision-language, its text config inside ``text_config``; gated
+  delta-rule (linear attention) layers between the attention ones, which keep a recurrent state, not keys/values.
+- Gemma-3 (``Gemma3ForSequenceClassification``): vision-language; sliding-window layers (128 tokens here, so the
+  tests cross the window) whose window lives in ``text_config`` too.
+- Qwen3-MoE (``Qwen3MoeForSequenceClassification``): every MLP a sparse mixture of experts.
+- GPT-OSS (``GptOssForSequenceClassification``): attention sinks (no SDPA path in transformers), sliding windows,
+  a mixture of experts whose block also returns its router scores.
+- DeepSeek-V3 (``DeepseekV3ForSequenceClassification``): multi-head latent attention (keys and values of other
+  widths than the queries), dense first layer, then experts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .builders import _ids, _save_bt
+from .tokenizers import QWEN3_CHAT_TEMPLATE, build_chatml_tokenizer, build_gemma_tokenizer
+
+LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+             max_position_embeddings=4096, tie_word_embeddings=False)
+
+
+def _chatml(path: Path) -> dict:
+    """The Qwen3 chat template's tokenizer; its vocabulary size and special ids as config fields."""
+    vocab = build_chatml_tokenizer(path, QWEN3_CHAT_TEMPLATE, thinking=True)
+    pad, eos = _ids(path, "<|endoftext|>", "<|im_end|>")
+    return dict(vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, bos_token_id=pad)
+
+
+def build_bt_qwen35(path: Path, seed: int = 11) -> None:
+    from transformers import Qwen3_5Config, Qwen3_5ForSequenceClassification
+
+    ids = _chatml(path)
+    text = dict(LAYER, **ids, num_hidden_layers=4, layer_types=["linear_attention", "full_attention"] * 2,
+                linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
+                linear_conv_kernel_dim=4)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
+    cfg = Qwen3_5Config(text_config=text, vision_config=vision, num_labels=1, pad_token_id=ids["pad_token_id"])
+    torch.manual_seed(seed)
+    _save_bt(path, Qwen3_5ForSequenceClassification(cfg), cfg, "Qwen3_5ForSequenceClassification")
+
+
+def build_bt_gemma3(path: Path, seed: int = 12) -> None:
+    from transformers import Gemma3Config, Gemma3ForSequenceClassification
+
+    vocab = build_gemma_tokenizer(path)
+    pad, eos, bos = _ids(path, "<pad>", "<eos>", "<bos>")
+    text = dict(LAYER, vocab_size=vocab, num_hidden_layers=4, sliding_window=128, query_pre_attn_scalar=16,
+                layer_types=["sliding_attention", "sliding_attention", "full_attention", "sliding_attention"],
+                pad_token_id=pad, eos_token_id=eos, bos_token_id=bos)
+    vision = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, num_labels=1, pad_token_id=pad,
+                       eos_token_id=eos, bos_token_id=bos)
+    torch.manual_seed(seed)
+    _save_bt(path, Gemma3ForSequenceClassification(cfg), cfg, "Gemma3ForSequenceClassification")
+
+
+def build_bt_qwen3_moe(path: Path, seed: int = 13) -> None:
+    from transformers import Qwen3MoeConfig, Qwen3MoeForSequenceClassification
+
+    cfg = Qwen3MoeConfig(**LAYER, **_chatml(path), num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                         moe_intermediate_size=32, decoder_sparse_step=1, num_labels=1)
+    torch.manual_seed(seed)
+    _save_bt(path, Qwen3MoeForSequenceClassification(cfg), cfg, "Qwen3MoeForSequenceClassification")
+
+
+def build_bt_gpt_oss(path: Path, seed: int = 14) -> None:
+    from transformers import GptOssConfig, GptOssForSequenceClassification
+
+    cfg = GptOssConfig(**LAYER, **_chatml(path), num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
+                       sliding_window=128, layer_types=["sliding_attention", "full_attention"], num_labels=1)
+    torch.manual_seed(seed)
+    _save_bt(path, GptOssForSequenceClassification(cfg), cfg, "GptOssForSequenceClassification")
+
+
+def build_bt_deepseek_v3(path: Path, seed: int = 15) -> None:
+    from transformers import DeepseekV3Config, DeepseekV3ForSequenceClassification
+
+    shape = {k: v for k, v in LAYER.items() if k != "head_dim"}  # MLA: the head widths below
+    cfg = DeepseekV3Config(**dict(shape, num_key_value_heads=4), **_chatml(path), num_hidden_layers=2,
+                           kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                           n_routed_experts=4, num_experts_per_tok=2, first_k_dense_replace=1,
+                           moe_intermediate_size=32, n_group=1, topk_group=1, num_labels=1)
+    torch.manual_seed(seed)
+    _save_bt(path, DeepseekV3ForSequenceClassification(cfg), cfg, "DeepseekV3ForSequenceClassification")
