@@ -130,7 +130,7 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         if spec.detect is not None and spec.detect(config, shapes):
             return spec.kind
     archs = config.get("architectures") or []
-    if any(a.endswith("ForCausalLM") for a in archs):
+    if causal_lm(config):
         raise ValueError(
             f"this checkpoint is a plain causal language model (architectures={archs}): that is what a policy "
             "looks like, and also the layout of the RLHFlow pair-preference model (a judge answering 'A'/'B') and "
@@ -143,6 +143,17 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         f"cannot tell which reward-model family this checkpoint is (architectures={archs}, "
         f"{len(shapes)} tensors, e.g. {sorted(shapes)[:3]}); supported: {', '.join(KINDS)}. Pass kind=... if you "
         "know it is one of them")
+
+
+def causal_lm(config: dict[str, Any]) -> bool:
+    """A ``*ForCausalLM``, or a ``*ForConditionalGeneration`` that transformers loads as a causal LM (Qwen3.5 and
+    Gemma-3 ship as vision-language models; an encoder-decoder or Mistral-3 has no such class)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = config.get("architectures") or []
+    return any(a.endswith("ForCausalLM") for a in archs) or (
+        any(a.endswith("ForConditionalGeneration") for a in archs)
+        and config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
 def check_kind_fits(kind: str, config: dict[str, Any], shapes: dict[str, list[int]], path: Path) -> None:

@@ -26,7 +26,7 @@ def _architectures(config: Config) -> list[str]:
     return list(config.get("architectures") or [])
 
 
-def _ends_with(config: Config, suffix: str) -> bool:
+def _ends_with(config: Config, suffix: str | tuple[str, ...]) -> bool:
     return any(a.endswith(suffix) for a in _architectures(config))
 
 
@@ -55,7 +55,7 @@ class FamilySpec:
     examples: tuple[str, ...]
     detect: Callable[[Config, Shapes], bool] | None = None
     required_tensors: tuple[str, ...] = ()
-    architecture_suffix: str | None = None
+    architecture_suffix: str | tuple[str, ...] | None = None  # one of them
     known_ids: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     variants: tuple[str, ...] = ()
     vllm: bool = True
@@ -72,7 +72,9 @@ class FamilySpec:
         """What a checkpoint lacks to be loaded as this kind (empty when it fits)."""
         out = [t for t in self.required_tensors if t not in shapes]
         if self.architecture_suffix and not _ends_with(config, self.architecture_suffix):
-            out.append(f"a *{self.architecture_suffix} architecture in config.json")
+            suffixes = self.architecture_suffix
+            names = " or ".join(f"*{s}" for s in ((suffixes,) if isinstance(suffixes, str) else suffixes))
+            out.append(f"a {names} architecture in config.json")
         return out
 
 
@@ -135,7 +137,8 @@ FAMILIES: dict[str, FamilySpec] = {spec.kind: spec for spec in (
         model="rmplugins.families.genrm:GenerativeJudge",
         examples=("Qwen/Qwen3-Reranker-4B", "gaotang/RM-R1-DeepSeek-Distilled-Qwen-7B",
                   "nvidia/Qwen3-Nemotron-32B-GenRM-Principle"),
-        architecture_suffix="ForCausalLM", tiny=("genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral"),
+        architecture_suffix=("ForCausalLM", "ForConditionalGeneration"),  # Qwen3.5 and Gemma-3 ship as the latter
+        tiny=("genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral"),
         mode="judge"),
 )}
 

@@ -16,14 +16,16 @@ from pathlib import Path
 import engines
 import pytest
 import torch
-from reference_helpers import ATOL, CANDIDATES, MULTI_SYS, SINGLE, SYSTEM
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import transformers
+from reference_helpers import ATOL, CANDIDATES, MULTI, MULTI_SYS, SINGLE, SYSTEM
+from transformers import AutoTokenizer
 
 import rmplugins
 from rmplugins import PRESETS, JudgeSpec
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYOUTS = ["genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral"]  # Qwen3, Llama-3, Gemma-2, Mistral judges
+LAYOUTS = ["genrm_qwen3", "policy", "genrm_gemma2", "genrm_mistral",  # Qwen3, Llama-3, Gemma-2, Mistral judges
+           "genrm_qwen35", "genrm_gemma3"]  # Qwen3.5 and Gemma-3 as they ship: *ForConditionalGeneration
 POINTWISE = JudgeSpec(template="Question: {prompt}\n\nAnswer: {response}\n\nIs the answer helpful? Yes or No.",
                       verdicts={"Yes": 1.0, "No": 0.0}, system=SYSTEM, answer_prefix="Verdict:", name="yes-no")
 PAIRWISE = PRESETS["mt-bench-logits"]  # multi-token verdicts "[[A]]" / "[[B]]"
@@ -39,7 +41,8 @@ class Reference:
         self.tok = AutoTokenizer.from_pretrained(path)
         config = json.loads((Path(path) / "config.json").read_text())
         attention = {"attn_implementation": "eager"} if config.get("attn_logit_softcapping") else {}
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **attention).eval()
+        named = getattr(transformers, config["architectures"][0])  # the class the checkpoint names (vision included)
+        self.model = named.from_pretrained(path, dtype=torch.float32, **attention).eval()
 
     def messages(self, context: list[dict], *responses: str) -> list[dict]:
         prompt = context[0]["content"] if len(context) == 1 else "\n\n".join(
@@ -123,7 +126,7 @@ def test_pointwise_logit_judge_matches_one_forward_per_verdict(layout, tiny, jud
     assert max(want) > 2 * min(want)  # the judgement depends on the response
 
 
-@pytest.mark.parametrize("layout", ["genrm_qwen3", "policy", "genrm_gemma2"])
+@pytest.mark.parametrize("layout", ["genrm_qwen3", "policy", "genrm_gemma2", "genrm_qwen35"])
 def test_pairwise_logit_judge_compares_both_orders(layout, tiny, judges):
     ref = Reference(tiny(layout), PAIRWISE)
     assert all(len(ref.tok.encode(v, add_special_tokens=False)) > 1 for v in PAIRWISE.verdicts)  # multi-token
@@ -198,6 +201,30 @@ def test_generate_readout_is_greedy_generate_and_the_parse(spec, engine, tiny, j
     assert None not in want, "the trained judge answers in its format"
     assert got == want
     assert rm.metrics()["judge"]["no_verdict"] == 0
+
+
+def test_a_vision_language_judge_generates_as_its_own_class(tiny, judges, tmp_path):
+    """Qwen3.5 ships as ``Qwen3_5ForConditionalGeneration``, with gated delta-rule layers: loaded as the causal LM
+    transformers maps it to, its greedy answers (batched, left-padded) are those of the class it names, one prompt at
+    a time. A vision-language checkpoint transformers has no causal LM for is refused before its weights load."""
+    spec = PRESETS["j1-pointwise"].with_options(max_new_tokens=12)
+    ref = Reference(tiny("genrm_qwen35"), spec)
+    rm = judges("genrm_qwen35", spec)
+    responses = ["good love thanks", "hate no", "lovely helpful honest good thanks love", ""]
+    ids = [rm.judge_ids(MULTI, r) for r in responses]
+    assert ids == [ref.ids(MULTI, r) for r in responses]
+    got = [texts[0] for texts in rm.generate(ids)]
+    assert got == [ref.generate(i) for i in ids] and len(set(got)) > 1  # the answers depend on the response
+    odd = tmp_path / "mistral3-judge"
+    odd.mkdir()
+    for f in Path(tiny("genrm_gemma3")).iterdir():
+        (odd / f.name).symlink_to(f)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").unlink()
+    (odd / "config.json").write_text(json.dumps(dict(config, model_type="mistral3",
+                                                     architectures=["Mistral3ForConditionalGeneration"])))
+    with pytest.raises(ValueError, match="no causal language model class in transformers.*engine='vllm'"):
+        rmplugins.load_reward_model(str(odd), kind="genrm", judge=spec, device="cpu")
 
 
 def test_batched_generation_answers_like_one_at_a_time(tiny, judges):

@@ -22,6 +22,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LogitsProcessor
 
 from ..base import PairwiseRewardModel, PointwiseRewardModel, engine_backend
 from ..chat import load_chat_tokenizer, render
+from ..checkpoints import causal_lm
 from ..finite import check_finite
 from ..judges import judge_spec
 from ..placement import model_kwargs
@@ -248,6 +249,7 @@ class GenerativeJudge:
             raise ValueError(f"{name_or_path}: kind='genrm' needs judge=: a JudgeSpec, a preset name or a JSON file "
                              "(a judge's prompt and verdicts are never guessed from a checkpoint)")
         spec = judge_spec(judge)
+        check_causal_lm(checkpoint, name_or_path)
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype, attn_implementation,
                                                                                       device_map))
@@ -260,3 +262,15 @@ class GenerativeJudge:
     def vllm_engine_args(checkpoint, name_or_path) -> dict:
         """A generating engine with prefix caching: the verdicts' prompt log-probabilities, or the answers."""
         return {"runner": "generate", "enable_prefix_caching": True}
+
+
+
+def check_causal_lm(checkpoint, name_or_path) -> None:
+    """A ``*ForConditionalGeneration`` judge loads as the causal LM transformers maps its ``model_type`` to (Qwen3.5's
+    text model: the same logits on text, the vision tower left out); where transformers maps none (an
+    encoder-decoder, Mistral-3) it is refused before any weights load."""
+    if not causal_lm(checkpoint.config):
+        raise ValueError(f"{name_or_path} ({', '.join(checkpoint.config.get('architectures') or [])}, model_type "
+                         f"{checkpoint.config.get('model_type')!r}) has no causal language model class in "
+                         "transformers, so it cannot read verdicts or generate here; load it with engine='vllm' if "
+                         "vLLM runs it, or use its text-only checkpoint")

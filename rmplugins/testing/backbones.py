@@ -1,7 +1,8 @@
-"""Bradley-Terry classifiers on the 2026 backbones that are not plain attention stacks, as
-``AutoModelForSequenceClassification`` makes them from a base model: each is transformers' own class saved in its
-own layout (bf16 weights, ``config.json`` with ``architectures``), so the engine meets exactly what a hub checkpoint
-holds.
+"""Reward models and judges on the 2026 backbones that are not plain attention stacks: Bradley-Terry classifiers as
+``AutoModelForSequenceClassification`` makes them from a base model, and judges as the base models ship
+(``*ForConditionalGeneration``: Qwen3.5 and Gemma-3 are vision-language models). Each is transformers' own class
+saved in its own layout (bf16 weights, ``config.json`` with ``architectures``), so the engine meets exactly what a
+hub checkpoint holds.
 
 - Qwen3.5 (``Qwen3_5ForSequenceClassification``): vision-language, its text config inside ``text_config``; gated
   delta-rule (linear attention) layers between the attention ones, which keep a recurrent state, not keys/values.
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 
 from .builders import _ids, _save_bt
+from .judges import _save_causal_lm
 from .tokenizers import QWEN3_CHAT_TEMPLATE, build_chatml_tokenizer, build_gemma_tokenizer
 
 LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -34,21 +36,20 @@ def _chatml(path: Path) -> dict:
     return dict(vocab_size=vocab, pad_token_id=pad, eos_token_id=eos, bos_token_id=pad)
 
 
-def build_bt_qwen35(path: Path, seed: int = 11) -> None:
-    from transformers import Qwen3_5Config, Qwen3_5ForSequenceClassification
+def _qwen35_config(path: Path, **head):
+    from transformers import Qwen3_5Config
 
     ids = _chatml(path)
     text = dict(LAYER, **ids, num_hidden_layers=4, layer_types=["linear_attention", "full_attention"] * 2,
                 linear_num_value_heads=4, linear_num_key_heads=2, linear_key_head_dim=16, linear_value_head_dim=16,
                 linear_conv_kernel_dim=4)
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64)
-    cfg = Qwen3_5Config(text_config=text, vision_config=vision, num_labels=1, pad_token_id=ids["pad_token_id"])
-    torch.manual_seed(seed)
-    _save_bt(path, Qwen3_5ForSequenceClassification(cfg), cfg, "Qwen3_5ForSequenceClassification")
+    return Qwen3_5Config(text_config=text, vision_config=vision, pad_token_id=ids["pad_token_id"],
+                         tie_word_embeddings=False, **head)
 
 
-def build_bt_gemma3(path: Path, seed: int = 12) -> None:
-    from transformers import Gemma3Config, Gemma3ForSequenceClassification
+def _gemma3_config(path: Path, **head):
+    from transformers import Gemma3Config
 
     vocab = build_gemma_tokenizer(path)
     pad, eos, bos = _ids(path, "<pad>", "<eos>", "<bos>")
@@ -57,10 +58,44 @@ def build_bt_gemma3(path: Path, seed: int = 12) -> None:
                 pad_token_id=pad, eos_token_id=eos, bos_token_id=bos)
     vision = dict(num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=2, image_size=28,
                   patch_size=14)
-    cfg = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, num_labels=1, pad_token_id=pad,
-                       eos_token_id=eos, bos_token_id=bos)
+    return Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, pad_token_id=pad,
+                        eos_token_id=eos, bos_token_id=bos, **head)
+
+
+def build_bt_qwen35(path: Path, seed: int = 11) -> None:
+    from transformers import Qwen3_5ForSequenceClassification
+
+    cfg = _qwen35_config(path, num_labels=1)
+    torch.manual_seed(seed)
+    _save_bt(path, Qwen3_5ForSequenceClassification(cfg), cfg, "Qwen3_5ForSequenceClassification")
+
+
+def build_bt_gemma3(path: Path, seed: int = 12) -> None:
+    from transformers import Gemma3ForSequenceClassification
+
+    cfg = _gemma3_config(path, num_labels=1)
     torch.manual_seed(seed)
     _save_bt(path, Gemma3ForSequenceClassification(cfg), cfg, "Gemma3ForSequenceClassification")
+
+
+def build_genrm_qwen35(path: Path, seed: int = 16) -> None:
+    """Qwen3.5 as it ships (``Qwen3_5ForConditionalGeneration``), as a judge."""
+    from transformers import Qwen3_5ForConditionalGeneration
+
+    cfg = _qwen35_config(path)
+    torch.manual_seed(seed)
+    stops = _ids(path, "<|im_end|>", "<|endoftext|>")
+    _save_causal_lm(path, Qwen3_5ForConditionalGeneration(cfg), cfg, "Qwen3_5ForConditionalGeneration", stops)
+
+
+def build_genrm_gemma3(path: Path, seed: int = 17) -> None:
+    """Gemma-3 as it ships (``Gemma3ForConditionalGeneration``), as a judge."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    cfg = _gemma3_config(path)
+    torch.manual_seed(seed)
+    stops = _ids(path, "<end_of_turn>", "<eos>")
+    _save_causal_lm(path, Gemma3ForConditionalGeneration(cfg), cfg, "Gemma3ForConditionalGeneration", stops)
 
 
 def build_bt_qwen3_moe(path: Path, seed: int = 13) -> None:

@@ -21,8 +21,9 @@ def _save_causal_lm(path: Path, model, cfg, architecture: str, stops: list[int])
     cfg_dict = cfg.to_dict()
     cfg_dict.update(architectures=[architecture], torch_dtype="bfloat16")
     _write_config(cfg_dict, path)
+    text = cfg.get_text_config(decoder=True)  # a vision-language model's ids are its language model's
     (path / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": cfg.bos_token_id, "eos_token_id": stops, "pad_token_id": cfg.pad_token_id}, indent=2))
+        {"bos_token_id": text.bos_token_id, "eos_token_id": stops, "pad_token_id": text.pad_token_id}, indent=2))
 
 
 def build_genrm_qwen3(path: Path, seed: int = 12, chat_template: str = QWEN3_CHAT_TEMPLATE) -> None:
