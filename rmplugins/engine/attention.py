@@ -38,7 +38,7 @@ from .ragged import RaggedLayout
 logger = logging.getLogger("rmplugins")
 ENGINE_ATTENTION = "rmplugins_engine"
 # parity-tested here (tests/test_attention.py); other backbones take the generic path, logged once
-CHECKED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma2"}
+CHECKED_MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2"}
 LAYER_TYPES = {"full_attention", "sliding_attention"}  # a window is honoured by the engine (every sequence inside it)
 MATH_CHUNK_ELEMENTS = 1 << 26  # score elements per chunk in the portable (non-fused) attention
 
@@ -67,7 +67,7 @@ class AttentionPlan:
 def supports_engine_attention(backbone: torch.nn.Module) -> bool:
     """The backbone dispatches attention through transformers' ``AttentionInterface`` (so the function can be
     switched per forward) and is an architecture this was checked on: Llama (3.x RoPE scaling included), Mistral,
-    Qwen2, Qwen3 (q/k norms, applied by the model before the attention function), Gemma-2 (logit soft-capping,
+    Qwen2, Qwen3 and Qwen3-MoE (q/k norms, applied by the model before the attention function), Gemma-2 (logit soft-capping,
     applied here). Sliding windows (Mistral's, Gemma-2's alternate layers) are handled by the engine: it attends in
     its own way only when every sequence of a call fits in the window, where a window changes nothing."""
     config = getattr(backbone, "config", None)
