@@ -11,7 +11,8 @@ from rmplugins.engine.attention import attention_with_lse, merge, padded_keys, s
 
 TOL = 2e-5
 # Mistral, Llama-3, Llama-3.2 (RoPE scaling), Qwen2 (the PRM too), Qwen3 (q/k norms) backbones
-CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm", "bt_llama32", "bt_qwen25", "bt_qwen3", "bt_qwen3_moe", "prm"]
+CAUSAL_KINDS = ["bt", "bt_llama3", "armorm", "pair_pm", "gpm", "bt_llama32", "bt_qwen25", "bt_qwen3", "bt_qwen3_moe",
+                "prm"]
 
 
 def softmax_attention(q, k, v, scale, causal=False):
