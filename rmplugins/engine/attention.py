@@ -68,8 +68,9 @@ def supports_engine_attention(backbone: torch.nn.Module) -> bool:
     """The backbone dispatches attention through transformers' ``AttentionInterface`` (so the function can be
     switched per forward) and is an architecture this was checked on: Llama (3.x RoPE scaling included), Mistral,
     Qwen2, Qwen3 and Qwen3-MoE (q/k norms, applied by the model before the attention function), Gemma-2 (logit
-    soft-capping, applied here). Sliding windows (Mistral's, Gemma-2's alternate layers) are handled by the engine: it attends in
-    its own way only when every sequence of a call fits in the window, where a window changes nothing."""
+    soft-capping, applied here). Sliding windows (Mistral's, Gemma-2's alternate layers) are handled by the engine:
+    it attends in its own way only when every sequence of a call fits in the window, where a window changes
+    nothing."""
     config = getattr(backbone, "config", None)
     if config is None or not getattr(backbone, "_supports_attention_backend", False):
         return False
