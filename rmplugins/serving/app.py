@@ -78,8 +78,7 @@ def prompt_cache_engine(rm: Any, tokens: int | None):
     if backend.name == "vllm":
         reason = ON_VLLM
     elif not backend.supports_prompt_cache:
-        reason = (f"this {rm.kind!r} model has no causal prefix reuse to cache (an encoder such as PairRM's, or a "
-                  "hybrid whose layers keep a recurrent state, such as Qwen3.5)")
+        reason = f"this {rm.kind!r} model has no causal prefix reuse to cache (PairRM's encoder; a hybrid: Qwen3.5)"
     elif rm.deterministic:
         reason = DETERMINISTIC
     refuse_prompt_cache(tokens, reason)
