@@ -281,7 +281,7 @@ def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
     assert modules is not None
     heads, seqs = _groups_of_ids(seed=3)
     positions = [[-1, 5] for _ in seqs]
-    seen = []  # shapes reaching the MLP's inner projection: only the read rows, as one [1, rows, width] batch
+    seen = []  # shapes reaching the MLP's inner projection: only the read rows, flattened
     hook = modules[2].down_proj.register_forward_hook(lambda mod, args, out: seen.append(tuple(args[0].shape)))
     try:
         fast_plain = engine.hidden_at(seqs, positions, prefix_reuse=False)
@@ -289,10 +289,10 @@ def test_last_layer_runs_only_where_read_and_is_restored(models, kind):
         fast_shared = engine.hidden_at(seqs, positions)
     finally:
         hook.remove()
-    assert all(len(shape) == 3 and shape[0] == 1 for shape in seen)  # never a [batch, width, ...] activation
-    assert sum(shape[1] for shape in seen[:n_plain]) == 2 * len(seqs)  # exactly the read positions
+    assert all(len(shape) == 2 for shape in seen)  # never a [batch, width, ...] activation
+    assert sum(shape[0] for shape in seen[:n_plain]) == 2 * len(seqs)  # exactly the read positions
     # with prefix reuse, position 5 lies in each group's shared prefix: computed once per group
-    assert sum(shape[1] for shape in seen[n_plain:]) == len(heads) + len(seqs)
+    assert sum(shape[0] for shape in seen[n_plain:]) == len(heads) + len(seqs)
     assert all("forward" not in m.__dict__ for m in modules)  # restored
     engine.worker.read_modules = None
     try:

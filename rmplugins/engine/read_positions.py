@@ -43,17 +43,20 @@ def reading_only(modules: list[torch.nn.Module] | None, width: int, positions: l
     copies = rounded(n) - n if round_rows else 0
     run = torch.as_tensor(flat_reads + flat_reads[-1:] * copies, dtype=torch.long, device=device) if copies else rows
 
-    def restrict(forward):
-        def forward_on_read_rows(x, *args, **kwargs):  # the rows as one [1, rows, width] batch: a sparse MoE
-            flat = x.reshape(-1, x.shape[-1])          # block (Qwen3-MoE's) reads its input as 3-D
-            result = forward(flat.index_select(0, run.to(flat.device)).unsqueeze(0), *args, **kwargs)
-            y = (result[0] if isinstance(result, tuple) else result)[0, :n]
+    def restrict(forward, batched):
+        def forward_on_read_rows(x, *args, **kwargs):
+            flat = x.reshape(-1, x.shape[-1])
+            picked = flat.index_select(0, run.to(flat.device))
+            result = forward(picked.unsqueeze(0) if batched else picked, *args, **kwargs)
+            y = (result[0] if isinstance(result, tuple) else result)
+            y = y[0, :n] if batched else y[:n]
             out = y.new_zeros(flat.shape[0], y.shape[-1])
             out.index_copy_(0, rows.to(out.device), y)
             out = out.reshape(*x.shape[:-1], y.shape[-1])
             return (out, *result[1:]) if isinstance(result, tuple) else out  # GPT-OSS's MLP adds its router
         return forward_on_read_rows                                          # scores (of the read rows; unused)
 
-    # each wraps the forward the module has now (accelerate's device hooks, the fused kernels)
-    with forwards_swapped([(module, restrict(module.forward)) for module in modules]):
+    # each wraps the forward the module has now (accelerate's device hooks, the fused kernels); a mixture of experts
+    # (Qwen3-MoE's, GPT-OSS's block) reads its rows as one [1, rows, width] batch, the rest as [rows, width]
+    with forwards_swapped([(module, restrict(module.forward, hasattr(module, "experts"))) for module in modules]):
         yield rows
