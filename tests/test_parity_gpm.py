@@ -1,6 +1,7 @@
 """GPM parity: the library against seed 004's ``GPMPipeline`` (``CustomRewardModel.custom_forward``,
 ``create_skew_symmetric_block_matrix``, ``generate_high_dim_result_with_prompt``), one conversation at a time, on
-the tiny GPM-Llama-3.1 layout (d = 6, prompt head present). Tolerance 1e-4 (tau = 0.1 scales errors by 10).
+the tiny GPM-Llama-3.1 layout (d = 6, prompt head present) and GPM-Gemma-2B's (a Gemma backbone, which the card
+builds from the checkpoint's own classes). Tolerance 1e-4 (tau = 0.1 scales errors by 10).
 
 - compare: P(a beats b) = sigmoid(s / tau), s = generate_high_dim_result_with_prompt(v_a, v_b, prompt state of a).
 - rank: the GPO score of models.md: table[i][j] = s(i beats j) / tau, score_i = (1/n) sum_j (table[i][j] - table[j][i]).
@@ -30,10 +31,11 @@ from reference_helpers import (
     assert_differs,
     completion_text,
     conv,
+    fold_system,
     full_messages,
     pairwise_cases,
 )
-from transformers import AutoConfig, AutoTokenizer, LlamaForCausalLM, LlamaModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 VALUE_HEAD_DIM = 6
 TAU = 0.1
@@ -91,7 +93,9 @@ class GPMPipeline:
         self.value_head_dim = value_head_dim
         self.max_length = max_length
         config = AutoConfig.from_pretrained(path)
-        cls_class = get_reward_model(LlamaForCausalLM, LlamaModel, value_head_dim)
+        base_class = AutoModel._model_mapping[type(config)]  # the card's: the checkpoint's own classes
+        base_causal_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+        cls_class = get_reward_model(base_causal_class, base_class, value_head_dim)
         self.model = cls_class.from_pretrained(path, config=config, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=True)
         tokenizer.padding_side = "left"
@@ -154,13 +158,22 @@ class GPMPipeline:
         return [sum(table[i][j] - table[j][i] for j in range(n)) / n for i in range(n)]
 
 
-@pytest.fixture(scope="module", params=both(["gpm", "gpm_real_vocab"]))  # tiny and published vocabularies
+# tiny and published vocabularies; GPM-Gemma-2B's layout (vLLM's plugin is Llama's: the transformers engine only)
+@pytest.fixture(scope="module", params=both(["gpm", "gpm_real_vocab"]) + [
+    pytest.param(("gpm_gemma", "transformers"), id="gpm_gemma-transformers")])
 def setup(request, tiny, references):
     kind, engine = request.param
     path = tiny(kind)
     rm = engines.load(path, engine)
     yield rm, references(kind, lambda: GPMPipeline(path))
     engines.close(rm)
+
+
+@pytest.fixture
+def multi(setup):
+    """The multi-turn prompt: with a system message where the template has the role (Gemma's has none)."""
+    rm, _ = setup
+    return MULTI if "gemma" in rm.name_or_path.lower() else MULTI_SYS
 
 
 def test_kind_detected(setup):
@@ -170,19 +183,19 @@ def test_kind_detected(setup):
         rm.score([SINGLE], [SHORT])
 
 
-def test_compare_matches_pipeline(setup):
+def test_compare_matches_pipeline(setup, multi):
     rm, ref = setup
-    prompts, a, b = pairwise_cases()
+    prompts, a, b = pairwise_cases(with_system=multi is MULTI_SYS)
     got = rm.compare(prompts, a, b)
     want = [ref.prob(p, x, y) for p, x, y in zip(prompts, a, b)]
     assert_close(got, want, ATOL_GPM, "gpm compare")
     assert any(abs(w - 0.5) > 100 * ATOL_GPM for w in want)
 
 
-def test_prompt_state_and_operator_are_not_vacuous(setup):
+def test_prompt_state_and_operator_are_not_vacuous(setup, multi):
     """The prompt state is not the last token, and an off-by-one prompt index changes R (and so the result)."""
     _, ref = setup
-    for prompt in (SINGLE, MULTI_SYS):
+    for prompt in (SINGLE, multi):
         _, h_prompt = ref.embed(prompt, MEDIUM)
         idx = int(ref.last_prompt_end_index)
         messages = full_messages(prompt, MEDIUM)
@@ -200,16 +213,39 @@ def test_prompt_state_and_operator_are_not_vacuous(setup):
     assert abs(s_ab + s_ba) < 1e-5 and abs(s_ab) > 1e-3
 
 
-def test_multi_turn_and_forms(setup):
+def test_multi_turn_and_forms(setup, multi):
     rm, ref = setup
-    got = rm.compare([MULTI, MULTI_SYS, MULTI_SYS], [conv(LONG), SHORT, ""], [SHORT, conv(LONG), conv(MEDIUM)])
-    want = [ref.prob(MULTI, LONG, SHORT), ref.prob(MULTI_SYS, SHORT, LONG), ref.prob(MULTI_SYS, "", MEDIUM)]
+    got = rm.compare([MULTI, multi, multi], [conv(LONG), SHORT, ""], [SHORT, conv(LONG), conv(MEDIUM)])
+    want = [ref.prob(MULTI, LONG, SHORT), ref.prob(multi, SHORT, LONG), ref.prob(multi, "", MEDIUM)]
     assert_close(got, want, ATOL_GPM, "gpm multi-turn")
 
 
-@pytest.mark.parametrize("prompt", [SINGLE, MULTI_SYS], ids=["single", "multi"])
-def test_rank_gpo_scores(setup, prompt):
+def test_a_template_without_a_system_role_scores_the_folded_conversation(tiny, references):
+    """Gemma's template refuses a system message (so does the card's pipeline on it): the system text is folded into
+    the first user turn, as for every family, before the prompt state is located: the card on the folded turns."""
+    import rmplugins
+
+    path = tiny("gpm_gemma")
+    ref = references("gpm_gemma", lambda: GPMPipeline(path))
+    rm = rmplugins.load_reward_model(path, dtype="float32", device="cpu")
+    got = rm.compare([MULTI_SYS, MULTI_SYS], [SHORT, conv(LONG)], [LONG, ""])
+    want = [ref.prob(fold_system(MULTI_SYS), SHORT, LONG), ref.prob(fold_system(MULTI_SYS), LONG, "")]
+    assert_close(got, want, ATOL_GPM, "gpm on Gemma with a system message")
+    assert_differs(want[0], ref.prob(MULTI, SHORT, LONG), ATOL_GPM, "the system text counts")
+
+
+@pytest.mark.vllm
+def test_the_vllm_plugin_refuses_a_gpm_that_is_not_llama(tiny):
+    import rmplugins
+
+    with pytest.raises(ValueError, match="built on vLLM's Llama.*'gemma'"):
+        rmplugins.load_reward_model(tiny("gpm_gemma"), engine="vllm")
+
+
+@pytest.mark.parametrize("which", ["single", "multi"])
+def test_rank_gpo_scores(setup, multi, which):
     rm, ref = setup
+    prompt = SINGLE if which == "single" else multi
     cands = [conv(c) if i % 2 else c for i, c in enumerate(CANDIDATES)]
     ranking = rm.rank(prompt, cands)
     want = ref.gpo_scores(prompt, [completion_text(c) for c in cands])

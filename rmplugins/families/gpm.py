@@ -12,13 +12,15 @@ Reference (GPMPipeline of the model card):
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
+from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from ..base import RewardModel, engine_backend
-from ..chat import load_chat_tokenizer
+from ..chat import load_chat_tokenizer, merge_system, render
 from ..placement import model_kwargs
 from ..ranking import Ranking, from_scores
 from ..refusals import TOO_LONG, Unscorable
@@ -27,17 +29,16 @@ from .common import pad_or_eos, positive_temperature
 ARCHITECTURE = "GPMLlamaForPreference"  # GPM's checkpoints say LlamaForCausalLM; vLLM runs this name as the plugin
 
 
-class GPMModel(LlamaPreTrainedModel):
+class GPMHeads:
     """``model.*`` + ``value_head`` [d, h] (+ ``prompt_head`` [d/2, h]); the unused ``lm_head`` is not loaded."""
 
-    config_class = LlamaConfig
     base_model_prefix = "model"
     _keys_to_ignore_on_load_unexpected = [r"lm_head"]
 
-    def __init__(self, config: LlamaConfig):
+    def __init__(self, config):
         super().__init__(config)
         d = config.value_head_dim
-        self.model = LlamaModel(config)
+        self.model = self.backbone_class(config)
         self.value_head = nn.Linear(config.hidden_size, d, bias=False)
         self.prompt_head = nn.Linear(config.hidden_size, d // 2, bias=False) if config.add_prompt_head else None
         self.post_init()
@@ -49,6 +50,23 @@ class GPMModel(LlamaPreTrainedModel):
         if self.prompt_head is None:
             raise ValueError("this GPM checkpoint has no prompt_head, so preferences cannot be computed")
         return skew_operator(skew_weights(self.prompt_head, h_prompt))
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def gpm_model_class(config, name_or_path) -> type:
+    """The card's ``CustomRewardModel``: the base model transformers' ``AutoModel`` maps the checkpoint's config to
+    (``LlamaModel`` for GPM-Llama-3.1-8B, ``GemmaModel`` for GPM-Gemma-2B), under its own pretrained class, with the
+    heads. A Gemma GPM read as Llama (the embedding scale, GeGLU and the norms' +1 lost) gave other preferences."""
+    backbone = AutoModel._model_mapping.get(type(config), None)
+    parent = backbone.__mro__[1] if backbone is not None else None
+    if parent is None or not issubclass(parent, PreTrainedModel) or parent is PreTrainedModel:
+        raise ValueError(f"{name_or_path}: transformers has no base model for model_type {config.model_type!r}, "
+                         "so its GPM backbone cannot be built")
+    if backbone not in _CLASSES:
+        _CLASSES[backbone] = type(f"GPM{backbone.__name__}", (GPMHeads, parent), {"backbone_class": backbone})
+    return _CLASSES[backbone]
 
 
 # The card's head arithmetic, shared with the vLLM plugin (rmplugins.vllm.plugin.gpm).
@@ -76,7 +94,7 @@ class GPMRewardModel(RewardModel):
     kind = "gpm"
     rank_methods = ("gpo",)
 
-    def __init__(self, model: GPMModel, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1,
+    def __init__(self, model: GPMHeads, tokenizer, *, name_or_path, max_length=4096, token_budget=None, tau=0.1,
                  backend=None):
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.tau = positive_temperature("tau", tau, 0.1)
@@ -90,15 +108,16 @@ class GPMRewardModel(RewardModel):
                         backend=None):
         positive_temperature("tau", tau, 0.1)  # before the weights load
         shapes = checkpoint.shapes
-        llama_config = LlamaConfig.from_pretrained(checkpoint.path)
-        llama_config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
-        llama_config.add_prompt_head = "prompt_head.weight" in shapes
-        if llama_config.value_head_dim % 2:
-            raise ValueError(f"{name_or_path}: GPM value_head has {llama_config.value_head_dim} rows; an even "
+        config = AutoConfig.from_pretrained(checkpoint.path)
+        config.value_head_dim = shapes["value_head.weight"][0]  # d is not in config.json
+        config.add_prompt_head = "prompt_head.weight" in shapes
+        if config.value_head_dim % 2:
+            raise ValueError(f"{name_or_path}: GPM value_head has {config.value_head_dim} rows; an even "
                              "dimension is needed for the skew-symmetric preference operator")
+        model_class = gpm_model_class(config, name_or_path)
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
-        model = GPMModel.from_pretrained(checkpoint.path, config=llama_config,
-                                         **model_kwargs(device, dtype, attn_implementation, device_map))
+        model = model_class.from_pretrained(checkpoint.path, config=config,
+                                            **model_kwargs(device, dtype, attn_implementation, device_map))
         return cls(model, tokenizer, name_or_path=name_or_path, max_length=max_length or 4096,
                    token_budget=token_budget, tau=tau, backend=backend)
 
@@ -106,6 +125,10 @@ class GPMRewardModel(RewardModel):
     def vllm_engine_args(checkpoint, name_or_path) -> dict:
         """rmplugins' vLLM plugin model (:mod:`rmplugins.vllm.plugin.gpm`), named over the checkpoint's
         ``LlamaForCausalLM``: its ``embed`` task gives the unit embedding and the skew operator's weights."""
+        if checkpoint.config.get("model_type") != "llama":
+            raise ValueError(f"{name_or_path}: rmplugins' vLLM plugin for GPM is built on vLLM's Llama, and this GPM's "
+                             f"backbone is {checkpoint.config.get('model_type')!r}; leave engine unset (the "
+                             "transformers engine runs any backbone)")
         return {"runner": "pooling", "hf_overrides": {"architectures": [ARCHITECTURE]}}
 
     @property
@@ -116,10 +139,26 @@ class GPMRewardModel(RewardModel):
     def _tokens(self, messages: list[dict]) -> list[int]:
         return self.tokenizer(self.tokenizer.apply_chat_template(messages, tokenize=False))["input_ids"]
 
+    @cached_property
+    def _template_takes_system(self) -> bool:
+        """Whether the chat template renders a system message (Gemma's raises); where not, it is folded into the
+        first user turn, as :func:`~rmplugins.chat.render` does for every family (and logs once)."""
+        probe = [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
+        try:
+            self.tokenizer.apply_chat_template(probe, tokenize=False)
+            return True
+        except Exception:  # jinja2's TemplateError from the template's raise_exception
+            render(self.tokenizer, probe, name=self.name_or_path)  # the fold, logged once
+            return False
+
     def encode(self, messages: list[dict]) -> tuple[list[int], int]:
         """(token ids with the last forced to eos, index of the prompt state). Longer than ``max_length``: cut on
         the right, as the card's pipeline does; refused when that cut would leave none of the response (every
-        response would then be read at the same token, and every comparison would be a silent tie)."""
+        response would then be read at the same token, and every comparison would be a silent tie). A template
+        without a system role (Gemma's) gets the system message folded into the first user turn first, as every
+        family does (:func:`~rmplugins.chat.render`), so the prompt state is that turn's end."""
+        if messages[0]["role"] == "system" and not self._template_takes_system:
+            messages = merge_system(messages)
         full = self._tokens(messages)
         if len(full) > self.max_length:
             context = len(self._tokens(messages[:-1]))

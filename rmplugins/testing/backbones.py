@@ -13,6 +13,8 @@ hub checkpoint holds.
   a mixture of experts whose block also returns its router scores.
 - DeepSeek-V3 (``DeepseekV3ForSequenceClassification``): multi-head latent attention (keys and values of other
   widths than the queries), dense first layer, then experts.
+- GPM on Gemma (GPM-Gemma-2B's layout): ``GemmaForCausalLM`` tensors + ``value_head`` + ``prompt_head``; Gemma's
+  embedding scale, GeGLU and (1 + w) norms, which a Llama reading of the same tensors loses.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .builders import _ids, _save_bt
+from .builders import _ids, _save, _save_bt, _write_config
 from .judges import _save_causal_lm
 from .tokenizers import QWEN3_CHAT_TEMPLATE, build_chatml_tokenizer, build_gemma_tokenizer
 
@@ -126,3 +128,23 @@ def build_bt_deepseek_v3(path: Path, seed: int = 15) -> None:
                            moe_intermediate_size=32, n_group=1, topk_group=1, num_labels=1)
     torch.manual_seed(seed)
     _save_bt(path, DeepseekV3ForSequenceClassification(cfg), cfg, "DeepseekV3ForSequenceClassification")
+
+
+def build_gpm_gemma(path: Path, seed: int = 18, value_head_dim: int = 6) -> None:
+    from transformers import GemmaConfig, GemmaForCausalLM
+
+    vocab = build_gemma_tokenizer(path)
+    pad, eos, bos = _ids(path, "<pad>", "<eos>", "<bos>")
+    cfg = GemmaConfig(**dict(LAYER, num_key_value_heads=1, head_dim=32), vocab_size=vocab, num_hidden_layers=2,
+                      pad_token_id=pad, eos_token_id=eos, bos_token_id=bos)
+    torch.manual_seed(seed)
+    model = GemmaForCausalLM(cfg)
+    for name, p in model.named_parameters():  # spread wide, the norms' weights too (Gemma scales by 1 + w)
+        torch.nn.init.normal_(p, std=0.2 if p.dim() >= 2 else 0.3)
+    state = {k: v.to(torch.bfloat16) for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    g = torch.Generator().manual_seed(seed + 200)
+    state["value_head.weight"] = (torch.randn(value_head_dim, cfg.hidden_size, generator=g) * 0.5).to(torch.bfloat16)
+    state["prompt_head.weight"] = (torch.randn(value_head_dim // 2, cfg.hidden_size, generator=g) * 0.5
+                                   ).to(torch.bfloat16)
+    _save(state, path)
+    _write_config(dict(cfg.to_dict(), architectures=["GemmaForCausalLM"], torch_dtype="bfloat16"), path)

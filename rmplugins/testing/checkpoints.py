@@ -27,6 +27,7 @@ from .backbones import (
     build_bt_qwen35,
     build_genrm_gemma3,
     build_genrm_qwen35,
+    build_gpm_gemma,
 )
 from .builders import (
     build_armorm,
@@ -64,7 +65,7 @@ BUILDERS = {
     # ... and on those that are not plain attention stacks (.backbones): hybrid, vision-language, MoE, MLA, sinks
     "bt_qwen35": build_bt_qwen35, "bt_gemma3": build_bt_gemma3, "bt_qwen3_moe": build_bt_qwen3_moe,
     "bt_gpt_oss": build_bt_gpt_oss, "bt_deepseek_v3": build_bt_deepseek_v3,
-    "genrm_qwen35": build_genrm_qwen35, "genrm_gemma3": build_genrm_gemma3,
+    "genrm_qwen35": build_genrm_qwen35, "genrm_gemma3": build_genrm_gemma3, "gpm_gemma": build_gpm_gemma,
     # the same layouts on the published vocabularies (128,256 Llama-3 ids; Mistral's 32,000 + [PAD])
     "bt_real_vocab": lambda path: build_bt(path, vocab="mistral-v1"),
     "bt_llama3_real_vocab": lambda path: build_bt_llama3(path, vocab="llama3"),
@@ -92,7 +93,7 @@ DIR_NAMES = {
     "genrm_trained": "judges/Qwen3-judge-trained",
     "bt_qwen35": "backbones/Qwen3.5-RM", "bt_gemma3": "backbones/Gemma-3-RM", "bt_qwen3_moe": "backbones/Qwen3-MoE-RM",
     "bt_gpt_oss": "backbones/gpt-oss-RM", "bt_deepseek_v3": "backbones/DeepSeek-V3-RM",
-    "genrm_qwen35": "judges/Qwen3.5-judge", "genrm_gemma3": "judges/Gemma-3-judge",
+    "genrm_qwen35": "judges/Qwen3.5-judge", "genrm_gemma3": "judges/Gemma-3-judge", "gpm_gemma": "GPM-Gemma-2B",
 }
 
 
