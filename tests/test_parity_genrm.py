@@ -350,6 +350,21 @@ def test_a_think_block_opened_by_the_prompt_must_close_before_a_verdict_is_read(
     assert thinking.opens_thinking(thinking.judge_ids(context, "Blue.", "Red."))
 
 
+def test_a_gpt_oss_judge_is_read_from_its_final_channel():
+    """GPT-OSS answers in the harmony format (openai-cookbook's "OpenAI harmony response format"): reasoning in the
+    analysis channel, then the final channel. Its reasoning's verdicts are never read; an answer cut before the final
+    channel has none (before, the last [[A]] of the reasoning was taken)."""
+    spec = PRESETS["mt-bench"]
+    reasoning = "<|channel|>analysis<|message|>At first [[A]] seems better, but B has the units right."
+    final = "<|end|><|start|>assistant<|channel|>final<|message|>Assistant B is more accurate. [[B]]"
+    assert spec.verdict(reasoning + final) == (0.0, None)
+    assert spec.verdict(reasoning + final + "<|end|>") == (0.0, None)
+    value, reason = spec.verdict(reasoning)
+    assert value is None and "harmony final channel" in reason
+    assert spec.verdict("<|channel|>final<|message|>[[A]]") == (1.0, None)  # low reasoning effort: final only
+    assert spec.verdict("[[A]] and a quoted <|channel|> marker") == (1.0, None)  # not harmony: read as written
+
+
 @pytest.mark.parametrize("name", sorted(set(PRESETS) - {"nemotron-genrm"}))
 def test_every_preset_builds_its_judge_prompt(name, tiny, judges):
     rm = judges("genrm_qwen3", PRESETS[name])

@@ -175,7 +175,8 @@ class JudgeSpec:
         the answer is thinking until its ``</think>``."""
         text, thinking_open = after_thinking(generated, thinking_opened)
         if thinking_open:
-            return None, "the judge's thinking did not end (no </think>) within max_new_tokens"
+            return None, ("the judge's thinking did not end (no </think>, or no harmony final channel) within "
+                          "max_new_tokens")
         if self.json_field:
             found = last_json_field(text, self.json_field)
             if found is None:
@@ -225,10 +226,20 @@ def transcript(context: list[dict]) -> str:
     return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in context)
 
 
+# GPT-OSS's harmony format: after a generation prompt ending "<|start|>assistant" the answer opens a channel,
+# reasoning in "analysis", then "<|end|><|start|>assistant<|channel|>final<|message|>" and the answer itself.
+HARMONY_CHANNEL, HARMONY_FINAL = "<|channel|>", "<|channel|>final<|message|>"
+
+
 def after_thinking(text: str, opened: bool = False) -> tuple[str, bool]:
     """(the answer after the judge's thinking, whether a think block was opened and never closed). A block is
     opened by the answer's first words, or by the prompt (``opened``): an answer cut inside it holds no verdict, even
-    where its reasoning already wrote one; a ``<think>`` quoted later in an answer opens nothing."""
+    where its reasoning already wrote one; a ``<think>`` quoted later in an answer opens nothing. A harmony answer
+    (GPT-OSS: it opens a channel) is its final channel; cut before that channel it is reasoning, with no verdict."""
+    if text.lstrip().startswith(HARMONY_CHANNEL):
+        if HARMONY_FINAL not in text:
+            return text, True
+        return text.rsplit(HARMONY_FINAL, 1)[1].split("<|end|>")[0], False
     if "</think>" in text:
         return text.rsplit("</think>", 1)[1], False
     return text, opened or text.lstrip().startswith("<think>")
