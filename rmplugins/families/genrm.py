@@ -264,7 +264,6 @@ class GenerativeJudge:
         return {"runner": "generate", "enable_prefix_caching": True}
 
 
-
 def check_causal_lm(checkpoint, name_or_path) -> None:
     """A ``*ForConditionalGeneration`` judge loads as the causal LM transformers maps its ``model_type`` to (Qwen3.5's
     text model: the same logits on text, the vision tower left out); where transformers maps none (an
