@@ -11,6 +11,7 @@ hub id or an explicit option, never from a name.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .registry import FAMILIES, KINDS, family, known_identity, variants
+
+logger = logging.getLogger("rmplugins")
 
 IDENTITY_FILE = "rmplugins.json"
 # What a checkpoint's files cannot say is carried by a known hub id (the registry's ``known_ids``), by the
@@ -156,6 +159,16 @@ def causal_lm(config: dict[str, Any]) -> bool:
         and config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
+def _causal_lm_class(config: dict[str, Any]) -> str:
+    """The class ``AutoModelForCausalLM`` loads the checkpoint as (Qwen3.5's text model for its vision-language
+    checkpoint; the named class for a plain causal LM)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = config.get("architectures") or []
+    named = next((a for a in archs if a.endswith("ForCausalLM")), None)
+    return named or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"), "")
+
+
 def check_kind_fits(kind: str, config: dict[str, Any], shapes: dict[str, list[int]], path: Path) -> None:
     """Refuse a kind the checkpoint cannot be (kind=... or an identity file naming the wrong family)."""
     missing = family(kind).missing(config, shapes)
@@ -237,9 +250,15 @@ def check_policy(name_or_path: str | os.PathLike, option: str = "--policy") -> P
     if kind is not None:
         raise ValueError(f"{option} {name_or_path} is a reward model (kind {kind!r}, from {source}), not a policy: "
                          f"give the language model to train as {option}, and this one as --reward-model")
-    if not any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in archs):
-        raise ValueError(f"{option} {name_or_path} is not a causal language model (architectures={archs}); give "
-                         "the policy's checkpoint (an *ForCausalLM model)")
+    if not causal_lm(config):
+        raise ValueError(f"{option} {name_or_path} is not a causal language model transformers loads as one "
+                         f"(architectures={archs}, model_type {config.get('model_type')!r}); give the policy's "
+                         "checkpoint (an *ForCausalLM model)")
+    loaded_as = _causal_lm_class(config)
+    if archs and loaded_as not in archs:
+        logger.warning("%s %s is %s: the recipes generate with and train %s, its language model, and save each "
+                       "iteration's model as that alone (without the vision tower)", option, name_or_path, archs[0],
+                       loaded_as)
     if "lm_head.weight" not in shapes and not _ties_embeddings(path, config):
         raise ValueError(f"{option} {name_or_path} has no LM head (no lm_head.weight, and its embeddings are not "
                          "tied): generating with it would use a freshly initialised head; give the full causal LM")

@@ -203,6 +203,24 @@ def test_a_reward_model_or_a_headless_model_as_the_policy_is_refused(tiny, promp
     assert not out.exists()
 
 
+def test_a_vision_language_policy_is_said_to_train_its_language_model(tiny, tmp_path, caplog):
+    """Qwen3.5 ships as a vision-language model: the recipes load its language model (AutoModelForCausalLM's class
+    for it) and each iteration saves that alone, which the run says before any work; Gemma-3's causal-LM class is
+    the full model (nothing said); one transformers has no causal LM for is refused."""
+    with caplog.at_level("WARNING", logger="rmplugins"):
+        check_policy(tiny("genrm_qwen35"))
+        check_policy(tiny("genrm_gemma3"))
+    said = [r.getMessage() for r in caplog.records if "vision tower" in r.getMessage()]
+    assert len(said) == 1 and "Qwen3_5ForCausalLM" in said[0] and "Qwen3.5-judge" in said[0]
+    odd = tmp_path / "mistral3"
+    shutil.copytree(tiny("genrm_gemma3"), odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps(dict(config, model_type="mistral3",
+                                                     architectures=["Mistral3ForConditionalGeneration"])))
+    with pytest.raises(ValueError, match="not a causal language model transformers loads as one"):
+        check_policy(odd)
+
+
 # ------------------------------------------------------------------------------------------- Ctrl-C
 def test_ctrl_c_during_a_recipe_says_how_to_resume_and_the_resume_finishes(tiny, prompts_file, tmp_path):
     out = tmp_path / "run"
