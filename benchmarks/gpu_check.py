@@ -2,7 +2,9 @@
 transformers 5.17, no TRL and no vLLM; TRL travels as wheels, ``make gpu-wheels``). It prints one table, within
 about 8 minutes:
 
-1. **bf16 parity**: every family's tiny checkpoint (built offline, real layout) scored on the GPU in bf16 against
+1. **bf16 parity**: every family's tiny checkpoint (built offline, real layout), and the 2026 backbones that are not
+   plain attention stacks (Qwen3.5's gated delta rule, Gemma-3, Qwen3-MoE, GPT-OSS's sinks, a Gemma GPM, a Qwen3.5
+   judge), scored on the GPU in bf16 against
    the same model in float32 there. It catches a family that fails or goes wrong in bf16 (an exception, a dtype
    mix-up, NaN, a reversed ranking, an error beyond bf16's accumulated rounding); exact parity with the reference
    code is the float32 suites' job. The bound is 0.1 of the score scale: the scores of these tiny random models are
@@ -42,7 +44,10 @@ BF16_BOUND = 0.1  # of the score scale; see the module docstring (bf16 rounding 
 FAMILIES = [("bt", {}), ("bt_llama3", {}), ("bt_qwen3", {}), ("bt_qwen25", {}), ("bt_gemma2", {}),
             ("armorm", {}), ("pair_pm", {}), ("pairrm", {}), ("gpm", {}), ("prm", {}),
             ("genrm_qwen3", {"kind": "genrm", "judge": "qwen3-reranker"}),
-            ("genrm_trained", {"kind": "genrm", "judge": "mt-bench-logits"})]
+            ("genrm_trained", {"kind": "genrm", "judge": "mt-bench-logits"}),
+            # the 2026 backbones that are not plain attention stacks (rmplugins.testing.backbones)
+            ("bt_qwen35", {}), ("bt_gemma3", {}), ("bt_qwen3_moe", {}), ("bt_gpt_oss", {}), ("gpm_gemma", {}),
+            ("genrm_qwen35", {"kind": "genrm", "judge": "qwen3-reranker"})]
 SHAPES = {  # (model_type, shape); --dry-run shrinks them
     "Qwen3-0.6B": ("qwen3", {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
                              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128}),

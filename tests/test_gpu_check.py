@@ -27,7 +27,7 @@ def test_gpu_check_dry_run_prints_every_row(tiny_root, tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     checks = [r["check"] for r in rows]
-    assert sum(c.startswith("bf16 parity") for c in checks) == 12
+    assert sum(c.startswith("bf16 parity") for c in checks) == 18  # every family, and the 2026 backbones
     assert sum(c.startswith("engine ") for c in checks) == 4  # two shapes, both attention paths
     assert "co-located GRPO step" in checks and "offload" in rows[-1]["value"]
     assert f"TRL {trl.__version__} from {site}" in rows[-1]["value"]
