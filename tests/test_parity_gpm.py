@@ -260,7 +260,7 @@ def test_a_tau_that_would_make_every_score_wrong_is_refused(tiny, tmp_path):
     """tau = 0 gave NaN for every score and a negative tau turned every preference around, both silently."""
     import rmplugins
 
-    for bad in (0, -0.1, float("nan"), float("inf"), "fast"):
+    for bad in (0, -0.1, float("nan"), float("inf"), "fast", "0.1", True):
         with pytest.raises(ValueError, match="tau must be a positive number"):
             rmplugins.load_reward_model(tiny("gpm"), tau=bad)
     half = rmplugins.load_reward_model(tiny("gpm"), tau=0.05)  # a real change of tau scales the scores, no more

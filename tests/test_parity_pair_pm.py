@@ -136,7 +136,7 @@ def test_a_temperature_that_would_make_every_probability_wrong_is_refused(tiny):
     """temperature = 0 divided the answer logits by zero and a negative one swapped A and B, both silently."""
     import rmplugins
 
-    for bad in (0, -1.0, float("nan"), float("inf"), "hot"):
+    for bad in (0, -1.0, float("nan"), float("inf"), "hot", "2", False):
         with pytest.raises(ValueError, match="temperature must be a positive number"):
             rmplugins.load_reward_model(tiny("pair_pm"), temperature=bad)
     warm = rmplugins.load_reward_model(tiny("pair_pm"), temperature=2.0)  # the card's loop at that temperature

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..options import real_number
+
 
 def score_head(shapes: dict[str, list[int]], hidden: int, labels: int = 1) -> str:
     """The score head the tensors describe: ``"linear"`` (transformers' ``score.weight [labels, hidden]``) or
@@ -67,10 +69,11 @@ def quiet_transformers():
 
 def positive_temperature(option: str, value: Any, card: float) -> float:
     """A softmax or sigmoid temperature as a positive, finite number: 0 makes every probability NaN (or 0 and 1)
-    and a negative one turns every preference around, both silently."""
+    and a negative one turns every preference around, both silently; ``True`` read as 1 and ``"0.1"`` as a
+    number (:func:`~rmplugins.options.real_number` refuses both)."""
     try:
-        number = float(value)
-    except (TypeError, ValueError):
+        number = real_number(option, value)
+    except ValueError:
         number = math.nan
     if not 0 < number < math.inf:
         raise ValueError(f"{option} must be a positive number (the model card's is {card:g}), got {value!r}")
