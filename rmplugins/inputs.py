@@ -2,7 +2,8 @@
 
 Prompts are a ``str`` (one user turn) or a list of ``{"role", "content"}`` messages ending with a user turn
 (a leading system message is allowed). Completions are a ``str`` or TRL's conversational form: a list of
-assistant messages (tool calls and tool results in between are tolerated; the last message is the answer).
+assistant messages (tool calls and tool results in between are tolerated; the last message is the answer, and it
+cannot itself be a tool call). Tool calls, tool-call ids and names, and earlier reasoning reach the chat template.
 Every family renders :class:`Conversation` in its own format, so this is the only place that validates input.
 """
 
@@ -26,10 +27,27 @@ class Conversation:
         return [dict(m) for m in self.context] + [{"role": "assistant", "content": self.response}]
 
 
+# Fields a chat template renders besides role and content (an assistant's tool calls, a tool result's id and name,
+# earlier reasoning): passed on, so a template that writes them (Qwen3's <tool_call>) sees what the model card's
+# apply_chat_template sees; families with formats of their own read the content alone, as their cards do.
+TEMPLATE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+
+
 def _plain(message: Any, where: str) -> Message:
-    """``{"role", "content"}`` of one chat message, its content reduced to text."""
+    """``{"role", "content"}`` of one chat message, its content reduced to text, and its ``TEMPLATE_FIELDS``."""
     content = _content(message, where)  # validates the message first
-    return {"role": message["role"], "content": content}
+    plain = {"role": message["role"], "content": content}
+    for field in TEMPLATE_FIELDS:
+        value = message.get(field)
+        if value is None:
+            continue
+        if field == "tool_calls":
+            if not isinstance(value, list) or not all(isinstance(call, dict) for call in value):
+                raise ValueError(f"{where}: 'tool_calls' must be a list of tool-call objects, got {value!r:.120}")
+        elif not isinstance(value, str):
+            raise ValueError(f"{where}: a message's {field!r} must be a string, got {type(value).__name__}")
+        plain[field] = value
+    return plain
 
 
 def _content(message: Any, where: str) -> str:
@@ -109,6 +127,15 @@ def completion_messages(completion: Any, index: int = 0) -> list[Message]:
             f"{where}: completion messages must be assistant turns (tool results allowed in between) ending "
             f"with an assistant answer; got roles {roles}"
         )
+    answer = messages[-1]
+    if "tool_calls" in answer:  # the scored answer is its text: the call would be left out of it
+        raise ValueError(f"{where}: the answer (the last assistant turn) makes a tool call; a reward is read from an "
+                         "answer's text, which would leave the call out: score the assistant turn that answers after "
+                         "the tool results, or send the call as the answer's text")
+    if "reasoning_content" in answer:
+        raise ValueError(f"{where}: the answer carries 'reasoning_content' beside its content; a reward is read from "
+                         "the answer's content, which would leave the reasoning out: put it into the content as the "
+                         "model wrote it (e.g. <think>...</think> before the answer), or drop the field")
     return messages
 
 

@@ -29,6 +29,54 @@ def test_multi_message_completion_with_tool_calls_keeps_the_last_answer():
     assert [m["role"] for m in conv.context] == ["user", "assistant", "tool"]
 
 
+# ChatML that writes tool calls and results as Qwen's templates do (<tool_call>, <tool_response>)
+TOOLS_TEMPLATE = (
+    "{%- for m in messages %}"
+    "{%- if m.role == 'assistant' %}{{ '<|im_start|>assistant\n' + m.content }}"
+    "{%- for c in m.tool_calls or [] %}{{ '\n<tool_call>\n' + (c.function | tojson) + '\n</tool_call>' }}{%- endfor %}"
+    "{{ '<|im_end|>\n' }}"
+    "{%- elif m.role == 'tool' %}"
+    "{{ '<|im_start|>user\n<tool_response>\n' + m.content + '\n</tool_response><|im_end|>\n' }}"
+    "{%- else %}{{ '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{%- endif %}"
+    "{%- endfor %}")
+
+
+def test_tool_calls_reach_the_chat_template_as_the_card_renders_them(tiny):
+    """A template that writes tool calls gets them (the card's ``apply_chat_template`` of the messages as given); they
+    were dropped, so an agent's trajectory was scored as if it had called nothing. An answer that is a tool call, or
+    that carries its reasoning beside its content, is refused: its text alone would leave those out."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tiny("bt_qwen3")
+    rm = rmplugins.load_reward_model(path, dtype="float32", device="cpu", chat_template=TOOLS_TEMPLATE)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+
+    def card(messages):
+        text = tok.apply_chat_template(messages, tokenize=False, chat_template=TOOLS_TEMPLATE)
+        with torch.no_grad():
+            return float(model(**tok(text, return_tensors="pt")).logits[0, 0])
+
+    call = {"type": "function", "id": "c1", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    prompt = [{"role": "user", "content": "Weather in Paris?"}]
+    trajectory = [{"role": "assistant", "content": "", "tool_calls": [call]},
+                  {"role": "tool", "content": "sunny, 21C", "tool_call_id": "c1", "name": "get_weather"},
+                  {"role": "assistant", "content": "It is sunny and 21C in Paris."}]
+    want = card(prompt + trajectory)
+    assert rm.score([prompt], [trajectory]) == pytest.approx([want], abs=2e-5)
+    without_call = [dict(trajectory[0], tool_calls=None)] + trajectory[1:]
+    assert abs(card(prompt + without_call) - want) > 1e-3  # what the reward was before: the call left out
+    conv = to_conversation(prompt, trajectory)
+    assert conv.context[1]["tool_calls"] == [call] and conv.context[2]["tool_call_id"] == "c1"
+    with pytest.raises(ValueError, match="the answer .* makes a tool call"):
+        to_conversation(prompt, trajectory[:1])
+    with pytest.raises(ValueError, match="'reasoning_content' beside its content"):
+        to_conversation(prompt, [{"role": "assistant", "content": "Sunny.", "reasoning_content": "Let me see."}])
+    with pytest.raises(ValueError, match="'tool_calls' must be a list of tool-call objects"):
+        to_conversation(prompt, [dict(trajectory[0], tool_calls="get_weather()")] + trajectory[1:])
+
+
 def test_mismatched_lengths_name_the_mismatch():
     with pytest.raises(ValueError, match="2 prompts but 3 completions"):
         to_conversations(["a", "b"], ["x", "y", "z"])
