@@ -3,7 +3,8 @@
 Prompts are a ``str`` (one user turn) or a list of ``{"role", "content"}`` messages ending with a user turn
 (a leading system message is allowed). Completions are a ``str`` or TRL's conversational form: a list of
 assistant messages (tool calls and tool results in between are tolerated; the last message is the answer, and it
-cannot itself be a tool call). Tool calls, tool-call ids and names, and earlier reasoning reach the chat template.
+cannot itself be a tool call). Tool calls, tool-call ids and names, and earlier turns' reasoning reach the chat
+template; the answer is its content.
 Every family renders :class:`Conversation` in its own format, so this is the only place that validates input.
 """
 
@@ -28,9 +29,10 @@ class Conversation:
 
 
 # Fields a chat template renders besides role and content (an assistant's tool calls, a tool result's id and name,
-# earlier reasoning): passed on, so a template that writes them (Qwen3's <tool_call>) sees what the model card's
-# apply_chat_template sees; families with formats of their own read the content alone, as their cards do.
-TEMPLATE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content")
+# earlier turns' reasoning, as TRL's response parsing names it): passed on, so a template that writes them (Qwen3's
+# <tool_call>) sees what the model card's apply_chat_template sees; families with formats of their own read the
+# content alone, as their cards do.
+TEMPLATE_FIELDS = ("tool_calls", "tool_call_id", "name", "reasoning_content", "thinking")  # (GPT-OSS: thinking)
 
 
 def _plain(message: Any, where: str) -> Message:
@@ -132,10 +134,8 @@ def completion_messages(completion: Any, index: int = 0) -> list[Message]:
         raise ValueError(f"{where}: the answer (the last assistant turn) makes a tool call; a reward is read from an "
                          "answer's text, which would leave the call out: score the assistant turn that answers after "
                          "the tool results, or send the call as the answer's text")
-    if "reasoning_content" in answer:
-        raise ValueError(f"{where}: the answer carries 'reasoning_content' beside its content; a reward is read from "
-                         "the answer's content, which would leave the reasoning out: put it into the content as the "
-                         "model wrote it (e.g. <think>...</think> before the answer), or drop the field")
+    # its reasoning_content (TRL's parse of a reasoning model's <think> block) is not the answer: the content is
+    # scored, as the reward models' cards score a response
     return messages
 
 

@@ -43,8 +43,8 @@ TOOLS_TEMPLATE = (
 
 def test_tool_calls_reach_the_chat_template_as_the_card_renders_them(tiny):
     """A template that writes tool calls gets them (the card's ``apply_chat_template`` of the messages as given); they
-    were dropped, so an agent's trajectory was scored as if it had called nothing. An answer that is a tool call, or
-    that carries its reasoning beside its content, is refused: its text alone would leave those out."""
+    were dropped, so an agent's trajectory was scored as if it had called nothing. An answer that is a tool call is
+    refused (an unfinished trajectory: its text alone would leave the call out); an answer's content is scored."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -71,8 +71,9 @@ def test_tool_calls_reach_the_chat_template_as_the_card_renders_them(tiny):
     assert conv.context[1]["tool_calls"] == [call] and conv.context[2]["tool_call_id"] == "c1"
     with pytest.raises(ValueError, match="the answer .* makes a tool call"):
         to_conversation(prompt, trajectory[:1])
-    with pytest.raises(ValueError, match="'reasoning_content' beside its content"):
-        to_conversation(prompt, [{"role": "assistant", "content": "Sunny.", "reasoning_content": "Let me see."}])
+    # TRL's parse of a reasoning model's answer puts its <think> block in reasoning_content: the content is scored
+    reasoned = to_conversation(prompt, [{"role": "assistant", "content": "Sunny.", "reasoning_content": "Let me see."}])
+    assert reasoned.response == "Sunny." and reasoned.messages[-1] == {"role": "assistant", "content": "Sunny."}
     with pytest.raises(ValueError, match="'tool_calls' must be a list of tool-call objects"):
         to_conversation(prompt, [dict(trajectory[0], tool_calls="get_weather()")] + trajectory[1:])
 
