@@ -5,11 +5,13 @@ keep a recurrent state; vision-language, its text config nested), Gemma-3 (visio
 the nested config), Qwen3-MoE, GPT-OSS (attention sinks, an MLP that also returns router scores) and DeepSeek-V3
 (latent attention). Each once failed or was silently wrong in the engine: a hybrid's prefix pass read keys from a
 recurrent layer, the last layer's MLP got 2-D rows a sparse MoE block cannot read, SDPA was forced on GPT-OSS,
-and a nested window went unseen, so Gemma-3 shared prompts longer than its window (rewards off by 2.4).
+and a nested window went unseen, so Gemma-3 shared prompts longer than its window (rewards off by 2.4). Qwen3-MoE
+and GPT-OSS run on vLLM as well (its own models), checked against the same pipeline.
 """
 
 from __future__ import annotations
 
+import engines
 import pytest
 import torch
 import transformers
@@ -63,6 +65,21 @@ def test_a_prompts_candidates_share_it_only_where_layers_keep_keys_and_values(se
     recurrent = kind in RECURRENT
     assert rm.engine.prefix_reuse is not recurrent and rm.engine.supports_prompt_cache is not recurrent
     assert (rm.engine.stats.prefix_groups == 0) is recurrent
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("kind", ["bt_qwen3_moe", "bt_gpt_oss"])
+def test_vllm_scores_the_moe_backbones_as_the_card(kind, tiny, references):
+    """vLLM's own Qwen3-MoE and GPT-OSS (its attention sinks) through ``engine="vllm"``, against the same pipeline."""
+    path = tiny(kind)
+    ref = references(kind, lambda: CardPipeline(path, system_role=True))
+    rm = engines.load(path, "vllm")
+    try:
+        prompts, completions = pointwise_cases()
+        got = rm.score(prompts, completions)
+    finally:
+        engines.close(rm)
+    assert_close(got, [ref.reward(full_messages(p, c)) for p, c in zip(prompts, completions)], ATOL, f"{kind} vllm")
 
 
 def test_gemma3_window_from_its_text_config(tiny):

@@ -27,7 +27,8 @@ from .builders import _ids, _save, _save_bt, _write_config
 from .judges import _save_causal_lm
 from .tokenizers import QWEN3_CHAT_TEMPLATE, build_chatml_tokenizer, build_gemma_tokenizer
 
-LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+LAYER = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+             head_dim=32,  # the smallest vLLM's CPU attention takes
              max_position_embeddings=4096, tie_word_embeddings=False)
 
 
@@ -115,7 +116,10 @@ def build_bt_gpt_oss(path: Path, seed: int = 14) -> None:
     cfg = GptOssConfig(**LAYER, **_chatml(path), num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2,
                        sliding_window=128, layer_types=["sliding_attention", "full_attention"], num_labels=1)
     torch.manual_seed(seed)
-    _save_bt(path, GptOssForSequenceClassification(cfg), cfg, "GptOssForSequenceClassification")
+    model = GptOssForSequenceClassification(cfg)
+    for layer in model.model.layers:  # sinks spread wide, so that attending without them shows
+        torch.nn.init.normal_(layer.self_attn.sinks, mean=1.0, std=1.0)
+    _save_bt(path, model, cfg, "GptOssForSequenceClassification")
 
 
 def build_bt_deepseek_v3(path: Path, seed: int = 15) -> None:

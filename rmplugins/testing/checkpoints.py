@@ -51,7 +51,7 @@ from .judges import (
     build_genrm_trained,
 )
 
-FORMAT_VERSION = "9"  # bump when a builder changes, so cached checkpoints are rebuilt
+FORMAT_VERSION = "10"  # bump when a builder changes, so cached checkpoints are rebuilt
 KINDS = ("bt", "bt_llama3", "armorm", "pair_pm", "pairrm", "better_pairrm", "gpm", "policy")
 
 
