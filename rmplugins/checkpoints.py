@@ -148,25 +148,21 @@ def detect_kind(config: dict[str, Any], shapes: dict[str, list[int]]) -> str:
         "know it is one of them")
 
 
-def causal_lm(config: dict[str, Any]) -> bool:
-    """A ``*ForCausalLM``, or a ``*ForConditionalGeneration`` that transformers loads as a causal LM (Qwen3.5 and
-    Gemma-3 ship as vision-language models; an encoder-decoder or Mistral-3 has no such class)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    archs = config.get("architectures") or []
-    return any(a.endswith("ForCausalLM") for a in archs) or (
-        any(a.endswith("ForConditionalGeneration") for a in archs)
-        and config.get("model_type") in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
-
-
-def _causal_lm_class(config: dict[str, Any]) -> str:
-    """The class ``AutoModelForCausalLM`` loads the checkpoint as (Qwen3.5's text model for its vision-language
-    checkpoint; the named class for a plain causal LM)."""
+def causal_lm_class(config: dict[str, Any]) -> str | None:
+    """The class the checkpoint loads as a causal LM: its own ``*ForCausalLM``, or for a ``*ForConditionalGeneration``
+    (Qwen3.5 and Gemma-3 ship as vision-language models) the one transformers maps its ``model_type`` to (Qwen3.5's
+    text model, Gemma-3's whole model); None where there is none (an encoder-decoder, Mistral-3)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     archs = config.get("architectures") or []
     named = next((a for a in archs if a.endswith("ForCausalLM")), None)
-    return named or MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"), "")
+    if named or not any(a.endswith("ForConditionalGeneration") for a in archs):
+        return named
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
+
+
+def causal_lm(config: dict[str, Any]) -> bool:
+    return causal_lm_class(config) is not None
 
 
 def check_kind_fits(kind: str, config: dict[str, Any], shapes: dict[str, list[int]], path: Path) -> None:
@@ -250,12 +246,12 @@ def check_policy(name_or_path: str | os.PathLike, option: str = "--policy") -> P
     if kind is not None:
         raise ValueError(f"{option} {name_or_path} is a reward model (kind {kind!r}, from {source}), not a policy: "
                          f"give the language model to train as {option}, and this one as --reward-model")
-    if not causal_lm(config):
+    loaded_as = causal_lm_class(config)
+    if loaded_as is None:
         raise ValueError(f"{option} {name_or_path} is not a causal language model transformers loads as one "
                          f"(architectures={archs}, model_type {config.get('model_type')!r}); give the policy's "
                          "checkpoint (an *ForCausalLM model)")
-    loaded_as = _causal_lm_class(config)
-    if archs and loaded_as not in archs:
+    if loaded_as not in archs:
         logger.warning("%s %s is %s: the recipes generate with and train %s, its language model, and save each "
                        "iteration's model as that alone (without the vision tower)", option, name_or_path, archs[0],
                        loaded_as)
