@@ -124,4 +124,6 @@ def model_kwargs(device: str, dtype: torch.dtype, attn_implementation: str | Non
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     kwargs["device_map"] = device_map if device_map is not None else device
+    if kwargs["device_map"] == "meta":  # weights that never run (engine="vllm"): transformers 5.2x would fit the
+        kwargs["use_kernels"] = False   # hub's kernels to them by default, and refuses to on the meta device
     return kwargs

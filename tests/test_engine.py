@@ -550,3 +550,24 @@ def test_a_call_uses_only_the_cores_other_processes_leave_free(models, monkeypat
         engine.fit_threads = True
         hook.remove()
         torch._C.set_num_threads(before)
+
+
+def test_the_cache_is_found_by_the_name_the_installed_transformers_gives_it(models):
+    """transformers renamed a forward's ``past_key_values`` to ``cache`` (5.2x): the engine hands a cache over, and
+    takes one back, by the name the backbone has (a cache passed under the other name was lost: a crash on 5.25)."""
+    from transformers import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutputWithPast
+
+    from rmplugins.engine.cache_argument import cache_keyword, given_cache, output_cache
+
+    backbone = models("bt_llama3").engine.backbone
+    new = "cache" in BaseModelOutputWithPast.__dataclass_fields__
+    assert cache_keyword(backbone) == ("cache" if new else "past_key_values")
+    assert cache_keyword(OutOfMemoryAbove(backbone, 10)) == cache_keyword(backbone)  # a wrapper taking **kwargs
+    with torch.inference_mode():
+        out = backbone(input_ids=torch.tensor([[3, 4, 5]]), use_cache=True)
+    assert output_cache(out).get_seq_length() == 3
+    cache, kwargs = DynamicCache(), {"cache": None, "other": 1}
+    assert given_cache(cache, dict(kwargs)) is cache
+    kwargs["cache"] = cache
+    assert given_cache(None, kwargs) is cache and kwargs == {"other": 1}

@@ -291,9 +291,14 @@ def test_gemma2_soft_capping_is_never_dropped(tiny):
     assert rm.model.config._attn_implementation == "eager"
     with pytest.raises(ValueError, match="soft-capping"):
         load_reward_model(path, dtype="float32", device="cpu", attn_implementation="sdpa")
-    # what the refusal protects from: the same weights through SDPA give other rewards
-    sdpa = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
-                                                                           attn_implementation="sdpa")
+    # what the refusal protects from: the same weights through SDPA give other rewards (transformers 5.2x and
+    # later refuse SDPA for Gemma-2 themselves)
+    try:
+        sdpa = transformers.AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32,
+                                                                               attn_implementation="sdpa")
+    except ValueError as err:
+        assert "does not support an attention implementation" in str(err)
+        return
     ids = rm.encode(full_messages("Write a poem.", "Roses are red, and books are good friends."))
     with torch.inference_mode():
         dropped = float(sdpa(torch.tensor([ids])).logits[0, 0])

@@ -35,6 +35,7 @@ import torch
 from . import budget as sizes
 from .allocator import keep_freed_memory
 from .attention import CHECKED_MODEL_TYPES, log_generic_path, supports_engine_attention
+from .cache_argument import cache_keyword
 from .caches import KeptPrefixes
 from .end_to_end import run_end_to_end
 from .fused import FusedForwards
@@ -314,9 +315,8 @@ class ScoringEngine:
 
     def _fused_wanted(self) -> bool:
         """``fused_kernels`` True, or None where they pay (:func:`.fused.pays`)."""
-        if self.fused_kernels is not None:
-            return bool(self.fused_kernels)
-        return fused_pays(self.device, self.dtype, getattr(self.config, "hidden_size", None))
+        explicit, hidden = self.fused_kernels, getattr(self.config, "hidden_size", None)
+        return bool(explicit) if explicit is not None else fused_pays(self.device, self.dtype, hidden)
 
     def _fused_forwards(self) -> FusedForwards | None:
         """The fused kernels (:mod:`.fused`) where :meth:`_fused_wanted`, once they are available."""
@@ -338,7 +338,7 @@ class ScoringEngine:
             return False
         params = inspect.signature(self.backbone.forward).parameters
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        if not takes_kwargs and not {"past_key_values", "position_ids"} <= set(params):
+        if not takes_kwargs and not {cache_keyword(self.backbone), "position_ids"} <= set(params):
             return False
         if not self._window_covers(seqs):
             logger.debug("prefix reuse off: a sequence is longer than the window (%s)", self.config.sliding_window)

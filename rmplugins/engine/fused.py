@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import engine_attention_forward, merge
+from .cache_argument import given_cache
 from .projections import KeysValues
 from .swap import forwards_swapped
 
@@ -326,8 +327,9 @@ class FusedForwards:
             key, value = keys_values(hidden_states)
             key = prepare_k(key.view(heads), cos, sin).transpose(1, 2)
             value = value.view(heads).transpose(1, 2)
-            if past_key_values is not None:  # kept by the cache: the values alone, not the joint product they slice
-                key, value = past_key_values.update(key, value.contiguous(), module.layer_idx)
+            cache = given_cache(past_key_values, kwargs)
+            if cache is not None:  # kept by the cache: the values alone, not the joint product they slice
+                key, value = cache.update(key, value.contiguous(), module.layer_idx)
             kwargs.pop("sliding_window", None)
             out, weights = engine_attention_forward(module, query, key, value, attention_mask, scaling=module.scaling,
                                                     softcap=softcap, **kwargs)

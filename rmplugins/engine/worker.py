@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .attention import AttentionPlan, use_engine_attention
+from .cache_argument import cache_keyword, output_cache
 from .ragged import RaggedLayout
 from .read_positions import last_layer_row_modules, reading_only
 
@@ -112,7 +113,7 @@ class BackboneWorker:
         ``inside[r]`` (the positions read within the prefix)."""
         ids, mask = self.pad(prefixes)
         out = self.backbone_forward(ids, mask, inside, use_cache=True)
-        layers = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        layers = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         kv = [[(k[row: row + 1, :, :len(p)], v[row: row + 1, :, :len(p)]) for k, v in layers]
               for row, p in enumerate(prefixes)]
         return kv, self.gather(out.last_hidden_state, inside)
@@ -160,7 +161,8 @@ class BackboneWorker:
         prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         return self.backbone_forward(ids, mask, after, position_ids=position_ids,
-                                     past_key_values=DynamicCache(ddp_cache_data=layers), use_cache=False)
+                                     **{cache_keyword(self.backbone): DynamicCache(ddp_cache_data=layers)},
+                                     use_cache=False)
 
     @staticmethod
     def release_memory() -> None:
