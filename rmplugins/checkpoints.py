@@ -55,7 +55,19 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    return _read_json(path / "config.json", "the checkpoint's configuration")
+    """config.json, refused with the reason where the installed transformers does not know its model type (a
+    backbone newer than it: every later step would fail, or misname the checkpoint)."""
+    config = _read_json(path / "config.json", "the checkpoint's configuration")
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and "auto_map" not in config:
+        import transformers
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise ValueError(f"{path}: model type {model_type!r} ({', '.join(config.get('architectures') or [])}) "
+                             f"is not known to the installed transformers {transformers.__version__}: it came in a "
+                             "later release; upgrade transformers (pip install -U transformers)")
+    return config
 
 
 def _read_json(file: Path, what: str) -> dict[str, Any]:

@@ -81,6 +81,27 @@ def test_a_plain_causal_lm_is_not_taken_for_a_pair_preference_model(tiny, tmp_pa
     assert rm.compare(["hi"], ["a"], ["b"]) == reference.compare(["hi"], ["a"], ["b"])
 
 
+def test_a_backbone_newer_than_the_installed_transformers_is_named_as_such(tiny, tmp_path):
+    """A checkpoint whose model type the installed transformers does not know (a Qwen3.5 judge on transformers 5.0
+    was called "not a reward-model family") is refused with the version and the upgrade, as a reward model and as a
+    policy; a model type that comes with its own code (auto_map) is left to it."""
+    import json
+
+    import transformers
+
+    for name, load in (("bt", rmplugins.load_reward_model), ("policy", rmplugins.checkpoints.check_policy)):
+        newer = tmp_path / f"{name}-newer"
+        _copy(tiny(name), newer)
+        config = json.loads((newer / "config.json").read_text())
+        (newer / "config.json").write_text(json.dumps({**config, "model_type": "llama9"}))
+        with pytest.raises(ValueError, match=f"model type 'llama9' .* installed transformers "
+                                             f"{transformers.__version__}: .* upgrade transformers"):
+            load(newer)
+    from pathlib import Path
+
+    assert read_config(Path(tiny("armorm")))["auto_map"]  # ArmoRM's own code: its model type is its business
+
+
 @pytest.mark.parametrize("name,kind,lacks", [("armorm", "gpm", "value_head.weight"), ("bt", "armorm", "regression"),
                                              ("gpm", "bt", "ForSequenceClassification"),
                                              ("pairrm", "pair_pm", "ForCausalLM")])
