@@ -6,9 +6,9 @@ server (the reward model's template applied, BOS text dropped, ``use_activation:
 ArmoRM and, with ``--group-size``, for GPM's group rewards. Request and response bodies are validated with vLLM's
 own pydantic protocol classes. AReaL's ``AsyncRewardWrapper`` (installed ``--no-deps``; its package entered without
 its ``__init__``, in a process of its own) runs ``integrations/areal/reward.py`` in its process pool. slime is not on
-PyPI: its ``remote_rm`` request (``slime/rollout/rm_hub/__init__.py``: a fresh aiohttp session with
-``force_close``, a 30 s total timeout, ``{"prompt", "response", "label"}``, ``await resp.json()`` taken as the
-reward) is sent as it sends it.
+PyPI: its ``remote_rm`` (``slime/rollout/rm_hub/__init__.py`` as of 2026-06: one shared aiohttp session of 64
+kept-alive connections, a 120 s total timeout a try, ``{"prompt", "response", "label"}``, ``await resp.json()``
+taken as the reward, any failure retried after min(2^try, 30) + U(0, 1) s, ten tries) is run as it runs.
 """
 
 import asyncio
@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import math
 import os
+import random
 import struct
 import sys
 
@@ -202,14 +203,25 @@ def test_areal_reward_wrapper_runs_the_integration_against_classify(armorm, poli
     assert rewards[2] == -4.0  # the server's --fallback-reward: AReaL would re-raise the refusal and stop
 
 
-async def _slime_remote_rm(url, sample):
-    """slime's ``remote_rm`` as its rm_hub sends it."""
-    payload = {"prompt": sample["prompt"], "response": sample["response"], "label": sample["label"]}
-    connector = aiohttp.TCPConnector(force_close=True, enable_cleanup_closed=True)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        async with session.post(url, json=payload) as resp:
-            resp.raise_for_status()
-            return await resp.json()
+def _slime(url, samples, max_retries=10):
+    """slime's ``remote_rm`` for each of ``samples`` at once (as ``batched_async_rm`` gathers a group), through one
+    shared session as its rm_hub keeps it; its retries and their back-off as it has them."""
+    async def run():
+        connector = aiohttp.TCPConnector(limit=64, enable_cleanup_closed=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+            async def remote_rm(sample):
+                payload = {"prompt": sample["prompt"], "response": sample["response"], "label": sample["label"]}
+                for attempt in range(max_retries):
+                    try:
+                        async with session.post(url, json=payload) as resp:
+                            resp.raise_for_status()
+                            return await resp.json()
+                    except Exception:
+                        if attempt + 1 >= max_retries:
+                            raise
+                        await asyncio.sleep(min(2 ** attempt, 30) + random.random())
+            return await asyncio.gather(*(remote_rm(s) for s in samples))
+    return asyncio.run(run())
 
 
 def test_slime_remote_rm(tiny, armorm, policy_tok):
@@ -220,9 +232,7 @@ def test_slime_remote_rm(tiny, armorm, policy_tok):
                 "response": r, "label": "42"} for c, r in convs]
     samples.append({"prompt": convs[0][0], "response": convs[0][1], "label": None})
     with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok)) as server:
-        async def run():
-            return await asyncio.gather(*(_slime_remote_rm(server.url + "/remote_rm", s) for s in samples))
-        rewards = asyncio.run(run())
+        rewards = _slime(server.url + "/remote_rm", samples)
     want = armorm.score([c for c, _ in convs], [r for _, r in convs])
     assert all(isinstance(r, float) for r in rewards)
     assert rewards == pytest.approx(want + want[:1], abs=1e-6)
@@ -232,16 +242,11 @@ def test_slime_remote_rm(tiny, armorm, policy_tok):
     group = [r for _, r in _conversations(4, seed=57)]
     prompt = policy_tok.apply_chat_template(context, tokenize=False, add_generation_prompt=True)
     with BackgroundServer(create_app(pair_pm, policy_tokenizer=policy_tok, group_size=4, group_timeout=20)) as server:
-        async def group_rm():
-            return await asyncio.gather(*(_slime_remote_rm(server.url + "/remote_rm",
-                                                           {"prompt": prompt, "response": r, "label": ""})
-                                          for r in group))
-        rewards = asyncio.run(group_rm())
+        rewards = _slime(server.url + "/remote_rm", [{"prompt": prompt, "response": r, "label": ""} for r in group])
     want = pair_pm.rank(context, group, "round_robin").scores
     assert all(close(g, w) for g, w in zip(rewards, want))
     with BackgroundServer(create_app(pair_pm, policy_tokenizer=policy_tok)) as server:  # no groups: vs the label
-        reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
-                                              {"prompt": prompt, "response": group[0], "label": group[1]}))
+        (reward,) = _slime(server.url + "/remote_rm", [{"prompt": prompt, "response": group[0], "label": group[1]}])
     assert close(reward, pair_pm.compare([context], [group[0]], [group[1]])[0])
 
 
@@ -281,15 +286,19 @@ def test_a_sample_the_model_rejects_gets_the_fallback_reward_on_every_route(armo
         assert answer["rewards"] == [score[0], None] and "too long" in answer["errors"][1]
         status, answer = _post(server.url + "/classify", {"input": long_text + "an answer", "use_activation": False})
         assert vllm_classify.ClassificationResponse.model_validate(answer).data[0].probs == [-2.5]  # AReaL, verl
-        reward = asyncio.run(_slime_remote_rm(server.url + "/remote_rm",
-                                              {"prompt": long_text, "response": "an answer", "label": ""}))
-        assert reward == -2.5
+        (reward,) = _slime(server.url + "/remote_rm", [{"prompt": long_text, "response": "an answer", "label": ""}])
+        assert reward == -2.5  # answered at once: slime retries nothing
         metrics = _get(server.url + "/metrics.json")[1]
         assert metrics["samples_fallback_reward"] == 4 and metrics["samples_rejected"] == 5
         assert _get(server.url + "/health")[1]["fallback_reward"] == -2.5
     with BackgroundServer(create_app(armorm, policy_tokenizer=policy_tok, max_sample_chars=10 ** 6)) as server:
         status, answer = _post(server.url + "/score", body)
         assert status == 422 and "too long" in answer["error"] and "--fallback-reward X" in answer["error"]
+        with pytest.raises(aiohttp.ClientResponseError) as refused:  # slime tries again, is refused again, stops
+            _slime(server.url + "/remote_rm", [{"prompt": long_text, "response": "an answer", "label": ""}], 2)
+        assert refused.value.status == 422
+        metrics = _get(server.url + "/metrics.json")[1]  # the /score request's refusal, then slime's two
+        assert metrics["errors"] == {"422": 3} and metrics["refusals"] == {"too_long": 3}
     with pytest.raises(ValueError, match="--fallback-reward nan: must be a finite number"):
         create_app(armorm, fallback_reward=float("nan"))
 
