@@ -52,11 +52,12 @@ def pip_install(requirement: str, folder: Path) -> None:
                     "--upgrade", "--target", str(folder), requirement], check=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("requirement", help="the release to lay over the environment, e.g. transformers==5.25.0")
     parser.add_argument("folder", type=Path, help="where it goes (put it first on PYTHONPATH to use it)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     top = Requirement(args.requirement)
     args.folder.mkdir(parents=True, exist_ok=True)
     pip_install(args.requirement, args.folder)
