@@ -198,8 +198,10 @@ def test_an_empty_name_and_a_chat_template_that_drops_the_text_are_refused(tiny)
 
 
 def test_options_pairrm_takes_but_never_uses_are_refused(tiny):
-    """max_length= and chat_template= were accepted by PairRM and ignored (its variant fixes both)."""
-    for options in ({"max_length": 512}, {"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}):
+    """max_length= and chat_template= were accepted by PairRM and ignored (its variant fixes both), and so was
+    attn_implementation= (DeBERTa's attention is its own)."""
+    for options in ({"max_length": 512}, {"chat_template": "{% for m in messages %}{{ m['content'] }}{% endfor %}"},
+                    {"attn_implementation": "sdpa"}):
         with pytest.raises(ValueError, match=f"{next(iter(options))}= does not apply to PairRM"):
             rmplugins.load_reward_model(tiny("pairrm"), **options)
 

@@ -100,12 +100,16 @@ class PairRMRewardModel(PairwiseRewardModel):
     def from_pretrained(cls, checkpoint, *, name_or_path, device, dtype, attn_implementation=None,
                         device_map=None, max_length=None, token_budget=None, chat_template=None, backend=None):
         """The variant comes from the checkpoint (its rmplugins.json, its hub id, or the variant option given to
-        ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is not used)."""
+        ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is refused)."""
         variant = checkpoint.variant
         for option, value in (("max_length", max_length), ("chat_template", chat_template)):
             if value is not None:  # taken so the loader can pass every family the same options; never used here
                 raise ValueError(f"{option}= does not apply to PairRM: its input format and lengths are its variant's "
                                  "(source and candidate limits, Better-PairRM's conversation text); drop it")
+        if attn_implementation is not None:  # the loader's default for it is None: this one is the caller's
+            raise ValueError(f"attn_implementation= does not apply to PairRM ({attn_implementation!r} given): its "
+                             "DeBERTa encoder runs its own (disentangled) attention, which no other kernel computes; "
+                             "drop it")
         tokenizer = load_tokenizer(checkpoint.path, name_or_path)
         if variant is None:
             raise ValueError(
