@@ -19,7 +19,6 @@ The route handlers are plain functions; what they share (model, parser, batcher,
 import asyncio
 import hmac
 import logging
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from ..finite import NON_FINITE, NonFiniteOutput
+from ..options import real_number
 from ..policy_template import PolicyTemplate, load_policy_template
 from .batcher import Batcher
 from .groups import ClientGone, GroupBuffer
@@ -88,12 +88,9 @@ def prompt_cache_engine(rm: Any, tokens: int | None):
 def check_fallback_reward(value: Any) -> float | None:
     """``--fallback-reward``: a finite number (the reward of a sample the model rejects, for clients that cannot
     take a missing one), or None (such a sample is refused: 422, or null in a partial answer)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"--fallback-reward {value!r}: must be a finite number (the reward given to a sample the "
-                         "model rejects), or left unset so that such a sample is refused with its reason")
-    return float(value)
+    return None if value is None else real_number(
+        "--fallback-reward", value, " (the reward given to a sample the model rejects), or left unset so that such "
+        "a sample is refused with its reason")
 
 
 def _policy_template(policy_tokenizer: Any) -> PolicyTemplate | None:
