@@ -64,9 +64,9 @@ def read_config(path: Path) -> dict[str, Any]:
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         if model_type not in CONFIG_MAPPING_NAMES:
-            raise ValueError(f"{path}: model type {model_type!r} ({', '.join(config.get('architectures') or [])}) "
-                             f"is not known to the installed transformers {transformers.__version__}: it came in a "
-                             "later release; upgrade transformers (pip install -U transformers)")
+            raise ValueError(f"{path}: model type {model_type!r} (architectures={config.get('architectures')}) is not "
+                             f"known to the installed transformers {transformers.__version__}: it came in a later "
+                             "release; upgrade transformers (pip install -U transformers)")
     return config
 
 

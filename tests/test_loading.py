@@ -227,3 +227,17 @@ def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, 
         assert placement.resolve_dtype("auto", "cpu") == torch.float32
         assert placement.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     assert caplog.text.count("dtype='bfloat16'") == 1
+
+
+def test_weights_for_vllm_build_on_the_meta_device_on_every_transformers(tiny):
+    """engine="vllm" builds the family with its weights on the meta device; transformers 5.25 fits the hub's kernels
+    to every model by default and refuses to on meta ("Unsupported device type 'meta'"): the loader's keyword
+    arguments leave them off there (``make compat`` runs this on 5.25)."""
+    import torch
+    import transformers
+
+    from rmplugins.placement import model_kwargs
+
+    kwargs = model_kwargs("meta", torch.float32, None, None)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(tiny("bt"), **kwargs)
+    assert model.score.weight.is_meta and not getattr(model, "use_kernels", False)

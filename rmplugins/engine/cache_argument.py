@@ -1,5 +1,5 @@
-"""What transformers calls a forward's key/value cache: ``past_key_values`` up to 5.2x, ``cache`` after (the old
-name a deprecated alias until 5.40, with a warning). The engine hands a cache to the backbone, takes one from its
+"""What transformers calls a forward's key/value cache: ``past_key_values`` (5.19 and before), ``cache`` (5.25; the
+old name a deprecated alias until 5.40, with a warning). The engine hands a cache to the backbone, takes one from its
 output and, in its fused attention, receives one from the decoder layer: each reads the name from here, so the
 same code runs on every transformers from 5.0 on (a cache missed under the other name was a crash:
 ``tests/test_ragged_fused.py`` on transformers 5.25)."""
