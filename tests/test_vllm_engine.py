@@ -166,6 +166,11 @@ def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
         load_reward_model(tiny("bt_llama3"), vllm_args={"tensor_parallel_size": 1})
     with pytest.raises(ValueError, match="choose one of"):
         load_reward_model(tiny("bt_llama3"), engine="sglang")
+    # vLLM's own refusal (here of a context longer than the model's) says where it came from and what else runs it
+    started = r"(?s)vLLM 0\.\d+\.\d+ could not start on this checkpoint "
+    said = r"\(architectures=\['LlamaForSequenceClassification'\]\): .*max_model_len.*engine='transformers'"
+    with pytest.raises(RuntimeError, match=started + said):
+        load_reward_model(tiny("bt_llama3"), engine="vllm", vllm_args={**VLLM_TEST_ARGS, "max_model_len": 10 ** 7})
 
 
 def test_engine_vllm_without_vllm_says_what_to_install(tiny, monkeypatch):

@@ -156,7 +156,13 @@ class AsyncVLLMBackend(VLLMBackend):
         self._thread = threading.Thread(target=self._loop.run_forever, name="rmplugins-vllm", daemon=True)
         self._thread.start()
         self._ids = itertools.count()
-        super().__init__(self._call(self._start(model, engine_args)), dtype)
+        try:
+            llm = self._call(self._start(model, engine_args))
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)  # no engine: its loop's thread ends too
+            self._thread.join(timeout=10)
+            raise
+        super().__init__(llm, dtype)
 
     @staticmethod
     async def _start(model: str, engine_args: dict):
@@ -231,6 +237,16 @@ def start_backend(checkpoint, family_args: dict, *, name_or_path: str, dtype: to
     args = engine_args(family_args, dtype, vllm_args)
     logger.info("%s: scoring on vLLM (%s)", name_or_path, ", ".join(f"{k}={v}" for k, v in sorted(args.items())))
     path = str(checkpoint.path)
-    if asynchronous:
-        return AsyncVLLMBackend(path, args, dtype)
-    return VLLMBackend(settings.start_engine(path, **args), dtype)
+    try:
+        if asynchronous:
+            return AsyncVLLMBackend(path, args, dtype)
+        return VLLMBackend(settings.start_engine(path, **args), dtype)
+    except Exception as err:  # noqa: BLE001 - vLLM's own error, said where it came from and what else runs it
+        import vllm
+
+        raise RuntimeError(
+            f"{name_or_path}: vLLM {vllm.__version__} could not start on this checkpoint "
+            f"(architectures={checkpoint.config.get('architectures')}): {type(err).__name__}: {err}. Check vllm_args; "
+            "if this vLLM cannot run the architecture (vLLM 0.32 fails inside its own code on the vision-language "
+            "classifiers, Gemma-3 and Qwen3.5), rmplugins' own engine runs it: engine='transformers' (the default)"
+        ) from err
