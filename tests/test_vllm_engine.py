@@ -169,7 +169,7 @@ def test_what_vllm_cannot_run_is_refused_before_it_starts(tiny):
     # vLLM's own refusal (here of a context longer than the model's) says where it came from and what else runs it
     started = r"(?s)vLLM 0\.\d+\.\d+ could not start on this checkpoint "
     said = r"\(architectures=\['LlamaForSequenceClassification'\]\): .*max_model_len.*engine='transformers'"
-    with pytest.raises(RuntimeError, match=started + said):
+    with pytest.raises(ValueError, match=started + said):
         load_reward_model(tiny("bt_llama3"), engine="vllm", vllm_args={**VLLM_TEST_ARGS, "max_model_len": 10 ** 7})
 
 

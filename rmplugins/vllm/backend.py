@@ -244,7 +244,8 @@ def start_backend(checkpoint, family_args: dict, *, name_or_path: str, dtype: to
     except Exception as err:  # noqa: BLE001 - vLLM's own error, said where it came from and what else runs it
         import vllm
 
-        raise RuntimeError(
+        # a ValueError: what was asked (this checkpoint, these vllm_args) is what cannot be done; CLIs say it in a line
+        raise ValueError(
             f"{name_or_path}: vLLM {vllm.__version__} could not start on this checkpoint "
             f"(architectures={checkpoint.config.get('architectures')}): {type(err).__name__}: {err}. Check vllm_args; "
             "if this vLLM cannot run the architecture (vLLM 0.32 fails inside its own code on the vision-language "
