@@ -102,14 +102,14 @@ class PairRMRewardModel(PairwiseRewardModel):
         """The variant comes from the checkpoint (its rmplugins.json, its hub id, or the variant option given to
         ``identify``); the attention kernel is DeBERTa's own (``attn_implementation`` is refused)."""
         variant = checkpoint.variant
-        for option, value in (("max_length", max_length), ("chat_template", chat_template)):
-            if value is not None:  # taken so the loader can pass every family the same options; never used here
-                raise ValueError(f"{option}= does not apply to PairRM: its input format and lengths are its variant's "
-                                 "(source and candidate limits, Better-PairRM's conversation text); drop it")
-        if attn_implementation is not None:  # the loader's default for it is None: this one is the caller's
-            raise ValueError(f"attn_implementation= does not apply to PairRM ({attn_implementation!r} given): its "
-                             "DeBERTa encoder runs its own (disentangled) attention, which no other kernel computes; "
-                             "drop it")
+        fixed = ("its input format and lengths are its variant's (source and candidate limits, Better-PairRM's "
+                 "conversation text)")
+        for option, value, why in (("max_length", max_length, fixed), ("chat_template", chat_template, fixed),
+                                   ("attn_implementation", attn_implementation, "its DeBERTa encoder runs its own "
+                                    "(disentangled) attention, which no other kernel computes")):
+            # taken so the loader can pass every family the same options (its attention default is None here)
+            if value is not None:
+                raise ValueError(f"{option}= does not apply to PairRM: {why}; drop it")
         tokenizer = load_tokenizer(checkpoint.path, name_or_path)
         if variant is None:
             raise ValueError(
