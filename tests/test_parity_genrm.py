@@ -327,6 +327,60 @@ def test_specs_are_checked_and_presets_render():
         == (3.0, None)
 
 
+def test_the_template_is_filled_once_and_every_field_it_holds_is_filled():
+    # a prompt or a response holding a field's name is text the judge reads (before: it was filled in again, so a
+    # question about f"{response}" showed the judge the answer inside the question, and a policy writing
+    # "{response_b}" in its answer showed the judge the other answer as its own)
+    spec = JudgeSpec(template="Q: {prompt}\nA: {response}", verdicts={"yes": 1, "no": 0})
+    question = [{"role": "user", "content": "Why does print(f'{response}') fail?"}]
+    assert spec.messages(question, "Because {prompt} and {response} are undefined.") == [
+        {"role": "user", "content": "Q: Why does print(f'{response}') fail?\nA: Because {prompt} and {response} are "
+                                    "undefined."}]
+    pair = PRESETS["mt-bench-logits"].messages([{"role": "user", "content": "Hi"}], "See {response_b}.", "Hello!")
+    assert "See {response_b}." in pair[-1]["content"] and pair[-1]["content"].count("Hello!") == 1
+    # a field rmplugins does not fill would reach the judge as braces (before: accepted, sent as written)
+    with pytest.raises(ValueError, match=r"template holds \{ref_answer_1\}, which rmplugins does not fill"):
+        JudgeSpec(template="{prompt} {response} Reference: {ref_answer_1}", verdicts={"yes": 1, "no": 0})
+    with pytest.raises(ValueError, match=r"system holds \{prompt\}"):
+        JudgeSpec(template="{prompt} {response}", verdicts={"yes": 1, "no": 0}, system="Judge {prompt}.")
+    with pytest.raises(ValueError, match=r"answer_prefix holds \{score\}"):
+        JudgeSpec(template="{prompt} {response}", readout="generate", extract="(\\d)", answer_prefix="{score}")
+    # other braces are text: a JSON format to answer in, and {{name}} as written (not an escape)
+    literal = JudgeSpec(template='{prompt} {response} Answer {"score": 1} or {{name}}.', verdicts={"y": 1, "n": 0})
+    assert literal.messages([{"role": "user", "content": "q"}], "r")[0]["content"] == \
+        'q r Answer {"score": 1} or {{name}}.'
+
+
+def test_verdicts_that_begin_one_another_in_tokens_are_refused_before_the_weights_load(tiny, tmp_path):
+    # p("1") read from the logits already counts every "10" where digits are tokens of their own (the tiny Qwen3
+    # judge's vocabulary, Qwen's and Gemma's): renormalised as separate answers, the scale would lean to "1"
+    tokenizer = AutoTokenizer.from_pretrained(tiny("genrm_qwen3"))
+    assert tokenizer.encode("10", add_special_tokens=False)[:1] == tokenizer.encode("1", add_special_tokens=False)
+    unreadable = tmp_path / "judge"  # weights of a dtype nobody reads: a check after they load is never reached
+    unreadable.mkdir()
+    for f in Path(tiny("genrm_qwen3")).iterdir():
+        data = f.read_bytes()
+        if f.name.endswith(".safetensors"):
+            end = 8 + int.from_bytes(data[:8], "little")
+            header = data[8:end]
+            for dtype in (b'"BF16"', b'"F32"', b'"F16"'):
+                header = header.replace(dtype, b'"' + b"Q" * (len(dtype) - 2) + b'"')
+            data = data[:8] + header + data[end:]
+        (unreadable / f.name).write_bytes(data)
+    digits = JudgeSpec(template="{prompt} {response}", verdicts={str(i): i for i in range(1, 11)})
+    with pytest.raises(ValueError, match=r"verdicts '1' and '10' tokenize as .* begin the second's"):
+        rmplugins.load_reward_model(str(unreadable), kind="genrm", judge=digits)
+    with pytest.raises(ValueError, match=r"verdicts 'Yes' and 'Yes.' tokenize"):
+        rmplugins.load_reward_model(str(unreadable), kind="genrm", judge=POINTWISE.with_options(
+            verdicts={"Yes": 1, "Yes.": 0, "No": 0}))
+    # the same scale in brackets is disjoint in tokens, and a generating judge reads text, not token sequences
+    bracketed = digits.with_options(verdicts={f"[[{i}]]": i for i in range(1, 11)})
+    assert len(rmplugins.load_reward_model(tiny("genrm_qwen3"), kind="genrm", judge=bracketed).score(["q"], ["a"])) == 1
+    with pytest.raises(Exception, match="(?i)dtype|deserializ|QQQ|QQ"):  # past the check: the weights do not load
+        rmplugins.load_reward_model(str(unreadable), kind="genrm", judge=digits.with_options(
+            readout="generate", extract=r"(\d+)", verdicts=None))
+
+
 def test_a_think_block_opened_by_the_prompt_must_close_before_a_verdict_is_read(tiny, judges):
     """DeepSeek-R1 distills' templates (RM-R1's reasoning judges) end the generation prompt with ``<think>``: the
     answer has no opening tag, and one cut by max_new_tokens inside its thinking was read for a verdict its

@@ -14,6 +14,7 @@ judge prompts of one user prompt up to the first response; generation runs on tr
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 
@@ -34,6 +35,27 @@ logger = logging.getLogger("rmplugins")
 GENERATE_BATCH = 8  # judge prompts per transformers generate call
 
 
+def check_verdict_tokens(name_or_path: str, tokenizer, spec) -> None:
+    """Read from logits, each verdict is a token sequence after the prompt, and the verdicts are renormalised as
+    disjoint answers. One whose tokens begin another's is not: p("1") already holds every "10" where digits are
+    tokens of their own (Qwen, Gemma), so the scale would lean to it; refused before the weights load, as is a
+    verdict of no tokens."""
+    if spec.readout != "logits":
+        return
+    texts = list(spec.verdicts)
+    ids = [tokenizer.encode(v, add_special_tokens=False) for v in texts]
+    for text, seq in zip(texts, ids):
+        if not seq:
+            raise ValueError(f"{name_or_path}: the verdict {text!r} tokenizes to nothing")
+    for (text, seq), (other, other_seq) in itertools.permutations(zip(texts, ids), 2):
+        if other_seq[:len(seq)] == seq:
+            raise ValueError(f"{name_or_path}: the verdicts {text!r} and {other!r} tokenize as {seq} and {other_seq}: "
+                             f"the first's tokens begin the second's, so p({text!r}) already counts every "
+                             f"{other!r} and the verdicts cannot be renormalised as separate answers. Give verdicts "
+                             "none of which begins another in tokens (e.g. '[[1]]' ... '[[10]]', not '1' ... '10'), "
+                             "or readout='generate'")
+
+
 class JudgeCore:
     """What both kinds of judge share: the judge prompt's tokens, the verdicts' tokens, and the two readouts."""
 
@@ -43,8 +65,6 @@ class JudgeCore:
         super().__init__(model, tokenizer, name_or_path=name_or_path, max_length=max_length)
         self.spec = spec
         self.verdict_ids = [self.tokenizer.encode(v, add_special_tokens=False) for v in (spec.verdicts or {})]
-        if spec.readout == "logits" and any(not ids for ids in self.verdict_ids):
-            raise ValueError(f"{name_or_path}: a verdict of the judge tokenizes to nothing")
         self.verdict_values = torch.tensor([float(v) for v in (spec.verdicts or {}).values()], dtype=torch.float64)
         self.judged = 0          # judgements asked for (each order of a pair counts once)
         self.no_verdict = 0      # ... of which without a verdict (generate readout)
@@ -251,6 +271,7 @@ class GenerativeJudge:
         spec = judge_spec(judge)
         check_causal_lm(checkpoint, name_or_path)
         tokenizer = load_chat_tokenizer(checkpoint.path, name_or_path, chat_template)
+        check_verdict_tokens(name_or_path, tokenizer, spec)
         model = AutoModelForCausalLM.from_pretrained(checkpoint.path, **model_kwargs(device, dtype, attn_implementation,
                                                                                       device_map))
         limit = max_length or checkpoint.text.get("max_position_embeddings") or 8192

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from ..options import whole_number
 
+FIELD = re.compile(r"\{[A-Za-z_]\w*\}")
 PAIRWISE_FIELDS = ("{prompt}", "{response_a}", "{response_b}")
 POINTWISE_FIELDS = ("{prompt}", "{response}")
 READOUTS = ("logits", "generate")
@@ -73,6 +74,7 @@ class JudgeSpec:
         elif fields != set(POINTWISE_FIELDS):
             raise ValueError("JudgeSpec template must hold {prompt} and {response} (a pointwise judge) or {prompt}, "
                              f"{{response_a}} and {{response_b}} (a pairwise one); it holds {sorted(fields)}")
+        self._check_unfilled()
         if self.readout == "logits":
             if not self.verdicts or len(self.verdicts) < 2:
                 raise ValueError("JudgeSpec readout='logits' needs verdicts={text: value, ...} with at least two "
@@ -114,6 +116,21 @@ class JudgeSpec:
         if self.samples > 1 and self.temperature == 0:
             raise ValueError("JudgeSpec samples > 1 with temperature 0 would repeat one greedy answer: set "
                              "temperature > 0 (seeded by seed)")
+
+    def _check_unfilled(self) -> None:
+        """A ``{name}`` that rmplugins does not fill (a prompt ported from MT-bench's ``{ref_answer_1}`` or
+        Prometheus' ``{orig_criteria}``, a ``{prompt}`` in ``system``) would reach the judge as those braces: refused.
+        Braces are not escapes here (the template's fields are replaced as text, ``{{`` stays ``{{``), so
+        ``{{name}}`` is left as written."""
+        fields = PAIRWISE_FIELDS if self.pairwise else POINTWISE_FIELDS
+        for name, filled in (("template", set(fields)), ("system", set()), ("answer_prefix", set())):
+            text = getattr(self, name)
+            unfilled = sorted({m.group(0) for m in FIELD.finditer(text) if m.group(0) not in filled
+                               and not (text[m.start() - 1:m.start()] == "{" and text[m.end():m.end() + 1] == "}")})
+            if unfilled:
+                raise ValueError(f"JudgeSpec {name} holds {', '.join(unfilled)}, which rmplugins does not fill (it "
+                                 f"fills {', '.join(fields)} in the template only): the judge would read the braces "
+                                 "as written; write that text in itself")
 
     def _check_types(self) -> None:
         """Each field of its own type, so a JSON file's ``"samples": 2.5`` or ``"verdicts": ["yes", "no"]`` is refused
@@ -162,10 +179,11 @@ class JudgeSpec:
         if self.response_roles is not None:
             return [dict(m) for m in context] + [{"role": role, "content": text}
                                                  for role, text in zip(self.response_roles, responses)]
-        text = self.template.replace("{prompt}", self.prompt_text(context))
         names = ("{response_a}", "{response_b}") if self.pairwise else ("{response}",)
-        for name, response in zip(names, responses):
-            text = text.replace(name, response)
+        fill = {"{prompt}": self.prompt_text(context), **dict(zip(names, responses))}
+        # one pass: a prompt or response that itself holds "{response}" (a question about format strings, a policy
+        # writing "{response_b}") is text the judge reads, never a field filled in again
+        text = FIELD.sub(lambda m: fill.get(m.group(0), m.group(0)), self.template)
         return ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": text}]
 
