@@ -225,7 +225,10 @@ def run_demo_loop(output: str | None = None, show_progress: bool = True, tiny_di
         summary = run_recipe(demo_config(output, str(prompts_file), policy, rm, show_progress=show_progress,
                                          **overrides))
         print()
-        print("Iterative DPO on the tiny demo models (mean reward of each policy's 4 samples per prompt):")
+        import torch
+
+        print("Iterative DPO on the tiny demo models (mean reward of each policy's 4 samples per prompt; the digits "
+              f"are those of this CPU's {torch.backends.cpu.get_cpu_capability()} kernels):")
         print(format_table(summary))
         print(f"run directory: {output}" if scratch is None else
               "run directory: a temporary one, removed (pass --output DIR to keep the pairs and models)")
