@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +19,13 @@ import urllib.request
 SERVING_ON = re.compile(r"serving on (http://[^\s:]+:(\d+))")
 
 
+def sigint_as_a_terminal_delivers_it() -> None:
+    """``preexec_fn`` of a child whose Ctrl-C a test checks: a suite started in the background by a shell without job
+    control (nohup, ``cmd &`` in a script, CI runners) inherits SIGINT ignored, and Python keeps it ignored in every
+    child, so a server stopped by SIGINT exited 0 instead of 130 (uvicorn re-raises the signal it handled)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def rmplugins_serve(args: list[str], env: dict | None = None, timeout: float = 180.0):
     """Start ``python -m rmplugins serve *args --port 0``, wait until ``/health`` answers, and yield
@@ -25,7 +33,8 @@ def rmplugins_serve(args: list[str], env: dict | None = None, timeout: float = 1
     the pipe never fills). The process is killed on the way out if it still runs."""
     assert "--port" not in args, "the port is picked by the operating system (--port 0)"
     server = subprocess.Popen([sys.executable, "-m", "rmplugins", "serve", *args, "--port", "0"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              preexec_fn=sigint_as_a_terminal_delivers_it)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(server.stderr), daemon=True)
     reader.start()

@@ -5,7 +5,6 @@ as the policy, a GPM prompt that cuts every response away, a group size that doe
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from served import sigint_as_a_terminal_delivers_it
 
 import rmplugins
 from rmplugins.checkpoints import check_policy
@@ -27,11 +27,8 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer
 
 def _cli(*args, env=None, timeout=300):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", **(env or {})}
-    # SIGINT as a terminal delivers it: a suite started in the background by a shell without job control (nohup,
-    # `cmd &` in a script) inherits SIGINT ignored, and Python then keeps it ignored, so Ctrl-C could not be tested
     return subprocess.run([sys.executable, "-m", "rmplugins", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=str(ROOT),
-                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                          timeout=timeout, cwd=str(ROOT), preexec_fn=sigint_as_a_terminal_delivers_it)
 
 
 @pytest.fixture
