@@ -208,7 +208,8 @@ def test_options_pairrm_takes_but_never_uses_are_refused(tiny):
 
 def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, caplog):
     """float32 is the reference's precision, so it stays the CPU default; where the CPU multiplies bf16 in hardware
-    the user is told once that dtype='bfloat16' is there, and never where it is not."""
+    the user is told once that dtype='bfloat16' is there, and never where it is not; asked for where the CPU has no
+    bf16 hardware, it is warned once that float32 is faster."""
     import logging
 
     import torch
@@ -227,6 +228,19 @@ def test_float32_stays_the_cpu_default_and_a_bf16_cpu_is_told_once(monkeypatch, 
         assert placement.resolve_dtype("auto", "cpu") == torch.float32
         assert placement.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
     assert caplog.text.count("dtype='bfloat16'") == 1
+    assert "without AMX" not in caplog.text
+    # asked for on a CPU that multiplies half precision in software (AVX2: bf16 7.6x slower than float32 here),
+    # bf16 or fp16 is what the user gets, with a warning once (the README and --help say bf16 is the fast one)
+    monkeypatch.setattr(placement, "_HINTED_SLOW_HALF", [])
+    monkeypatch.setattr(placement, "cpu_has_fast_bf16", lambda: False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rmplugins"):
+        assert placement.resolve_dtype("bfloat16", "cpu") == torch.bfloat16
+        assert placement.resolve_dtype(torch.float16, "cpu") == torch.float16
+        assert placement.resolve_dtype("bfloat16", "cuda:0") == torch.bfloat16
+        assert placement.resolve_dtype("float32", "cpu") == torch.float32
+    slow = [r for r in caplog.records if "without AMX or AVX-512 BF16" in r.message]
+    assert len(slow) == 1 and slow[0].levelname == "WARNING" and "dtype bfloat16" in slow[0].message, caplog.text
 
 
 def test_weights_for_vllm_build_on_the_meta_device_on_every_transformers(tiny):

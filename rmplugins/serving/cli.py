@@ -68,7 +68,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
                    help="the model's dtype (default: bfloat16 on a GPU, float32 on CPU; on a CPU with AMX or "
-                        "AVX-512 BF16, bfloat16 scores 4-5x faster within bf16 rounding)")
+                        "AVX-512 BF16, bfloat16 scores 4-5x faster within bf16 rounding; on one without them, "
+                        "several times slower: keep float32)")
     p.add_argument("--deterministic", action="store_true",
                    help="score every sample alone, so its reward is bit for bit the same however requests are "
                         "batched (costs one forward per sample; without it a reward may move by float rounding, "
