@@ -367,10 +367,10 @@ from rmplugins import load_reward_model
 from rmplugins.engine import fused
 from rmplugins.engine.threads import thread_counts
 
-warnings = []
+rm = load_reward_model(sys.argv[1], device="cpu", dtype="bfloat16")  # (on a CPU without bf16 hardware: warned)
+warnings = []  # from the forwards
 logging.getLogger("rmplugins").addHandler(type("H", (logging.Handler,), {"emit": lambda s, r: warnings.append(
     r.getMessage())})(logging.WARNING))
-rm = load_reward_model(sys.argv[1], device="cpu", dtype="bfloat16")
 rm.engine.fit_threads, rm.engine.prompt_cache_tokens = False, 100_000
 prompts, completions = ["What is 2+2?", "What is 2+2?", "Hi there"], ["4", "Four, since two and two make four.", "yo"]
 for threads in thread_counts(8):  # every count a forward may fall to on 8 cores
