@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PEER_PACKAGES := $(VENV)/peer-packages
 # --no-warn-conflicts: the frameworks' client code is installed --no-deps on purpose (their trainer stacks are not
 # needed), and pip would report those unmet requirements as an ERROR after every later install
 PIP := $(PY) -m pip --disable-pip-version-check -q
@@ -32,15 +33,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	$(PIP_INSTALL) -c constraints.txt ray tensordict omegaconf codetiming orjson colorlog
 	# NeMo-Gym 0.7.0's resources-server classes for integrations/nemo_gym (NeMo-RL's environments): it declares
 	# Python >= 3.13, and the server classes the tests run import and run unchanged on 3.11; with the modules its
-	# import reaches (hydra, scipy and wandb among them), not its trainer-side stack. --no-compile: most of these
-	# files (its 145 other resources servers) are never imported; compiling them cost about 10 s of every set-up
+	# import reaches (hydra among them; scipy and wandb below), not its trainer-side stack. --no-compile: most of
+	# these files (its 145 other resources servers) are never imported; compiling them cost about 10 s of every set-up
 	$(PIP_INSTALL) --no-deps --no-compile --ignore-requires-python nemo-gym==0.7.0 hydra-core==1.3.8 antlr4-python3-runtime==4.9.3 \
-		pydot==4.0.1 yappi==1.7.6 itsdangerous==2.2.0 devtools==0.13.0 scipy==1.17.1 wandb==0.31.0
+		pydot==4.0.1 yappi==1.7.6 itsdangerous==2.2.0 devtools==0.13.0
 	# OpenRLHF's own reward server (openrlhf/cli/serve_rm.py), the peer in the tests and benchmarks, imports
-	# deepspeed, peft and pylatexenc. deepspeed is a source release: built here against the installed torch with
-	# no ops compiled, never in an isolated build that would pull a CUDA torch
-	$(PIP_INSTALL) -c constraints.txt setuptools wheel hjson pylatexenc peft==0.21.2
-	$(PIP_INSTALL) --no-deps --no-build-isolation deepspeed==0.19.6
+	# deepspeed, peft and pylatexenc
+	$(PIP_INSTALL) -c constraints.txt setuptools wheel hjson pylatexenc
+	# The packages only the peers import (deepspeed and peft: OpenRLHF's server; scipy and wandb: NeMo-Gym) go to
+	# $(PEER_PACKAGES), off the environment's import path: transformers, accelerate and TRL import whichever
+	# of them they find, and every process that loaded a model or trained paid 4-5 s for them (deepspeed 2.7 s).
+	# The peers' processes get them on PYTHONPATH (benchmarks/peers). Removed from a .venv set up before they
+	# moved. deepspeed is a source release: built here against the installed torch with no ops compiled, never in
+	# an isolated build that would pull a CUDA torch
+	$(PIP) uninstall -y deepspeed peft scipy wandb 2>/dev/null || true
+	rm -rf $(PEER_PACKAGES)
+	$(PIP_INSTALL) --no-deps --no-compile --no-build-isolation --target $(PEER_PACKAGES) scipy==1.17.1 wandb==0.31.0 \
+		peft==0.21.2 deepspeed==0.19.6
 	# The published vocabularies the tests build checkpoints from (files inside these packages, no network later):
 	# Meta's Llama-3 tiktoken ranks and Mistral-7B-Instruct-v0.2's SentencePiece model
 	$(PIP_INSTALL) --no-deps llama-models==0.3.0 mistral-common==1.13.1

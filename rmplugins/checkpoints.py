@@ -164,12 +164,13 @@ def causal_lm_class(config: dict[str, Any]) -> str | None:
     """The class the checkpoint loads as a causal LM: its own ``*ForCausalLM``, or for a ``*ForConditionalGeneration``
     (Qwen3.5 and Gemma-3 ship as vision-language models) the one transformers maps its ``model_type`` to (Qwen3.5's
     text model, Gemma-3's whole model); None where there is none (an encoder-decoder, Mistral-3)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     archs = config.get("architectures") or []
     named = next((a for a in archs if a.endswith("ForCausalLM")), None)
     if named or not any(a.endswith("ForConditionalGeneration") for a in archs):
         return named
+    # imported only here: it imports all of transformers' modelling code, seconds that a refused command never needs
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(config.get("model_type"))
 
 

@@ -23,6 +23,9 @@ import rmplugins
 from rmplugins.refusals import KINDS
 from rmplugins.serving import BackgroundServer, create_app
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from peers import peer_pythonpath  # noqa: E402  (NeMo-Gym imports scipy and wandb, kept out of the environment)
+
 pytestmark = pytest.mark.skipif(__import__("importlib.util").util.find_spec("nemo_gym") is None,
                                 reason="NeMo-Gym is installed by `make setup`")
 SERVER = Path(__file__).resolve().parents[1] / "integrations" / "nemo_gym" / "rmplugins_reward"
@@ -119,7 +122,8 @@ def served(tiny, tmp_path_factory):
                                          _ng_task_index=0, _ng_rollout_index=0)]})
         path = tmp_path_factory.mktemp("nemo_gym") / "cases.json"
         path.write_text(json.dumps(cases))
-        run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300)
+        run = subprocess.run([sys.executable, SCRIPT, str(path)], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": peer_pythonpath()})
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads(run.stdout.strip().splitlines()[-1])
     want_pointwise = armorm.score([c for c, _ in convs], [r for _, r in convs])

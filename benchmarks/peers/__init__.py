@@ -1,10 +1,10 @@
 """Reward servers run as separate processes, side by side: ``rmplugins serve`` through its CLI, and the server a
 user would run instead, OpenRLHF 0.11.2's own ``openrlhf/cli/serve_rm.py``, unmodified, from the installed package.
 
-OpenRLHF's server needs deepspeed and peft (installed by ``make setup``) and ``flash_attn`` at import time, which
-has no CPU build: this directory holds a stand-in (``flash_attn/``) that lets its modules import and refuses the
-packing functions its padded path never calls. The benchmark and the peer test put this directory first on that
-server's ``PYTHONPATH``; nothing of OpenRLHF is patched or re-implemented.
+OpenRLHF's server needs deepspeed and peft and ``flash_attn`` at import time. ``flash_attn`` has no CPU build:
+this directory holds a stand-in (``flash_attn/``) that lets its modules import and refuses the packing functions its
+padded path never calls. deepspeed and peft are in ``PEER_PACKAGES``. The benchmark and the peer test put both first
+on that server's ``PYTHONPATH``; nothing of OpenRLHF is patched or re-implemented.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ from pathlib import Path
 
 PEERS_DIR = Path(__file__).resolve().parent
 ROOT = PEERS_DIR.parents[1]
+# The packages only the peers import (deepspeed and peft for OpenRLHF's server, scipy and wandb for NeMo-Gym's):
+# `make setup` installs them here, off the environment's import path, because transformers, accelerate and TRL
+# import whichever of them they find, and every process that loads a model or trains paid for it (4-5 s of a tiny
+# recipe run's 14, deepspeed alone 2.7 s). Where they are installed in the environment itself, it is not there.
+PEER_PACKAGES = Path(sys.prefix) / "peer-packages"
+
+
+def peer_pythonpath(*first: str | Path) -> str:
+    """``PYTHONPATH`` for a peer's process: ``first``, then ``PEER_PACKAGES`` where it exists, then the caller's."""
+    parts = [*map(str, first), *([str(PEER_PACKAGES)] if PEER_PACKAGES.is_dir() else []), os.environ.get("PYTHONPATH")]
+    return os.pathsep.join(filter(None, parts))
 
 
 def free_port() -> int:
@@ -112,7 +123,7 @@ def openrlhf_serve_rm(model: str, *, param_dtype: str = "bf16", attn_implementat
     read at the last token. It has no health route: FastAPI's ``/openapi.json`` answers once uvicorn is up."""
     options = ["--ds.param_dtype", param_dtype, "--ds.attn_implementation", attn_implementation, "--data.max_len",
                str(max_len), *(["--batch_size", str(batch_size)] if batch_size else [])]
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(PEERS_DIR), os.environ.get("PYTHONPATH")]))}
+    env = {"PYTHONPATH": peer_pythonpath(PEERS_DIR)}
     return ServerProcess("openrlhf-serve_rm", lambda port: [sys.executable, "-m", "openrlhf.cli.serve_rm",
                                                             "--reward.model_name_or_path", str(model), "--port",
                                                             str(port), "--host", "127.0.0.1", *options],
