@@ -51,13 +51,24 @@ def _cli(args, env_extra=None, timeout=300):
                           check=False, timeout=timeout, cwd=str(ROOT))
 
 
-def test_iterative_dpo_end_to_end_then_rerun_changes_nothing(tiny, prompts_file, tmp_path):
-    out = tmp_path / "run"
-    args = ["iterative-dpo", "--policy", tiny("policy"), "--reward-model", tiny("bt_llama3"), "--prompts",
-            prompts_file, "--output", str(out), "--iterations", "2", "--num-candidates", "3", "--openrlhf-keys",
-            *TRAIN]
-    res = _cli(args)
+@pytest.fixture(scope="module")
+def dpo_run(tiny, tmp_path_factory):
+    """One uninterrupted iterative-DPO run, 2 iterations of 3 candidates, its generation in chunks of 2 prompts:
+    checked (and run again) below, and the reference of the resume test (one CLI run fewer)."""
+    root = tmp_path_factory.mktemp("dpo-runs")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
+    common = ["--policy", tiny("policy"), "--reward-model", tiny("bt_llama3"), "--prompts", str(prompts),
+              "--iterations", "2", "--num-candidates", "3", "--chunk-size", "2", "--openrlhf-keys", *TRAIN]
+    out = root / "uninterrupted"
+    res = _cli(["iterative-dpo", "--output", str(out), *common])
     assert res.returncode == 0, res.stderr[-3000:]
+    return common, out, res
+
+
+def test_iterative_dpo_end_to_end_then_rerun_changes_nothing(dpo_run, tiny):
+    common, out, res = dpo_run
+    args = ["iterative-dpo", "--output", str(out), *common]
     assert "mean reward" in res.stdout and "after iter 1" in res.stdout
     for k in (1, 2):
         d = out / f"iter-{k}"
@@ -160,13 +171,8 @@ def test_pair_rules_per_kind(tiny, prompts_file, tmp_path, kind, rule, method):
         assert row["margin"] > (0.05 if rule == "margin" else 0.0)
 
 
-def test_resume_after_sigkill_is_byte_identical(tiny, prompts_file, tmp_path):
-    common = ["--policy", tiny("policy"), "--reward-model", tiny("bt_llama3"), "--prompts", prompts_file,
-              "--iterations", "2", "--num-candidates", "3", "--chunk-size", "2", *TRAIN]
-    ref = tmp_path / "uninterrupted"
-    res = _cli(["iterative-dpo", "--output", str(ref), *common])
-    assert res.returncode == 0, res.stderr[-3000:]
-
+def test_resume_after_sigkill_is_byte_identical(dpo_run, tmp_path):
+    common, ref, _ = dpo_run
     out = tmp_path / "killed"
     args = ["iterative-dpo", "--output", str(out), *common]
     # 1. killed inside iteration 1's generation, after its first chunk of 2 prompts
