@@ -43,10 +43,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt Makefile
 	# The packages only the peers import (deepspeed and peft: OpenRLHF's server; scipy and wandb: NeMo-Gym) go to
 	# $(PEER_PACKAGES), off the environment's import path: transformers, accelerate and TRL import whichever
 	# of them they find, and every process that loaded a model or trained paid 4-5 s for them (deepspeed 2.7 s).
-	# The peers' processes get them on PYTHONPATH (benchmarks/peers). Removed from a .venv set up before they
-	# moved. deepspeed is a source release: built here against the installed torch with no ops compiled, never in
-	# an isolated build that would pull a CUDA torch
-	$(PIP) uninstall -y deepspeed peft scipy wandb 2>/dev/null || true
+	# The peers' processes get them on PYTHONPATH (benchmarks/peers); a .venv set up before they moved keeps them
+	# (`make clean test` sets it up anew). deepspeed is a source release: built here against the installed torch
+	# with no ops compiled, never in an isolated build that would pull a CUDA torch
 	rm -rf $(PEER_PACKAGES)
 	$(PIP_INSTALL) --no-deps --no-compile --no-build-isolation --target $(PEER_PACKAGES) scipy==1.17.1 wandb==0.31.0 \
 		peft==0.21.2 deepspeed==0.19.6
