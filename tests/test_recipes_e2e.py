@@ -26,11 +26,15 @@ TRAIN = ["--max-new-tokens", "6", "--batch-size", "2", "--epochs", "1", "--max-l
          "--learning-rate", "1e-4"]
 
 
-@pytest.fixture
-def prompts_file(tmp_path):
-    path = tmp_path / "prompts.jsonl"
+def _write_prompts(directory: Path) -> str:
+    path = directory / "prompts.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
     return str(path)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    return _write_prompts(tmp_path)
 
 
 def _tree_hashes(root: Path) -> dict[str, str]:
@@ -56,9 +60,7 @@ def dpo_run(tiny, tmp_path_factory):
     """One uninterrupted iterative-DPO run, 2 iterations of 3 candidates, its generation in chunks of 2 prompts:
     checked (and run again) below, and the reference of the resume test (one CLI run fewer)."""
     root = tmp_path_factory.mktemp("dpo-runs")
-    prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps(p) + "\n" for p in PROMPTS))
-    common = ["--policy", tiny("policy"), "--reward-model", tiny("bt_llama3"), "--prompts", str(prompts),
+    common = ["--policy", tiny("policy"), "--reward-model", tiny("bt_llama3"), "--prompts", _write_prompts(root),
               "--iterations", "2", "--num-candidates", "3", "--chunk-size", "2", "--openrlhf-keys", *TRAIN]
     out = root / "uninterrupted"
     res = _cli(["iterative-dpo", "--output", str(out), *common])
