@@ -191,6 +191,7 @@ def main(argv=None) -> int:
                    help="where the benchmark checkpoints are built and kept (env RMPLUGINS_BENCH_DIR)")
     p.add_argument("--vllm-worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.dtypes = list(dict.fromkeys(args.dtypes))  # `--dtypes float32 float32` would start a second vLLM worker
     if args.vllm_worker:
         vllm_worker(*args.vllm_worker)
         return 0
