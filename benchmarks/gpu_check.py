@@ -1,6 +1,6 @@
-"""``make gpu-check``: the one prepared command for a session that is lent a GPU (an H200 here: torch 2.11 and
-transformers 5.17, no TRL and no vLLM; TRL travels as wheels, ``make gpu-wheels``). It prints one table, within
-about 8 minutes:
+"""``make gpu-check``: the one prepared command for a session that is lent a GPU (an H100 or an H200 here, one
+image: torch 2.11 and transformers 5.17, no TRL and no vLLM; TRL travels as wheels, ``make gpu-wheels``). It
+prints one table, within about 8 minutes:
 
 1. **bf16 parity**: every family's tiny checkpoint (built offline, real layout), and the 2026 backbones that are not
    plain attention stacks (Qwen3.5's gated delta rule, Gemma-3, Qwen3-MoE, GPT-OSS's sinks, a Gemma GPM, a Qwen3.5
