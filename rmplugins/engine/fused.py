@@ -197,6 +197,7 @@ class FusedForwards:
     blocks' query/key preparation, found and probed once (:meth:`patch` applies them for one forward).
     ``available`` is False when none could be used (logged once)."""
 
+    @torch.inference_mode()  # as the forwards run: a probe with gradients on compiles a training graph besides
     def __init__(self, backbone: torch.nn.Module):
         self.replacements: list[tuple[torch.nn.Module, object]] = []
         self.attention: list[tuple[torch.nn.Module, object]] = []  # only with the engine attention
