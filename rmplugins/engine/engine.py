@@ -166,8 +166,8 @@ class ScoringEngine:
         it took (0 where nothing compiles: off CPU, or no fused kernels)."""
         if not self._fused_wanted():
             return 0.0
-        logger.info("rmplugins: compiling the engine's fused CPU kernels for the first calls (up to half a minute "
-                    "with an empty inductor cache, seconds with it filled)")
+        logger.info("rmplugins: compiling the engine's fused CPU kernels for the first calls (about half a minute "
+                    "on 2 cores with an empty inductor cache, seconds with it filled)")
         started = time.perf_counter()
         if self._fused_forwards() is None:  # made here: its probes compile too
             return 0.0
@@ -324,8 +324,9 @@ class ScoringEngine:
         if on and self._fused is None:
             self._fused = FusedForwards(self.backbone)
             if self._fused.available:
-                logger.info("rmplugins: %d modules of %s run fused CPU kernels in %s (compiled on this first call, a "
-                            "few seconds; cached on disk); rm.engine.fused_kernels = False turns them off",
+                logger.info("rmplugins: %d modules of %s run fused CPU kernels in %s (compiled on this first call: "
+                            "about 20 s on 2 cores, seconds from inductor's disk cache); rm.engine.fused_kernels = "
+                            "False turns them off",
                             len(self._fused.replacements) + len(self._fused.attention), type(self.backbone).__name__,
                             str(self.dtype).removeprefix("torch."))
         return self._fused if on and self._fused.available else None

@@ -7,7 +7,8 @@ the engine's own forwards the norms, the gated MLPs and the rotary embedding of 
 fused pass each, compiled by ``torch.compile`` (inductor's C++ backend) with the same float32 arithmetic as the
 model's code. In float32 the eager passes are fewer but each moves twice the bytes, and this CPU's memory, not its
 arithmetic, sets their pace: for a model of real size they run fused too (:func:`pays`). The first call of each
-compiles it: a few seconds, cached on disk by inductor (and once more for each thread count a forward runs with).
+compiles it: about 20 s on a 2-core CPU, 5 s once inductor has it cached on disk (and once more for each thread
+count a forward runs with).
 
 Checked, never guessed: a module is switched only if its class is one whose formula is written here, and its output
 on a probe input agrees with its own forward; if compiling fails (no C++ compiler), everything runs as before
