@@ -112,7 +112,7 @@ FLOAT32_MIN_HIDDEN = 512  # float32 runs fused from this hidden size: every real
 def pays(device: torch.device, dtype: torch.dtype, hidden_size: int | None) -> bool:
     """Where the engine runs the fused kernels unless told (``engine.fused_kernels``): on CPU, in half precision
     (the elementwise passes are most of what AMX leaves), and in float32 for a model of real size (they are 5-10 %
-    of a call there, against a one-off compile of a few seconds a tiny model would never earn back)."""
+    of a call there, against a one-off compile, about 20 s on 2 cores, a tiny model would never earn back)."""
     if device.type != "cpu":
         return False
     if dtype in (torch.bfloat16, torch.float16):
