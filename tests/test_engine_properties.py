@@ -32,11 +32,12 @@ SETTINGS = settings(max_examples=25, deadline=None, database=None,
 
 
 @st.composite
-def two_calls(draw, longest: int):
+def two_calls(draw, longest: list[int]):
     """Two calls' (sequences, positions) over up to four prompts. Each call continues some of the prompts, up to five
     times each, from a point inside the prompt (so sequences share all of a prompt, a part, or are a prefix of
     another), sometimes with a duplicate; the second call also branches off sequences of the first at any token, as
     a server's later batches do. A small alphabet makes prompts that start alike by chance."""
+    longest = draw(st.sampled_from(longest))
     alphabet = draw(st.sampled_from([3, 20, 300]))
     token = st.integers(1, alphabet)
     lengths = draw(st.lists(st.integers(1, longest), min_size=1, max_size=4))  # not a list's short average size
@@ -61,7 +62,7 @@ def two_calls(draw, longest: int):
 @pytest.fixture(scope="module")
 def backbones(models, tiny):
     """``backbones(kind)`` -> (its engine, the reference: transformers' model loaded on its own with eager attention,
-    one sequence at a time, the longest prompt to draw)."""
+    one sequence at a time, the longest prompts to draw)."""
     built = {}
 
     def get(kind):
@@ -79,7 +80,8 @@ def backbones(models, tiny):
 
             engine = models(kind).engine
             window = getattr(engine.config, "sliding_window", None) or 0
-            built[kind] = engine, reference, 200 if window and window < 200 else 70
+            # a window: prompts that cross it, and prompts whose sequences all fit in it (so prefixes are shared)
+            built[kind] = engine, reference, [window - 31, 200] if window and window < 200 else [70]
         return built[kind]
 
     return get
@@ -116,3 +118,26 @@ def test_every_call_structure_gives_each_sequence_its_own_forward(backbones, kin
         check()
     finally:
         engine.engine_attention, engine.ragged, engine.token_budget = defaults
+
+
+@pytest.mark.parametrize("kind", ["bt_gpt_oss", "bt_gemma2"])
+def test_a_short_prompt_beside_a_long_one_keeps_its_window(backbones, kind):
+    """The case the property found (a fresh clone's first run): the model's own attention, two prompt groups in one
+    suffix batch, every sequence inside the 128-token window. Each row's cache was padded to the longer prompt on
+    its right, so a 100-token sequence behind a 27-token prompt sat at cache index 75 + 73 = 148, and transformers'
+    window (drawn by cache index) dropped its first tokens from position 80 on: 0.08 off there. Left-padded now.
+    GPT-OSS runs this path by default, Gemma-2 on a GPU."""
+    engine, reference, _ = backbones(kind)
+    defaults = (engine.engine_attention, engine.ragged)
+    long_prompt, short_prompt = [1, 3, 3, 1, 2, 3] + [1] * 69, [2] + [1] * 26
+    sequences = [long_prompt + [1], long_prompt + [1] * 32, short_prompt + [1], short_prompt + [1] * 73,
+                 short_prompt + [1] * 5]
+    engine.engine_attention, engine.ragged = False, False
+    try:
+        engine.stats.reset()
+        out = engine.hidden_at(sequences, [list(range(len(s))) for s in sequences])
+        assert engine.stats.prefix_groups == 2 and max(map(len, sequences)) < engine.config.sliding_window
+    finally:
+        engine.engine_attention, engine.ragged = defaults
+    for sequence, hidden in zip(sequences, out):
+        assert (hidden - reference(sequence)).abs().max().item() < 1e-4, len(sequence)

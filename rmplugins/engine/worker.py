@@ -141,8 +141,11 @@ class BackboneWorker:
                                      query_rows=query_rows, position_ids=position_ids, use_cache=False)
 
     def _suffix_with_copies(self, suffixes, groups, prefix_lens, caches, after, ids, suffix_mask, position_ids):
-        """Each row gets its group's cache (right-padded to the longest prefix of the batch), then one masked
-        forward of the suffixes against it: works with any backbone taking a ``DynamicCache``."""
+        """Each row gets its group's cache, left-padded to the longest prefix of the batch, then one masked forward of
+        the suffixes against it: works with any backbone taking a ``DynamicCache``. Left, so that every key sits as
+        far before each query of its row as in the sequence itself: transformers draws a sliding window by cache
+        index, and a row whose shorter prefix was padded on its right had its first tokens fall out of a window
+        (Gemma-2, GPT-OSS, Gemma-3) that the sequence itself fits in."""
         group_keys = sorted(set(groups))
         slot = {k: j for j, k in enumerate(group_keys)}
         pmax = max(prefix_lens)
@@ -153,12 +156,12 @@ class BackboneWorker:
             for k in group_keys:
                 key, value = caches[k][layer]
                 pad = pmax - key.shape[-2]
-                ks.append(F.pad(key, (0, 0, 0, pad)) if pad else key)
-                vs.append(F.pad(value, (0, 0, 0, pad)) if pad else value)
+                ks.append(F.pad(key, (0, 0, pad, 0)) if pad else key)
+                vs.append(F.pad(value, (0, 0, pad, 0)) if pad else value)
             ks, vs = torch.cat(ks), torch.cat(vs)
             layers.append((ks.index_select(0, pick.to(ks.device)), vs.index_select(0, pick.to(vs.device))))
 
-        prefix_mask = (torch.arange(pmax).unsqueeze(0) < torch.as_tensor(prefix_lens).unsqueeze(1)).long()
+        prefix_mask = (torch.arange(pmax).unsqueeze(0) >= pmax - torch.as_tensor(prefix_lens).unsqueeze(1)).long()
         mask = torch.cat([prefix_mask, suffix_mask], dim=1)
         return self.backbone_forward(ids, mask, after, position_ids=position_ids,
                                      **{cache_keyword(self.backbone): DynamicCache(ddp_cache_data=layers)},
