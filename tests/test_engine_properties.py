@@ -3,7 +3,9 @@ in whole, duplicates, one-token sequences, negative positions, two calls in a ro
 token budgets smaller than one sequence, the engine's attention on and off, end to end or in padded batches. Each
 sequence's hidden states at its positions must equal those of transformers' own model (eager attention, loaded on
 its own) run on that sequence alone. The example tests in ``test_engine.py`` pin one structure each; this one looks
-for the structure nobody wrote down. Bounded: a fixed number of examples, seeded, so CI runs the same ones.
+for the structure nobody wrote down (it found one: ``test_a_short_prompt_beside_a_long_one_keeps_its_window``).
+Bounded: a fixed number of examples, seeded, so every run draws the same ones with one release of hypothesis (another
+release may draw others; a correct engine passes any of them, float32 noise staying under a tenth of the bound).
 """
 
 import contextlib
@@ -109,9 +111,9 @@ def test_every_call_structure_gives_each_sequence_its_own_forward(backbones, kin
         for (sequences, positions), out in zip(calls, outs):
             for sequence, pos, hidden in zip(sequences, positions, out):
                 want = reference(sequence)[[p % len(sequence) for p in pos]]
-                # float32: another batch moves the last bits (at most 0.18 of this bound over these examples), a
-                # wrong key or position moves the first ones (a kept prefix one token long: 0.12 off, 2,000x it)
-                bound = 2e-5 * max(1.0, want.abs().max().item())
+                # float32: another batch moves the last bits (at most 4e-6 relative over these examples: 0.08 of this
+                # bound), a wrong key or position the first ones (a kept prefix one token long: 0.12 off, 800x it)
+                bound = 5e-5 * max(1.0, want.abs().max().item())
                 assert (hidden - want).abs().max().item() < bound, (kind, len(sequence), pos)
 
     try:
